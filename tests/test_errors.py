@@ -1,0 +1,78 @@
+"""Error answers become typed errors that carry status, message, invalid params and task id."""
+
+from __future__ import annotations
+
+import pytest
+
+from kling_async import (
+    APIError,
+    AuthenticationError,
+    BadRequestError,
+    InvalidParam,
+    KlingError,
+    NotFoundError,
+    RateLimitError,
+    ServerError,
+    TaskTimeoutError,
+)
+from kling_async._errors import api_error
+
+_VALIDATION = (
+    b'{"message": "Your request parameters didn\'t validate.",'
+    b' "invalid_params": [{"name": "duration", "reason": "must be one of 3..15"}]}'
+)
+
+
+@pytest.mark.parametrize(
+    ("status", "cls"),
+    [
+        (400, BadRequestError),
+        (401, AuthenticationError),
+        (403, AuthenticationError),
+        (404, NotFoundError),
+        (429, RateLimitError),
+        (500, ServerError),
+        (502, ServerError),
+        (503, ServerError),
+        (418, APIError),
+    ],
+)
+def test_each_status_maps_to_its_error(status: int, cls: type[APIError]) -> None:
+    error = api_error(status, b'{"message": "m"}', task_id="t-1")
+    assert type(error) is cls
+    assert (error.status, error.message, error.task_id) == (status, "m", "t-1")
+    assert isinstance(error, KlingError)
+
+
+def test_400_carries_invalid_params_by_name() -> None:
+    error = api_error(400, _VALIDATION)
+    assert error.invalid_params == (InvalidParam(name="duration", reason="must be one of 3..15"),)
+    assert "duration: must be one of 3..15" in str(error)
+
+
+def test_400_wrapped_in_problem_is_read_the_same() -> None:
+    error = api_error(400, b'{"problem": ' + _VALIDATION + b"}")
+    assert error.message == "Your request parameters didn't validate."
+    assert error.invalid_params[0].name == "duration"
+
+
+def test_an_html_error_page_becomes_a_readable_message() -> None:
+    error = api_error(502, b"<html><body>502 Bad Gateway</body></html>")
+    assert isinstance(error, ServerError)
+    assert "502 Bad Gateway" in error.message
+
+
+def test_an_empty_body_still_gives_a_message() -> None:
+    assert api_error(500, b"").message == "no message"
+
+
+def test_429_keeps_the_retry_after_hint() -> None:
+    error = api_error(429, b'{"message": "Too many requests"}', retry_after=3.0)
+    assert isinstance(error, RateLimitError)
+    assert error.retry_after == 3.0
+
+
+def test_timeout_error_says_the_task_lives_on() -> None:
+    error = TaskTimeoutError("abc", last_status="CREATED", timeout=5.0)
+    assert str(error) == "task abc still CREATED after 5 s; it runs on and can be re-attached by id"
+    assert isinstance(error, TimeoutError)
