@@ -1,0 +1,425 @@
+"""Webhook deliveries: signature verification usable from any framework, and an aiohttp.web receiver.
+
+Freepik signs each delivery the Standard Webhooks way: headers ``webhook-id``, ``webhook-timestamp``
+(Unix seconds) and ``webhook-signature`` (space-separated ``v1,<base64>`` entries), where each signature is
+the base64 of HMAC-SHA256 over ``f"{id}.{timestamp}.".encode() + raw_body``. The body is the task status
+without the ``data`` wrapper: ``{"task_id": "...", "status": "COMPLETED", "generated": ["https://..."]}``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import collections
+import hashlib
+import hmac
+import logging
+import time
+from collections.abc import Callable, Mapping
+from types import TracebackType
+
+from aiohttp import web
+
+from ._errors import TransportError, WebhookVerificationError
+from ._models import TaskStatus, decode_webhook
+
+__all__ = ["ReplayGuard", "WebhookReceiver", "verify_webhook"]
+
+_log = logging.getLogger("kling_async")
+
+_WHSEC_PREFIX = "whsec_"
+_MAX_BODY = 1 << 20  # a task status is a few hundred bytes; anything near 1 MiB is not Freepik's
+_SHUTDOWN_TIMEOUT = 2.0  # seconds the standalone server waits for deliveries in progress when it stops
+_REPLAYED = "replayed"
+
+
+class _Rejection(Exception):
+    """A failed check: a short reason code for the receiver's counters, and a message for people."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class ReplayGuard:
+    """Remembers accepted ``webhook-id`` values so a captured delivery cannot be replayed.
+
+    An id is remembered until it is more than ``ttl`` seconds older than its ``webhook-timestamp``. Use a
+    ``ttl`` at least as long as the verification tolerance: a replay older than that is already rejected as
+    stale. Memory is bounded by ``max_entries``; when full, the oldest id is forgotten first.
+
+    Args:
+        ttl: seconds an id is remembered after its timestamp.
+        max_entries: the most ids held at once.
+
+    Raises:
+        ValueError: ``ttl`` is not positive or ``max_entries`` is less than 1.
+    """
+
+    def __init__(self, ttl: float = 300.0, max_entries: int = 100_000) -> None:
+        if not ttl > 0:
+            raise ValueError(f"ttl must be positive, got {ttl!r}")
+        if max_entries < 1:
+            raise ValueError(f"max_entries must be at least 1, got {max_entries!r}")
+        self.ttl = ttl
+        self.max_entries = max_entries
+        # id -> expiry, in insertion order, which is close to expiry order: pruning from the front is cheap
+        self._expiry: collections.OrderedDict[str, float] = collections.OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._expiry)
+
+    def __repr__(self) -> str:
+        return f"<ReplayGuard ttl={self.ttl:g} entries={len(self._expiry)}/{self.max_entries}>"
+
+    def check_and_remember(self, webhook_id: str, timestamp: float, *, now: float | None = None) -> bool:
+        """Remember ``webhook_id`` if it is new.
+
+        Args:
+            webhook_id: the delivery's ``webhook-id``.
+            timestamp: the delivery's ``webhook-timestamp``, Unix seconds.
+            now: the current Unix time; ``time.time()`` when None.
+
+        Returns:
+            True if the id was not seen within its lifetime (it is now remembered), False if it is a replay.
+        """
+        current = time.time() if now is None else now
+        self._prune(current)
+        known = self._expiry.get(webhook_id)
+        if known is not None and known >= current:
+            return False
+        expiry = timestamp + self.ttl
+        if expiry < current:
+            return True  # too old to be replayed within the window: nothing worth remembering
+        self._expiry.pop(webhook_id, None)
+        self._expiry[webhook_id] = expiry
+        while len(self._expiry) > self.max_entries:
+            self._expiry.popitem(last=False)
+        return True
+
+    def _prune(self, now: float) -> None:
+        while self._expiry:
+            oldest_id, expiry = next(iter(self._expiry.items()))
+            if expiry >= now:
+                return
+            del self._expiry[oldest_id]
+
+
+def _signing_key(secret: str | bytes) -> bytes:
+    """Turn a webhook secret into the HMAC key.
+
+    Args:
+        secret: ``whsec_<base64>`` (Standard Webhooks), any other string (its UTF-8 bytes, as Freepik's
+            Python/JS/Java samples use it), or the key bytes themselves.
+
+    Returns:
+        The key bytes.
+
+    Raises:
+        ValueError: a ``whsec_`` secret whose rest is not base64, or an empty key.
+    """
+    if isinstance(secret, bytes):
+        key = secret
+    elif secret.startswith(_WHSEC_PREFIX):
+        try:
+            key = base64.b64decode(secret[len(_WHSEC_PREFIX) :], validate=True)
+        except binascii.Error:
+            raise ValueError(
+                "webhook secret starts with 'whsec_' but the rest is not valid base64; "
+                "pass the secret exactly as the dashboard shows it"
+            ) from None
+    else:
+        key = secret.encode()
+    if not key:
+        raise ValueError("webhook secret is empty")
+    return key
+
+
+def _header(headers: Mapping[str, str], name: str) -> str:
+    value = headers.get(name)
+    if value is None:
+        # a plain dict keeps the sender's spelling ("Webhook-Id"); a CIMultiDict has already matched above
+        value = next((v for k, v in headers.items() if k.lower() == name), None)
+    if not value:
+        raise _Rejection("missing-header", f"missing or empty header {name!r}")
+    return value
+
+
+def _verify(
+    headers: Mapping[str, str],
+    raw_body: bytes,
+    key: bytes,
+    tolerance: float,
+    replay_guard: ReplayGuard | None,
+    now: float,
+) -> TaskStatus:
+    """Run every check in order; raise ``_Rejection`` at the first that fails."""
+    webhook_id = _header(headers, "webhook-id")
+    timestamp_text = _header(headers, "webhook-timestamp")
+    signature_header = _header(headers, "webhook-signature")
+
+    # At most 15 digits: plenty for Unix seconds, and int() raises ValueError on strings over 4300 digits.
+    if not (timestamp_text.isascii() and timestamp_text.isdigit() and len(timestamp_text) <= 15):
+        shown = timestamp_text[:40]
+        raise _Rejection("bad-timestamp", f"webhook-timestamp is not whole Unix seconds: {shown!r}")
+    timestamp = int(timestamp_text)
+    if now - timestamp > tolerance:
+        age = f"{now - timestamp:.0f} s old"
+        raise _Rejection("stale", f"stale delivery: timestamp is {age} (tolerance {tolerance:g} s)")
+    if timestamp - now > tolerance:
+        ahead = f"{timestamp - now:.0f} s ahead"
+        raise _Rejection(
+            "future", f"delivery from the future: timestamp is {ahead} (tolerance {tolerance:g} s)"
+        )
+
+    candidates = [
+        signature.encode()
+        for version, _, signature in (entry.partition(",") for entry in signature_header.split())
+        if version == "v1"
+    ]
+    if not candidates:
+        raise _Rejection("no-v1-signature", "webhook-signature has no v1 entry")
+    mac = hmac.new(key, f"{webhook_id}.{timestamp_text}.".encode(), hashlib.sha256)
+    mac.update(raw_body)
+    expected = base64.b64encode(mac.digest())
+    if not any(hmac.compare_digest(expected, candidate) for candidate in candidates):
+        raise _Rejection("bad-signature", "no webhook-signature entry matches the body")
+
+    try:
+        task = decode_webhook(raw_body)
+    except TransportError as exc:
+        raise _Rejection("bad-body", f"body is not a task status: {exc}") from None
+
+    # Remembered only now, after the signature and the body passed: forged deliveries leave no trace.
+    if replay_guard is not None and not replay_guard.check_and_remember(webhook_id, timestamp, now=now):
+        raise _Rejection(_REPLAYED, f"replayed delivery: webhook-id {webhook_id!r} was already accepted")
+    return task
+
+
+def verify_webhook(
+    headers: Mapping[str, str],
+    raw_body: bytes,
+    secret: str | bytes,
+    tolerance: float = 300.0,
+    *,
+    replay_guard: ReplayGuard | None = None,
+    now: float | None = None,
+) -> TaskStatus:
+    """Verify one webhook delivery and decode its task status.
+
+    The checks run in this order: the three headers are present, the timestamp is an integer within
+    ``tolerance`` of ``now`` (either way), a ``v1`` signature entry matches (any one, so rotated keys work;
+    other versions are ignored), the body is a task status, and (with a ``replay_guard``) the ``webhook-id``
+    was not accepted before.
+
+    Args:
+        headers: the request headers, names matched case-insensitively (dict, aiohttp headers, any Mapping).
+        raw_body: the body exactly as received, never re-serialized.
+        secret: ``whsec_<base64>`` (the rest is base64-decoded, Standard Webhooks style), any other string
+            (its UTF-8 bytes are the key, as in Freepik's Python/JS/Java samples), or the key bytes. Pass a
+            plain base64 secret without the prefix (the PHP sample's form) as ``base64.b64decode(s)``.
+        tolerance: the largest accepted distance, in seconds, between ``webhook-timestamp`` and ``now``.
+        replay_guard: remembers accepted ids; without one, replays are not detected.
+        now: the current Unix time; ``time.time()`` when None.
+
+    Returns:
+        The delivered task status.
+
+    Raises:
+        WebhookVerificationError: a header is missing, the timestamp is not an integer, stale or from the
+            future, there is no v1 signature or none matches, the body is not a task status, or the id was
+            replayed.
+        ValueError: a ``whsec_`` secret that is not base64, an empty secret, or a ``tolerance`` that is not
+            positive.
+    """
+    key = _signing_key(secret)
+    if not tolerance > 0:
+        raise ValueError(f"tolerance must be positive, got {tolerance!r}")
+    current = time.time() if now is None else now
+    try:
+        return _verify(headers, raw_body, key, tolerance, replay_guard, current)
+    except _Rejection as rejection:
+        raise WebhookVerificationError(str(rejection)) from None
+
+
+class WebhookReceiver:
+    """An aiohttp.web endpoint that verifies Freepik's deliveries and hands each task status to listeners.
+
+    Run it alone (``async with receiver:`` serves ``receiver.url``), or mount ``receiver.handler`` in your
+    own aiohttp app. Each delivery is verified with a replay guard of its own and answered at once: 204 when
+    accepted, 400 when verification fails (logged at WARNING, never with the secret or the signature), 413
+    when the body is over 1 MiB. A replay of an already accepted ``webhook-id`` is answered 204 too, because
+    senders retry on any other status, but listeners are not called again; it is counted in ``duplicates``.
+
+    Listeners are plain callables run inline before the answer, so they must be quick (set a future, put into
+    a queue). An exception from a listener is logged and never changes the answer.
+
+    Args:
+        secret: the webhook secret, in any form ``verify_webhook`` accepts.
+        host: the interface to listen on.
+        port: the port to listen on; 0 picks a free one.
+        public_url: the URL the sender should call (behind a proxy or tunnel); else the bound local address.
+        path: the path the standalone server serves.
+        tolerance: the largest accepted clock distance, in seconds, and the replay guard's memory.
+
+    Attributes:
+        accepted: deliveries verified and handed to listeners.
+        rejected: deliveries answered 400 or 413.
+        rejections: ``rejected`` broken down by reason (``"bad-signature"``, ``"stale"``, ``"too-large"``...).
+        duplicates: replays of accepted deliveries, answered 204 without calling listeners.
+
+    Raises:
+        ValueError: a ``whsec_`` secret that is not base64, an empty secret, or a ``tolerance`` that is not
+            positive.
+    """
+
+    def __init__(
+        self,
+        secret: str | bytes,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        public_url: str | None = None,
+        path: str = "/kling/webhook",
+        tolerance: float = 300.0,
+    ) -> None:
+        if not tolerance > 0:
+            raise ValueError(f"tolerance must be positive, got {tolerance!r}")
+        self._key = _signing_key(secret)
+        self._host = host
+        self._port = port
+        self._public_url = public_url
+        self._path = path
+        self._tolerance = tolerance
+        self._guard = ReplayGuard(ttl=tolerance)
+        self._listeners: list[Callable[[TaskStatus], None]] = []
+        self._runner: web.AppRunner | None = None
+        self._local_url: str | None = None
+        self.accepted = 0
+        self.rejected = 0
+        self.rejections: collections.Counter[str] = collections.Counter()
+        self.duplicates = 0
+
+    @property
+    def url(self) -> str:
+        """The URL to give the API as ``webhook_url``.
+
+        Returns:
+            ``public_url`` when given, else ``http://host:port/path`` with the port actually bound.
+
+        Raises:
+            RuntimeError: no ``public_url`` was given and the server is not running.
+        """
+        if self._public_url is not None:
+            return self._public_url
+        if self._local_url is None:
+            raise RuntimeError("the receiver's URL is known once it runs: use 'async with receiver:'")
+        return self._local_url
+
+    def __repr__(self) -> str:
+        url = self._public_url or self._local_url
+        return (
+            f"<WebhookReceiver url={url!r} accepted={self.accepted} rejected={self.rejected} "
+            f"duplicates={self.duplicates}>"
+        )
+
+    def add_listener(self, listener: Callable[[TaskStatus], None]) -> None:
+        """Call ``listener`` with each accepted task status.
+
+        Args:
+            listener: a quick, synchronous callable; it runs inline before the delivery is answered.
+        """
+        self._listeners.append(listener)
+
+    def remove_listener(self, listener: Callable[[TaskStatus], None]) -> None:
+        """Stop calling ``listener``; a listener that is not registered is ignored.
+
+        Args:
+            listener: a callable given to ``add_listener``.
+        """
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
+    def make_app(self) -> web.Application:
+        """Build an aiohttp application that serves ``handler`` at ``path``.
+
+        Returns:
+            A new application, ready for ``web.AppRunner`` or ``web.run_app``.
+        """
+        app = web.Application(client_max_size=_MAX_BODY)
+        app.router.add_post(self._path, self.handler)
+        return app
+
+    async def __aenter__(self) -> WebhookReceiver:
+        if self._runner is not None:
+            raise RuntimeError("the receiver is already running")
+        # Deliveries are answered in microseconds; the bound is for a sender stalled mid-body (aiohttp lingers
+        # up to 10 s draining it), which would otherwise hold up the exit.
+        runner = web.AppRunner(self.make_app(), shutdown_timeout=_SHUTDOWN_TIMEOUT)
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, self._host, self._port)
+            await site.start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        port = runner.addresses[0][1]
+        host = f"[{self._host}]" if ":" in self._host else self._host
+        self._runner = runner
+        self._local_url = f"http://{host}:{port}{self._path}"
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        runner, self._runner, self._local_url = self._runner, None, None
+        if runner is not None:
+            await runner.cleanup()
+
+    async def handler(self, request: web.Request) -> web.Response:
+        """Answer one delivery: verify it, call the listeners, reply 204 (400 or 413 when rejected).
+
+        Args:
+            request: the incoming POST.
+
+        Returns:
+            The response for the sender.
+        """
+        body = await self._read_body(request)
+        if body is None:
+            return self._reject(request, "too-large", f"body is larger than {_MAX_BODY} bytes", status=413)
+        try:
+            task = _verify(request.headers, body, self._key, self._tolerance, self._guard, time.time())
+        except _Rejection as rejection:
+            if rejection.reason == _REPLAYED:
+                self.duplicates += 1
+                _log.info("webhook delivery ignored: %s", rejection)
+                return web.Response(status=204)
+            return self._reject(request, rejection.reason, str(rejection), status=400)
+        self.accepted += 1
+        for listener in tuple(self._listeners):  # a copy: a listener may remove itself
+            try:
+                listener(task)
+            except Exception:
+                _log.exception("webhook listener %r failed on task %s", listener, task.task_id)
+        return web.Response(status=204)
+
+    @staticmethod
+    async def _read_body(request: web.Request) -> bytes | None:
+        """The raw body, or None when it is over the cap (judged from Content-Length, when sent, unread)."""
+        if request.content_length is not None and request.content_length > _MAX_BODY:
+            return None
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:  # the mounting app's own client_max_size
+            return None
+        return body if len(body) <= _MAX_BODY else None
+
+    def _reject(self, request: web.Request, reason: str, message: str, *, status: int) -> web.Response:
+        self.rejected += 1
+        self.rejections[reason] += 1
+        _log.warning("webhook delivery from %s rejected: %s", request.remote, message)
+        return web.Response(status=status, text=reason)
