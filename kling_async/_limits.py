@@ -1,0 +1,168 @@
+"""The client's one limiter: every API request (create, status, list) passes through it.
+
+Three things are limited here:
+
+* the request **rate**, with a token bucket. A rate the user gives is a ceiling; below it the rate adapts
+  to 429 answers. Without a given rate the limiter does not pace at all until the first 429, and from then
+  on finds the server's limit by itself:
+
+  - on a 429 the rate drops to ``DECREASE`` times the rate that was being sent (at most once per
+    ``_DECREASE_SPACING`` seconds, since a burst of requests already on the wire all come back 429 at once);
+    a ``Retry-After`` pauses the whole client until it has passed;
+  - after that it climbs back quickly towards the rate that drew the 429 and then probes above it slowly
+    (``_PROBE`` of that rate per second), so the steady state sits just under the server's limit with a
+    429 every few hundred requests rather than a sawtooth.
+
+* the requests **on the wire** at once (``max_concurrency``);
+* **fairness**: submissions and status requests wait in two lanes whose heads take turns for the next
+  token, so neither kind can starve the other; within a lane the order is first come, first served.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections import deque
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio
+
+from ._clock import SYSTEM_CLOCK, Clock
+
+__all__ = ["Lane", "Limiter"]
+
+DECREASE = 0.8
+_DECREASE_SPACING = 1.0
+_RECOVER = 0.5  # per second, the share of the gap to the last bad rate closed while below it
+_PROBE = 0.01  # per second, the growth above the last bad rate
+_MIN_RATE = 0.2
+_WINDOW = 32  # send times kept to measure the rate being sent
+
+
+class Lane(enum.Enum):
+    """Which queue a request waits in."""
+
+    SUBMIT = "submit"
+    STATUS = "status"
+
+
+class Limiter:
+    """Token bucket with adaptive rate, a cap on requests on the wire, and two fair lanes."""
+
+    def __init__(
+        self,
+        *,
+        requests_per_second: float | None,
+        burst: int | None = None,
+        max_concurrency: int,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
+        if requests_per_second is not None and requests_per_second <= 0:
+            raise ValueError("requests_per_second: must be positive")
+        if max_concurrency < 1:
+            raise ValueError("max_concurrency: at least 1")
+        self._clock = clock
+        self._ceiling = requests_per_second
+        self._rate = requests_per_second
+        self._burst = float(burst if burst is not None else 1)
+        self._tokens = self._burst
+        self._stamp = clock.now()
+        self._blocked_until = 0.0
+        self._last_bad: float | None = None
+        self._last_decrease = -math.inf
+        self._sent: deque[float] = deque(maxlen=_WINDOW)
+        self._wire = anyio.Semaphore(max_concurrency)
+        self.max_concurrency = max_concurrency
+        self._lanes = {lane: anyio.Lock() for lane in Lane}
+        self._bucket = anyio.Lock()
+        self.rate_limited = 0
+
+    def __repr__(self) -> str:
+        rate = "unpaced" if self._rate is None else f"{self._rate:.2f}/s"
+        on_wire = self.max_concurrency - self._wire.value
+        return f"<Limiter rate={rate} on_wire={on_wire}/{self.max_concurrency} 429s={self.rate_limited}>"
+
+    @property
+    def rate(self) -> float | None:
+        """The current pace in requests per second, or None while unpaced."""
+        return self._rate
+
+    @asynccontextmanager
+    async def slot(self, lane: Lane) -> AsyncIterator[None]:
+        """Hold one place on the wire, entered once the rate allows one more request."""
+        async with self._lanes[lane], self._bucket:
+            await self._wire.acquire()
+            try:
+                await self._take_token()
+            except BaseException:
+                self._wire.release()
+                raise
+        try:
+            yield
+        finally:
+            self._wire.release()
+
+    async def _take_token(self) -> None:
+        while True:
+            now = self._clock.now()
+            if now < self._blocked_until:
+                await self._clock.sleep(self._blocked_until - now)
+                continue
+            if self._rate is None:
+                break
+            self._refill(now)
+            # A hair under a whole token counts: float time cannot always advance by what is missing.
+            if self._tokens >= 1.0 - 1e-9:
+                self._tokens = max(0.0, self._tokens - 1.0)
+                break
+            await self._clock.sleep((1.0 - self._tokens) / self._rate)
+        self._sent.append(self._clock.now())
+
+    def _refill(self, now: float) -> None:
+        assert self._rate is not None
+        elapsed = max(0.0, now - self._stamp)
+        self._stamp = now
+        self._tokens = min(self._burst, self._tokens + elapsed * self._rate)
+        self._grow(elapsed)
+
+    def _grow(self, elapsed: float) -> None:
+        """Recover the rate after a decrease: fast up to the last bad rate, slowly past it."""
+        if self._last_bad is None or self._rate is None or elapsed <= 0:
+            return
+        if self._rate < self._last_bad:
+            gap = self._last_bad - self._rate
+            self._rate += gap * min(1.0, _RECOVER * elapsed)
+            if self._last_bad - self._rate < 0.01 * self._last_bad:
+                self._rate = self._last_bad
+        else:
+            self._rate *= 1.0 + _PROBE * elapsed
+        if self._ceiling is not None:
+            self._rate = min(self._rate, self._ceiling)
+
+    def sending_rate(self) -> float | None:
+        """The rate of the last few requests, measured; None until there are enough."""
+        if len(self._sent) < 4:
+            return None
+        span = self._sent[-1] - self._sent[0]
+        return (len(self._sent) - 1) / span if span > 0 else None
+
+    def on_rate_limited(self, retry_after: float | None) -> None:
+        """A request got 429: pause for Retry-After when given, and lower the rate."""
+        self.rate_limited += 1
+        now = self._clock.now()
+        if retry_after is not None:
+            self._blocked_until = max(self._blocked_until, now + retry_after)
+        if now - self._last_decrease < _DECREASE_SPACING:
+            return
+        self._last_decrease = now
+        measured = self.sending_rate()
+        current = self._rate if self._rate is not None else measured
+        if current is None:
+            current = float(self.max_concurrency)
+        if measured is not None:
+            current = min(current, measured)
+        self._last_bad = current
+        self._rate = max(_MIN_RATE, current * DECREASE)
+        self._stamp = now
+        self._tokens = min(self._tokens, 1.0)

@@ -1,0 +1,268 @@
+"""Task handles and the schedule on which they ask for their status.
+
+The schedule has two sources:
+
+* the ``PollPolicy``, a geometric prior used while the client knows nothing about how long tasks take:
+  the first check after ``initial`` seconds, each later wait ``multiplier`` times the previous one, at most
+  ``maximum``, each jittered by ``jitter`` so that tasks submitted together do not poll together;
+* what the client has **learned**: the time to completion of recent tasks of the same model and duration.
+  Tasks of one kind take similar times, so once a few have finished, a task is first checked just before
+  the others finished, then closely around that time. That is how a batch spends about two status
+  requests per task while noticing a finished video within a few percent of its generation time.
+"""
+
+from __future__ import annotations
+
+import bisect
+import random
+from collections import deque
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+import anyio
+
+from ._clock import Clock
+from ._errors import TaskFailedError, TaskTimeoutError
+from ._models import FAILURE_STATUSES, TERMINAL_STATUSES, TaskResult, TaskStatus
+
+if TYPE_CHECKING:
+    from ._endpoints import Endpoint
+
+__all__ = ["PollPolicy", "TaskHandle", "Timings"]
+
+_SAMPLES = 64
+# Learned checks sit at these quantiles of past completion times, each a little early.
+_QUANTILES = (0.05, 0.3, 0.6, 0.9)
+_EARLY = 0.97
+# Once past every learned check, the next wait is this share of the time elapsed (at most `maximum`).
+_LATE_STEP = 0.1
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PollPolicy:
+    """When a task handle asks for its status.
+
+    The defaults suit Kling's 30-120 s generations when nothing has been learned yet: checks at about
+    15, 37, 71, 101, 131 s... (2 requests for a 30 s video, 3 for 60 s, 5 for 120 s). Once tasks of the
+    same model and duration have finished, the client checks around their observed completion time
+    instead (see the module docs), and these values only bound it.
+
+    Args:
+        initial: seconds from submission to the first check.
+        maximum: the longest wait between two checks.
+        multiplier: growth of the wait between checks while nothing is learned.
+        timeout: how long ``TaskHandle.wait`` waits in all before ``TaskTimeoutError`` (None: forever).
+        jitter: each wait is scaled by a random factor in ``[1 - jitter, 1 + jitter]``.
+    """
+
+    initial: float = 15.0
+    maximum: float = 30.0
+    multiplier: float = 1.5
+    timeout: float | None = 1800.0
+    jitter: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.initial < 0 or self.maximum <= 0:
+            raise ValueError("PollPolicy: initial must not be negative and maximum must be positive")
+        if self.multiplier < 1:
+            raise ValueError("PollPolicy.multiplier: at least 1")
+        if not 0 <= self.jitter < 1:
+            raise ValueError("PollPolicy.jitter: in [0, 1)")
+        if self.timeout is not None and self.timeout <= 0:
+            raise ValueError("PollPolicy.timeout: positive, or None for no deadline")
+
+
+class Timings:
+    """Recent times to completion, per kind of task (model and requested duration)."""
+
+    def __init__(self) -> None:
+        self._samples: dict[tuple[str, str | None], deque[float]] = {}
+        self._sorted: dict[tuple[str, str | None], list[float]] = {}
+
+    def record(self, kind: tuple[str, str | None], seconds: float) -> None:
+        """Remember that a task of this kind was seen finished ``seconds`` after its submission."""
+        samples = self._samples.setdefault(kind, deque(maxlen=_SAMPLES))
+        samples.append(seconds)
+        self._sorted.pop(kind, None)
+
+    def typical(self, family: str) -> float | None:
+        """The median time to completion over every kind of task in a family; None while unknown."""
+        samples = sorted(x for kind, seen in self._samples.items() if kind[0] == family for x in seen)
+        return samples[len(samples) // 2] if samples else None
+
+    def checkpoints(self, kind: tuple[str, str | None]) -> list[float]:
+        """The learned check times for this kind, ascending; empty while nothing is known."""
+        cached = self._sorted.get(kind)
+        if cached is not None:
+            return cached
+        samples = self._samples.get(kind)
+        if not samples:
+            return []
+        ordered = sorted(samples)
+        last = len(ordered) - 1
+        points = sorted({_EARLY * ordered[round(q * last)] for q in _QUANTILES} | {ordered[-1]})
+        self._sorted[kind] = points
+        return points
+
+
+class TaskHandle:
+    """A created task: await it for its result, or ask for its status.
+
+    ``await handle`` is ``await handle.wait()``. Waiting never cancels the task server-side: when a wait is
+    cancelled or times out, ``client.task(handle.task_id, model=handle.model)`` re-attaches to it.
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_client",
+        "_done",
+        "_endpoint",
+        "_kind",
+        "_on_done",
+        "_started",
+        "_status",
+        "_urls",
+        "task_id",
+    )
+
+    def __init__(
+        self,
+        client: _HandleOwner,
+        endpoint: Endpoint,
+        task_id: str,
+        *,
+        status: str | None,
+        started: float | None,
+        kind: tuple[str, str | None],
+    ) -> None:
+        self._client = client
+        self._endpoint = endpoint
+        self.task_id = task_id
+        self._status = status
+        self._urls: tuple[str, ...] = ()
+        self._started = started
+        self._kind = kind
+        self._done: anyio.Event | None = None
+        # Called once when the handle first sees a terminal status (the batch tracker uses it).
+        self._on_done: Callable[[TaskHandle], None] | None = None
+
+    def __repr__(self) -> str:
+        return f"<TaskHandle {self.task_id} model={self.model} status={self._status}>"
+
+    @property
+    def model(self) -> str:
+        """The model whose endpoint created the task."""
+        return self._endpoint.model
+
+    @property
+    def status(self) -> str | None:
+        """The last status seen (None for a re-attached handle not yet refreshed)."""
+        return self._status
+
+    @property
+    def done(self) -> bool:
+        """Whether the last status seen is terminal."""
+        return self._status in TERMINAL_STATUSES
+
+    def result(self) -> TaskResult:
+        """The finished task's result, without a request.
+
+        Raises:
+            TaskFailedError: the task ended FAILED or CANCELLED.
+            RuntimeError: the task is not finished yet.
+        """
+        if self._status in FAILURE_STATUSES:
+            raise TaskFailedError(self.task_id, self._status or "FAILED", model=self.model)
+        if not self.done:
+            raise RuntimeError(f"task {self.task_id} is not finished (status {self._status})")
+        return TaskResult(task_id=self.task_id, status=self._status or "", urls=self._urls, model=self.model)
+
+    def __await__(self) -> Generator[Any, None, TaskResult]:
+        return self.wait().__await__()
+
+    async def refresh(self) -> TaskStatus:
+        """Ask for the task's status once (one GET) and return it."""
+        status = await self._client._fetch_status(self._endpoint, self.task_id)
+        self._observe(status)
+        return status
+
+    async def wait(self, timeout: float | None = None) -> TaskResult:
+        """Wait until the task finishes and return its result.
+
+        Args:
+            timeout: seconds to wait at most; None uses the client's ``PollPolicy.timeout``.
+
+        Raises:
+            TaskFailedError: the task ended FAILED or CANCELLED.
+            TaskTimeoutError: the deadline passed first; the task runs on and stays reachable by id.
+        """
+        policy = self._client._poll
+        limit = policy.timeout if timeout is None else timeout
+        with anyio.move_on_after(limit if limit is not None else float("inf")):
+            await self._wait_done(policy)
+        if not self.done:
+            raise TaskTimeoutError(self.task_id, last_status=self._status, timeout=limit, model=self.model)
+        return self.result()
+
+    async def _wait_done(self, policy: PollPolicy) -> None:
+        clock = self._client._clock
+        attached = clock.now()
+        checks = 0
+        while not self.done:
+            started = self._started if self._started is not None else attached
+            elapsed = clock.now() - started
+            delay = self._next_delay(policy, elapsed, checks)
+            if self._done is None:
+                self._done = anyio.Event()
+            with anyio.move_on_after(delay):
+                await self._done.wait()
+            if self.done:
+                return
+            await self.refresh()
+            checks += 1
+
+    def _next_delay(self, policy: PollPolicy, elapsed: float, checks: int) -> float:
+        points = self._client._timings.checkpoints(self._kind) if self._started is not None else []
+        if points:
+            index = bisect.bisect_right(points, elapsed + 1e-9)
+            if index < len(points):
+                return points[index] - elapsed
+            delay = min(policy.maximum, max(_LATE_STEP * elapsed, 1e-3))
+        elif checks == 0:
+            delay = max(policy.initial - elapsed, 0.0)
+        else:
+            delay = min(policy.maximum, policy.initial * policy.multiplier**checks)
+        if policy.jitter:
+            delay *= random.uniform(1.0 - policy.jitter, 1.0 + policy.jitter)
+        return delay
+
+    def _observe(self, status: TaskStatus) -> None:
+        """Take in a status from any source; statuses after a terminal one are ignored."""
+        if self.done or status.task_id != self.task_id:
+            return
+        previous = self._status
+        self._status = status.status
+        if status.generated:
+            self._urls = tuple(status.generated)
+        if previous != status.status:
+            self._client._status_changed(self, previous)
+        if self.done:
+            if self._started is not None and status.status not in FAILURE_STATUSES:
+                self._client._timings.record(self._kind, self._client._clock.now() - self._started)
+            if self._done is not None:
+                self._done.set()
+            if self._on_done is not None:
+                self._on_done(self)
+
+
+class _HandleOwner(Protocol):
+    """What a handle needs from its client (KlingClient)."""
+
+    _poll: PollPolicy
+    _timings: Timings
+    _clock: Clock
+
+    async def _fetch_status(self, endpoint: Endpoint, task_id: str) -> TaskStatus: ...
+
+    def _status_changed(self, handle: TaskHandle, previous: str | None) -> None: ...

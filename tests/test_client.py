@@ -1,0 +1,278 @@
+"""KlingClient against the simulator over real loopback HTTP: one task at a time."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import warnings
+
+import pytest
+
+from kling_async import (
+    AuthenticationError,
+    InvalidRequestError,
+    Kling3Request,
+    KlingClient,
+    KlingError,
+    NotFoundError,
+    OmniRequest,
+    RetryPolicy,
+    ServerError,
+    SubmitUncertainError,
+    TaskFailedError,
+    TaskTimeoutError,
+    TransportError,
+)
+from kling_async.testing import Simulator
+from tests.conftest import FAST_POLL, FAST_RETRY, client_side_tasks
+
+pytestmark = pytest.mark.anyio
+
+FOX = OmniRequest(prompt="a fox in snow", duration="5")
+
+
+async def test_submit_makes_one_post_and_returns_a_created_handle(
+    client: KlingClient, sim: Simulator
+) -> None:
+    handle = await client.submit(FOX)
+    assert handle.status == "CREATED"
+    assert handle.task_id in sim.tasks
+    assert sim.counters.posts == 1
+
+
+async def test_awaiting_a_handle_gives_the_result_with_its_video_url(
+    client: KlingClient, sim: Simulator
+) -> None:
+    handle = await client.submit(FOX)
+    result = await handle
+    assert result.status == "COMPLETED"
+    assert result.task_id == handle.task_id
+    assert result.url is not None
+    assert result.url.startswith(sim.cdn_url)
+    assert result.urls == (result.url,)
+
+
+async def test_generate_submits_and_waits(client: KlingClient, sim: Simulator) -> None:
+    result = await client.generate(FOX, model="kling-v3-omni-pro")
+    assert result.status == "COMPLETED"
+    assert sim.tasks[result.task_id].model == "kling-v3-omni-pro"
+
+
+async def test_refresh_sends_exactly_one_status_request(client: KlingClient, sim: Simulator) -> None:
+    handle = await client.submit(FOX)
+    status = await handle.refresh()
+    assert status.task_id == handle.task_id
+    assert sim.counters.gets_by_task[handle.task_id] == 1
+
+
+async def test_status_is_asked_on_the_family_path_for_every_model(client: KlingClient) -> None:
+    """The simulator 404s on /kling-v3-pro/{id}; a pro task still resolves, so the family path was used."""
+    result = await client.generate(Kling3Request(prompt="a fox", duration="3"), model="kling-v3-pro")
+    assert result.status == "COMPLETED"
+
+
+async def test_failed_task_raises_task_failed_with_its_id(client: KlingClient) -> None:
+    handle = await client.submit(OmniRequest(prompt="[fail] a fox"))
+    with pytest.raises(TaskFailedError) as caught:
+        await handle
+    assert caught.value.task_id == handle.task_id
+    assert caught.value.status == "FAILED"
+
+
+async def test_cancelled_task_raises_task_failed(client: KlingClient) -> None:
+    handle = await client.submit(OmniRequest(prompt="[cancel] a fox"))
+    with pytest.raises(TaskFailedError) as caught:
+        await handle
+    assert caught.value.status == "CANCELLED"
+
+
+async def test_deadline_raises_timeout_and_the_task_can_be_reattached_by_id(
+    client: KlingClient, sim: Simulator
+) -> None:
+    handle = await client.submit(OmniRequest(prompt="[never] a fox"))
+    with pytest.raises(TaskTimeoutError) as caught:
+        await handle.wait(timeout=0.2)
+    assert caught.value.task_id == handle.task_id
+    assert caught.value.last_status == "IN_PROGRESS"
+    sim.finish(handle.task_id)
+    del handle
+    gc.collect()
+    again = client.task(caught.value.task_id, model="kling-v3-omni-pro")
+    result = await again
+    assert result.status == "COMPLETED"
+
+
+async def test_cancelling_a_wait_leaves_the_task_running_server_side(
+    client: KlingClient, sim: Simulator
+) -> None:
+    handle = await client.submit(FOX)
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.01):
+            await handle
+    assert sim.tasks[handle.task_id].task_id == handle.task_id
+    assert (await handle).status == "COMPLETED"
+
+
+async def test_unknown_task_id_raises_not_found_with_the_id(client: KlingClient) -> None:
+    with pytest.raises(NotFoundError) as caught:
+        await client.task("0000-unknown").refresh()
+    assert caught.value.status == 404
+    assert caught.value.task_id == "0000-unknown"
+
+
+async def test_wrong_key_raises_authentication_error_with_the_servers_message(sim: Simulator) -> None:
+    async with KlingClient(api_key="wrong", base_url=sim.url, retry=FAST_RETRY) as client:
+        with pytest.raises(AuthenticationError) as caught:
+            await client.submit(FOX)
+    assert caught.value.status == 401
+    assert caught.value.message == "Invalid API key"
+    assert sim.counters.tasks_created == 0
+
+
+async def test_invalid_request_is_refused_before_anything_is_sent(
+    client: KlingClient, sim: Simulator
+) -> None:
+    with pytest.raises(InvalidRequestError):
+        await client.submit(OmniRequest(prompt="x" * 2501))
+    assert sim.counters.posts == 0
+
+
+async def test_request_of_another_family_is_refused_before_anything_is_sent(
+    client: KlingClient, sim: Simulator
+) -> None:
+    with pytest.raises(InvalidRequestError, match="kling-v3-std takes Kling3Request"):
+        await client.submit(FOX, model="kling-v3-std")
+    assert sim.counters.posts == 0
+
+
+# -- the POST rule ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["503", "429", "429-no-retry-after"])
+async def test_post_answered_with_a_status_that_created_nothing_is_retried(
+    client: KlingClient, sim: Simulator, kind: str
+) -> None:
+    sim.queue_fault(kind, method="POST")
+    handle = await client.submit(FOX)
+    assert sim.counters.posts == 2
+    assert sim.counters.tasks_created == 1
+    assert handle.task_id in sim.tasks
+
+
+@pytest.mark.parametrize("kind", ["500_after_create", "drop_after_create", "502", "500", "drop_before"])
+async def test_post_that_may_have_created_a_task_is_never_resent(
+    client: KlingClient, sim: Simulator, kind: str
+) -> None:
+    sim.queue_fault(kind, method="POST")
+    with pytest.raises(SubmitUncertainError) as caught:
+        await client.submit(FOX)
+    assert caught.value.model == "kling-v3-omni-std"
+    assert sim.counters.posts == 1
+    assert sim.counters.duplicate_payloads() == []
+
+
+async def test_post_to_a_closed_port_is_retried_then_reported_as_a_transport_error() -> None:
+    async with Simulator() as sim:
+        url = sim.url
+    retry = RetryPolicy(attempts=3, initial=0.001, maximum=0.001)
+    async with KlingClient(api_key="k", base_url=url, retry=retry) as client:
+        with pytest.raises(TransportError) as caught:
+            await client.submit(FOX)
+    assert caught.value.request_sent is False
+
+
+async def test_post_503_until_attempts_run_out_raises_server_error_not_uncertain(
+    client: KlingClient, sim: Simulator
+) -> None:
+    sim.queue_fault("503", method="POST", count=FAST_RETRY.attempts)
+    with pytest.raises(ServerError):
+        await client.submit(FOX)
+    assert sim.counters.tasks_created == 0
+
+
+@pytest.mark.parametrize("kind", ["500", "502_html", "503", "429", "429-no-retry-after", "drop_before"])
+async def test_status_requests_retry_transient_failures(
+    client: KlingClient, sim: Simulator, kind: str
+) -> None:
+    handle = await client.submit(FOX)
+    sim.queue_fault(kind, method="GET", count=2)
+    assert (await handle).status == "COMPLETED"
+
+
+# -- configuration and lifecycle ---------------------------------------------------------------------
+
+
+async def test_key_and_base_url_come_from_the_environment(
+    sim: Simulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FREEPIK_API_KEY", "sim-key")
+    monkeypatch.setenv("KLING_BASE_URL", sim.url)
+    async with KlingClient(poll=FAST_POLL) as client:
+        assert (await client.generate(FOX)).status == "COMPLETED"
+
+
+async def test_magnific_key_is_used_when_the_freepik_one_is_absent(
+    sim: Simulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("FREEPIK_API_KEY", raising=False)
+    monkeypatch.setenv("MAGNIFIC_API_KEY", "sim-key")
+    async with KlingClient(base_url=sim.url) as client:
+        await client.submit(FOX)
+    assert sim.counters.tasks_created == 1
+
+
+async def test_magnific_host_gets_the_magnific_header() -> None:
+    client = KlingClient(api_key="k", base_url="https://api.magnific.com")
+    assert client._transport._auth == {"x-magnific-api-key": "k"}
+
+
+def test_missing_key_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FREEPIK_API_KEY", raising=False)
+    monkeypatch.delenv("MAGNIFIC_API_KEY", raising=False)
+    with pytest.raises(KlingError, match="FREEPIK_API_KEY"):
+        KlingClient()
+
+
+def test_repr_never_shows_the_key() -> None:
+    client = KlingClient(api_key="secret-key-123", base_url="http://127.0.0.1:1")
+    assert "secret-key-123" not in repr(client)
+
+
+async def test_the_key_never_leaves_for_the_file_host(
+    client: KlingClient, sim: Simulator, tmp_path: object
+) -> None:
+    result = await client.generate(FOX)
+    await client.download(result, f"{tmp_path}/")
+    assert sim.counters.downloads == 1
+    assert sim.counters.cdn_requests_with_key == 0
+
+
+async def test_the_key_never_appears_in_logs(sim: Simulator, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="kling_async")
+    sim.queue_fault("503", method="POST")
+    async with KlingClient(api_key="sim-key", base_url=sim.url, retry=FAST_RETRY) as client:
+        await client.submit(FOX)
+    assert caplog.records
+    assert "sim-key" not in caplog.text
+
+
+async def test_a_closed_client_refuses_to_work(sim: Simulator) -> None:
+    async with KlingClient(api_key="sim-key", base_url=sim.url) as client:
+        pass
+    with pytest.raises(RuntimeError, match="closed"):
+        await client.submit(FOX)
+
+
+async def test_closing_leaves_no_task_running_and_no_unclosed_session(sim: Simulator) -> None:
+    before = client_side_tasks()
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        async with KlingClient(api_key="sim-key", base_url=sim.url, poll=FAST_POLL) as client:
+            handle = await client.submit(FOX)
+            await handle
+            del client, handle
+        gc.collect()
+    await asyncio.sleep(0)
+    assert client_side_tasks() == before
+    assert [str(w.message) for w in seen] == []
