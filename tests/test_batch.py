@@ -1,0 +1,228 @@
+"""map / gather against the simulator: every item ends as an outcome, nothing is paid twice."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import anyio
+import pytest
+
+from kling_async import (
+    InvalidRequestError,
+    Job,
+    KlingClient,
+    OmniRequest,
+    SubmitUncertainError,
+    TaskFailedError,
+    TaskSubmitted,
+    TaskTimeoutError,
+)
+from kling_async._batch import SWEEP_MIN_TASKS
+from kling_async.testing import Faults, Simulator
+from tests.conftest import FAST_POLL, FAST_RETRY, client_side_tasks
+
+pytestmark = pytest.mark.anyio
+
+
+def prompts(n: int, prefix: str = "clip") -> list[OmniRequest]:
+    return [OmniRequest(prompt=f"{prefix} {i}", duration="5") for i in range(n)]
+
+
+async def test_gather_returns_one_outcome_per_item_in_input_order(
+    client: KlingClient, sim: Simulator
+) -> None:
+    outcomes = await client.gather(prompts(12))
+    assert [o.index for o in outcomes] == list(range(12))
+    assert all(o.ok for o in outcomes)
+    assert sim.counters.posts == 12
+    assert {o.task_id for o in outcomes} == set(sim.tasks)
+
+
+async def test_an_invalid_item_is_its_own_failed_outcome_and_is_never_sent(
+    client: KlingClient, sim: Simulator
+) -> None:
+    items: list[Job | OmniRequest] = [
+        *prompts(2),
+        Job(OmniRequest(prompt="wrong family"), model="kling-v3-std"),
+    ]
+    outcomes = await client.gather(items)
+    assert [o.ok for o in outcomes] == [True, True, False]
+    assert isinstance(outcomes[2].error, InvalidRequestError)
+    assert outcomes[2].task_id is None
+    assert sim.counters.posts == 2
+
+
+async def test_a_failed_task_is_a_failed_outcome_carrying_its_task_id(client: KlingClient) -> None:
+    outcomes = await client.gather([OmniRequest(prompt="[fail] clip"), *prompts(1)])
+    assert isinstance(outcomes[0].error, TaskFailedError)
+    assert outcomes[0].task_id == outcomes[0].error.task_id
+    assert outcomes[1].ok
+
+
+async def test_map_yields_in_completion_order(client: KlingClient) -> None:
+    items = [OmniRequest(prompt="[slow] first in"), *prompts(3)]
+    order = [o.index async for o in client.map(items)]
+    assert order[-1] == 0
+    assert sorted(order) == [0, 1, 2, 3]
+
+
+async def test_job_ids_become_outcome_keys_and_bare_requests_get_stable_digests(client: KlingClient) -> None:
+    outcomes = await client.gather([Job(prompts(1)[0], id="shot-1"), prompts(1)[0]])
+    assert outcomes[0].key == "shot-1"
+    again = await client.gather([Job(prompts(1)[0], id="shot-1"), prompts(1)[0]])
+    assert outcomes[1].key == again[1].key
+    assert outcomes[1].key != "shot-1"
+
+
+async def test_async_iterables_are_accepted(client: KlingClient) -> None:
+    async def source() -> AsyncIterator[OmniRequest]:
+        for request in prompts(3):
+            yield request
+
+    assert [o.ok for o in await client.gather(source())] == [True, True, True]
+
+
+async def test_a_lazy_input_is_pulled_only_as_submissions_go_out(sim: Simulator) -> None:
+    pulled = 0
+
+    def endless() -> Iterator[OmniRequest]:
+        nonlocal pulled
+        for i in range(100_000):
+            pulled += 1
+            yield OmniRequest(prompt=f"lazy {i}")
+
+    async with KlingClient(
+        api_key="sim-key", base_url=sim.url, poll=FAST_POLL, max_concurrency=4, max_in_flight=4
+    ) as client:
+        async for _ in client.map(endless()):
+            break
+    assert pulled < 20
+
+
+async def test_breaking_out_of_map_stops_everything_and_created_ids_were_reported(sim: Simulator) -> None:
+    submitted: list[str] = []
+    async with KlingClient(api_key="sim-key", base_url=sim.url, poll=FAST_POLL, max_in_flight=5) as client:
+
+        async def listen() -> None:
+            async for event in client.events():
+                if isinstance(event, TaskSubmitted):
+                    submitted.append(event.task_id)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(listen)
+            await anyio.wait_all_tasks_blocked()
+            async for _ in client.map(prompts(50)):
+                break
+            await anyio.sleep(0.05)
+            tg.cancel_scope.cancel()
+        posts_at_break = sim.counters.posts
+        await anyio.sleep(0.1)
+        assert sim.counters.posts == posts_at_break  # nothing keeps submitting
+    assert sorted(submitted) == sorted(sim.tasks)
+
+
+async def test_cancelling_a_gather_leaves_no_task_running(client: KlingClient) -> None:
+    before = client_side_tasks()
+    with anyio.move_on_after(0.03):
+        await client.gather(prompts(30))
+    await anyio.sleep(0.01)
+    assert client_side_tasks() == before
+
+
+async def test_150_items_survive_15_percent_transient_errors_without_a_duplicate_post() -> None:
+    faults = Faults(get_error_rate=0.15, post_error_rate=0.15, post_error_statuses=(503,))
+    async with (
+        Simulator(time_scale=0.001, faults=faults, seed=7) as sim,
+        KlingClient(api_key="sim-key", base_url=sim.url, poll=FAST_POLL, retry=FAST_RETRY) as client,
+    ):
+        outcomes = await client.gather(prompts(150))
+    assert [o for o in outcomes if not o.ok] == []
+    assert sim.counters.tasks_created == 150
+    assert sim.counters.duplicate_payloads() == []
+    assert sim.counters.responses_by_status[503] > 0
+
+
+async def test_uncertain_posts_are_reported_per_item_and_never_resent() -> None:
+    faults = Faults(post_500_after_create_rate=0.2, drop_after_create_rate=0.1)
+    async with (
+        Simulator(time_scale=0.001, faults=faults, seed=3) as sim,
+        KlingClient(api_key="sim-key", base_url=sim.url, poll=FAST_POLL, retry=FAST_RETRY) as client,
+    ):
+        outcomes = await client.gather(prompts(60))
+    uncertain = [o for o in outcomes if isinstance(o.error, SubmitUncertainError)]
+    assert uncertain
+    assert len(uncertain) + sum(o.ok for o in outcomes) == 60
+    assert sim.counters.posts == 60
+    assert sim.counters.duplicate_payloads() == []
+
+
+async def test_a_429_storm_without_retry_after_is_survived() -> None:
+    async with (
+        Simulator(time_scale=0.001, rate_limit=50, retry_after=False) as sim,
+        KlingClient(api_key="sim-key", base_url=sim.url, poll=FAST_POLL, retry=FAST_RETRY) as client,
+    ):
+        outcomes = await client.gather(prompts(40))
+    assert all(o.ok for o in outcomes)
+    assert sim.counters.rate_limited > 0
+    assert sim.counters.duplicate_payloads() == []
+
+
+async def test_max_concurrency_holds_on_the_wire() -> None:
+    async with (
+        Simulator(time_scale=0.001, faults=Faults(latency=0.01)) as sim,
+        KlingClient(api_key="sim-key", base_url=sim.url, poll=FAST_POLL, max_concurrency=3) as client,
+    ):
+        await client.gather(prompts(20))
+    assert sim.counters.max_concurrent_requests == 3
+
+
+async def test_max_in_flight_holds(sim: Simulator) -> None:
+    generating: set[str] = set()
+    most = 0
+    async with KlingClient(api_key="sim-key", base_url=sim.url, poll=FAST_POLL, max_in_flight=4) as client:
+
+        async def listen() -> None:
+            nonlocal most
+            async for event in client.events():
+                if isinstance(event, TaskSubmitted):
+                    generating.add(event.task_id)
+                    most = max(most, len(generating))
+                elif event.__class__.__name__ == "StatusChanged" and event.status == "COMPLETED":  # type: ignore[union-attr]
+                    generating.discard(event.task_id)  # type: ignore[union-attr]
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(listen)
+            await anyio.wait_all_tasks_blocked()
+            await client.gather(prompts(20))
+            tg.cancel_scope.cancel()
+    assert most == 4
+
+
+async def test_list_sweeping_spends_fewer_status_requests_than_polling_each_task(sim: Simulator) -> None:
+    n = SWEEP_MIN_TASKS * 5
+    async with KlingClient(api_key="sim-key", base_url=sim.url, poll=FAST_POLL) as client:
+        outcomes = await client.gather(prompts(n))
+    assert all(o.ok for o in outcomes)
+    assert sim.counters.lists > 0
+    assert (sim.counters.status_gets + sim.counters.lists) / n <= 1.5
+
+
+async def test_a_task_past_its_deadline_is_a_timeout_outcome_with_its_last_status(
+    client: KlingClient,
+) -> None:
+    outcomes = await client.gather([OmniRequest(prompt="[never] clip"), *prompts(1)], timeout=0.3)
+    error = outcomes[0].error
+    assert isinstance(error, TaskTimeoutError)
+    assert error.task_id == outcomes[0].task_id
+    assert error.last_status == "IN_PROGRESS"
+    assert outcomes[1].ok
+
+
+async def test_download_saves_each_video_as_its_result_arrives(client: KlingClient, tmp_path: Path) -> None:
+    outcomes = await client.gather(
+        [Job(r, id=f"clip-{i}") for i, r in enumerate(prompts(3))], download=tmp_path
+    )
+    paths = [o.path for o in outcomes]
+    assert paths == [tmp_path / f"clip-{i}.mp4" for i in range(3)]
+    assert all(p is not None and p.read_bytes()[4:8] == b"ftyp" for p in paths)
