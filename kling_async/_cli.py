@@ -1,0 +1,410 @@
+"""The ``kling-async`` command: bulk generation from a file, and a few single-task tools.
+
+Exit codes: 0 everything succeeded; 1 some items failed; 2 usage error or invalid input; 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import sys
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn
+
+import anyio
+
+try:
+    import click
+    from rich.console import Console
+    from rich.table import Table
+except ImportError as exc:  # pragma: no cover - exercised only without the [cli] extra
+    raise SystemExit(
+        f"the kling-async command needs its extra: pip install 'kling-async[cli]' ({exc.name} is missing)"
+    ) from exc
+
+from ._batch import Job, Outcome
+from ._client import KlingClient
+from ._endpoints import DEFAULT_MODEL, ENDPOINTS, endpoint_for
+from ._errors import InvalidRequestError, KlingError
+from ._models import OmniRequest, request_from_dict
+from ._polling import PollPolicy
+from ._progress import BatchProgress
+
+__all__ = ["cli", "load_jobs", "main"]
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+# With --simulate, a 60 s generation takes 60 * SIMULATED_TIME_SCALE seconds.
+SIMULATED_TIME_SCALE = 0.02
+
+
+@dataclass(frozen=True, slots=True)
+class _Row:
+    line: int
+    job: Job
+
+
+@dataclass(frozen=True, slots=True)
+class _RowError:
+    line: int
+    message: str
+
+
+def _parse_cell(value: str) -> Any:
+    text = value.strip()
+    if text[:1] in "[{":
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError:
+            return text
+    return text
+
+
+def _read_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | str]]:
+    """(line number, the row's fields or a parse error) for each non-empty row of a JSONL or CSV file."""
+    with path.open(newline="", encoding="utf-8-sig") as handle:
+        if path.suffix.lower() == ".csv":
+            reader = csv.DictReader(handle)
+            for record in reader:
+                fields = {
+                    k.strip(): _parse_cell(v) for k, v in record.items() if k and v is not None and v.strip()
+                }
+                if fields:
+                    yield reader.line_num, fields
+            return
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                data = json.loads(line)
+            except json.JSONDecodeError as exc:
+                yield number, f"not valid JSON: {exc.msg} (column {exc.colno})"
+                continue
+            if not isinstance(data, dict):
+                yield number, "each line must be a JSON object"
+                continue
+            yield number, data
+
+
+def _to_job(fields: dict[str, Any], default_model: str) -> Job:
+    fields = dict(fields)
+    job_id = fields.pop("id", None)
+    model = str(fields.pop("model", None) or default_model)
+    endpoint = endpoint_for(model)
+    request = request_from_dict(fields, endpoint.request_type)
+    return Job(request, id=str(job_id) if job_id is not None else None, model=model)
+
+
+def load_jobs(path: Path, default_model: str) -> tuple[list[_Row], list[_RowError]]:
+    """Read and validate every row; nothing is sent."""
+    rows: list[_Row] = []
+    errors: list[_RowError] = []
+    ids: dict[str, int] = {}
+    for line, fields in _read_rows(path):
+        if isinstance(fields, str):
+            errors.append(_RowError(line, fields))
+            continue
+        try:
+            job = _to_job(fields, default_model)
+        except InvalidRequestError as exc:
+            errors.append(_RowError(line, str(exc)))
+            continue
+        if job.id is not None:
+            if job.id in ids:
+                errors.append(_RowError(line, f"id: {job.id!r} is already used on line {ids[job.id]}"))
+                continue
+            ids[job.id] = line
+        rows.append(_Row(line, job))
+    return rows, errors
+
+
+@contextlib.asynccontextmanager
+async def _client(simulate: bool, **options: Any) -> AsyncIterator[KlingClient]:
+    """A client for the real API, or for the built-in simulator started in-process."""
+    if not simulate:
+        async with KlingClient(**options) as client:
+            yield client
+        return
+    from .testing import Simulator
+
+    scale = SIMULATED_TIME_SCALE
+    policy = options.pop("poll", None) or PollPolicy()
+    scaled = PollPolicy(
+        initial=policy.initial * scale,
+        maximum=policy.maximum * scale,
+        multiplier=policy.multiplier,
+        timeout=policy.timeout * scale if policy.timeout is not None else None,
+        jitter=policy.jitter,
+    )
+    async with (
+        Simulator(time_scale=scale, generation_seconds=(30.0, 120.0)) as sim,
+        KlingClient(api_key="sim-key", base_url=sim.url, poll=scaled, **options) as client,
+    ):
+        yield client
+
+
+def _options(rps: float | None, concurrency: int, in_flight: int | None) -> dict[str, Any]:
+    return {"requests_per_second": rps, "max_concurrency": concurrency, "max_in_flight": in_flight}
+
+
+def _fail(message: str) -> NoReturn:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(EXIT_USAGE)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="kling-async")
+def cli() -> None:
+    """Generate videos with Freepik's Kling 3 API, one or thousands at a time.
+
+    The API key comes from FREEPIK_API_KEY (or MAGNIFIC_API_KEY); --simulate needs none.
+    """
+
+
+_model_option = click.option(
+    "--model",
+    default=DEFAULT_MODEL,
+    show_default=True,
+    type=click.Choice(sorted(ENDPOINTS)),
+    help="Model (create endpoint).",
+)
+_simulate_option = click.option(
+    "--simulate", is_flag=True, help="Use the built-in simulator in-process (no API key, nothing billed)."
+)
+
+
+@cli.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Folder for videos."
+)
+@_model_option
+@_simulate_option
+@click.option("--skip-invalid", is_flag=True, help="Run the valid rows even if some are invalid.")
+@click.option("--rps", type=float, default=None, help="Requests per second ceiling (default: adapt to 429s).")
+@click.option("--concurrency", type=int, default=16, show_default=True, help="Requests on the wire at once.")
+@click.option("--max-in-flight", type=int, default=None, help="Tasks generating at once (default: no cap).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON record per finished item on stdout.")
+def batch(
+    file: Path,
+    out: Path,
+    model: str,
+    simulate: bool,
+    skip_invalid: bool,
+    rps: float | None,
+    concurrency: int,
+    max_in_flight: int | None,
+    as_json: bool,
+) -> None:
+    """Generate a video for every row of FILE (JSONL or CSV) into --out, with a report."""
+    rows, errors = load_jobs(file, model)
+    console = Console(stderr=True)
+    for error in errors:
+        console.print(f"[red]{file.name}:{error.line}[/red]: {error.message}", highlight=False, markup=True)
+    if errors and not skip_invalid:
+        console.print(f"{len(errors)} invalid row(s); nothing was sent (use --skip-invalid to run the rest).")
+        sys.exit(EXIT_USAGE)
+    if not rows:
+        _fail(f"{file}: no jobs to run")
+    out.mkdir(parents=True, exist_ok=True)
+    options = _options(rps, concurrency, max_in_flight)
+    try:
+        outcomes = anyio.run(_run_batch, rows, out, simulate, options, as_json, console)
+    except KeyboardInterrupt:
+        console.print("interrupted")
+        sys.exit(EXIT_INTERRUPTED)
+    except KlingError as exc:
+        _fail(str(exc))
+    failed = [o for o in outcomes if not o.ok]
+    sys.exit(EXIT_FAILED if failed else EXIT_OK)
+
+
+async def _run_batch(
+    rows: list[_Row], out: Path, simulate: bool, options: dict[str, Any], as_json: bool, console: Console
+) -> list[Outcome]:
+    outcomes: list[Outcome] = []
+    async with _client(simulate, **options) as client:
+        progress = BatchProgress(console, total=len(rows))
+        async with progress.watching(client):
+            async for outcome in client.map((row.job for row in rows), download=out):
+                outcomes.append(outcome)
+                progress.finished(outcome)
+                if as_json:
+                    print(_record(outcome, rows), flush=True)
+    outcomes.sort(key=lambda o: o.index)
+    report = out / "report.json"
+    report.write_text(json.dumps([json.loads(_record(o, rows)) for o in outcomes], indent=2) + "\n")
+    _summary(console, outcomes, rows, report)
+    return outcomes
+
+
+def _record(outcome: Outcome, rows: list[_Row]) -> str:
+    error = None if outcome.error is None else f"{type(outcome.error).__name__}: {outcome.error}"
+    status = (
+        outcome.result.status if outcome.result is not None else getattr(outcome.error, "status", "ERROR")
+    )
+    return json.dumps(
+        {
+            "id": outcome.key,
+            "line": rows[outcome.index].line,
+            "task_id": outcome.task_id,
+            "status": status if isinstance(status, str) else "ERROR",
+            "path": str(outcome.path) if outcome.path is not None else None,
+            "error": error,
+        }
+    )
+
+
+def _summary(console: Console, outcomes: list[Outcome], rows: list[_Row], report: Path) -> None:
+    done = sum(o.ok for o in outcomes)
+    failed = [o for o in outcomes if not o.ok]
+    kinds = Counter(type(o.error).__name__ for o in failed)
+    table = Table(title="kling-async batch", show_header=True)
+    table.add_column("result")
+    table.add_column("items", justify="right")
+    table.add_row("[green]done[/green]", str(done))
+    for kind, count in sorted(kinds.items()):
+        table.add_row(f"[red]{kind}[/red]", str(count))
+    console.print(table)
+    for outcome in failed[:20]:
+        console.print(f"  line {rows[outcome.index].line} ({outcome.key}): {outcome.error}", highlight=False)
+    if len(failed) > 20:
+        console.print(f"  ... and {len(failed) - 20} more in the report")
+    console.print(f"report: {report}")
+
+
+@cli.command()
+@click.argument("prompt")
+@_model_option
+@click.option("--duration", default=None, help='Seconds, "3".."15".')
+@click.option("--image-url", default=None, help="Start frame (image-to-video).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("."), show_default=True)
+@_simulate_option
+def generate(
+    prompt: str, model: str, duration: str | None, image_url: str | None, out: Path, simulate: bool
+) -> None:
+    """Generate one clip from PROMPT and print the saved file's path."""
+    fields: dict[str, Any] = {"prompt": prompt}
+    if duration is not None:
+        fields["duration"] = duration
+    if image_url is not None:
+        fields["image_url" if endpoint_for(model).request_type is OmniRequest else "start_image_url"] = (
+            image_url
+        )
+    try:
+        job = _to_job(fields, model)
+    except InvalidRequestError as exc:
+        _fail(str(exc))
+
+    async def run() -> Path:
+        async with _client(simulate) as client:
+            result = await client.generate(job.request, model=model)
+            return await client.download(result, out)
+
+    try:
+        click.echo(anyio.run(run))
+    except KlingError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_FAILED)
+
+
+@cli.command()
+@click.argument("task_id")
+@_model_option
+def status(task_id: str, model: str) -> None:
+    """Print a task's status (and result URLs) as JSON."""
+
+    async def run() -> dict[str, Any]:
+        async with KlingClient() as client:
+            current = await client.task(task_id, model=model).refresh()
+            return {
+                "task_id": current.task_id,
+                "status": current.status,
+                "generated": list(current.generated),
+            }
+
+    try:
+        click.echo(json.dumps(anyio.run(run)))
+    except KlingError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_FAILED)
+
+
+@cli.command()
+@click.argument("task_id")
+@_model_option
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("."), show_default=True)
+def download(task_id: str, model: str, out: Path) -> None:
+    """Download a finished task's video into --out and print its path."""
+
+    async def run() -> Path:
+        async with KlingClient() as client:
+            handle = client.task(task_id, model=model)
+            await handle.refresh()
+            return await client.download(handle.result(), out)
+
+    try:
+        click.echo(anyio.run(run))
+    except (KlingError, RuntimeError) as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_FAILED)
+
+
+@cli.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@_model_option
+def validate(file: Path, model: str) -> None:
+    """Check every row of FILE (JSONL or CSV) against the API's limits; sends nothing."""
+    rows, errors = load_jobs(file, model)
+    for error in errors:
+        click.echo(f"{file.name}:{error.line}: {error.message}")
+    click.echo(f"{len(rows)} valid, {len(errors)} invalid")
+    sys.exit(EXIT_USAGE if errors else EXIT_OK)
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=8400, show_default=True)
+@click.option(
+    "--time-scale", type=float, default=0.05, show_default=True, help="Simulated seconds per real second."
+)
+@click.option("--rate-limit", type=float, default=None, help="Requests per second enforced with 429s.")
+@click.option(
+    "--fail-rate", type=float, default=0.0, show_default=True, help="Share of tasks that end FAILED."
+)
+@click.option("--error-rate", type=float, default=0.0, show_default=True, help="Share of GETs answered 5xx.")
+@click.option("--api-key", default="sim-key", show_default=True, help="The key the simulator accepts.")
+def simulate(
+    host: str,
+    port: int,
+    time_scale: float,
+    rate_limit: float | None,
+    fail_rate: float,
+    error_rate: float,
+    api_key: str,
+) -> None:
+    """Run the API simulator until interrupted (point KLING_BASE_URL at it)."""
+    from .testing import Faults, Simulator
+
+    async def run() -> None:
+        faults = Faults(fail_rate=fail_rate, get_error_rate=error_rate)
+        sim = Simulator(
+            api_key=api_key, host=host, port=port, time_scale=time_scale, rate_limit=rate_limit, faults=faults
+        )
+        async with sim:
+            click.echo(
+                f"simulator on {sim.url} (key {api_key!r}); files on {sim.cdn_url}; Ctrl-C stops", err=True
+            )
+            await anyio.sleep_forever()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        anyio.run(run)
+
+
+def main() -> None:
+    """Console entry point."""
+    cli(prog_name="kling-async")

@@ -1,0 +1,130 @@
+"""The batch command's live display: one consumer of the client's events.
+
+On a terminal it is a rich progress bar redrawn in place; elsewhere (a pipe, a CI log) it prints a plain
+status line every few seconds, with no control codes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
+
+from ._batch import Outcome
+from ._client import KlingClient
+from ._errors import SubmitUncertainError
+from ._events import RateLimited, RequestRetried, TaskSubmitted
+
+__all__ = ["BatchProgress"]
+
+_PLAIN_EVERY = 5.0
+
+
+class BatchProgress:
+    """Counts of queued / submitted / generating / done / failed / uncertain, rate, 429s and ETA."""
+
+    def __init__(self, console: Console, *, total: int) -> None:
+        self._console = console
+        self.total = total
+        self.submitted = 0
+        self.done = 0
+        self.failed = 0
+        self.uncertain = 0
+        self.rejected = 0
+        self.generating: set[str] = set()
+        self.rate_limited = 0
+        self.retries = 0
+        self._client: KlingClient | None = None
+        self._started = time.monotonic()
+        self._progress: Progress | None = None
+        self._bar: TaskID | None = None
+
+    def line(self) -> str:
+        """The counts as one line of text."""
+        queued = self.total - self.submitted - self.rejected - self.uncertain
+        rate = self._client._limiter.sending_rate() if self._client is not None else None
+        parts = [
+            f"{self.finished_count}/{self.total} finished",
+            f"{self.done} done",
+            f"{self.failed + self.rejected} failed",
+            f"{self.uncertain} uncertain",
+            f"{len(self.generating)} generating",
+            f"{max(queued, 0)} queued",
+            f"{rate:.1f} req/s" if rate else "- req/s",
+            f"{self.rate_limited} 429s",
+        ]
+        return " | ".join(parts)
+
+    @property
+    def finished_count(self) -> int:
+        """Items with an outcome."""
+        return self.done + self.failed + self.uncertain + self.rejected
+
+    @asynccontextmanager
+    async def watching(self, client: KlingClient) -> AsyncIterator[None]:
+        """Follow the client's events while the body runs."""
+        self._client = client
+        self._started = time.monotonic()
+        if self._console.is_terminal:
+            self._progress = Progress(
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeRemainingColumn(),
+                TextColumn("{task.description}"),
+                console=self._console,
+                refresh_per_second=4,
+            )
+            self._bar = self._progress.add_task(self.line(), total=self.total)
+            self._progress.start()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._follow, client)
+            if self._progress is None:
+                tg.start_soon(self._print_plain)
+            try:
+                yield
+            finally:
+                tg.cancel_scope.cancel()
+        self._redraw()
+        if self._progress is not None:
+            self._progress.stop()
+        else:
+            self._console.print(self.line(), highlight=False)
+
+    def finished(self, outcome: Outcome) -> None:
+        """Count a finished item."""
+        if outcome.task_id is not None:
+            self.generating.discard(outcome.task_id)
+        if outcome.ok:
+            self.done += 1
+        elif isinstance(outcome.error, SubmitUncertainError):
+            self.uncertain += 1
+        elif outcome.task_id is None:
+            self.rejected += 1
+        else:
+            self.failed += 1
+        self._redraw()
+
+    async def _follow(self, client: KlingClient) -> None:
+        async for event in client.events():
+            if isinstance(event, TaskSubmitted):
+                self.submitted += 1
+                self.generating.add(event.task_id)
+            elif isinstance(event, RateLimited):
+                self.rate_limited += 1
+            elif isinstance(event, RequestRetried):
+                self.retries += 1
+            self._redraw()
+
+    def _redraw(self) -> None:
+        if self._progress is not None and self._bar is not None:
+            self._progress.update(self._bar, completed=self.finished_count, description=self.line())
+
+    async def _print_plain(self) -> None:
+        while True:
+            await anyio.sleep(_PLAIN_EVERY)
+            elapsed = time.monotonic() - self._started
+            self._console.print(f"[{elapsed:5.0f}s] {self.line()}", highlight=False)
