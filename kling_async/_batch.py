@@ -260,6 +260,8 @@ class _Tracker:
         """Time between sweeps: a fifteenth of a typical generation (a sixth of the longest poll wait
         while nothing is known), so sweeping costs ~0.15 list requests per task and notices a finished
         task within a few percent of its generation time."""
+        if self._client._safety_net:
+            return self._client._poll.safety_interval
         typical = self._client._timings.typical(family)
         if typical is None:
             return self._client._poll.maximum / 6

@@ -26,12 +26,13 @@ from ._errors import (
     TransportError,
     api_error,
 )
-from ._events import Event, EventHub, RateLimited, RequestRetried, StatusChanged, TaskSubmitted
+from ._events import EventHub, EventStream, RateLimited, RequestRetried, StatusChanged, TaskSubmitted
 from ._limits import Lane, Limiter
-from ._models import Request, TaskResult, TaskStatus, decode_task, encode_request
+from ._models import Request, TaskResult, TaskStatus, decode_task, encode_request, with_webhook
 from ._polling import PollPolicy, TaskHandle, Timings
 from ._retry import RetryPolicy, is_retryable, parse_retry_after, post_created_nothing, post_retryable
 from ._transport import Timeouts, Transport
+from ._webhooks import WebhookReceiver
 
 __all__ = ["KlingClient"]
 
@@ -39,6 +40,7 @@ log = logging.getLogger("kling_async")
 
 DEFAULT_BASE_URL = "https://api.freepik.com"
 _KEY_VARIABLES = ("FREEPIK_API_KEY", "MAGNIFIC_API_KEY")
+_EARLY_DELIVERIES = 10_000
 
 
 class KlingClient:
@@ -62,6 +64,9 @@ class KlingClient:
         timeouts: per-request time limits.
         api_key_header: the header carrying the key; by default ``x-magnific-api-key`` for a
             magnific.com host and ``x-freepik-api-key`` otherwise.
+        webhooks: a ``WebhookReceiver``: every submission gets its ``webhook_url``, deliveries resolve
+            handles at once, and polling slows to a safety net (``PollPolicy.safety_interval``). The
+            client starts the receiver if it is not running, and then stops it on close.
         clock: where waiting code reads time (tests swap it).
     """
 
@@ -79,6 +84,7 @@ class KlingClient:
         retry: RetryPolicy | None = None,
         timeouts: Timeouts | None = None,
         api_key_header: str | None = None,
+        webhooks: WebhookReceiver | None = None,
         clock: Clock | None = None,
     ) -> None:
         key = api_key or next((os.environ[v] for v in _KEY_VARIABLES if os.environ.get(v)), None)
@@ -116,6 +122,10 @@ class KlingClient:
         self._handles: weakref.WeakValueDictionary[str, TaskHandle] = weakref.WeakValueDictionary()
         self._holding_slot: set[str] = set()
         self._rng = random.Random()
+        self._webhooks = webhooks
+        self._owns_receiver = False
+        # Deliveries that beat the POST's own answer, applied when the handle is made (bounded).
+        self._early: dict[str, TaskStatus] = {}
         self._task_group: TaskGroup
         self._state = "new"
 
@@ -125,6 +135,11 @@ class KlingClient:
     async def __aenter__(self) -> Self:
         if self._state != "new":
             raise RuntimeError(f"a KlingClient can be opened once; this one is {self._state}")
+        if self._webhooks is not None:
+            if not self._webhooks.running:
+                await self._webhooks.__aenter__()
+                self._owns_receiver = True
+            self._webhooks.add_listener(self._on_webhook)
         await self._transport.open()
         self._task_group = anyio.create_task_group()
         await self._task_group.__aenter__()
@@ -152,6 +167,10 @@ class KlingClient:
         finally:
             with anyio.CancelScope(shield=True):
                 await self._transport.close()
+                if self._webhooks is not None:
+                    self._webhooks.remove_listener(self._on_webhook)
+                    if self._owns_receiver:
+                        await self._webhooks.__aexit__(None, None, None)
 
     def _require_open(self) -> None:
         if self._state != "open":
@@ -180,6 +199,8 @@ class KlingClient:
     async def _submit(self, request: Request, *, model: str | None, key: str | None) -> TaskHandle:
         self._require_open()
         endpoint = resolve(request, model)
+        if self._webhooks is not None and request.webhook_url is None:
+            request = with_webhook(request, self._webhooks.url)
         body = encode_request(request)
         if self._in_flight is not None:
             await self._in_flight.acquire()
@@ -337,11 +358,14 @@ class KlingClient:
         outcomes.sort(key=lambda outcome: outcome.index)
         return outcomes
 
-    async def events(self) -> AsyncIterator[Event]:
-        """Every event from now until the client closes: submissions, status changes, retries, 429s."""
+    def events(self) -> EventStream:
+        """Every event from this call until the client closes: submissions, status changes, retries, 429s.
+
+        ``async for event in client.events():`` ... Publishing never waits for a slow reader: past
+        10,000 unread events the newest are dropped for that reader.
+        """
         self._require_open()
-        async for event in self._events.subscribe():
-            yield event
+        return self._events.subscribe()
 
     # -- plumbing shared with handles --------------------------------------------------------------------
 
@@ -359,7 +383,22 @@ class KlingClient:
             self, endpoint, task_id, status=status, started=started, kind=(endpoint.family_path, duration)
         )
         self._handles[task_id] = handle
+        early = self._early.pop(task_id, None)
+        if early is not None:
+            handle._observe(early)
         return handle
+
+    @property
+    def _safety_net(self) -> bool:
+        """Whether webhooks deliver statuses, so that polling only guards against lost deliveries."""
+        return self._webhooks is not None
+
+    def _on_webhook(self, status: TaskStatus) -> None:
+        handle = self._handles.get(status.task_id)
+        if handle is not None:
+            handle._observe(status)
+        elif len(self._early) < _EARLY_DELIVERIES:
+            self._early[status.task_id] = status
 
     def _status_changed(self, handle: TaskHandle, previous: str | None) -> None:
         if handle.done:

@@ -7,15 +7,14 @@ falls more than ``_BUFFER`` events behind loses the oldest ones it has not read 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import anyio
 import msgspec
-from anyio.streams.memory import MemoryObjectSendStream
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 __all__ = [
     "Event",
     "EventHub",
+    "EventStream",
     "RateLimited",
     "RequestRetried",
     "StatusChanged",
@@ -62,6 +61,34 @@ class RateLimited(msgspec.Struct, frozen=True, tag="rate_limited"):
 Event = TaskSubmitted | StatusChanged | RequestRetried | RateLimited
 
 
+class EventStream:
+    """Events in the order they happened; subscribed when created, so nothing between is missed.
+
+    Iterate it with ``async for``; it ends when the client closes, or call ``aclose()`` to stop early.
+    """
+
+    def __init__(self, receive: MemoryObjectReceiveStream[Event]) -> None:
+        self._receive = receive
+
+    def __aiter__(self) -> EventStream:
+        return self
+
+    async def __anext__(self) -> Event:
+        try:
+            return await self._receive.receive()
+        except (anyio.EndOfStream, anyio.ClosedResourceError):
+            self._receive.close()
+            raise StopAsyncIteration from None
+
+    def __del__(self) -> None:
+        # A reader that broke out of its loop early has no stream to leave open.
+        self._receive.close()
+
+    async def aclose(self) -> None:
+        """Stop receiving events."""
+        self._receive.close()
+
+
 class EventHub:
     """Fans each event out to every subscriber without ever blocking the publisher."""
 
@@ -84,18 +111,11 @@ class EventHub:
             except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                 self._streams.remove(stream)
 
-    async def subscribe(self) -> AsyncIterator[Event]:
-        """Yield events from now on until the hub closes."""
+    def subscribe(self) -> EventStream:
+        """A stream of every event from this call on, until the hub closes."""
         send, receive = anyio.create_memory_object_stream[Event](_BUFFER)
         self._streams.append(send)
-        try:
-            async with receive:
-                async for event in receive:
-                    yield event
-        finally:
-            if send in self._streams:
-                self._streams.remove(send)
-            send.close()
+        return EventStream(receive)
 
     def close(self) -> None:
         """End every subscriber's stream (they finish reading what is buffered)."""

@@ -54,6 +54,8 @@ class PollPolicy:
         multiplier: growth of the wait between checks while nothing is learned.
         timeout: how long ``TaskHandle.wait`` waits in all before ``TaskTimeoutError`` (None: forever).
         jitter: each wait is scaled by a random factor in ``[1 - jitter, 1 + jitter]``.
+        safety_interval: with webhooks, the shortest wait between two checks: deliveries resolve
+            tasks, and checks only catch the deliveries that never came.
     """
 
     initial: float = 15.0
@@ -61,6 +63,7 @@ class PollPolicy:
     multiplier: float = 1.5
     timeout: float | None = 1800.0
     jitter: float = 0.1
+    safety_interval: float = 120.0
 
     def __post_init__(self) -> None:
         if self.initial < 0 or self.maximum <= 0:
@@ -233,6 +236,8 @@ class TaskHandle:
             delay = max(policy.initial - elapsed, 0.0)
         else:
             delay = min(policy.maximum, policy.initial * policy.multiplier**checks)
+        if self._client._safety_net:
+            delay = max(delay, policy.safety_interval)
         if policy.jitter:
             delay *= random.uniform(1.0 - policy.jitter, 1.0 + policy.jitter)
         return delay
@@ -262,6 +267,9 @@ class _HandleOwner(Protocol):
     _poll: PollPolicy
     _timings: Timings
     _clock: Clock
+
+    @property
+    def _safety_net(self) -> bool: ...
 
     async def _fetch_status(self, endpoint: Endpoint, task_id: str) -> TaskStatus: ...
 

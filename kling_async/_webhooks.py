@@ -301,6 +301,11 @@ class WebhookReceiver:
         self.duplicates = 0
 
     @property
+    def running(self) -> bool:
+        """Whether the standalone server is listening."""
+        return self._runner is not None
+
+    @property
     def url(self) -> str:
         """The URL to give the API as ``webhook_url``.
 

@@ -1,0 +1,112 @@
+"""A client that owns a webhook receiver: deliveries resolve handles, polling is only the safety net."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import replace
+
+import pytest
+
+from kling_async import KlingClient, OmniRequest, PollPolicy, StatusChanged, TaskStatus, WebhookReceiver
+from kling_async.testing import Faults, Simulator
+from tests.conftest import FAST_POLL, FAST_RETRY
+
+pytestmark = pytest.mark.anyio
+
+SECRET = "whsec_" + "c2VjcmV0LWtleS1mb3ItdGVzdHM="
+# Checks only after 5 s: a test that finishes sooner was resolved by deliveries alone.
+SLOW_SAFETY = replace(FAST_POLL, safety_interval=5.0)
+
+
+@pytest.fixture
+async def hooked_sim() -> AsyncIterator[Simulator]:
+    async with Simulator(time_scale=0.001, webhook_secret=SECRET) as sim:
+        yield sim
+
+
+def _client(sim: Simulator, receiver: WebhookReceiver, poll: PollPolicy = SLOW_SAFETY) -> KlingClient:
+    return KlingClient(api_key="sim-key", base_url=sim.url, retry=FAST_RETRY, webhooks=receiver, poll=poll)
+
+
+async def test_a_delivery_resolves_the_handle_without_a_status_request(hooked_sim: Simulator) -> None:
+    receiver = WebhookReceiver(SECRET)
+    async with _client(hooked_sim, receiver) as client:
+        result = await client.generate(OmniRequest(prompt="a fox"))
+    assert result.url is not None
+    assert hooked_sim.counters.status_gets == 0
+    assert receiver.accepted >= 1
+
+
+async def test_every_submission_carries_the_receivers_url(hooked_sim: Simulator) -> None:
+    receiver = WebhookReceiver(SECRET)
+    async with _client(hooked_sim, receiver) as client:
+        handle = await client.submit(OmniRequest(prompt="a fox"))
+        assert hooked_sim.tasks[handle.task_id].payload["webhook_url"] == receiver.url
+
+
+async def test_the_client_starts_and_stops_a_receiver_it_was_given_stopped(hooked_sim: Simulator) -> None:
+    receiver = WebhookReceiver(SECRET)
+    async with _client(hooked_sim, receiver):
+        assert receiver.running
+    assert not receiver.running
+
+
+async def test_a_receiver_already_running_is_left_running(hooked_sim: Simulator) -> None:
+    async with WebhookReceiver(SECRET) as receiver:
+        async with _client(hooked_sim, receiver):
+            pass
+        assert receiver.running
+
+
+async def test_a_batch_with_a_fifth_of_deliveries_lost_completes_through_safety_polling() -> None:
+    faults = Faults(webhook_drop_rate=0.2)
+    async with Simulator(time_scale=0.001, webhook_secret=SECRET, faults=faults, seed=5) as sim:
+        receiver = WebhookReceiver(SECRET)
+        async with _client(sim, receiver, poll=replace(FAST_POLL, safety_interval=0.2)) as client:
+            outcomes = await client.gather([OmniRequest(prompt=f"clip {i}") for i in range(100)])
+    assert all(o.ok for o in outcomes)
+    assert sim.counters.webhooks_dropped > 0
+
+
+async def test_duplicate_and_reordered_deliveries_never_move_a_finished_task_back(
+    hooked_sim: Simulator,
+) -> None:
+    hooked_sim.faults = Faults(webhook_duplicate_rate=1.0, webhook_reorder=True)
+    receiver = WebhookReceiver(SECRET)
+    statuses: list[str] = []
+    async with _client(hooked_sim, receiver) as client:
+        handle = await client.submit(OmniRequest(prompt="a fox"))
+        result = await handle
+        assert result.status == "COMPLETED"
+        client._on_webhook(TaskStatus(task_id=handle.task_id, status="IN_PROGRESS"))
+        statuses.append(handle.status or "")
+    assert statuses == ["COMPLETED"]
+
+
+async def test_a_delivery_that_beats_the_post_answer_is_applied_to_the_new_handle(
+    hooked_sim: Simulator,
+) -> None:
+    receiver = WebhookReceiver(SECRET)
+    async with _client(hooked_sim, receiver) as client:
+        client._on_webhook(
+            TaskStatus(task_id="early-1", status="COMPLETED", generated=("https://cdn/x.mp4",))
+        )
+        handle = client.task("early-1")
+        assert handle.status == "COMPLETED"
+        assert (await handle).url == "https://cdn/x.mp4"
+
+
+async def test_status_changes_from_deliveries_are_published_as_events(hooked_sim: Simulator) -> None:
+    receiver = WebhookReceiver(SECRET)
+    async with _client(hooked_sim, receiver) as client:
+        seen: list[StatusChanged] = []
+        events = client.events()
+
+        handle = await client.submit(OmniRequest(prompt="a fox"))
+        await handle
+        async for event in events:
+            if isinstance(event, StatusChanged):
+                seen.append(event)
+            if isinstance(event, StatusChanged) and event.status == "COMPLETED":
+                break
+    assert [e.status for e in seen][-1] == "COMPLETED"
