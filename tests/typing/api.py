@@ -1,0 +1,75 @@
+"""Type-checked, never run: every public signature used the way users write it (mypy --strict)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import kling_async
+from kling_async import (
+    Element,
+    Event,
+    Job,
+    Kling3Request,
+    KlingClient,
+    OmniRequest,
+    Outcome,
+    PollPolicy,
+    RetryPolicy,
+    Shot,
+    TaskHandle,
+    TaskResult,
+    TaskStatus,
+    Timeouts,
+    VideoReferenceRequest,
+    WebhookReceiver,
+)
+from kling_async.testing import Faults, Simulator
+
+
+async def everything() -> None:
+    receiver = WebhookReceiver("whsec_c2VjcmV0", host="127.0.0.1", port=0, public_url=None)
+    async with (
+        Simulator(time_scale=0.01, faults=Faults(get_error_rate=0.1)) as sim,
+        KlingClient(
+            "key",
+            sim.url,
+            requests_per_second=10.0,
+            burst=2,
+            max_concurrency=8,
+            max_in_flight=100,
+            max_downloads=2,
+            poll=PollPolicy(initial=15.0, maximum=30.0, multiplier=1.5, timeout=600.0),
+            retry=RetryPolicy(attempts=5, initial=0.5, maximum=10.0, multiplier=2.0, deadline=60.0),
+            timeouts=Timeouts(connect=5.0, read=20.0, total=40.0),
+            webhooks=receiver,
+        ) as client,
+    ):
+        omni = OmniRequest(
+            prompt="a fox",
+            duration="5",
+            aspect_ratio="16:9",
+            elements=[Element(reference_image_urls=["https://x/a.png"], frontal_image_url="https://x/b.png")],
+        )
+        shots = Kling3Request(multi_prompt=[Shot(prompt="a", duration="5"), Shot(prompt="b", duration="5")])
+        ref = VideoReferenceRequest(video_url="https://x/v.mp4", prompt="@Video1 in snow")
+        handle: TaskHandle = await client.submit(omni, model="kling-v3-omni-pro")
+        task_id: str = handle.task_id
+        status: str | None = handle.status
+        result: TaskResult = await handle
+        result = await handle.wait(timeout=600)
+        fresh: TaskStatus = await handle.refresh()
+        url: str | None = result.url
+        urls: tuple[str, ...] = result.urls
+        result = await client.generate(shots, model="kling-v3-pro")
+        again: TaskHandle = client.task(task_id, model="kling-v3-omni-std")
+        async for outcome in client.map([omni, Job(ref, id="ref-1", model="kling-v3-omni-std-reference")]):
+            ok: bool = outcome.ok
+            index: int = outcome.index
+            key: str = outcome.key
+        outcomes: list[Outcome] = await client.gather([omni], download="videos/", timeout=300.0)
+        path: Path = await client.download(result, "videos/")
+        async for event in client.events():
+            seen: Event = event
+            break
+        verified: TaskStatus = kling_async.verify_webhook({}, b"{}", "secret", 300.0)
+        del status, fresh, url, urls, again, ok, index, key, outcomes, path, seen, verified
