@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
+import signal
 import sys
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import anyio
+import msgspec
 
 try:
     import click
@@ -29,7 +31,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the [cli
 from ._batch import Job, Outcome
 from ._client import KlingClient
 from ._endpoints import DEFAULT_MODEL, ENDPOINTS, endpoint_for
-from ._errors import InvalidRequestError, KlingError
+from ._errors import InvalidRequestError, KlingError, SubmitUncertainError, TaskFailedError
 from ._models import OmniRequest, request_from_dict
 from ._polling import PollPolicy
 from ._progress import BatchProgress
@@ -37,6 +39,8 @@ from ._progress import BatchProgress
 __all__ = ["cli", "load_jobs", "main"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+_EVENT_ENCODER = msgspec.json.Encoder()
 
 # With --simulate, a 60 s generation takes 60 * SIMULATED_TIME_SCALE seconds.
 SIMULATED_TIME_SCALE = 0.02
@@ -202,7 +206,7 @@ def batch(
 ) -> None:
     """Generate a video for every row of FILE (JSONL or CSV) into --out, with a report."""
     rows, errors = load_jobs(file, model)
-    console = Console(stderr=True)
+    console = Console(stderr=True, soft_wrap=True)
     for error in errors:
         console.print(f"[red]{file.name}:{error.line}[/red]: {error.message}", highlight=False, markup=True)
     if errors and not skip_invalid:
@@ -211,69 +215,124 @@ def batch(
     if not rows:
         _fail(f"{file}: no jobs to run")
     out.mkdir(parents=True, exist_ok=True)
-    options = _options(rps, concurrency, max_in_flight)
+    run = _BatchRun(rows, out, console, as_json=as_json)
     try:
-        outcomes = anyio.run(_run_batch, rows, out, simulate, options, as_json, console)
-    except KeyboardInterrupt:
-        console.print("interrupted")
-        sys.exit(EXIT_INTERRUPTED)
+        anyio.run(run.execute, simulate, _options(rps, concurrency, max_in_flight))
     except KlingError as exc:
         _fail(str(exc))
-    failed = [o for o in outcomes if not o.ok]
-    sys.exit(EXIT_FAILED if failed else EXIT_OK)
+    if run.interrupted:
+        sys.exit(EXIT_INTERRUPTED)
+    every_row_done = len(run.outcomes) == len(rows) and all(o.ok for o in run.outcomes.values())
+    sys.exit(EXIT_OK if every_row_done else EXIT_FAILED)
 
 
-async def _run_batch(
-    rows: list[_Row], out: Path, simulate: bool, options: dict[str, Any], as_json: bool, console: Console
-) -> list[Outcome]:
-    outcomes: list[Outcome] = []
-    async with _client(simulate, **options) as client:
-        progress = BatchProgress(console, total=len(rows))
+class _BatchRun:
+    """One ``batch`` command: feeds rows to ``client.map``, follows Ctrl-C, writes the report.
+
+    The first Ctrl-C (or SIGTERM) stops new submissions and lets the tasks in flight finish; the second
+    cancels at once. Either way the report lists every row, and the same command resumes.
+    """
+
+    def __init__(self, rows: list[_Row], out: Path, console: Console, *, as_json: bool) -> None:
+        self.rows = rows
+        self.out = out
+        self.console = console
+        self.as_json = as_json
+        self.outcomes: dict[int, Outcome] = {}
+        self.draining = False
+        self.interrupted = False
+
+    def jobs(self) -> Iterator[Job]:
+        """The rows as jobs, until a first Ctrl-C ends the input."""
+        for row in self.rows:
+            if self.draining:
+                return
+            yield row.job
+
+    async def execute(self, simulate: bool, options: dict[str, Any]) -> None:
+        try:
+            async with _client(simulate, **options) as client, anyio.create_task_group() as tg:
+                tg.start_soon(self._follow_signals, tg.cancel_scope)
+                if self.as_json:
+                    tg.start_soon(self._print_events, client)
+                await self._run(client)
+                tg.cancel_scope.cancel()
+        finally:
+            self._report()
+
+    async def _run(self, client: KlingClient) -> None:
+        progress = BatchProgress(self.console, total=len(self.rows))
         async with progress.watching(client):
-            async for outcome in client.map((row.job for row in rows), download=out):
-                outcomes.append(outcome)
+            async for outcome in client.map(self.jobs(), download=self.out):
+                self.outcomes[outcome.index] = outcome
                 progress.finished(outcome)
-                if as_json:
-                    print(_record(outcome, rows), flush=True)
-    outcomes.sort(key=lambda o: o.index)
-    report = out / "report.json"
-    report.write_text(json.dumps([json.loads(_record(o, rows)) for o in outcomes], indent=2) + "\n")
-    _summary(console, outcomes, rows, report)
-    return outcomes
+                if self.as_json:
+                    print(
+                        json.dumps({"type": "outcome", **self._record(outcome.index)}, separators=(",", ":")),
+                        flush=True,
+                    )
+
+    async def _follow_signals(self, scope: anyio.CancelScope) -> None:
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for _ in signals:
+                self.interrupted = True
+                if not self.draining:
+                    self.draining = True
+                    self.console.print(
+                        "[yellow]Interrupted: no new submissions; waiting for the tasks in flight."
+                        " Ctrl-C again to stop now (running tasks stay reachable; rerun to resume).[/yellow]"
+                    )
+                else:
+                    self.console.print("[yellow]Stopping now.[/yellow]")
+                    scope.cancel()
+
+    async def _print_events(self, client: KlingClient) -> None:
+        async for event in client.events():
+            print(_EVENT_ENCODER.encode(event).decode(), flush=True)
+
+    def _record(self, index: int) -> dict[str, Any]:
+        row = self.rows[index]
+        outcome = self.outcomes.get(index)
+        record: dict[str, Any] = {"id": row.job.id, "line": row.line, "task_id": None, "status": None}
+        if outcome is None:
+            record.update(status="NOT_RUN", path=None, error="interrupted before this row finished")
+            return record
+        error = None if outcome.error is None else f"{type(outcome.error).__name__}: {outcome.error}"
+        status = outcome.result.status if outcome.result is not None else "ERROR"
+        if isinstance(outcome.error, SubmitUncertainError):
+            status = "UNCERTAIN"
+        elif isinstance(outcome.error, TaskFailedError):
+            status = outcome.error.status
+        record.update(
+            id=outcome.key,
+            task_id=outcome.task_id,
+            status=status,
+            path=str(outcome.path) if outcome.path is not None else None,
+            error=error,
+        )
+        return record
+
+    def _report(self) -> None:
+        report = self.out / "report.json"
+        records = [self._record(index) for index in range(len(self.rows))]
+        report.write_text(json.dumps(records, indent=2) + "\n", encoding="utf-8")
+        _summary(self.console, records, report)
 
 
-def _record(outcome: Outcome, rows: list[_Row]) -> str:
-    error = None if outcome.error is None else f"{type(outcome.error).__name__}: {outcome.error}"
-    status = (
-        outcome.result.status if outcome.result is not None else getattr(outcome.error, "status", "ERROR")
-    )
-    return json.dumps(
-        {
-            "id": outcome.key,
-            "line": rows[outcome.index].line,
-            "task_id": outcome.task_id,
-            "status": status if isinstance(status, str) else "ERROR",
-            "path": str(outcome.path) if outcome.path is not None else None,
-            "error": error,
-        }
-    )
-
-
-def _summary(console: Console, outcomes: list[Outcome], rows: list[_Row], report: Path) -> None:
-    done = sum(o.ok for o in outcomes)
-    failed = [o for o in outcomes if not o.ok]
-    kinds = Counter(type(o.error).__name__ for o in failed)
+def _summary(console: Console, records: list[dict[str, Any]], report: Path) -> None:
+    by_status = Counter(record["status"] for record in records)
     table = Table(title="kling-async batch", show_header=True)
-    table.add_column("result")
-    table.add_column("items", justify="right")
-    table.add_row("[green]done[/green]", str(done))
-    for kind, count in sorted(kinds.items()):
-        table.add_row(f"[red]{kind}[/red]", str(count))
+    table.add_column("status")
+    table.add_column("rows", justify="right")
+    for status, count in sorted(by_status.items(), key=lambda item: (item[0] != "COMPLETED", item[0])):
+        style = "green" if status == "COMPLETED" else "red"
+        table.add_row(f"[{style}]{status}[/{style}]", str(count))
     console.print(table)
-    for outcome in failed[:20]:
-        console.print(f"  line {rows[outcome.index].line} ({outcome.key}): {outcome.error}", highlight=False)
-    if len(failed) > 20:
-        console.print(f"  ... and {len(failed) - 20} more in the report")
+    problems = [record for record in records if record["status"] != "COMPLETED"]
+    for record in problems[:20]:
+        console.print(f"  line {record['line']} ({record['id']}): {record['error']}", highlight=False)
+    if len(problems) > 20:
+        console.print(f"  ... and {len(problems) - 20} more in the report")
     console.print(f"report: {report}")
 
 
