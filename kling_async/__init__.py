@@ -13,6 +13,7 @@ from ._errors import (
     BadRequestError,
     InvalidParam,
     InvalidRequestError,
+    JournalError,
     KlingError,
     NotFoundError,
     RateLimitError,
@@ -24,6 +25,7 @@ from ._errors import (
     WebhookVerificationError,
 )
 from ._events import Event, RateLimited, RequestRetried, StatusChanged, TaskSubmitted
+from ._journal import Journal
 from ._models import (
     Element,
     Kling3Request,
@@ -50,6 +52,8 @@ __all__ = [
     "InvalidParam",
     "InvalidRequestError",
     "Job",
+    "Journal",
+    "JournalError",
     "Kling3Request",
     "KlingClient",
     "KlingError",

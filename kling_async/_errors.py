@@ -14,6 +14,7 @@
     ├── TaskFailedError             the task ended FAILED (or CANCELLED); carries the task id
     ├── TaskTimeoutError            our wait deadline passed; the task lives on and stays reachable by id
     ├── SubmitUncertainError        a POST may have created a task, but no answer came back; never resubmitted
+    ├── JournalError                a journal file that is foreign, damaged, newer, or reused otherwise
     └── WebhookVerificationError    a webhook delivery unsigned, badly signed, stale, future or replayed
 
 Every error prints readably and carries its context as attributes; none ever contains the API key.
@@ -29,6 +30,7 @@ __all__ = [
     "BadRequestError",
     "InvalidParam",
     "InvalidRequestError",
+    "JournalError",
     "KlingError",
     "NotFoundError",
     "RateLimitError",
@@ -192,6 +194,21 @@ class SubmitUncertainError(KlingError):
         self.model = model
         self.key = key
         super().__init__(message)
+
+
+class JournalError(KlingError):
+    """The journal cannot be used as asked: not SQLite, another application's, newer, damaged, or a key
+    recorded with another request.
+
+    Attributes:
+        path: the journal file.
+        key: the item the error is about, when there is one.
+    """
+
+    def __init__(self, problem: str, *, path: str, key: str | None = None) -> None:
+        self.path = path
+        self.key = key
+        super().__init__(f"journal {path}: {problem}")
 
 
 class WebhookVerificationError(KlingError):

@@ -1,0 +1,481 @@
+"""The journal records each batch item durably, resumes from its file, and refuses files it cannot trust."""
+
+from __future__ import annotations
+
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kling_async import KlingError
+from kling_async import JournalError
+from kling_async._journal import SCHEMA_VERSION, Journal, JournalEntry, State
+
+MODEL = "kling-v3-omni-std"
+REQUEST = b'{"prompt":"a fox in snow","duration":"5"}'
+OTHER_REQUEST = b'{"prompt":"a fox in rain","duration":"5"}'
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> Path:
+    return tmp_path / "run.db"
+
+
+@pytest.fixture
+def journal(path: Path) -> Iterator[Journal]:
+    with Journal(path) as opened:
+        yield opened
+
+
+def peek(path: Path, sql: str, *params: object) -> list[Any]:
+    """Read the file through a second connection: it sees committed data only."""
+    with closing(sqlite3.connect(path)) as db:
+        return db.execute(sql, params).fetchall()
+
+
+def state_on_disk(path: Path, key: str) -> str | None:
+    rows = peek(path, "SELECT state FROM items WHERE key = ?", key)
+    return rows[0][0] if rows else None
+
+
+def entry_of(journal: Journal, key: str = "a") -> JournalEntry:
+    found = journal.lookup(key)
+    assert found is not None
+    return found
+
+
+def running(journal: Journal, key: str = "a", task_id: str = "t-a") -> None:
+    journal.submitting(key, MODEL, REQUEST)
+    journal.created(key, task_id, "CREATED")
+
+
+# -- opening -------------------------------------------------------------------------------------------------
+
+
+def test_new_path_becomes_an_empty_journal_with_its_meta(journal: Journal, path: Path) -> None:
+    assert list(journal.entries()) == []
+    assert dict(peek(path, "SELECT key, value FROM meta")) == {
+        "application": "kling-async",
+        "schema_version": str(SCHEMA_VERSION),
+    }
+
+
+def test_an_empty_file_becomes_a_journal(path: Path) -> None:
+    path.touch()
+    with Journal(path) as journal:
+        journal.submitting("a", MODEL, REQUEST)
+    assert state_on_disk(path, "a") == "submitting"
+
+
+def test_wal_mode_is_on(journal: Journal, path: Path) -> None:
+    assert peek(path, "PRAGMA journal_mode") == [("wal",)]
+
+
+def test_reopening_keeps_every_field(path: Path) -> None:
+    with Journal(path) as journal:
+        running(journal)
+        journal.finished("a", "COMPLETED", ["https://cdn.example/a.mp4", "https://cdn.example/a2.mp4"])
+        journal.downloaded("a", "videos/a.mp4")
+        journal.submitting("b", "kling-v3-omni-pro", OTHER_REQUEST)
+        journal.failed("b", None, "BadRequestError: HTTP 400: prompt: too long")
+    with Journal(path) as journal:
+        assert list(journal.entries()) == [
+            JournalEntry(
+                key="a",
+                model=MODEL,
+                request=REQUEST,
+                state=State.DOWNLOADED,
+                task_id="t-a",
+                status="COMPLETED",
+                urls=("https://cdn.example/a.mp4", "https://cdn.example/a2.mp4"),
+                path="videos/a.mp4",
+                error=None,
+            ),
+            JournalEntry(
+                key="b",
+                model="kling-v3-omni-pro",
+                request=OTHER_REQUEST,
+                state=State.FAILED,
+                task_id=None,
+                status=None,
+                urls=(),
+                path=None,
+                error="BadRequestError: HTTP 400: prompt: too long",
+            ),
+        ]
+
+
+def test_urls_and_request_read_by_hand_as_json(journal: Journal, path: Path) -> None:
+    running(journal)
+    journal.finished("a", "COMPLETED", ["https://cdn.example/a.mp4"])
+    journal.flush()
+    assert peek(
+        path, "SELECT json_extract(urls, '$[0]'), json_extract(CAST(request AS TEXT), '$.prompt') FROM items"
+    ) == [("https://cdn.example/a.mp4", "a fox in snow")]
+
+
+def test_a_garbage_file_is_refused_naming_the_path(path: Path) -> None:
+    path.write_bytes(b"these are not the bytes of a database\n" * 100)
+    with pytest.raises(JournalError, match="not an SQLite database") as caught:
+        Journal(path)
+    assert str(path) in str(caught.value)
+    assert caught.value.path == str(path)
+    assert isinstance(caught.value, KlingError)
+
+
+def test_another_applications_sqlite_file_is_refused_and_left_untouched(path: Path) -> None:
+    with closing(sqlite3.connect(path)) as db:
+        db.execute("CREATE TABLE photos (id INTEGER PRIMARY KEY)")
+        db.commit()
+    with pytest.raises(JournalError, match="not a kling-async journal") as caught:
+        Journal(path)
+    assert str(path) in str(caught.value)
+    # Never switched to WAL: that would rewrite the other application's file header.
+    assert peek(path, "PRAGMA journal_mode") == [("delete",)]
+
+
+def test_a_meta_table_of_another_application_is_refused(path: Path) -> None:
+    with closing(sqlite3.connect(path)) as db:
+        db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)")
+        db.execute("INSERT INTO meta VALUES ('application', 'photo-album')")
+        db.commit()
+    with pytest.raises(JournalError, match=r"not a kling-async journal \(application 'photo-album'\)"):
+        Journal(path)
+
+
+def test_a_newer_schema_is_refused_naming_the_path(path: Path) -> None:
+    Journal(path).close()
+    with closing(sqlite3.connect(path)) as db:
+        db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION + 1),))
+        db.commit()
+    with pytest.raises(JournalError, match="written by a newer kling-async") as caught:
+        Journal(path)
+    assert str(path) in str(caught.value)
+
+
+@pytest.mark.parametrize("version", ["0", "one"])
+def test_a_nonsense_schema_version_is_refused(path: Path, version: str) -> None:
+    Journal(path).close()
+    with closing(sqlite3.connect(path)) as db:
+        db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (version,))
+        db.commit()
+    with pytest.raises(JournalError, match="bad schema_version"):
+        Journal(path)
+
+
+def test_an_older_schema_is_migrated_on_open(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with Journal(path) as journal:
+        journal.submitting("a", MODEL, REQUEST)
+
+    def add_note(db: sqlite3.Connection) -> None:
+        db.execute("ALTER TABLE items ADD COLUMN note TEXT")
+
+    monkeypatch.setattr("kling_async._journal.SCHEMA_VERSION", SCHEMA_VERSION + 1)
+    monkeypatch.setattr("kling_async._journal._MIGRATIONS", {SCHEMA_VERSION: add_note})
+    with Journal(path) as journal:
+        assert journal.lookup("a") is not None
+    assert peek(path, "SELECT value FROM meta WHERE key = 'schema_version'") == [(str(SCHEMA_VERSION + 1),)]
+    assert peek(path, "SELECT key, note FROM items") == [("a", None)]
+
+
+def test_an_unopenable_path_raises_a_journal_error(tmp_path: Path) -> None:
+    with pytest.raises(JournalError, match="cannot open"):
+        Journal(tmp_path / "missing-folder" / "run.db")
+
+
+def test_sqlite_errors_become_journal_errors(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("kling_async._journal._BUSY_TIMEOUT_MS", 20)
+    with Journal(path) as journal, closing(sqlite3.connect(path, isolation_level=None)) as other:
+        other.execute("BEGIN IMMEDIATE")  # another writer holds the lock
+        with pytest.raises(JournalError, match="cannot record key 'a': database is locked") as caught:
+            journal.submitting("a", MODEL, REQUEST)
+        other.execute("ROLLBACK")
+        assert str(path) in str(caught.value)
+        journal.submitting("a", MODEL, REQUEST)
+        assert state_on_disk(path, "a") == "submitting"
+
+
+def test_a_closed_journal_raises_a_journal_error(journal: Journal) -> None:
+    journal.close()
+    journal.close()
+    with pytest.raises(JournalError, match="closed"):
+        journal.lookup("a")
+
+
+# -- durability ----------------------------------------------------------------------------------------------
+
+
+def test_submitting_is_committed_before_it_returns(journal: Journal, path: Path) -> None:
+    journal.submitting("a", MODEL, REQUEST)
+    assert peek(path, "SELECT state, model, request FROM items") == [("submitting", MODEL, REQUEST)]
+
+
+def test_created_is_committed_before_it_returns(journal: Journal, path: Path) -> None:
+    running(journal)
+    assert peek(path, "SELECT state, task_id, status FROM items") == [("created", "t-a", "CREATED")]
+
+
+def test_uncertain_is_committed_before_it_returns(journal: Journal, path: Path) -> None:
+    journal.submitting("a", MODEL, REQUEST)
+    journal.uncertain("a", "SubmitUncertainError: HTTP 502 after the POST left")
+    assert state_on_disk(path, "a") == "uncertain"
+
+
+def test_a_failure_before_any_task_is_committed_before_it_returns(path: Path) -> None:
+    with Journal(path, flush_interval=60) as journal:
+        journal.submitting("a", MODEL, REQUEST)
+        journal.failed("a", None, "BadRequestError: HTTP 400")
+        assert state_on_disk(path, "a") == "failed"
+
+
+def test_buffered_writes_become_visible_on_flush(path: Path) -> None:
+    with Journal(path, flush_interval=60) as journal:
+        running(journal)
+        journal.finished("a", "COMPLETED", ["https://cdn.example/a.mp4"])
+        assert state_on_disk(path, "a") == "created"
+        assert entry_of(journal).state == State.COMPLETED
+        journal.flush()
+        assert state_on_disk(path, "a") == "completed"
+
+
+def test_buffered_writes_become_visible_on_close(path: Path) -> None:
+    journal = Journal(path, flush_interval=60)
+    running(journal)
+    journal.status("a", "IN_PROGRESS")
+    assert peek(path, "SELECT status FROM items") == [("CREATED",)]
+    journal.close()
+    assert peek(path, "SELECT status FROM items") == [("IN_PROGRESS",)]
+
+
+def test_buffered_writes_are_committed_every_flush_every_writes(path: Path) -> None:
+    with Journal(path, flush_every=3, flush_interval=60) as journal:
+        for key in "abc":
+            running(journal, key, f"t-{key}")
+        journal.status("a", "IN_PROGRESS")
+        journal.status("b", "IN_PROGRESS")
+        assert peek(path, "SELECT count(*) FROM items WHERE status = 'IN_PROGRESS'") == [(0,)]
+        journal.status("c", "IN_PROGRESS")
+        assert peek(path, "SELECT count(*) FROM items WHERE status = 'IN_PROGRESS'") == [(3,)]
+
+
+def test_a_write_commits_the_buffer_once_the_interval_passed(path: Path) -> None:
+    with Journal(path) as journal:  # the default interval, 0.2 s
+        running(journal, "a", "t-a")
+        running(journal, "b", "t-b")
+        journal.status("a", "IN_PROGRESS")
+        assert state_on_disk(path, "a") == "created"
+        assert peek(path, "SELECT status FROM items WHERE key = 'a'") == [("CREATED",)]
+        time.sleep(0.25)
+        # A repeated status writes nothing, yet still commits what waited too long.
+        journal.status("b", "CREATED")
+        assert peek(path, "SELECT status FROM items WHERE key = 'a'") == [("IN_PROGRESS",)]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL is POSIX")
+def test_a_journal_survives_a_sigkill_of_its_writer(path: Path) -> None:
+    writer = (
+        "import os, signal, sys\n"
+        "from kling_async._journal import Journal\n"
+        "journal = Journal(sys.argv[1])\n"
+        "for i in range(50):\n"
+        "    journal.submitting(f'k{i}', 'kling-v3-omni-std', b'{}')\n"
+        "    journal.created(f'k{i}', f'task-{i}', 'CREATED')\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", writer, str(path)], capture_output=True, timeout=60)
+    assert done.returncode == -signal.SIGKILL, done.stderr.decode()
+    # The killed process never checkpointed: what it committed lives in the write-ahead log.
+    assert path.with_name(path.name + "-wal").stat().st_size > 0
+    with Journal(path) as journal:
+        entries = list(journal.entries())
+    assert [(e.key, e.state, e.task_id) for e in entries] == [
+        (f"k{i}", State.CREATED, f"task-{i}") for i in range(50)
+    ]
+
+
+# -- keys and states -----------------------------------------------------------------------------------------
+
+
+def test_an_unknown_key_looks_up_as_none(journal: Journal) -> None:
+    assert journal.lookup("nope") is None
+
+
+def test_the_same_key_and_request_is_accepted_on_a_rerun(path: Path) -> None:
+    with Journal(path) as journal:
+        journal.submitting("a", MODEL, REQUEST)
+    with Journal(path) as journal:
+        journal.submitting("a", MODEL, REQUEST)
+        assert [e.key for e in journal.entries()] == ["a"]
+
+
+@pytest.mark.parametrize(("model", "request_"), [(MODEL, OTHER_REQUEST), ("kling-v3-omni-pro", REQUEST)])
+def test_another_request_or_model_under_a_recorded_key_is_refused(
+    journal: Journal, model: str, request_: bytes
+) -> None:
+    journal.submitting("a", MODEL, REQUEST)
+    with pytest.raises(JournalError, match="key 'a' was recorded with another request") as caught:
+        journal.submitting("a", model, request_)
+    assert caught.value.key == "a"
+    assert entry_of(journal).request == REQUEST
+
+
+@pytest.mark.parametrize("finish", ["created", "completed", "downloaded"])
+def test_submitting_again_is_refused_once_a_task_exists(journal: Journal, finish: str) -> None:
+    running(journal)
+    if finish != "created":
+        journal.finished("a", "COMPLETED", ["u"])
+    if finish == "downloaded":
+        journal.downloaded("a", "a.mp4")
+    with pytest.raises(JournalError, match="with task t-a; re-attach"):
+        journal.submitting("a", MODEL, REQUEST)
+
+
+@pytest.mark.parametrize("end", ["uncertain", "failed"])
+def test_an_uncertain_or_failed_item_may_be_resubmitted_deliberately(journal: Journal, end: str) -> None:
+    journal.submitting("a", MODEL, REQUEST)
+    if end == "uncertain":
+        journal.uncertain("a", "no answer")
+    else:
+        journal.created("a", "t-old", "CREATED")
+        journal.failed("a", "FAILED", "TaskFailedError")
+    journal.submitting("a", MODEL, REQUEST)
+    journal.created("a", "t-new", "CREATED")
+    entry = entry_of(journal)
+    assert (entry.state, entry.task_id, entry.status, entry.error) == (
+        State.CREATED,
+        "t-new",
+        "CREATED",
+        None,
+    )
+
+
+def test_an_item_goes_submitting_created_completed_downloaded(journal: Journal) -> None:
+    def seen() -> tuple[object, ...]:
+        entry = entry_of(journal)
+        return entry.state, entry.task_id, entry.status, entry.urls, entry.path
+
+    journal.submitting("a", MODEL, REQUEST)
+    assert seen() == (State.SUBMITTING, None, None, (), None)
+    journal.created("a", "t-a", "CREATED")
+    assert seen() == (State.CREATED, "t-a", "CREATED", (), None)
+    journal.status("a", "IN_PROGRESS")
+    assert seen() == (State.CREATED, "t-a", "IN_PROGRESS", (), None)
+    journal.finished("a", "COMPLETED", ["https://cdn.example/a.mp4"])
+    assert seen() == (State.COMPLETED, "t-a", "COMPLETED", ("https://cdn.example/a.mp4",), None)
+    journal.downloaded("a", "videos/a.mp4")
+    assert seen() == (State.DOWNLOADED, "t-a", "COMPLETED", ("https://cdn.example/a.mp4",), "videos/a.mp4")
+
+
+def test_a_failed_task_keeps_its_id_status_and_error(journal: Journal) -> None:
+    running(journal)
+    journal.failed("a", "CANCELLED", "TaskFailedError: task t-a ended CANCELLED")
+    entry = entry_of(journal)
+    assert (entry.state, entry.task_id, entry.status, entry.error) == (
+        State.FAILED,
+        "t-a",
+        "CANCELLED",
+        "TaskFailedError: task t-a ended CANCELLED",
+    )
+
+
+def test_an_uncertain_post_keeps_its_error_and_no_task(journal: Journal) -> None:
+    journal.submitting("a", MODEL, REQUEST)
+    journal.uncertain("a", "SubmitUncertainError: timeout")
+    entry = entry_of(journal)
+    assert (entry.state, entry.task_id, entry.error) == (
+        State.UNCERTAIN,
+        None,
+        "SubmitUncertainError: timeout",
+    )
+
+
+def test_created_twice_with_the_same_task_id_is_harmless(journal: Journal) -> None:
+    running(journal)
+    journal.created("a", "t-a", "IN_PROGRESS")
+    entry = entry_of(journal)
+    assert (entry.state, entry.task_id, entry.status) == (State.CREATED, "t-a", "IN_PROGRESS")
+
+
+def test_a_second_task_id_for_a_created_item_is_refused(journal: Journal) -> None:
+    running(journal)
+    with pytest.raises(JournalError, match="already has task t-a; refusing to replace it by t-b"):
+        journal.created("a", "t-b", "CREATED")
+
+
+def test_a_transition_out_of_order_is_refused(journal: Journal) -> None:
+    journal.submitting("a", MODEL, REQUEST)
+    with pytest.raises(JournalError, match="key 'a' is submitting and cannot become completed"):
+        journal.finished("a", "COMPLETED", ["u"])
+    with pytest.raises(JournalError, match="key 'a' is submitting and cannot become downloaded"):
+        journal.downloaded("a", "a.mp4")
+    journal.created("a", "t-a", "CREATED")
+    with pytest.raises(JournalError, match="key 'a' is created and cannot become uncertain"):
+        journal.uncertain("a", "?")
+
+
+def test_a_write_for_an_unknown_key_is_refused(journal: Journal) -> None:
+    with pytest.raises(JournalError, match="key 'nope' is not in the journal"):
+        journal.created("nope", "t-1", "CREATED")
+
+
+def test_a_late_status_does_not_reopen_a_finished_item(journal: Journal) -> None:
+    running(journal)
+    journal.finished("a", "COMPLETED", ["u"])
+    journal.status("a", "IN_PROGRESS")
+    entry = entry_of(journal)
+    assert (entry.state, entry.status) == (State.COMPLETED, "COMPLETED")
+
+
+def test_history_records_each_status_change_once(journal: Journal, path: Path) -> None:
+    running(journal)
+    for status in ["CREATED", "IN_PROGRESS", "IN_PROGRESS", "IN_PROGRESS", "COMPLETED"]:
+        journal.status("a", status)
+    journal.finished("a", "COMPLETED", ["u"])
+    journal.flush()
+    rows = peek(path, "SELECT status FROM history WHERE key = 'a' ORDER BY rowid")
+    assert [status for (status,) in rows] == ["CREATED", "IN_PROGRESS", "COMPLETED"]
+
+
+def test_counts_has_every_state(journal: Journal) -> None:
+    journal.submitting("s", MODEL, REQUEST)
+    running(journal, "c1", "t-1")
+    running(journal, "c2", "t-2")
+    running(journal, "f", "t-f")
+    journal.failed("f", "FAILED", "TaskFailedError")
+    assert journal.counts() == {
+        "submitting": 1,
+        "created": 2,
+        "completed": 0,
+        "downloaded": 0,
+        "failed": 1,
+        "uncertain": 0,
+    }
+
+
+def test_entries_come_in_insertion_order_across_pages(
+    journal: Journal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("kling_async._journal._PAGE", 2)
+    keys = ["e", "b", "d", "a", "c"]
+    for key in keys:
+        journal.submitting(key, MODEL, REQUEST)
+    journal.uncertain("b", "?")
+    journal.submitting("b", MODEL, REQUEST)  # a resubmit keeps the item's place
+    assert [entry.key for entry in journal.entries()] == keys
+
+
+def test_repr_shows_the_path_and_pending_writes(path: Path) -> None:
+    journal = Journal(path, flush_interval=60)
+    running(journal)
+    journal.status("a", "IN_PROGRESS")
+    assert repr(journal) == f"<Journal {str(path)!r} pending=1>"
+    journal.close()
+    assert repr(journal) == f"<Journal {str(path)!r} closed>"
