@@ -12,25 +12,37 @@ Shape of a batch run:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import heapq
 import itertools
 import logging
+import os
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import anyio
-import msgspec
 from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectSendStream
 
 from ._endpoints import Endpoint, resolve
-from ._errors import KlingError, NotFoundError, TaskTimeoutError
+from ._errors import (
+    InvalidRequestError,
+    JournalError,
+    KlingError,
+    NotFoundError,
+    SubmitUncertainError,
+    TaskFailedError,
+    TaskTimeoutError,
+)
+from ._journal import Journal, JournalEntry, State
 from ._limits import Lane
 from ._models import (
     COMPLETED,
+    CREATED,
+    FAILED,
     Request,
     TaskResult,
     TaskStatus,
@@ -159,17 +171,22 @@ class _Tracker:
     def __len__(self) -> int:
         return len(self._items)
 
-    def add(self, index: int, key: str, handle: TaskHandle, deadline: float | None) -> None:
+    def add(
+        self, index: int, key: str, handle: TaskHandle, deadline: float | None, *, check_now: bool
+    ) -> None:
         item = _Item(index, key, handle, deadline)
         if handle.done:
-            self._finish(item, None)
+            self._done_item(item)
             return
         self._items[handle.task_id] = item
         family = handle._endpoint.family_path
         self._by_family.setdefault(family, {})[handle.task_id] = item
         self._endpoints.setdefault(family, handle._endpoint)
         handle._on_done = self._done
-        self._schedule(item)
+        if check_now:
+            self._push(item, self._client._clock.now())
+        else:
+            self._schedule(item)
 
     def _schedule(self, item: _Item) -> None:
         clock = self._client._clock
@@ -192,8 +209,11 @@ class _Tracker:
             return
         self._by_family[handle._endpoint.family_path].pop(handle.task_id, None)
         handle._on_done = None
+        self._done_item(item)
+
+    def _done_item(self, item: _Item) -> None:
         try:
-            handle.result()
+            item.handle.result()
         except KlingError as exc:
             self._finish(item, exc)
         else:
@@ -320,6 +340,189 @@ class _Tracker:
                 return
 
 
+class _Batch:
+    """One run of ``map``: submitters, the tracker, the journal, and the outcomes they produce."""
+
+    def __init__(
+        self,
+        client: KlingClient,
+        send: MemoryObjectSendStream[Outcome],
+        *,
+        timeout: float | None,
+        download: Path | None,
+        journal: Journal | None,
+        resubmit_uncertain: bool,
+    ) -> None:
+        self._client = client
+        self._send = send
+        self._timeout = timeout if timeout is not None else client._poll.timeout
+        self._download = download
+        self._journal = journal
+        self._resubmit_uncertain = resubmit_uncertain
+        self._pending = 0
+        self._submitting = True
+        self._drained = anyio.Event()
+        self._keys: dict[str, str] = {}  # task id -> item key, for journaling status changes
+        self._seen: set[str] = set()  # every key of this run: two items must never share a task or a file
+
+    async def run(
+        self, items: Iterable[Job | Request] | AsyncIterable[Job | Request], *, submitters: int
+    ) -> None:
+        self._client._status_listeners.append(self._status_changed)
+        try:
+            async with self._send, anyio.create_task_group() as tg:
+                self._tg = tg
+                self._tracker = _Tracker(self._client, tg, self._finish)
+                tg.start_soon(self._tracker.run)
+                source = _iterate(items)
+                counter = itertools.count()
+                lock = anyio.Lock()
+
+                async def next_job() -> tuple[int, Job] | None:
+                    async with lock:
+                        job = await anext(source, None)
+                        if job is None:
+                            return None
+                        self._pending += 1
+                        return next(counter), job
+
+                async def submitter() -> None:
+                    while (pulled := await next_job()) is not None:
+                        await self._start(*pulled)
+
+                async with anyio.create_task_group() as submit_group:
+                    for _ in range(submitters):
+                        submit_group.start_soon(submitter)
+                self._submitting = False
+                if self._pending == 0:
+                    self._drained.set()
+                await self._drained.wait()
+                tg.cancel_scope.cancel()
+        finally:
+            self._client._status_listeners.remove(self._status_changed)
+            if self._journal is not None:
+                self._journal.flush()
+
+    async def _start(self, index: int, job: Job) -> None:
+        """Submit one item, or pick it up where a previous run with the same journal left it."""
+        key = job.id or f"item-{index}"
+        try:
+            endpoint = resolve(job.request, job.model)
+            key = job_key(job, endpoint.model, index)
+            if key in self._seen:
+                raise InvalidRequestError.for_field(
+                    "id", f"{key!r} is already used by another item of this batch"
+                )
+            self._seen.add(key)
+            body = encode_request(job.request)
+            journal = self._journal
+            entry = journal.lookup(key) if journal is not None else None
+            if journal is not None and entry is not None:
+                if (entry.model, entry.request) != (endpoint.model, body):
+                    raise JournalError(
+                        f"key {key!r} was recorded with another request or model; use another id or journal",
+                        path=journal.path,
+                        key=key,
+                    )
+                if await self._resume(index, key, entry):
+                    return
+            if journal is not None:
+                journal.submitting(key, endpoint.model, body)
+            try:
+                handle = await self._client._submit(job.request, model=endpoint.model, key=key)
+            except SubmitUncertainError as exc:
+                if self._journal is not None:
+                    self._journal.uncertain(key, str(exc))
+                raise
+            except KlingError as exc:
+                if self._journal is not None:
+                    self._journal.failed(key, None, f"{type(exc).__name__}: {exc}")
+                raise
+            if self._journal is not None:
+                self._journal.created(key, handle.task_id, handle.status or CREATED)
+        except KlingError as exc:
+            await self._deliver(Outcome(index=index, key=key, error=exc))
+            return
+        self._track(index, key, handle, check_now=False)
+
+    async def _resume(self, index: int, key: str, entry: JournalEntry) -> bool:
+        """Settle an item the journal knows; False when it still has to be submitted."""
+        if entry.state in (State.SUBMITTING, State.UNCERTAIN):
+            if self._resubmit_uncertain:
+                return False
+            error = SubmitUncertainError(
+                f"item {key}: its POST was sent by an earlier run that got no answer, so a task may exist;"
+                " not resubmitted (pass resubmit_uncertain=True to send it again)",
+                model=entry.model,
+                key=key,
+            )
+            await self._deliver(Outcome(index=index, key=key, error=error))
+            return True
+        if entry.state == State.FAILED and entry.task_id is None:
+            return False  # refused before creation (bad key, 4xx): worth trying again
+        assert entry.task_id is not None
+        if entry.state == State.FAILED:
+            failed = TaskFailedError(entry.task_id, entry.status or FAILED, model=entry.model)
+            await self._deliver(Outcome(index=index, key=key, task_id=entry.task_id, error=failed))
+            return True
+        result = TaskResult(entry.task_id, entry.status or COMPLETED, entry.urls, entry.model)
+        if entry.state == State.DOWNLOADED and entry.path is not None and Path(entry.path).exists():
+            outcome = Outcome(
+                index=index, key=key, task_id=entry.task_id, result=result, path=Path(entry.path)
+            )
+            await self._deliver(outcome)
+            return True
+        if entry.state == State.COMPLETED and self._download is None:
+            await self._deliver(Outcome(index=index, key=key, task_id=entry.task_id, result=result))
+            return True
+        # Still running, or finished without its file: re-attach by id (no POST) and check at once.
+        handle = self._client.task(entry.task_id, model=entry.model)
+        self._track(index, key, handle, check_now=True)
+        return True
+
+    def _track(self, index: int, key: str, handle: TaskHandle, *, check_now: bool) -> None:
+        self._keys[handle.task_id] = key
+        deadline = self._client._clock.now() + self._timeout if self._timeout is not None else None
+        self._tracker.add(index, key, handle, deadline, check_now=check_now)
+
+    def _status_changed(self, handle: TaskHandle) -> None:
+        key = self._keys.get(handle.task_id)
+        if key is not None and self._journal is not None and not handle.done:
+            self._journal.status(key, handle.status or "")
+
+    def _finish(self, item: _Item, error: KlingError | None) -> None:
+        self._client._release_slot(item.handle.task_id)
+        self._keys.pop(item.handle.task_id, None)
+        self._tg.start_soon(self._complete, item, error)
+
+    async def _complete(self, item: _Item, error: KlingError | None) -> None:
+        handle = item.handle
+        outcome = Outcome(index=item.index, key=item.key, task_id=handle.task_id, error=error)
+        journal = self._journal
+        try:
+            if error is None:
+                outcome.result = result = handle.result()
+                if journal is not None:
+                    journal.finished(item.key, result.status, result.urls)
+                if self._download is not None:
+                    outcome.path = await self._client.download(result, self._download, name=item.key)
+                    if journal is not None:
+                        journal.downloaded(item.key, str(outcome.path))
+            elif journal is not None and isinstance(error, (TaskFailedError, NotFoundError)):
+                journal.failed(item.key, handle.status, f"{type(error).__name__}: {error}")
+        except KlingError as exc:  # a failed download or journal write is this item's error only
+            outcome.error = exc
+        await self._deliver(outcome)
+
+    async def _deliver(self, outcome: Outcome) -> None:
+        if self._journal is not None:
+            self._journal.flush()
+        await self._send.send(outcome)
+        self._pending -= 1
+        if not self._submitting and self._pending == 0:
+            self._drained.set()
+
+
 async def run_batch(
     client: KlingClient,
     items: Iterable[Job | Request] | AsyncIterable[Job | Request],
@@ -328,87 +531,21 @@ async def run_batch(
     submitters: int,
     timeout: float | None,
     download: Path | None,
+    journal: str | os.PathLike[str] | Journal | None,
+    resubmit_uncertain: bool,
 ) -> None:
     """Run every item to an outcome and send each outcome as soon as it is known."""
-    pending = 0
-    submitting = True
-    drained = anyio.Event()
-
-    async def deliver(outcome: Outcome) -> None:
-        nonlocal pending
-        await send.send(outcome)
-        pending -= 1
-        if not submitting and pending == 0:
-            drained.set()
-
-    async with send, anyio.create_task_group() as tg:
-
-        async def complete(item: _Item, error: KlingError | None) -> None:
-            handle = item.handle
-            outcome = Outcome(index=item.index, key=item.key, task_id=handle.task_id, error=error)
-            if error is None:
-                outcome.result = handle.result()
-                if download is not None:
-                    try:
-                        outcome.path = await client.download(outcome.result, download, name=item.key)
-                    except KlingError as exc:
-                        outcome.error = exc
-            await deliver(outcome)
-
-        def finish(item: _Item, error: KlingError | None) -> None:
-            client._release_slot(item.handle.task_id)
-            tg.start_soon(complete, item, error)
-
-        tracker = _Tracker(client, tg, finish)
-        tg.start_soon(tracker.run)
-        source = _iterate(items)
-        counter = itertools.count()
-        lock = anyio.Lock()
-
-        async def next_job() -> tuple[int, Job] | None:
-            nonlocal pending
-            async with lock:
-                job = await anext(source, None)
-                if job is None:
-                    return None
-                pending += 1
-                return next(counter), job
-
-        async def submitter() -> None:
-            while (pulled := await next_job()) is not None:
-                index, job = pulled
-                key = job.id or f"item-{index}"
-                try:
-                    endpoint = resolve(job.request, job.model)
-                    key = job_key(job, endpoint.model, index)
-                    handle = await client._submit(job.request, model=endpoint.model, key=key)
-                except KlingError as exc:
-                    await deliver(Outcome(index=index, key=key, error=exc))
-                    continue
-                limit = timeout if timeout is not None else client._poll.timeout
-                deadline = client._clock.now() + limit if limit is not None else None
-                tracker.add(index, key, handle, deadline)
-
-        async with anyio.create_task_group() as submit_group:
-            for _ in range(submitters):
-                submit_group.start_soon(submitter)
-        submitting = False
-        if pending == 0:
-            drained.set()
-        await drained.wait()
-        tg.cancel_scope.cancel()
-
-
-def encode_outcome(outcome: Outcome) -> bytes:
-    """JSON of an outcome (for reports and the CLI's --json)."""
-    error = None if outcome.error is None else f"{type(outcome.error).__name__}: {outcome.error}"
-    return msgspec.json.encode(
-        {
-            "index": outcome.index,
-            "id": outcome.key,
-            "task_id": outcome.task_id,
-            "status": outcome.result.status if outcome.result else "ERROR",
-            "path": str(outcome.path) if outcome.path else None,
-            "error": error,
-        }
-    )
+    if download is not None:
+        download.mkdir(parents=True, exist_ok=True)
+    with contextlib.ExitStack() as stack:
+        if journal is not None and not isinstance(journal, Journal):
+            journal = stack.enter_context(Journal(journal))
+        batch = _Batch(
+            client,
+            send,
+            timeout=timeout,
+            download=download,
+            journal=journal,
+            resubmit_uncertain=resubmit_uncertain,
+        )
+        await batch.run(items, submitters=submitters)

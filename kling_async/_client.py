@@ -6,7 +6,7 @@ import logging
 import os
 import random
 import weakref
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -27,6 +27,7 @@ from ._errors import (
     api_error,
 )
 from ._events import EventHub, EventStream, RateLimited, RequestRetried, StatusChanged, TaskSubmitted
+from ._journal import Journal
 from ._limits import Lane, Limiter
 from ._models import Request, TaskResult, TaskStatus, decode_task, encode_request, with_webhook
 from ._polling import PollPolicy, TaskHandle, Timings
@@ -126,6 +127,7 @@ class KlingClient:
         self._owns_receiver = False
         # Deliveries that beat the POST's own answer, applied when the handle is made (bounded).
         self._early: dict[str, TaskStatus] = {}
+        self._status_listeners: list[Callable[[TaskHandle], None]] = []
         self._task_group: TaskGroup
         self._state = "new"
 
@@ -295,8 +297,10 @@ class KlingClient:
         self,
         requests: Iterable[Job | Request] | AsyncIterable[Job | Request],
         *,
+        journal: str | os.PathLike[str] | Journal | None = None,
         download: str | os.PathLike[str] | None = None,
         timeout: float | None = None,
+        resubmit_uncertain: bool = False,
     ) -> AsyncIterator[Outcome]:
         """Run every request to an outcome, yielding outcomes as they finish (completion order).
 
@@ -307,8 +311,13 @@ class KlingClient:
 
         Args:
             requests: requests or ``Job``s, from any iterable or async iterable.
+            journal: an SQLite file (or ``Journal``) recording every item before its POST and after; a
+                later run with the same file skips finished items, re-attaches to running tasks by id,
+                and reports items whose POST got no answer as ``SubmitUncertainError`` instead of
+                sending them again.
             download: a directory to save each video into as soon as its result arrives.
             timeout: per-task deadline in seconds (default: the poll policy's timeout).
+            resubmit_uncertain: send again the items a journal marks uncertain (this may pay twice).
         """
         self._require_open()
         folder = Path(download) if download is not None else None
@@ -327,6 +336,8 @@ class KlingClient:
                         submitters=self._limiter.max_concurrency,
                         timeout=timeout,
                         download=folder,
+                        journal=journal,
+                        resubmit_uncertain=resubmit_uncertain,
                     )
             except Exception as exc:  # a bug in the engine: surface it to the caller, not the client
                 failures.append(exc)
@@ -350,11 +361,20 @@ class KlingClient:
         self,
         requests: Iterable[Job | Request] | AsyncIterable[Job | Request],
         *,
+        journal: str | os.PathLike[str] | Journal | None = None,
         download: str | os.PathLike[str] | None = None,
         timeout: float | None = None,
+        resubmit_uncertain: bool = False,
     ) -> list[Outcome]:
         """Like ``map``, but return every outcome at the end, in input order."""
-        outcomes = [outcome async for outcome in self.map(requests, download=download, timeout=timeout)]
+        batch = self.map(
+            requests,
+            journal=journal,
+            download=download,
+            timeout=timeout,
+            resubmit_uncertain=resubmit_uncertain,
+        )
+        outcomes = [outcome async for outcome in batch]
         outcomes.sort(key=lambda outcome: outcome.index)
         return outcomes
 
@@ -403,6 +423,8 @@ class KlingClient:
     def _status_changed(self, handle: TaskHandle, previous: str | None) -> None:
         if handle.done:
             self._release_slot(handle.task_id)
+        for listener in self._status_listeners:
+            listener(handle)
         if self._events.active:
             status = handle.status or ""
             self._events.publish(
