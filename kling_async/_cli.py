@@ -151,8 +151,21 @@ async def _client(simulate: bool, **options: Any) -> AsyncIterator[KlingClient]:
         yield client
 
 
-def _options(rps: float | None, concurrency: int, in_flight: int | None) -> dict[str, Any]:
-    return {"requests_per_second": rps, "max_concurrency": concurrency, "max_in_flight": in_flight}
+def _options(
+    rps: float | None,
+    concurrency: int,
+    in_flight: int | None,
+    poll_initial: float,
+    poll_maximum: float,
+    timeout: float,
+) -> dict[str, Any]:
+    poll = PollPolicy(initial=poll_initial, maximum=poll_maximum, timeout=timeout)
+    return {
+        "requests_per_second": rps,
+        "max_concurrency": concurrency,
+        "max_in_flight": in_flight,
+        "poll": poll,
+    }
 
 
 def _fail(message: str) -> NoReturn:
@@ -192,7 +205,26 @@ _simulate_option = click.option(
 @click.option("--rps", type=float, default=None, help="Requests per second ceiling (default: adapt to 429s).")
 @click.option("--concurrency", type=int, default=16, show_default=True, help="Requests on the wire at once.")
 @click.option("--max-in-flight", type=int, default=None, help="Tasks generating at once (default: no cap).")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON record per finished item on stdout.")
+@click.option(
+    "--poll-initial",
+    type=float,
+    default=PollPolicy().initial,
+    show_default=True,
+    help="Seconds to 1st check.",
+)
+@click.option(
+    "--poll-maximum", type=float, default=PollPolicy().maximum, show_default=True, help="Longest check gap."
+)
+@click.option(
+    "--task-timeout", type=float, default=1800.0, show_default=True, help="Seconds to wait per task."
+)
+@click.option("--journal", type=click.Path(dir_okay=False, path_type=Path), help="Default: OUT/journal.db.")
+@click.option(
+    "--resubmit-uncertain", is_flag=True, help="Resend rows whose earlier POST got no answer (may pay twice)."
+)
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print events and one record per finished row on stdout."
+)
 def batch(
     file: Path,
     out: Path,
@@ -202,6 +234,11 @@ def batch(
     rps: float | None,
     concurrency: int,
     max_in_flight: int | None,
+    poll_initial: float,
+    poll_maximum: float,
+    task_timeout: float,
+    journal: Path | None,
+    resubmit_uncertain: bool,
     as_json: bool,
 ) -> None:
     """Generate a video for every row of FILE (JSONL or CSV) into --out, with a report."""
@@ -215,9 +252,17 @@ def batch(
     if not rows:
         _fail(f"{file}: no jobs to run")
     out.mkdir(parents=True, exist_ok=True)
-    run = _BatchRun(rows, out, console, as_json=as_json)
+    run = _BatchRun(
+        rows,
+        out,
+        console,
+        journal=journal or out / "journal.db",
+        resubmit=resubmit_uncertain,
+        as_json=as_json,
+    )
     try:
-        anyio.run(run.execute, simulate, _options(rps, concurrency, max_in_flight))
+        options = _options(rps, concurrency, max_in_flight, poll_initial, poll_maximum, task_timeout)
+        anyio.run(run.execute, simulate, options)
     except KlingError as exc:
         _fail(str(exc))
     if run.interrupted:
@@ -233,9 +278,13 @@ class _BatchRun:
     cancels at once. Either way the report lists every row, and the same command resumes.
     """
 
-    def __init__(self, rows: list[_Row], out: Path, console: Console, *, as_json: bool) -> None:
+    def __init__(
+        self, rows: list[_Row], out: Path, console: Console, *, journal: Path, resubmit: bool, as_json: bool
+    ) -> None:
         self.rows = rows
         self.out = out
+        self.journal = journal
+        self.resubmit = resubmit
         self.console = console
         self.as_json = as_json
         self.outcomes: dict[int, Outcome] = {}
@@ -263,7 +312,10 @@ class _BatchRun:
     async def _run(self, client: KlingClient) -> None:
         progress = BatchProgress(self.console, total=len(self.rows))
         async with progress.watching(client):
-            async for outcome in client.map(self.jobs(), download=self.out):
+            batch = client.map(
+                self.jobs(), journal=self.journal, download=self.out, resubmit_uncertain=self.resubmit
+            )
+            async for outcome in batch:
                 self.outcomes[outcome.index] = outcome
                 progress.finished(outcome)
                 if self.as_json:

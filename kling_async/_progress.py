@@ -25,12 +25,11 @@ _PLAIN_EVERY = 5.0
 
 
 class BatchProgress:
-    """Counts of queued / submitted / generating / done / failed / uncertain, rate, 429s and ETA."""
+    """Counts of queued / generating / done / failed / uncertain rows, request rate, 429s and ETA."""
 
     def __init__(self, console: Console, *, total: int) -> None:
         self._console = console
         self.total = total
-        self.submitted = 0
         self.done = 0
         self.failed = 0
         self.uncertain = 0
@@ -45,7 +44,7 @@ class BatchProgress:
 
     def line(self) -> str:
         """The counts as one line of text."""
-        queued = self.total - self.submitted - self.rejected - self.uncertain
+        queued = self.total - self.finished_count - len(self.generating)
         rate = self._client._limiter.sending_rate() if self._client is not None else None
         parts = [
             f"{self.finished_count}/{self.total} finished",
@@ -111,7 +110,6 @@ class BatchProgress:
     async def _follow(self, client: KlingClient) -> None:
         async for event in client.events():
             if isinstance(event, TaskSubmitted):
-                self.submitted += 1
                 self.generating.add(event.task_id)
             elif isinstance(event, RateLimited):
                 self.rate_limited += 1
