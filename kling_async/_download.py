@@ -27,6 +27,10 @@ __all__ = ["DownloadError", "download_file", "safe_file_name"]
 _EXPIRED = frozenset({403, 404, 410})
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _MAX_NAME = 100
+# Names Windows refuses whatever their extension.
+_RESERVED = frozenset(
+    {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(10)), *(f"LPT{i}" for i in range(10))}
+)
 # How many times an expired URL is replaced by a fresh one before giving up.
 _REFRESHES = 2
 
@@ -38,7 +42,7 @@ class DownloadError(TransportError):
 def safe_file_name(key: str, suffix: str = ".mp4") -> str:
     """A file name made from an item key, safe on every filesystem, distinct for distinct keys."""
     cleaned = _UNSAFE.sub("_", key).strip("._-")[:_MAX_NAME]
-    if cleaned != key or not cleaned:
+    if cleaned != key or not cleaned or cleaned.upper() in _RESERVED:
         # Two keys that clean to the same text must still get two files.
         cleaned = f"{cleaned or 'item'}-{hashlib.sha256(key.encode()).hexdigest()[:8]}"
     return cleaned + suffix

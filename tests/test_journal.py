@@ -14,8 +14,7 @@ from typing import Any
 
 import pytest
 
-from kling_async import KlingError
-from kling_async import JournalError
+from kling_async import JournalError, KlingError
 from kling_async._journal import SCHEMA_VERSION, Journal, JournalEntry, State
 
 MODEL = "kling-v3-omni-std"
