@@ -94,12 +94,12 @@ def _read_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | str]]:
             yield number, data
 
 
-def _to_job(fields: dict[str, Any], default_model: str) -> Job:
+def _to_job(fields: dict[str, Any], default_model: str, *, strict: bool = True) -> Job:
     fields = dict(fields)
     job_id = fields.pop("id", None)
     model = str(fields.pop("model", None) or default_model)
     endpoint = endpoint_for(model)
-    request = request_from_dict(fields, endpoint.request_type)
+    request = request_from_dict(fields, endpoint.request_type, strict=strict)
     return Job(request, id=str(job_id) if job_id is not None else None, model=model)
 
 
@@ -113,7 +113,8 @@ def load_jobs(path: Path, default_model: str) -> tuple[list[_Row], list[_RowErro
             errors.append(_RowError(line, fields))
             continue
         try:
-            job = _to_job(fields, default_model)
+            # CSV cells are all text: let "true" and "0.5" become a bool and a number.
+            job = _to_job(fields, default_model, strict=path.suffix.lower() != ".csv")
         except InvalidRequestError as exc:
             errors.append(_RowError(line, str(exc)))
             continue

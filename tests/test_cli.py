@@ -1,0 +1,213 @@
+"""The kling-async command, run as a user runs it: a subprocess against the simulator."""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import select
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+import anyio
+import pytest
+
+from kling_async.testing import Faults, Simulator
+
+pytestmark = pytest.mark.anyio
+
+ROOT = Path(__file__).parent.parent
+FAST = ["--poll-initial", "0.02", "--poll-maximum", "0.05"]
+
+
+def _env(sim: Simulator | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FREEPIK", "MAGNIFIC", "KLING"))}
+    if sim is not None:
+        env.update(FREEPIK_API_KEY="sim-key", KLING_BASE_URL=sim.url)
+    return env
+
+
+async def _cli(args: Sequence[str], sim: Simulator | None = None) -> subprocess.CompletedProcess[str]:
+    done = await anyio.run_process(
+        [sys.executable, "-m", "kling_async", *args], env=_env(sim), cwd=ROOT, check=False
+    )
+    return subprocess.CompletedProcess(done.args, done.returncode, done.stdout.decode(), done.stderr.decode())
+
+
+def _write_jobs(path: Path, rows: Sequence[dict[str, object]]) -> Path:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[Simulator]:
+    async with Simulator(time_scale=0.001) as simulator:
+        yield simulator
+
+
+async def test_validate_lists_every_bad_row_with_line_field_and_rule(tmp_path: Path) -> None:
+    jobs = _write_jobs(
+        tmp_path / "jobs.jsonl",
+        [{"prompt": "ok"}, {"prompt": "x", "duration": 5}, {"prompt": "y", "colour": "red"}, {"prompt": "z"}],
+    )
+    done = await _cli(["validate", str(jobs)])
+    assert done.returncode == 2
+    assert "jobs.jsonl:2: duration:" in done.stdout
+    assert "jobs.jsonl:3: colour: unknown field" in done.stdout
+    assert "2 valid, 2 invalid" in done.stdout
+
+
+async def test_validate_accepts_the_examples() -> None:
+    for example in ("examples/jobs.jsonl", "examples/jobs.csv"):
+        done = await _cli(["validate", example])
+        assert done.returncode == 0, done.stdout
+        assert " 0 invalid" in done.stdout
+
+
+async def test_a_batch_with_an_invalid_row_sends_nothing(sim: Simulator, tmp_path: Path) -> None:
+    jobs = _write_jobs(tmp_path / "jobs.jsonl", [{"prompt": "ok"}, {"prompt": "x" * 2501}])
+    done = await _cli(["batch", str(jobs), "--out", str(tmp_path / "out"), *FAST], sim)
+    assert done.returncode == 2
+    assert "jobs.jsonl:2: prompt: at most 2500 characters" in done.stderr
+    assert sim.counters.posts == 0
+
+
+async def test_skip_invalid_runs_the_valid_rows(sim: Simulator, tmp_path: Path) -> None:
+    jobs = _write_jobs(tmp_path / "jobs.jsonl", [{"prompt": "ok"}, {"prompt": "x" * 2501}])
+    done = await _cli(["batch", str(jobs), "--out", str(tmp_path / "out"), "--skip-invalid", *FAST], sim)
+    assert done.returncode == 0, done.stderr
+    assert sim.counters.posts == 1
+
+
+async def test_a_batch_with_faults_ends_with_every_video_and_a_full_report(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    sim.faults = Faults(get_error_rate=0.2, post_error_rate=0.2)
+    jobs = _write_jobs(tmp_path / "jobs.jsonl", [{"id": f"c{i}", "prompt": f"clip {i}"} for i in range(20)])
+    out = tmp_path / "out"
+    done = await _cli(["batch", str(jobs), "--out", str(out), *FAST], sim)
+    assert done.returncode == 0, done.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert [r["id"] for r in report] == [f"c{i}" for i in range(20)]
+    assert {r["status"] for r in report} == {"COMPLETED"}
+    assert all(Path(r["path"]).exists() for r in report)
+    assert sim.counters.duplicate_payloads() == []
+
+
+async def test_a_failed_row_makes_exit_code_1_and_is_named_in_the_report(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    jobs = _write_jobs(
+        tmp_path / "jobs.jsonl", [{"id": "good", "prompt": "a"}, {"id": "bad", "prompt": "[fail] b"}]
+    )
+    out = tmp_path / "out"
+    done = await _cli(["batch", str(jobs), "--out", str(out), *FAST], sim)
+    assert done.returncode == 1
+    report = {r["id"]: r for r in json.loads((out / "report.json").read_text())}
+    assert report["bad"]["status"] == "FAILED"
+    assert report["bad"]["error"].startswith("TaskFailedError")
+    assert "line 2 (bad)" in done.stderr
+
+
+async def test_json_mode_prints_one_parseable_record_per_line(sim: Simulator, tmp_path: Path) -> None:
+    jobs = _write_jobs(tmp_path / "jobs.jsonl", [{"prompt": "a"}, {"prompt": "b"}])
+    done = await _cli(["batch", str(jobs), "--out", str(tmp_path / "out"), "--json", *FAST], sim)
+    records = [json.loads(line) for line in done.stdout.splitlines()]
+    kinds = {record["type"] for record in records}
+    assert {"submitted", "status", "outcome"} <= kinds
+    assert len([r for r in records if r["type"] == "outcome"]) == 2
+
+
+async def test_running_the_same_command_again_resumes_and_sends_nothing(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    jobs = _write_jobs(tmp_path / "jobs.jsonl", [{"prompt": f"clip {i}"} for i in range(5)])
+    args = ["batch", str(jobs), "--out", str(tmp_path / "out"), *FAST]
+    assert (await _cli(args, sim)).returncode == 0
+    requests = sum(sim.counters.responses_by_status.values())
+    assert (await _cli(args, sim)).returncode == 0
+    assert sum(sim.counters.responses_by_status.values()) == requests
+
+
+async def test_ctrl_c_drains_exits_130_and_the_same_command_resumes(tmp_path: Path) -> None:
+    async with Simulator(time_scale=0.005) as sim:
+        jobs = _write_jobs(tmp_path / "jobs.jsonl", [{"prompt": f"clip {i}"} for i in range(30)])
+        args = ["batch", str(jobs), "--out", str(tmp_path / "out"), "--json", "--max-in-flight", "3", *FAST]
+        command = [sys.executable, "-m", "kling_async", *args]
+        async with await anyio.open_process(command, env=_env(sim), cwd=ROOT) as process:
+            assert process.stdout is not None
+            async for chunk in process.stdout:
+                if b'"outcome"' in chunk:
+                    process.send_signal(signal.SIGINT)
+                    break
+            async for _ in process.stdout:
+                pass
+            assert await process.wait() == 130
+        report = json.loads((tmp_path / "out" / "report.json").read_text())
+        assert "NOT_RUN" in {r["status"] for r in report}
+        again = await _cli(args, sim)
+        assert again.returncode == 0, again.stderr
+        assert sim.counters.tasks_created == 30
+        assert sim.counters.duplicate_payloads() == []
+
+
+async def test_usage_errors_exit_with_2() -> None:
+    done = await _cli(["batch", "examples/jobs.jsonl"])
+    assert done.returncode == 2
+    assert "--out" in done.stderr
+
+
+async def test_generate_prints_the_saved_path(tmp_path: Path) -> None:
+    done = await _cli(["generate", "a fox in snow", "--out", str(tmp_path), "--simulate"])
+    assert done.returncode == 0, done.stderr
+    assert Path(done.stdout.strip()).read_bytes()[4:8] == b"ftyp"
+
+
+async def test_status_and_download_work_on_a_task_id(sim: Simulator, tmp_path: Path) -> None:
+    jobs = _write_jobs(tmp_path / "jobs.jsonl", [{"prompt": "a"}])
+    await _cli(["batch", str(jobs), "--out", str(tmp_path / "out"), *FAST], sim)
+    (task_id,) = sim.tasks
+    status = await _cli(["status", task_id], sim)
+    assert json.loads(status.stdout)["status"] == "COMPLETED"
+    saved = await _cli(["download", task_id, "--out", str(tmp_path / "dl")], sim)
+    assert Path(saved.stdout.strip()).exists()
+
+
+def test_the_progress_display_redraws_in_place_on_a_terminal(tmp_path: Path) -> None:
+    """On a pseudo-terminal the bar uses control codes and ends with the summary table."""
+    controller, terminal = pty.openpty()
+    command = [
+        sys.executable,
+        "-m",
+        "kling_async",
+        "batch",
+        "examples/jobs.jsonl",
+        "--out",
+        str(tmp_path),
+        "--simulate",
+    ]
+    process = subprocess.Popen(
+        command, stdin=terminal, stdout=terminal, stderr=terminal, cwd=ROOT, env={**_env(), "COLUMNS": "120"}
+    )
+    os.close(terminal)
+    output = b""
+    while True:
+        ready, _, _ = select.select([controller], [], [], 30)
+        if not ready:
+            break
+        try:
+            chunk = os.read(controller, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        output += chunk
+    assert process.wait(timeout=30) == 0
+    os.close(controller)
+    text = output.decode(errors="replace")
+    assert "\x1b[" in text
+    assert "12/12" in text
+    assert "COMPLETED" in text
