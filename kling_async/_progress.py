@@ -11,8 +11,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import anyio
-from rich.console import Console
+from rich.console import Console, Group
+from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
+from rich.text import Text
 
 from ._batch import Outcome
 from ._client import KlingClient
@@ -41,22 +43,28 @@ class BatchProgress:
         self._started = time.monotonic()
         self._progress: Progress | None = None
         self._bar: TaskID | None = None
+        self._live: Live | None = None
+
+    def counts(self) -> str:
+        """Where the rows stand, in one short line."""
+        queued = max(self.total - self.finished_count - len(self.generating), 0)
+        return (
+            f"{self.done} done · {self.failed + self.rejected} failed · {self.uncertain} uncertain"
+            f" · {len(self.generating)} generating · {queued} queued"
+        )
+
+    def traffic(self) -> str:
+        """Request rate, 429s and retries."""
+        rate = self._client._limiter.sending_rate() if self._client is not None else None
+        pace = f"{rate:.1f} req/s" if rate else "- req/s"
+        return f"{pace} · {self.rate_limited} answered 429 · {self.retries} retries"
 
     def line(self) -> str:
-        """The counts as one line of text."""
-        queued = self.total - self.finished_count - len(self.generating)
-        rate = self._client._limiter.sending_rate() if self._client is not None else None
-        parts = [
-            f"{self.finished_count}/{self.total} finished",
-            f"{self.done} done",
-            f"{self.failed + self.rejected} failed",
-            f"{self.uncertain} uncertain",
-            f"{len(self.generating)} generating",
-            f"{max(queued, 0)} queued",
-            f"{rate:.1f} req/s" if rate else "- req/s",
-            f"{self.rate_limited} 429s",
-        ]
-        return " | ".join(parts)
+        """Everything as one plain line (logs, pipes)."""
+        return f"{self.finished_count}/{self.total} finished · {self.counts()} · {self.traffic()}"
+
+    def __rich__(self) -> Text:
+        return Text(f"  {self.counts()}\n  {self.traffic()}", style="dim")
 
     @property
     def finished_count(self) -> int:
@@ -69,16 +77,20 @@ class BatchProgress:
         self._client = client
         self._started = time.monotonic()
         if self._console.is_terminal:
+            # A bar line and two lines of counts, redrawn in place four times a second (no flicker:
+            # rich rewrites the same three lines).
             self._progress = Progress(
-                BarColumn(),
+                TextColumn("[bold]kling-async"),
+                BarColumn(bar_width=40),
                 MofNCompleteColumn(),
+                TextColumn("eta"),
                 TimeRemainingColumn(),
-                TextColumn("{task.description}"),
                 console=self._console,
-                refresh_per_second=4,
+                auto_refresh=False,
             )
-            self._bar = self._progress.add_task(self.line(), total=self.total)
-            self._progress.start()
+            self._bar = self._progress.add_task("batch", total=self.total)
+            self._live = Live(Group(self._progress, self), console=self._console, refresh_per_second=4)
+            self._live.start()
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._follow, client)
             if self._progress is None:
@@ -88,8 +100,9 @@ class BatchProgress:
             finally:
                 tg.cancel_scope.cancel()
         self._redraw()
-        if self._progress is not None:
-            self._progress.stop()
+        if self._live is not None:
+            self._live.refresh()
+            self._live.stop()
         else:
             self._console.print(self.line(), highlight=False)
 
@@ -119,7 +132,7 @@ class BatchProgress:
 
     def _redraw(self) -> None:
         if self._progress is not None and self._bar is not None:
-            self._progress.update(self._bar, completed=self.finished_count, description=self.line())
+            self._progress.update(self._bar, completed=self.finished_count)
 
     async def _print_plain(self) -> None:
         while True:
