@@ -142,6 +142,7 @@ class _Item:
     key: str
     handle: TaskHandle
     deadline: float | None
+    added: float
     checks: int = 0
     swept_at: float = float("-inf")
     # Only the heap entry carrying the current token is live; rescheduling makes older ones stale.
@@ -174,7 +175,7 @@ class _Tracker:
     def add(
         self, index: int, key: str, handle: TaskHandle, deadline: float | None, *, check_now: bool
     ) -> None:
-        item = _Item(index, key, handle, deadline)
+        item = _Item(index, key, handle, deadline, added=self._client._clock.now())
         if handle.done:
             self._done_item(item)
             return
@@ -255,9 +256,8 @@ class _Tracker:
 
     def _timeout(self, item: _Item) -> TaskTimeoutError:
         handle = item.handle
-        return TaskTimeoutError(
-            handle.task_id, last_status=handle.status, timeout=self._client._poll.timeout, model=handle.model
-        )
+        waited = item.deadline - item.added if item.deadline is not None else None
+        return TaskTimeoutError(handle.task_id, last_status=handle.status, timeout=waited, model=handle.model)
 
     async def _check(self, item: _Item) -> None:
         try:
@@ -349,6 +349,7 @@ class _Batch:
         send: MemoryObjectSendStream[Outcome],
         *,
         timeout: float | None,
+        batch_timeout: float | None,
         download: Path | None,
         journal: Journal | None,
         resubmit_uncertain: bool,
@@ -356,6 +357,8 @@ class _Batch:
         self._client = client
         self._send = send
         self._timeout = timeout if timeout is not None else client._poll.timeout
+        now = client._clock.now()
+        self._batch_deadline = now + batch_timeout if batch_timeout is not None else None
         self._download = download
         self._journal = journal
         self._resubmit_uncertain = resubmit_uncertain
@@ -380,6 +383,11 @@ class _Batch:
 
                 async def next_job() -> tuple[int, Job] | None:
                     async with lock:
+                        if (
+                            self._batch_deadline is not None
+                            and self._client._clock.now() >= self._batch_deadline
+                        ):
+                            return None  # past the batch's deadline: take no more items
                         job = await anext(source, None)
                         if job is None:
                             return None
@@ -483,6 +491,8 @@ class _Batch:
     def _track(self, index: int, key: str, handle: TaskHandle, *, check_now: bool) -> None:
         self._keys[handle.task_id] = key
         deadline = self._client._clock.now() + self._timeout if self._timeout is not None else None
+        if self._batch_deadline is not None:
+            deadline = self._batch_deadline if deadline is None else min(deadline, self._batch_deadline)
         self._tracker.add(index, key, handle, deadline, check_now=check_now)
 
     def _status_changed(self, handle: TaskHandle) -> None:
@@ -530,6 +540,7 @@ async def run_batch(
     *,
     submitters: int,
     timeout: float | None,
+    batch_timeout: float | None,
     download: Path | None,
     journal: str | os.PathLike[str] | Journal | None,
     resubmit_uncertain: bool,
@@ -544,6 +555,7 @@ async def run_batch(
             client,
             send,
             timeout=timeout,
+            batch_timeout=batch_timeout,
             download=download,
             journal=journal,
             resubmit_uncertain=resubmit_uncertain,

@@ -300,6 +300,7 @@ class KlingClient:
         journal: str | os.PathLike[str] | Journal | None = None,
         download: str | os.PathLike[str] | None = None,
         timeout: float | None = None,
+        batch_timeout: float | None = None,
         resubmit_uncertain: bool = False,
     ) -> AsyncIterator[Outcome]:
         """Run every request to an outcome, yielding outcomes as they finish (completion order).
@@ -317,6 +318,8 @@ class KlingClient:
                 sending them again.
             download: a directory to save each video into as soon as its result arrives.
             timeout: per-task deadline in seconds (default: the poll policy's timeout).
+            batch_timeout: deadline for the whole batch: no item is taken from the input after it, and
+                tasks still running then end as ``TaskTimeoutError`` outcomes (they run on server-side).
             resubmit_uncertain: send again the items a journal marks uncertain (this may pay twice).
         """
         self._require_open()
@@ -335,6 +338,7 @@ class KlingClient:
                         send,
                         submitters=self._limiter.max_concurrency,
                         timeout=timeout,
+                        batch_timeout=batch_timeout,
                         download=folder,
                         journal=journal,
                         resubmit_uncertain=resubmit_uncertain,
@@ -364,6 +368,7 @@ class KlingClient:
         journal: str | os.PathLike[str] | Journal | None = None,
         download: str | os.PathLike[str] | None = None,
         timeout: float | None = None,
+        batch_timeout: float | None = None,
         resubmit_uncertain: bool = False,
     ) -> list[Outcome]:
         """Like ``map``, but return every outcome at the end, in input order."""
@@ -372,6 +377,7 @@ class KlingClient:
             journal=journal,
             download=download,
             timeout=timeout,
+            batch_timeout=batch_timeout,
             resubmit_uncertain=resubmit_uncertain,
         )
         outcomes = [outcome async for outcome in batch]

@@ -235,3 +235,22 @@ async def test_download_saves_each_video_as_its_result_arrives(client: KlingClie
     paths = [o.path for o in outcomes]
     assert paths == [tmp_path / f"clip-{i}.mp4" for i in range(3)]
     assert all(p is not None and p.read_bytes()[4:8] == b"ftyp" for p in paths)
+
+
+async def test_a_batch_deadline_ends_running_tasks_as_timeouts_and_takes_no_more_items(
+    client: KlingClient, sim: Simulator
+) -> None:
+    pulled = 0
+
+    def source() -> Iterator[OmniRequest]:
+        nonlocal pulled
+        for i in range(1000):
+            pulled += 1
+            yield OmniRequest(prompt=f"[never] clip {i}")
+
+    with anyio.fail_after(5):
+        outcomes = await client.gather(source(), batch_timeout=0.3)
+    assert pulled < 1000
+    assert len(outcomes) == pulled
+    assert all(isinstance(o.error, TaskTimeoutError) for o in outcomes)
+    assert {o.task_id for o in outcomes} == set(sim.tasks)
