@@ -45,7 +45,9 @@ async def test_a_rerun_of_a_finished_batch_sends_nothing(sim: Simulator, tmp_pat
     assert sum(sim.counters.responses_by_status.values()) == requests_after_first
 
 
-async def test_a_rerun_reattaches_to_running_tasks_by_id_without_a_post(sim: Simulator, tmp_path: Path) -> None:
+async def test_a_rerun_reattaches_to_running_tasks_by_id_without_a_post(
+    sim: Simulator, tmp_path: Path
+) -> None:
     journal = tmp_path / "run.db"
     never = [Job(OmniRequest(prompt=f"[never] clip {i}"), id=f"n-{i}") for i in range(3)]
     async with _client(sim) as client:
@@ -137,9 +139,19 @@ async def test_the_journal_records_each_item_state(sim: Simulator, tmp_path: Pat
     assert states == {"clip-0": State.COMPLETED, "bad": State.FAILED}
 
 
-async def _run_client(sim: Simulator, journal: Path, out: Path, count: int, *, kill_after: int | None) -> list[str]:
+async def _run_client(
+    sim: Simulator, journal: Path, out: Path, count: int, *, kill_after: int | None
+) -> list[str]:
     """Run the batch client process; SIGKILL it once `kill_after` outcomes were printed."""
-    command = [sys.executable, "-m", "tests.scripts.batch_client", sim.url, str(journal), str(out), str(count)]
+    command = [
+        sys.executable,
+        "-m",
+        "tests.scripts.batch_client",
+        sim.url,
+        str(journal),
+        str(out),
+        str(count),
+    ]
     lines: list[str] = []
     process: Process = await anyio.open_process(command, cwd=Path(__file__).parent.parent)
     async with process:
@@ -162,7 +174,9 @@ async def test_a_batch_killed_mid_run_resumes_without_paying_twice(tmp_path: Pat
     count = 200
     faults = Faults(latency=0.002)
     async with Simulator(time_scale=0.002, generation_seconds=(30.0, 60.0), faults=faults) as sim:
-        killed = await _run_client(sim, tmp_path / "run.db", tmp_path / "videos", count, kill_after=kill_after)
+        killed = await _run_client(
+            sim, tmp_path / "run.db", tmp_path / "videos", count, kill_after=kill_after
+        )
         assert len(killed) < count
         second = await _run_client(sim, tmp_path / "run.db", tmp_path / "videos", count, kill_after=None)
     assert len(second) == count
