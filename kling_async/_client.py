@@ -406,7 +406,12 @@ class KlingClient:
     ) -> TaskHandle:
         duration = getattr(request, "duration", None) if request is not None else None
         handle = TaskHandle(
-            self, endpoint, task_id, status=status, started=started, kind=(endpoint.family_path, duration)
+            self,
+            endpoint,
+            task_id,
+            status=status,
+            started=started,
+            kind=(endpoint.family_path, endpoint.model, duration),
         )
         self._handles[task_id] = handle
         early = self._early.pop(task_id, None)

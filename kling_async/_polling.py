@@ -76,14 +76,18 @@ class PollPolicy:
             raise ValueError("PollPolicy.timeout: positive, or None for no deadline")
 
 
+# What makes tasks take alike times: (family path, model, requested duration).
+TaskKind = tuple[str, str, str | None]
+
+
 class Timings:
     """Recent times to completion, per kind of task (model and requested duration)."""
 
     def __init__(self) -> None:
-        self._samples: dict[tuple[str, str | None], deque[float]] = {}
-        self._sorted: dict[tuple[str, str | None], list[float]] = {}
+        self._samples: dict[TaskKind, deque[float]] = {}
+        self._sorted: dict[TaskKind, list[float]] = {}
 
-    def record(self, kind: tuple[str, str | None], seconds: float) -> None:
+    def record(self, kind: TaskKind, seconds: float) -> None:
         """Remember that a task of this kind was seen finished ``seconds`` after its submission."""
         samples = self._samples.setdefault(kind, deque(maxlen=_SAMPLES))
         samples.append(seconds)
@@ -94,7 +98,7 @@ class Timings:
         samples = sorted(x for kind, seen in self._samples.items() if kind[0] == family for x in seen)
         return samples[len(samples) // 2] if samples else None
 
-    def checkpoints(self, kind: tuple[str, str | None]) -> list[float]:
+    def checkpoints(self, kind: TaskKind) -> list[float]:
         """The learned check times for this kind, ascending; empty while nothing is known."""
         cached = self._sorted.get(kind)
         if cached is not None:
@@ -137,7 +141,7 @@ class TaskHandle:
         *,
         status: str | None,
         started: float | None,
-        kind: tuple[str, str | None],
+        kind: TaskKind,
     ) -> None:
         self._client = client
         self._endpoint = endpoint
