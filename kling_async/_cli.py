@@ -11,7 +11,7 @@ import json
 import signal
 import sys
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
@@ -167,6 +167,16 @@ def _options(
         "max_in_flight": in_flight,
         "poll": poll,
     }
+
+
+def _echo_result(run: Callable[[], Awaitable[object]], *, as_json: bool = False) -> None:
+    """Run a single-task command and print its result, or the error with exit code 1."""
+    try:
+        result = anyio.run(run)
+    except (KlingError, RuntimeError) as exc:  # RuntimeError: e.g. downloading a task not finished yet
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_FAILED)
+    click.echo(json.dumps(result) if as_json else str(result))
 
 
 def _fail(message: str) -> NoReturn:
@@ -417,11 +427,7 @@ def generate(
             result = await client.generate(job.request, model=model)
             return await client.download(result, out)
 
-    try:
-        click.echo(anyio.run(run))
-    except KlingError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(EXIT_FAILED)
+    _echo_result(run)
 
 
 @cli.command()
@@ -439,11 +445,7 @@ def status(task_id: str, model: str) -> None:
                 "generated": list(current.generated),
             }
 
-    try:
-        click.echo(json.dumps(anyio.run(run)))
-    except KlingError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(EXIT_FAILED)
+    _echo_result(run, as_json=True)
 
 
 @cli.command()
@@ -459,11 +461,7 @@ def download(task_id: str, model: str, out: Path) -> None:
             await handle.refresh()
             return await client.download(handle.result(), out)
 
-    try:
-        click.echo(anyio.run(run))
-    except (KlingError, RuntimeError) as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(EXIT_FAILED)
+    _echo_result(run)
 
 
 @cli.command()
