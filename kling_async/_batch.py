@@ -395,8 +395,16 @@ class _Batch:
                         return next(counter), job
 
                 async def submitter() -> None:
-                    while (pulled := await next_job()) is not None:
-                        await self._start(*pulled)
+                    # The in-flight slot comes first: an item is taken from the input only when it can
+                    # be sent, so a lazy input is never read ahead and a drained input stops at once.
+                    while True:
+                        await self._client._take_slot()
+                        pulled = await next_job()
+                        if pulled is None:
+                            self._client._give_slot()
+                            return
+                        if not await self._start(*pulled):
+                            self._client._give_slot()
 
                 async with anyio.create_task_group() as submit_group:
                     for _ in range(submitters):
@@ -411,16 +419,18 @@ class _Batch:
             if self._journal is not None:
                 self._journal.flush()
 
-    async def _start(self, index: int, job: Job) -> None:
-        """Submit one item, or pick it up where a previous run with the same journal left it."""
+    async def _start(self, index: int, job: Job) -> bool:
+        """Submit one item, or pick it up where a previous run with the same journal left it.
+
+        Returns whether a submission took over the in-flight slot the caller holds for the item.
+        """
         key = job.id or f"item-{index}"
+        submitted = False
         try:
             endpoint = resolve(job.request, job.model)
             key = job_key(job, endpoint.model, index)
             if key in self._seen:
-                raise InvalidRequestError.for_field(
-                    "id", f"{key!r} is already used by another item of this batch"
-                )
+                raise InvalidRequestError.for_field("id", f"{key!r} is used by another item of this batch")
             self._seen.add(key)
             body = encode_request(job.request)
             journal = self._journal
@@ -432,32 +442,41 @@ class _Batch:
                         path=journal.path,
                         key=key,
                     )
-                if await self._resume(index, key, entry):
-                    return
+                reattached = await self._resume(index, key, entry)
+                if reattached is not None:
+                    return reattached
             if journal is not None:
                 journal.submitting(key, endpoint.model, body)
+            submitted = True
             try:
-                handle = await self._client._submit(job.request, model=endpoint.model, key=key)
+                handle = await self._client._submit(
+                    job.request, model=endpoint.model, key=key, slot_held=True
+                )
             except SubmitUncertainError as exc:
-                if self._journal is not None:
-                    self._journal.uncertain(key, str(exc))
+                if journal is not None:
+                    journal.uncertain(key, str(exc))
                 raise
             except KlingError as exc:
-                if self._journal is not None:
-                    self._journal.failed(key, None, f"{type(exc).__name__}: {exc}")
+                if journal is not None:
+                    journal.failed(key, None, f"{type(exc).__name__}: {exc}")
                 raise
-            if self._journal is not None:
-                self._journal.created(key, handle.task_id, handle.status or CREATED)
+            if journal is not None:
+                journal.created(key, handle.task_id, handle.status or CREATED)
         except KlingError as exc:
             await self._deliver(Outcome(index=index, key=key, error=exc))
-            return
+            return submitted
         self._track(index, key, handle, check_now=False)
+        return True
 
-    async def _resume(self, index: int, key: str, entry: JournalEntry) -> bool:
-        """Settle an item the journal knows; False when it still has to be submitted."""
+    async def _resume(self, index: int, key: str, entry: JournalEntry) -> bool | None:
+        """Settle an item the journal knows.
+
+        Returns None when it still has to be submitted, True when a running task was re-attached (it
+        holds the caller's in-flight slot), False when it was settled from the journal alone.
+        """
         if entry.state in (State.SUBMITTING, State.UNCERTAIN):
             if self._resubmit_uncertain:
-                return False
+                return None
             error = SubmitUncertainError(
                 f"item {key}: its POST was sent by an earlier run that got no answer, so a task may exist;"
                 " not resubmitted (pass resubmit_uncertain=True to send it again)",
@@ -465,26 +484,27 @@ class _Batch:
                 key=key,
             )
             await self._deliver(Outcome(index=index, key=key, error=error))
-            return True
+            return False
         if entry.state == State.FAILED and entry.task_id is None:
-            return False  # refused before creation (bad key, 4xx): worth trying again
+            return None  # refused before creation (bad key, 4xx): worth trying again
         assert entry.task_id is not None
         if entry.state == State.FAILED:
             failed = TaskFailedError(entry.task_id, entry.status or FAILED, model=entry.model)
             await self._deliver(Outcome(index=index, key=key, task_id=entry.task_id, error=failed))
-            return True
+            return False
         result = TaskResult(entry.task_id, entry.status or COMPLETED, entry.urls, entry.model)
         if entry.state == State.DOWNLOADED and entry.path is not None and Path(entry.path).exists():
             outcome = Outcome(
                 index=index, key=key, task_id=entry.task_id, result=result, path=Path(entry.path)
             )
             await self._deliver(outcome)
-            return True
+            return False
         if entry.state == State.COMPLETED and self._download is None:
             await self._deliver(Outcome(index=index, key=key, task_id=entry.task_id, result=result))
-            return True
+            return False
         # Still running, or finished without its file: re-attach by id (no POST) and check at once.
         handle = self._client.task(entry.task_id, model=entry.model)
+        self._client._hold_slot(handle.task_id)
         self._track(index, key, handle, check_now=True)
         return True
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
+import secrets
 import signal
 import sys
 from collections import Counter
@@ -146,7 +147,11 @@ async def _client(simulate: bool, **options: Any) -> AsyncIterator[KlingClient]:
         jitter=policy.jitter,
     )
     async with (
-        Simulator(time_scale=scale, generation_seconds=(30.0, 120.0)) as sim,
+        # A fresh seed per run, so task ids never repeat across runs that share a journal; adopting
+        # unknown ids lets a resumed run find the tasks that the previous run's simulator created.
+        Simulator(
+            time_scale=scale, generation_seconds=(30.0, 120.0), seed=secrets.randbits(32), adopt_unknown=True
+        ) as sim,
         KlingClient(api_key="sim-key", base_url=sim.url, poll=scaled, **options) as client,
     ):
         yield client

@@ -198,19 +198,26 @@ class KlingClient:
         """
         return await self._submit(request, model=model, key=None)
 
-    async def _submit(self, request: Request, *, model: str | None, key: str | None) -> TaskHandle:
+    async def _submit(
+        self, request: Request, *, model: str | None, key: str | None, slot_held: bool = False
+    ) -> TaskHandle:
+        """Submit; with ``slot_held`` the caller already took the in-flight slot this task will hold."""
         self._require_open()
-        endpoint = resolve(request, model)
-        if self._webhooks is not None and request.webhook_url is None:
-            request = with_webhook(request, self._webhooks.url)
-        body = encode_request(request)
-        if self._in_flight is not None:
-            await self._in_flight.acquire()
+        try:
+            endpoint = resolve(request, model)
+            if self._webhooks is not None and request.webhook_url is None:
+                request = with_webhook(request, self._webhooks.url)
+            body = encode_request(request)
+        except BaseException:
+            if slot_held:
+                self._give_slot()
+            raise
+        if not slot_held:
+            await self._take_slot()
         try:
             answer = await self._post(endpoint, body, key=key)
         except BaseException:
-            if self._in_flight is not None:
-                self._in_flight.release()
+            self._give_slot()
             raise
         handle = self._attach(
             endpoint, answer.task_id, answer.status, started=self._clock.now(), request=request
@@ -442,7 +449,23 @@ class KlingClient:
                 StatusChanged(task_id=handle.task_id, model=handle.model, status=status, previous=previous)
             )
 
+    async def _take_slot(self) -> None:
+        """Wait for room under ``max_in_flight`` (no wait without a cap)."""
+        if self._in_flight is not None:
+            await self._in_flight.acquire()
+
+    def _give_slot(self) -> None:
+        """Return a slot that no task came to hold."""
+        if self._in_flight is not None:
+            self._in_flight.release()
+
+    def _hold_slot(self, task_id: str) -> None:
+        """A re-attached running task takes over a slot the caller took."""
+        if self._in_flight is not None:
+            self._holding_slot.add(task_id)
+
     def _release_slot(self, task_id: str) -> None:
+        """The task stopped generating (or we stopped following it): free its slot."""
         if self._in_flight is not None and task_id in self._holding_slot:
             self._holding_slot.discard(task_id)
             self._in_flight.release()

@@ -93,12 +93,11 @@ async def test_a_lazy_input_is_pulled_only_as_submissions_go_out(sim: Simulator)
             pulled += 1
             yield OmniRequest(prompt=f"lazy {i}")
 
-    async with KlingClient(
-        api_key="sim-key", base_url=sim.url, poll=FAST_POLL, max_concurrency=4, max_in_flight=4
-    ) as client:
+    async with KlingClient(api_key="sim-key", base_url=sim.url, poll=FAST_POLL, max_in_flight=4) as client:
         async for _ in client.map(endless()):
             break
-    assert pulled < 20
+    # Four generating, and at most one more taken once the first finished.
+    assert pulled <= 5
 
 
 async def test_breaking_out_of_map_stops_everything_and_created_ids_were_reported(sim: Simulator) -> None:

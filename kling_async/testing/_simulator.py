@@ -154,6 +154,10 @@ class Simulator:
         seed: Seeds task ids, durations and every random fault, so a run can be repeated.
         webhook_secret: When set, each task with a `webhook_url` gets signed deliveries on status changes.
         url_ttl: Result URLs expire this many real seconds after a status response issued them (403 after).
+        adopt_unknown: A status request for a task id never seen (a well-formed UUID) creates that task
+            instead of answering 404, as if it had been created just now. The real API remembers tasks
+            across runs; a simulator started afresh cannot, so a resumed demo run (`batch --simulate`
+            after Ctrl-C) would otherwise find its tasks gone. Off by default: it is not the API's behaviour.
         host: The address both servers listen on.
         port: The API's port; 0 picks a free one.
         cdn_port: The CDN's port; 0 picks a free one.
@@ -173,6 +177,7 @@ class Simulator:
         seed: int = 0,
         webhook_secret: str | None = None,
         url_ttl: float | None = None,
+        adopt_unknown: bool = False,
         host: str = "127.0.0.1",
         port: int = 0,
         cdn_port: int = 0,
@@ -198,6 +203,7 @@ class Simulator:
         self._id_rng = random.Random(f"{seed}:ids")
         self._task_rng = random.Random(f"{seed}:tasks")
         self._fault_rng = random.Random(f"{seed}:faults")
+        self._adopt_unknown = adopt_unknown
         self._signer = UrlSigner(hashlib.sha256(f"kling-sim-urls:{seed}".encode()).digest(), url_ttl)
         self._webhooks = None if webhook_secret is None else WebhookSender(webhook_secret, seed)
         self._host, self._port, self._cdn_port = host, port, cdn_port
@@ -499,8 +505,8 @@ class Simulator:
             self._spawn(self._watch(task, webhook_url))
         return json_response({"data": self._view(task)})
 
-    def _new_task(self, model: _Model, body: dict[str, Any]) -> SimulatedTask:
-        task_id = str(uuid.UUID(int=self._id_rng.getrandbits(128), version=4))
+    def _new_task(self, model: _Model, body: dict[str, Any], *, task_id: str | None = None) -> SimulatedTask:
+        task_id = task_id or str(uuid.UUID(int=self._id_rng.getrandbits(128), version=4))
         seconds = self._generation_seconds
         generation = self._task_rng.uniform(*seconds) if isinstance(seconds, tuple) else seconds
         roll = self._task_rng.random()
@@ -535,7 +541,11 @@ class Simulator:
 
     async def _status(self, request: web.Request) -> web.Response:
         route = self._route(request)
-        task = self.tasks.get(request.match_info["task_id"])
+        task_id = request.match_info["task_id"]
+        task = self.tasks.get(task_id)
+        if task is None and route is not None and self._adopt_unknown and _is_uuid(task_id):
+            model = next(model for model in _MODELS if model.family == route.family)
+            task = self._new_task(model, {}, task_id=task_id)
         if route is None or task is None or task.family != route.family:
             return error_response("404")
         return json_response({"data": self._view(task)})
@@ -617,6 +627,14 @@ class Simulator:
         )
         counters.downloads += 1
         return response
+
+
+def _is_uuid(text: str) -> bool:
+    try:
+        uuid.UUID(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _query_int(request: web.Request, name: str, default: int) -> int | None:

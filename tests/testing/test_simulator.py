@@ -953,3 +953,18 @@ def test_the_simulator_imports_nothing_from_the_client() -> None:
                 assert node.level == 1 or not (node.module or "").startswith("kling_async"), source
             elif isinstance(node, ast.Import):
                 assert not any(alias.name.startswith("kling_async") for alias in node.names), source
+
+
+@pytest.mark.anyio
+async def test_adopt_unknown_turns_a_never_seen_task_id_into_a_running_task() -> None:
+    task_id = "7d4f4bb0-3a43-4c7b-9d38-2b1d6a3c8e11"
+    async with (
+        Simulator(time_scale=0.001, adopt_unknown=True) as sim,
+        aiohttp.ClientSession() as session,
+        session.get(
+            f"{sim.url}/v1/ai/video/kling-v3-omni/{task_id}", headers={"x-freepik-api-key": "sim-key"}
+        ) as resp,
+    ):
+        assert resp.status == 200
+        assert (await resp.json())["data"]["task_id"] == task_id
+        assert task_id in sim.tasks
