@@ -20,6 +20,7 @@ from ._clock import SYSTEM_CLOCK, Clock
 from ._download import download_file, safe_file_name
 from ._endpoints import Endpoint, endpoint_for, resolve
 from ._errors import (
+    InvalidRequestError,
     KlingError,
     RateLimitError,
     SubmitUncertainError,
@@ -105,6 +106,7 @@ class KlingClient:
         self._retry = retry or RetryPolicy()
         self._clock = clock or SYSTEM_CLOCK
         self._limiter = Limiter(
+            max_pause=self._retry.deadline,
             requests_per_second=requests_per_second,
             burst=burst,
             max_concurrency=max_concurrency,
@@ -472,7 +474,10 @@ class KlingClient:
 
     async def _fetch_status(self, endpoint: Endpoint, task_id: str) -> TaskStatus:
         body = await self._request("GET", endpoint.status_path(task_id), lane=Lane.STATUS, task_id=task_id)
-        return decode_task(body)
+        status = decode_task(body)
+        if status.task_id != task_id:
+            raise TransportError(f"the status of task {task_id} came back about another task")
+        return status
 
     async def _post(self, endpoint: Endpoint, body: bytes, *, key: str | None) -> TaskStatus:
         try:
@@ -486,13 +491,15 @@ class KlingClient:
                 key=key,
             ) from exc
         try:
-            return decode_task(answer)
-        except TransportError as exc:
+            created = decode_task(answer)
+            endpoint.status_path(created.task_id)  # an id we could never ask about is no task to us
+        except (TransportError, InvalidRequestError) as exc:
             raise SubmitUncertainError(
-                f"POST {endpoint.create_path} answered 200 without a task ({exc})",
+                f"POST {endpoint.create_path} answered 200 without a usable task ({exc})",
                 model=endpoint.model,
                 key=key,
             ) from exc
+        return created
 
     async def _request(
         self,
@@ -532,6 +539,9 @@ class KlingClient:
                     self._events.publish(RateLimited(retry_after=error.retry_after, rate=self._limiter.rate))
             if not can_retry(error) or attempt >= self._retry.attempts:
                 raise error
+            asked_to_wait = error.retry_after if isinstance(error, RateLimitError) else None
+            if asked_to_wait is not None and self._clock.now() + asked_to_wait - first > self._retry.deadline:
+                raise error  # asked to wait past our deadline: say so now rather than hang
             # A 429 is paced by the limiter (Retry-After included); other failures back off here.
             delay = 0.0 if isinstance(error, RateLimitError) else self._retry.backoff(attempt, self._rng)
             if self._clock.now() + delay - first > self._retry.deadline:

@@ -13,9 +13,13 @@ from ._models import Kling3Request, OmniRequest, Request, VideoReferenceRequest
 
 __all__ = ["DEFAULT_MODEL", "ENDPOINTS", "Endpoint", "endpoint_for", "resolve"]
 
-# Besides "/", "?" and "#", a dot segment, a "%" or a "\" could also turn the status path into another path.
-_TASK_ID = re.compile(r"[^\s/?#%\\]+")
-_TASK_ID_RULE = 'must be a non-empty id, not "." or "..", without whitespace, "/", "?", "#", "%" or "\\"'
+# Besides "/", "?" and "#", a dot segment, a "%" or a "\" could also turn the status path into another path;
+# control characters and lone surrogates could not be sent at all.
+_TASK_ID = re.compile(r"[^\s\x00-\x1f\x7f/?#%\\\ud800-\udfff]+")
+_TASK_ID_RULE = (
+    'must be a non-empty id, not "." or "..", without whitespace, control characters,'
+    ' "/", "?", "#", "%" or "\\"'
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,6 +22,8 @@ Every error prints readably and carries its context as attributes; none ever con
 
 from __future__ import annotations
 
+import re
+
 import msgspec
 
 __all__ = [
@@ -245,17 +247,36 @@ def api_error(
     params: list[InvalidParam] | None = None
     try:
         decoded = _error_decoder.decode(body)
-    except (msgspec.DecodeError, msgspec.ValidationError):
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
         decoded = None
     if decoded is not None:
         inner = decoded.problem
         message = decoded.message or (inner.message if inner else None)
         params = decoded.invalid_params or (inner.invalid_params if inner else None)
-    if not message:
-        snippet = body[:200].decode("utf-8", "replace").strip()
-        message = snippet if snippet and decoded is None else "no message"
+    if not message and decoded is None:
+        message = _readable(body)
+    message = _shorten(message or "no message")
     invalid = tuple(params or ())
     if status == 429:
         return RateLimitError(message, invalid_params=invalid, task_id=task_id, retry_after=retry_after)
     cls = _ERROR_BY_STATUS.get(status, ServerError if status >= 500 else APIError)
     return cls(message, status=status, invalid_params=invalid, task_id=task_id)
+
+
+_TITLE = re.compile(rb"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)
+_TAG = re.compile(r"<[^>]*>")
+_MAX_MESSAGE = 500
+
+
+def _readable(body: bytes) -> str | None:
+    """A short text for a body that is not JSON: an HTML page's title, else its text without tags."""
+    head = body[:4096]
+    title = _TITLE.search(head)
+    raw = title.group(1) if title else head
+    text = " ".join(_TAG.sub(" ", raw.decode("utf-8", "replace")).split())
+    return text or None
+
+
+def _shorten(message: str) -> str:
+    # A hostile server can send megabytes of message; errors are logged and printed.
+    return message if len(message) <= _MAX_MESSAGE else message[: _MAX_MESSAGE - 3] + "..."

@@ -56,6 +56,7 @@ class Limiter:
         requests_per_second: float | None,
         burst: int | None = None,
         max_concurrency: int,
+        max_pause: float = 120.0,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         if requests_per_second is not None and requests_per_second <= 0:
@@ -69,6 +70,9 @@ class Limiter:
         self._tokens = self._burst
         self._stamp = clock.now()
         self._blocked_until = 0.0
+        # A Retry-After longer than this pauses the client only this long (a hostile or broken server
+        # must not freeze every request for a day; the request that got it fails instead).
+        self._max_pause = max_pause
         self._last_bad: float | None = None
         self._last_decrease = -math.inf
         self._sent: deque[float] = deque(maxlen=_WINDOW)
@@ -152,7 +156,7 @@ class Limiter:
         self.rate_limited += 1
         now = self._clock.now()
         if retry_after is not None:
-            self._blocked_until = max(self._blocked_until, now + retry_after)
+            self._blocked_until = max(self._blocked_until, now + min(retry_after, self._max_pause))
         if now - self._last_decrease < _DECREASE_SPACING:
             return
         self._last_decrease = now

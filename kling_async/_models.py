@@ -8,6 +8,7 @@ Responses decode leniently: unknown fields are ignored and an unknown status sta
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from typing import Any, Final, TypeAlias, TypeVar
@@ -62,13 +63,15 @@ _KLING3_SHOT_TYPES = ("customize", "intelligent")
 _OMNI_IMAGE_FIELDS = "an image_url or start_image_url"
 # A scheme, a non-empty host, and no whitespace anywhere (a stray space from a CSV cell is a typo, not a URL).
 _URL = re.compile(r"https?://[^\s/?#]+\S*", re.IGNORECASE)
-_MSGSPEC_FIELD = re.compile(r"Object (?P<kind>contains unknown|missing required) field `(?P<name>[^`]*)`")
+_MSGSPEC_FIELD = re.compile(
+    r"Object (?P<kind>contains unknown|missing required) field `(?P<name>.*)`", re.DOTALL
+)
 
 
 def _got(value: object) -> str:
     """The offending value, short, with its type when it is not a string."""
     if isinstance(value, str):
-        text = msgspec.json.encode(value).decode()
+        text = json.dumps(value)  # escapes what msgspec cannot encode (lone surrogates)
         return text if len(text) <= 60 else text[:56] + '..."'
     if value is None:
         return "None"
@@ -85,10 +88,21 @@ def _one_of(choices: tuple[str, ...]) -> str:
     return f"must be {quoted}" if len(choices) == 1 else f"must be one of {quoted}"
 
 
+def _sendable(value: str) -> bool:
+    """Whether a string can be sent as UTF-8 JSON (a lone surrogate, e.g. from a JSON escape, cannot)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _check_text(field: str, value: object, *, blank_ok: bool = False) -> None:
     """A string of at most 2500 characters; unless ``blank_ok``, with something besides whitespace."""
     if not isinstance(value, str):
         raise _reject(field, "must be a string", value)
+    if not _sendable(value):
+        raise _reject(field, "must be valid Unicode text (it holds a lone surrogate)", value)
     if len(value) > _MAX_TEXT:
         raise InvalidRequestError.for_field(field, f"at most {_MAX_TEXT} characters (got {len(value)})")
     if not blank_ok and not value.strip():
@@ -96,7 +110,7 @@ def _check_text(field: str, value: object, *, blank_ok: bool = False) -> None:
 
 
 def _check_url(field: str, value: object) -> None:
-    if not isinstance(value, str) or not _URL.fullmatch(value):
+    if not isinstance(value, str) or not _URL.fullmatch(value) or not _sendable(value):
         raise _reject(field, "must be an http:// or https:// URL", value)
 
 
@@ -138,6 +152,10 @@ def _check_voices(voice_ids: object) -> None:
     for index, item in enumerate(items):
         if not isinstance(item, str) or not item.strip():
             raise _reject(f"voice_ids[{index}]", "must be a non-empty string", item)
+        if not _sendable(item):
+            raise _reject(
+                f"voice_ids[{index}]", "must be valid Unicode text (it holds a lone surrogate)", item
+            )
 
 
 def _check_choice(field: str, value: object, choices: tuple[str, ...]) -> None:
@@ -469,6 +487,11 @@ def request_from_dict(
         return msgspec.convert(data, request_type, strict=strict)
     except msgspec.ValidationError as exc:
         raise _invalid_from(exc) from exc
+    except UnicodeEncodeError as exc:  # a field name with a lone surrogate, from a JSON escape
+        bad = next((key for key in data if isinstance(key, str) and not _sendable(key)), "?")
+        raise InvalidRequestError.for_field(
+            json.dumps(bad)[1:-1], "a field name must be valid Unicode text (it holds a lone surrogate)"
+        ) from exc
 
 
 def _invalid_from(exc: msgspec.ValidationError) -> InvalidRequestError:
@@ -538,9 +561,15 @@ _task_list_decoder = msgspec.json.Decoder(_TaskListEnvelope)
 _webhook_decoder = msgspec.json.Decoder(TaskStatus)
 
 
-def _unexpected(exc: msgspec.DecodeError) -> TransportError:
+# What a hostile body can make msgspec raise: bad JSON or shape, bytes that are not UTF-8 inside a
+# string, nesting deeper than the interpreter's stack.
+_BAD_BODY = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
+
+
+def _unexpected(exc: Exception) -> TransportError:
     # msgspec's message names the problem and its path, never the body itself
-    return TransportError(f"unexpected response body: {exc}")
+    reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)[:200]
+    return TransportError(f"unexpected response body: {reason}")
 
 
 def decode_task(body: bytes) -> TaskStatus:
@@ -551,7 +580,7 @@ def decode_task(body: bytes) -> TaskStatus:
     """
     try:
         return _task_decoder.decode(body).data
-    except msgspec.DecodeError as exc:
+    except _BAD_BODY as exc:
         raise _unexpected(exc) from exc
 
 
@@ -563,7 +592,7 @@ def decode_task_list(body: bytes) -> list[TaskSummary]:
     """
     try:
         return _task_list_decoder.decode(body).data
-    except msgspec.DecodeError as exc:
+    except _BAD_BODY as exc:
         raise _unexpected(exc) from exc
 
 
@@ -575,5 +604,5 @@ def decode_webhook(body: bytes) -> TaskStatus:
     """
     try:
         return _webhook_decoder.decode(body)
-    except msgspec.DecodeError as exc:
+    except _BAD_BODY as exc:
         raise _unexpected(exc) from exc
