@@ -65,6 +65,7 @@ _PAGE_SIZE = 100
 # are listed too, newest first).
 _EXTRA_PAGES = 2
 _SWEEPS_PER_GENERATION = 15
+_DEEPER_PAGE_MIN = 10
 # A task seen by a sweep within this many sweep intervals needs no status request of its own.
 _SWEEP_COVERS = 3
 
@@ -336,7 +337,9 @@ class _Tracker:
                 else:
                     # Failures need no detail; other statuses only update what we show.
                     item.handle._observe(TaskStatus(task_id=summary.task_id, status=summary.status))
-            if not unseen or len(listed) < _PAGE_SIZE:
+            # A deeper page pays only for many unseen tasks; a few stragglers get status requests of
+            # their own (they are not marked as swept).
+            if len(unseen) < _DEEPER_PAGE_MIN or len(listed) < _PAGE_SIZE:
                 return
 
 

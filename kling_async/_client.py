@@ -527,6 +527,8 @@ class KlingClient:
                 except TransportError as exc:
                     error: KlingError = exc
                 else:
+                    if response.status != 429:
+                        self._limiter.on_success()
                     if 200 <= response.status < 300:
                         return response.body
                     retry_after = parse_retry_after(response.headers.get("Retry-After"))

@@ -32,11 +32,17 @@ if TYPE_CHECKING:
 __all__ = ["PollPolicy", "TaskHandle", "Timings"]
 
 _SAMPLES = 64
-# Learned checks sit at these quantiles of past completion times, each a little early.
-_QUANTILES = (0.05, 0.3, 0.6, 0.9)
+# Learned checks sit at equal-probability quantiles of past completion times: with 7 of them, tasks whose
+# times spread over 4x (30-120 s) cost ~4 status requests at ~10% mean delay; tasks of alike times
+# collapse onto one or two checks.
+_QUANTILES = tuple((k + 0.5) / 7 for k in range(7))
+# The first check comes a little early, so that the learned times keep tracking the real ones (a
+# sample is when a task was *seen* finished, a bit after it finished).
 _EARLY = 0.97
-# Once past every learned check, the next wait is this share of the time elapsed (at most `maximum`).
-_LATE_STEP = 0.1
+# Checks closer than this (relative) are one check.
+_MERGE = 0.03
+# Past every learned check, the next wait is this share of the time elapsed (at most `maximum`).
+_LATE_STEP = 0.25
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -108,7 +114,12 @@ class Timings:
             return []
         ordered = sorted(samples)
         last = len(ordered) - 1
-        points = sorted({_EARLY * ordered[round(q * last)] for q in _QUANTILES} | {ordered[-1]})
+        raw = sorted({ordered[round(q * last)] for q in _QUANTILES} | {ordered[-1]})
+        raw[0] *= _EARLY
+        points: list[float] = []
+        for point in raw:
+            if not points or point > points[-1] * (1.0 + _MERGE):
+                points.append(point)
         self._sorted[kind] = points
         return points
 

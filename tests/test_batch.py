@@ -91,7 +91,8 @@ async def test_a_lazy_input_is_pulled_only_as_submissions_go_out(sim: Simulator)
         nonlocal pulled
         for i in range(100_000):
             pulled += 1
-            yield OmniRequest(prompt=f"lazy {i}")
+            # Only the first ever finishes, so exactly one slot frees before the loop breaks.
+            yield OmniRequest(prompt=f"lazy {i}" if i == 0 else f"[never] lazy {i}")
 
     async with KlingClient(api_key="sim-key", base_url=sim.url, poll=FAST_POLL, max_in_flight=4) as client:
         async for _ in client.map(endless()):

@@ -114,3 +114,15 @@ async def test_submissions_and_status_requests_take_turns() -> None:
         for _ in range(4):
             tg.start_soon(one, Lane.STATUS)
     assert order[:6] == [Lane.SUBMIT, Lane.STATUS] * 3
+
+
+async def test_the_cut_after_a_429_starts_from_what_the_server_accepted_not_from_the_burst_sent() -> None:
+    clock = FakeClock()
+    limiter = Limiter(requests_per_second=None, max_concurrency=2, clock=clock)
+    for i in range(100):  # sending at 50/s, of which the server answered 10/s
+        await _take(limiter, 1)
+        if i % 5 == 0:
+            limiter.on_success()
+        await clock.sleep(0.02)
+    limiter.on_rate_limited(None)
+    assert limiter.rate == pytest.approx(10 * DECREASE, rel=0.1)
