@@ -1,0 +1,112 @@
+"""A simulator in its own process, for benchmarks that must not share a CPU with the client.
+
+Run as ``python -m benchmarks._server [options]``. When both servers listen it prints one JSON line on
+stdout, ``{"url": API base URL, "control": control base URL}``, and serves until its stdin closes (the
+parent went away) or it gets SIGTERM/SIGINT.
+
+The control server (another port, so its requests are not counted by the simulator) answers
+``GET /counters`` with what the simulator saw so far, plus ``in_flight``: tasks created and not finished.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+import threading
+import time
+from typing import Literal
+
+from aiohttp import web
+
+from kling_async.testing import Simulator
+
+
+def _parse_generation(text: str) -> float | tuple[float, float]:
+    if "," in text:
+        low, high = (float(part) for part in text.split(",", 1))
+        return (low, high)
+    return float(text)
+
+
+def _parse_retry_after(text: str) -> bool | Literal["date"]:
+    if text == "date":
+        return "date"
+    if text in ("seconds", "true", "yes"):
+        return True
+    if text in ("none", "false", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"--retry-after: seconds, date or none, not {text!r}")
+
+
+def counters_of(sim: Simulator) -> dict[str, object]:
+    """The simulator's counters as plain JSON-able values."""
+    c = sim.counters
+    now = time.monotonic()
+    return {
+        "posts": c.posts,
+        "tasks_created": c.tasks_created,
+        "status_gets": c.status_gets,
+        "lists": c.lists,
+        "rate_limited": c.rate_limited,
+        "responses_by_status": {str(k): v for k, v in c.responses_by_status.items()},
+        "max_concurrent_requests": c.max_concurrent_requests,
+        "in_flight": sum(1 for t in sim.tasks.values() if t.finishes_at > now),
+    }
+
+
+async def serve(args: argparse.Namespace) -> None:
+    sim = Simulator(
+        time_scale=args.time_scale,
+        generation_seconds=_parse_generation(args.generation),
+        queue_seconds=args.queue_seconds,
+        rate_limit=args.rate_limit,
+        retry_after=args.retry_after,
+        seed=args.seed,
+    )
+
+    async def counters(_: web.Request) -> web.Response:
+        return web.json_response(counters_of(sim))
+
+    control = web.Application()
+    control.router.add_get("/counters", counters)
+    runner = web.AppRunner(control, access_log=None)
+    async with sim:
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, "127.0.0.1", 0).start()
+            control_url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+            sys.stdout.write(json.dumps({"url": sim.url, "control": control_url}) + "\n")
+            sys.stdout.flush()
+            loop = asyncio.get_running_loop()
+            stop = asyncio.Event()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, stop.set)
+
+            def wait_for_eof() -> None:
+                sys.stdin.buffer.read()
+                loop.call_soon_threadsafe(stop.set)
+
+            # A daemon thread: one still blocked on stdin does not keep the process alive.
+            threading.Thread(target=wait_for_eof, daemon=True).start()
+            await stop.wait()
+        finally:
+            await runner.cleanup()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--time-scale", type=float, default=0.01)
+    parser.add_argument("--generation", default="30,120", help="seconds, fixed ('60') or a range ('30,120')")
+    parser.add_argument("--queue-seconds", type=float, default=2.0)
+    parser.add_argument("--rate-limit", type=float, default=None)
+    parser.add_argument("--retry-after", type=_parse_retry_after, default=True)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    asyncio.run(serve(args))
+
+
+if __name__ == "__main__":
+    main()

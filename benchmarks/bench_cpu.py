@@ -1,0 +1,248 @@
+"""Client CPU per finished task: submit N tasks and poll every one to completion.
+
+The simulator runs in its own process (``benchmarks._server``) and every measurement runs in a fresh
+client process, so ``time.process_time()`` around the run counts the client's CPU only. Each measurement
+first runs a small warm-up batch with a throwaway client of the same kind (so one-time costs such as
+first calls are not counted), then measures a fresh client on N tasks against a fresh simulator.
+
+Variants:
+  ours-gather    ``KlingClient.gather`` (the batch engine: list sweeping + detail of finished tasks)
+  ours-handles   ``KlingClient.submit`` + ``await handle`` for every task at once (per-task polling)
+  A              bare aiohttp + json, geometric poll schedule (the floor)
+  B              httpx + pydantic v2, the same requests as A
+
+Generations are 30-120 s at time scale 0.01 (0.3-1.2 s), and every poll policy is scaled alike.
+Run alone: ``python -m benchmarks.bench_cpu [--quick] [--reps N] [--n N]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+from typing import Any
+
+from kling_async import KlingClient
+
+from ._common import (
+    API_KEY,
+    Row,
+    Stopwatch,
+    fetch_counters,
+    finish,
+    log,
+    median,
+    request_for,
+    run_worker,
+    scaled_policy,
+    sim_process,
+)
+from .baselines import AiohttpJsonClient, HttpxPydanticClient, geometric_schedule
+
+VARIANTS = ("ours-gather", "ours-handles", "A", "B")
+SCALE = 0.01
+GENERATION = "30,120"
+WARM_UP = 32
+
+
+async def _run_variant(variant: str, url: str, n: int, first: int) -> int:
+    """Run tasks first..first+n-1 with one fresh client of the variant; return how many completed."""
+    policy = scaled_policy(SCALE)
+    if variant == "ours-gather":
+        async with KlingClient(api_key=API_KEY, base_url=url, poll=policy) as client:
+            outcomes = await client.gather(request_for(i) for i in range(first, first + n))
+            return sum(o.ok for o in outcomes)
+    if variant == "ours-handles":
+        async with KlingClient(api_key=API_KEY, base_url=url, poll=policy) as client:
+
+            async def one(index: int) -> bool:
+                handle = await client.submit(request_for(index))
+                result = await handle
+                return result.status == "COMPLETED"
+
+            done = await asyncio.gather(*(one(i) for i in range(first, first + n)))
+            return sum(done)
+    baseline: AiohttpJsonClient | HttpxPydanticClient
+    if variant == "A":
+        baseline = AiohttpJsonClient(url, geometric_schedule(policy))
+    elif variant == "B":
+        baseline = HttpxPydanticClient(url, geometric_schedule(policy))
+    else:
+        raise ValueError(variant)
+    async with baseline:
+        finished = await asyncio.gather(*(baseline.run_task(i) for i in range(first, first + n)))
+        return sum(f.status == "COMPLETED" for f in finished)
+
+
+async def worker(variant: str, url: str, control: str, n: int) -> dict[str, Any]:
+    await _run_variant(variant, url, WARM_UP, first=1_000_000)
+    before = await fetch_counters(control)
+    gc.collect()
+    with Stopwatch() as watch:
+        ok = await _run_variant(variant, url, n, first=0)
+    after = await fetch_counters(control)
+    return {
+        "variant": variant,
+        "n": n,
+        "ok": ok,
+        "cpu": watch.cpu,
+        "wall": watch.wall,
+        "posts": after["posts"] - before["posts"],
+        "status_gets": after["status_gets"] - before["status_gets"],
+        "lists": after["lists"] - before["lists"],
+    }
+
+
+async def measure(n: int, reps: int) -> dict[str, list[dict[str, Any]]]:
+    results: dict[str, list[dict[str, Any]]] = {v: [] for v in VARIANTS}
+    for rep in range(reps):
+        # Rotate the order so that a noisy neighbour does not always hit the same variant.
+        order = VARIANTS[rep % len(VARIANTS) :] + VARIANTS[: rep % len(VARIANTS)]
+        for variant in order:
+            async with sim_process(time_scale=SCALE, generation=GENERATION, seed=rep) as sim:
+                result = await run_worker(
+                    "benchmarks.bench_cpu",
+                    "--worker",
+                    variant,
+                    "--url",
+                    sim.url,
+                    "--control",
+                    sim.control,
+                    "--n",
+                    str(n),
+                )
+            if result["ok"] != n:
+                raise RuntimeError(f"{variant}: only {result['ok']} of {n} tasks completed")
+            requests = result["posts"] + result["status_gets"] + result["lists"]
+            log(
+                f"  cpu rep {rep + 1}/{reps} {variant:13s} cpu={result['cpu']:.2f}s"
+                f" wall={result['wall']:.2f}s"
+                f" cpu/task={result['cpu'] / n * 1e6:.0f}us requests/task={requests / n:.2f}"
+                f" (status {result['status_gets'] / n:.2f}, list {result['lists'] / n:.3f})"
+            )
+            results[variant].append(result)
+    return results
+
+
+def summarize(results: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, float]]:
+    """Medians over the repetitions, per variant."""
+    summary: dict[str, dict[str, float]] = {}
+    for variant, runs in results.items():
+        n = runs[0]["n"]
+        summary[variant] = {
+            "cpu_per_task_us": median(r["cpu"] / n * 1e6 for r in runs),
+            "cpu_per_request_us": median(
+                r["cpu"] / (r["posts"] + r["status_gets"] + r["lists"]) * 1e6 for r in runs
+            ),
+            "requests_per_task": median((r["posts"] + r["status_gets"] + r["lists"]) / n for r in runs),
+            "status_per_task": median((r["status_gets"] + r["lists"]) / n for r in runs),
+            "wall": median(r["wall"] for r in runs),
+        }
+    return summary
+
+
+def rows_from(summary: dict[str, dict[str, float]], n: int, reps: int) -> list[Row]:
+    bench = f"cpu ({n} tasks, median of {reps})"
+    g, h, a, b = (summary[v] for v in VARIANTS)
+    ratio_a = g["cpu_per_task_us"] / a["cpu_per_task_us"]
+    ratio_b = b["cpu_per_task_us"] / g["cpu_per_task_us"]
+    # B saturates its core while submitting, so its first checks come late and it makes fewer requests
+    # than its schedule asks for; this estimate charges B's CPU per request for A's requests per task.
+    b_at_a = b["cpu_per_request_us"] * a["requests_per_task"]
+    return [
+        Row(
+            bench,
+            "CPU/task, gather",
+            "us",
+            g["cpu_per_task_us"],
+            "A",
+            a["cpu_per_task_us"],
+            "<= 1.5x A",
+            ratio_a <= 1.5,
+        ),
+        Row(
+            bench,
+            "CPU/task, gather",
+            "us",
+            g["cpu_per_task_us"],
+            "B",
+            b["cpu_per_task_us"],
+            ">= 10x less than B",
+            ratio_b >= 10,
+            ratio_inverted=True,
+        ),
+        Row(
+            bench,
+            "CPU/task, gather, vs B estimated at A's requests/task",
+            "us",
+            g["cpu_per_task_us"],
+            "B est.",
+            b_at_a,
+            ratio_inverted=True,
+        ),
+        Row(bench, "CPU/task, handles", "us", h["cpu_per_task_us"], "A", a["cpu_per_task_us"]),
+        Row(
+            bench,
+            "CPU/task, handles",
+            "us",
+            h["cpu_per_task_us"],
+            "B",
+            b["cpu_per_task_us"],
+            ratio_inverted=True,
+        ),
+        Row(bench, "CPU/request, gather", "us", g["cpu_per_request_us"], "A", a["cpu_per_request_us"]),
+        Row(
+            bench,
+            "CPU/request, gather",
+            "us",
+            g["cpu_per_request_us"],
+            "B",
+            b["cpu_per_request_us"],
+            ratio_inverted=True,
+        ),
+        Row(bench, "CPU/request, handles", "us", h["cpu_per_request_us"], "A", a["cpu_per_request_us"]),
+        Row(
+            bench,
+            "CPU/request, handles",
+            "us",
+            h["cpu_per_request_us"],
+            "B",
+            b["cpu_per_request_us"],
+            ratio_inverted=True,
+        ),
+        Row(bench, "requests/task (all), gather", "req", g["requests_per_task"], "A", a["requests_per_task"]),
+        Row(
+            bench, "requests/task (all), handles", "req", h["requests_per_task"], "A", a["requests_per_task"]
+        ),
+        Row(bench, "requests/task (all), B", "req", b["requests_per_task"], "A", a["requests_per_task"]),
+        Row(bench, "wall, gather", "s", g["wall"], "A", a["wall"]),
+        Row(bench, "wall, handles", "s", h["wall"], "B", b["wall"]),
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="200 tasks, one repetition")
+    parser.add_argument("--json", action="store_true", help="print result rows as JSON (for run.py)")
+    parser.add_argument("--n", type=int, default=None, help="tasks per run (default 2000)")
+    parser.add_argument("--reps", type=int, default=None, help="repetitions (default 3)")
+    parser.add_argument("--worker", choices=VARIANTS, help=argparse.SUPPRESS)
+    parser.add_argument("--url", help=argparse.SUPPRESS)
+    parser.add_argument("--control", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    n = args.n or (200 if args.quick else 2000)
+    if args.worker:
+        from ._common import emit
+
+        emit(asyncio.run(worker(args.worker, args.url, args.control, n)))
+        return
+    reps = args.reps or (1 if args.quick else 3)
+    log(f"bench_cpu: {n} tasks x {len(VARIANTS)} variants x {reps} repetitions")
+    summary = summarize(asyncio.run(measure(n, reps)))
+    finish(rows_from(summary, n, reps), args.json)
+
+
+if __name__ == "__main__":
+    main()

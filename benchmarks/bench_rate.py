@@ -1,0 +1,231 @@
+"""Behaviour under a server-enforced rate limit of 10 requests per second.
+
+Each configuration gets its own in-process simulator (``rate_limit=10``: a token bucket of 10 per second,
+10 deep, over every API request) and its own client running ``client.map`` over an endless stream of
+requests: 16 submitters POST as fast as the client lets them and the tracker checks the created tasks
+(generations 30-120 s at time scale 0.05), so the client always wants far more than 10 requests per
+second. After ``DURATION`` seconds the batch is cancelled.
+
+Configurations (run at the same time; each costs a few percent of a core):
+  told, Retry-After       ``requests_per_second=10``; 429s carry ``Retry-After`` (whole seconds)
+  told, no Retry-After    ``requests_per_second=10``; 429s carry no ``Retry-After``
+  not told, Retry-After   ``requests_per_second=None`` (the client finds the limit from 429s)
+  not told, no Retry-After
+
+The simulator's counters are sampled every 0.25 s. Reported: the accepted (non-429) rate over the steady
+window (from ``WARM`` seconds to the end) as a % of 10/s, and the share of answers that were 429, over the
+whole run and after the first ``WARM`` seconds. The client's final adaptive rate is read from its limiter
+(``client._limiter.rate``: private, read only, for diagnosis).
+Run alone: ``python -m benchmarks.bench_rate [--quick]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Literal
+
+import anyio
+
+from kling_async import KlingClient, OmniRequest
+from kling_async.testing import Simulator
+
+from ._common import API_KEY, Row, finish, log, request_for, scaled_policy
+
+LIMIT = 10.0
+SCALE = 0.05
+CONFIGS: tuple[tuple[str, float | None, bool | Literal["date"]], ...] = (
+    ("told, Retry-After", LIMIT, True),
+    ("told, no Retry-After", LIMIT, False),
+    ("not told, Retry-After", None, True),
+    ("not told, no Retry-After", None, False),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    at: float
+    answered: int
+    rate_limited: int
+    limiter_rate: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    name: str
+    told: bool
+    used_pct: float
+    used_pct_all: float
+    share_429: float
+    share_429_late: float
+    first_429s: int
+    answered: int
+    final_rate: float | None
+    trace: str
+
+
+def _endless() -> Iterator[OmniRequest]:
+    i = 0
+    while True:
+        yield request_for(i)
+        i += 1
+
+
+def _at(samples: list[Sample], t: float) -> Sample:
+    """The last sample taken at or before t."""
+    best = samples[0]
+    for sample in samples:
+        if sample.at <= t:
+            best = sample
+    return best
+
+
+async def run_config(
+    name: str, rps: float | None, retry_after: bool | Literal["date"], *, duration: float, warm: float
+) -> Result:
+    samples: list[Sample] = []
+    async with (
+        Simulator(
+            time_scale=SCALE,
+            generation_seconds=(30.0, 120.0),
+            rate_limit=LIMIT,
+            retry_after=retry_after,
+            seed=2,
+        ) as sim,
+        KlingClient(
+            api_key=API_KEY, base_url=sim.url, poll=scaled_policy(SCALE), requests_per_second=rps
+        ) as client,
+    ):
+        start = time.monotonic()
+
+        def sample(start: float) -> None:
+            counters = sim.counters
+            answered = sum(counters.responses_by_status.values())
+            samples.append(
+                Sample(time.monotonic() - start, answered, counters.rate_limited, client._limiter.rate)
+            )
+
+        async def sampler() -> None:
+            while True:
+                sample(start)
+                await anyio.sleep(0.25)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(sampler)
+            with anyio.move_on_after(duration):
+                async for _ in client.map(_endless()):
+                    pass
+            sample(start)
+            tg.cancel_scope.cancel()
+        final_rate = client._limiter.rate
+    end = samples[-1]
+    mark = _at(samples, warm)
+    window = end.at - mark.at
+    accepted_late = (end.answered - end.rate_limited) - (mark.answered - mark.rate_limited)
+    answered_late = end.answered - mark.answered
+    return Result(
+        name=name,
+        told=rps is not None,
+        used_pct=100.0 * accepted_late / window / LIMIT,
+        used_pct_all=100.0 * (end.answered - end.rate_limited) / end.at / LIMIT,
+        share_429=100.0 * end.rate_limited / max(1, end.answered),
+        share_429_late=100.0 * (end.rate_limited - mark.rate_limited) / max(1, answered_late),
+        first_429s=mark.rate_limited,
+        answered=end.answered,
+        final_rate=final_rate,
+        trace=_trace(samples, end.at),
+    )
+
+
+def _trace(samples: list[Sample], end: float) -> str:
+    """Per 5-second slice: accepted/s, 429s/s and the limiter's rate at the slice's end."""
+    parts = []
+    t = 0.0
+    while t < end - 1e-6:
+        a, b = _at(samples, t), _at(samples, min(t + 5.0, end))
+        span = max(b.at - a.at, 1e-9)
+        ok = (b.answered - b.rate_limited) - (a.answered - a.rate_limited)
+        rate = "-" if b.limiter_rate is None else f"{b.limiter_rate:.1f}"
+        parts.append(f"{t:.0f}s:{ok / span:.1f}ok/{(b.rate_limited - a.rate_limited) / span:.0f}x429/r{rate}")
+        t += 5.0
+    return " ".join(parts)
+
+
+async def measure(quick: bool) -> list[Row]:
+    duration, warm = (12.0, 6.0) if quick else (75.0, 30.0)
+    log(f"bench_rate: {len(CONFIGS)} configurations at once, {duration:.0f} s each, limit {LIMIT:.0f}/s")
+    results: list[Result] = []
+
+    async def one(name: str, rps: float | None, retry_after: bool | Literal["date"]) -> None:
+        results.append(await run_config(name, rps, retry_after, duration=duration, warm=warm))
+
+    async with anyio.create_task_group() as tg:
+        for config in CONFIGS:
+            tg.start_soon(one, *config)
+    results.sort(key=lambda r: [c[0] for c in CONFIGS].index(r.name))
+    bench = f"rate (limit {LIMIT:.0f}/s, {duration:.0f} s)"
+    rows: list[Row] = []
+    for r in results:
+        rate = "unpaced" if r.final_rate is None else f"{r.final_rate:.2f}/s"
+        log(
+            f"  rate {r.name:25s} used={r.used_pct:.1f}% after {warm:.0f}s ({r.used_pct_all:.1f}% overall)"
+            f" 429s={r.share_429:.2f}% overall, {r.share_429_late:.2f}% after {warm:.0f}s"
+            f" ({r.first_429s} in the first {warm:.0f}s, {r.answered} answers) final limiter rate {rate}"
+        )
+        log(f"    per 5 s (accepted/s, 429/s, limiter rate): {r.trace}")
+        rows.append(
+            Row(
+                bench,
+                f"rate used after {warm:.0f} s, {r.name}",
+                "% of 10/s",
+                r.used_pct,
+                target=">= 95%",
+                met=r.used_pct >= 95.0,
+            )
+        )
+        rows.append(Row(bench, f"rate used, whole run, {r.name}", "% of 10/s", r.used_pct_all))
+        if r.told:
+            rows.append(
+                Row(
+                    bench,
+                    f"429 share, whole run, {r.name}",
+                    "%",
+                    r.share_429,
+                    target="<= 1%",
+                    met=r.share_429 <= 1.0,
+                )
+            )
+            rows.append(Row(bench, f"429 share after {warm:.0f} s, {r.name}", "%", r.share_429_late))
+        else:
+            rows.append(Row(bench, f"429 share, whole run, {r.name}", "%", r.share_429))
+            rows.append(
+                Row(
+                    bench,
+                    f"429 share after {warm:.0f} s, {r.name}",
+                    "%",
+                    r.share_429_late,
+                    target="< 5% (design: <= 1%)",
+                    met=r.share_429_late < 5.0,
+                )
+            )
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="12 s runs, steady window after 6 s")
+    parser.add_argument("--json", action="store_true", help="print result rows as JSON (for run.py)")
+    args = parser.parse_args()
+    # A status check that met 429 on every retry logs a warning; hundreds of them would bury the results.
+    logging.getLogger("kling_async").setLevel(logging.ERROR)
+    finish(asyncio.run(measure(args.quick)), args.json)
+
+
+if __name__ == "__main__":
+    main()

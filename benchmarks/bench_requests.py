@@ -1,0 +1,230 @@
+"""Status requests per finished task, and how late a finished task is noticed.
+
+For generations of 30 s, 60 s, 120 s (fixed) and uniform 30-120 s, time-scaled, N tasks arrive at a steady
+pace over ``SPAN`` mean generation times (so a stream of work, as in a real batch), against an in-process
+simulator whose ``counters`` give the requests and whose ``tasks[id].finishes_at`` gives each completion
+time. Both sides read ``time.monotonic()`` (the simulator directly, our client through its clock and
+anyio's asyncio loop, whose ``time()`` is ``time.monotonic()``; checked at start).
+
+Modes:
+  per-task   ours: ``client.submit`` then ``await handle``, one coroutine per task (no list sweeping)
+  batch      ours: the batch engine (``client.map``, which ``gather`` collects and sorts), which sweeps
+             the list endpoint; an outcome's arrival time is when the client knows the result
+  C          fixed 5-second polling per task (time-scaled), aiohttp + json
+  per-task, burst   ours per-task again, every task submitted at once (uniform 30-120 s only)
+
+Status requests = status GETs + list GETs, per finished task. Detection delay = when the client knew minus
+the server's ``finishes_at``, as a % of that task's generation time (``finishes_at - started_at``);
+the table shows the mean over tasks.
+Run alone: ``python -m benchmarks.bench_requests [--quick]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import anyio
+
+from kling_async import KlingClient, OmniRequest
+from kling_async.testing import Simulator
+
+from ._common import API_KEY, Row, finish, log, mean, request_for, scaled_policy
+from .baselines import AiohttpJsonClient, fixed_schedule
+
+GENERATIONS: dict[str, float | tuple[float, float]] = {
+    "30 s": 30.0,
+    "60 s": 60.0,
+    "120 s": 120.0,
+    "30-120 s": (30.0, 120.0),
+}
+MODES = ("per-task", "batch", "C")
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    status_per_task: float
+    delay_pct: float
+    delay_pct_late_half: float
+    status_per_task_late_half: float
+    finished: int
+
+
+def _mean_generation(generation: float | tuple[float, float]) -> float:
+    return generation if isinstance(generation, float) else sum(generation) / 2
+
+
+async def _arrivals(n: int, span: float) -> AsyncIterator[int]:
+    """0..n-1, the i-th at span * i / n seconds from the first (steady pace, no drift)."""
+    start = time.monotonic()
+    for i in range(n):
+        wait = start + span * i / n - time.monotonic()
+        if wait > 0:
+            await anyio.sleep(wait)
+        yield i
+
+
+async def run_mode(
+    mode: str, generation: float | tuple[float, float], *, n: int, scale: float, span: float
+) -> Result:
+    """One mode on one generation setting, against a fresh simulator."""
+    known: dict[str, float] = {}
+    order: list[str] = []  # task ids in submission order
+    async with Simulator(time_scale=scale, generation_seconds=generation, seed=1) as sim:
+        loop_clock = asyncio.get_running_loop().time()
+        if abs(loop_clock - time.monotonic()) > 0.01:
+            raise RuntimeError("the event loop's clock is not time.monotonic(): delays would be wrong")
+        if mode in ("per-task", "per-task, burst"):
+            async with (
+                KlingClient(api_key=API_KEY, base_url=sim.url, poll=scaled_policy(scale)) as client,
+                anyio.create_task_group() as tg,
+            ):
+
+                async def one(index: int) -> None:
+                    handle = await client.submit(request_for(index))
+                    order.append(handle.task_id)
+                    await handle
+                    known[handle.task_id] = time.monotonic()
+
+                async for i in _arrivals(n, 0.0 if mode.endswith("burst") else span):
+                    tg.start_soon(one, i)
+        elif mode == "batch":
+
+            async def paced() -> AsyncIterator[OmniRequest]:
+                async for i in _arrivals(n, span):
+                    yield request_for(i)
+
+            async with KlingClient(api_key=API_KEY, base_url=sim.url, poll=scaled_policy(scale)) as client:
+                async for outcome in client.map(paced()):
+                    if not outcome.ok or outcome.task_id is None:
+                        raise RuntimeError(f"batch item failed: {outcome.error}")
+                    known[outcome.task_id] = time.monotonic()
+            # The simulator creates tasks in submission order.
+            order = list(sim.tasks)
+        elif mode == "C":
+            async with (
+                AiohttpJsonClient(sim.url, fixed_schedule(5.0 * scale)) as baseline,
+                anyio.create_task_group() as tg,
+            ):
+
+                async def one_c(index: int) -> None:
+                    done = await baseline.run_task(index)
+                    known[done.task_id] = done.known_at
+
+                async for i in _arrivals(n, span):
+                    tg.start_soon(one_c, i)
+            order = list(sim.tasks)
+        else:
+            raise ValueError(mode)
+        counters = sim.counters
+        tasks = sim.tasks
+    if len(known) != n or len(tasks) != n:
+        raise RuntimeError(f"{mode}: {len(known)} of {n} tasks finished, {len(tasks)} created")
+
+    def delay_pct(task_id: str) -> float:
+        task = tasks[task_id]
+        return 100.0 * (known[task_id] - task.finishes_at) / (task.finishes_at - task.started_at)
+
+    late = order[n // 2 :]
+    return Result(
+        status_per_task=(counters.status_gets + counters.lists) / n,
+        delay_pct=mean(delay_pct(t) for t in order),
+        delay_pct_late_half=mean(delay_pct(t) for t in late),
+        # List requests cover many tasks at once: the late half's share of them is not separable.
+        status_per_task_late_half=mean(counters.gets_by_task[t] for t in late),
+        finished=len(known),
+    )
+
+
+async def measure(quick: bool) -> list[Row]:
+    scale = 0.005 if quick else 0.02
+    n = 60 if quick else 300
+    span_generations = 1.5 if quick else 4.0
+    bench = f"requests ({n} tasks, scale {scale})"
+    rows: list[Row] = []
+    for label, generation in GENERATIONS.items():
+        span = span_generations * _mean_generation(generation) * scale
+        results: dict[str, Result] = {}
+        modes = [*MODES, "per-task, burst"] if isinstance(generation, tuple) else list(MODES)
+        for mode in modes:
+            started = time.perf_counter()
+            result = await run_mode(mode, generation, n=n, scale=scale, span=span)
+            results[mode] = result
+            log(
+                f"  requests {label:9s} {mode:16s} status/task={result.status_per_task:.2f}"
+                f" delay={result.delay_pct:.1f}%"
+                f" | later half: GETs/task={result.status_per_task_late_half:.2f}"
+                f" delay={result.delay_pct_late_half:.1f}% ({time.perf_counter() - started:.1f}s)"
+            )
+        c = results["C"]
+        for mode, limit in (("per-task", 4.0), ("batch", 1.3)):
+            r = results[mode]
+            rows.append(
+                Row(
+                    bench,
+                    f"status req/task, {label}, {mode}",
+                    "req",
+                    r.status_per_task,
+                    "C",
+                    c.status_per_task,
+                    f"<= {limit}",
+                    r.status_per_task <= limit,
+                )
+            )
+            rows.append(
+                Row(
+                    bench,
+                    f"detection delay, {label}, {mode}",
+                    "% gen",
+                    r.delay_pct,
+                    "C",
+                    c.delay_pct,
+                    "< 10%",
+                    r.delay_pct < 10.0,
+                )
+            )
+        if "per-task, burst" in results:
+            r = results["per-task, burst"]
+            rows.append(
+                Row(
+                    bench,
+                    f"status req/task, {label}, per-task all at once",
+                    "req",
+                    r.status_per_task,
+                    "C",
+                    c.status_per_task,
+                    "<= 4.0",
+                    r.status_per_task <= 4.0,
+                )
+            )
+            rows.append(
+                Row(
+                    bench,
+                    f"detection delay, {label}, per-task all at once",
+                    "% gen",
+                    r.delay_pct,
+                    "C",
+                    c.delay_pct,
+                    "< 10%",
+                    r.delay_pct < 10.0,
+                )
+            )
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="60 tasks per run, time scale 0.005")
+    parser.add_argument("--json", action="store_true", help="print result rows as JSON (for run.py)")
+    args = parser.parse_args()
+    log("bench_requests: status requests per task and detection delay")
+    finish(asyncio.run(measure(args.quick)), args.json)
+
+
+if __name__ == "__main__":
+    main()
