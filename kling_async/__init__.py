@@ -5,12 +5,12 @@ Everything public is importable from here; modules whose names start with ``_`` 
 
 from ._batch import Job, Outcome
 from ._client import KlingClient
-from ._download import DownloadError
 from ._endpoints import ENDPOINTS, Endpoint
 from ._errors import (
     APIError,
     AuthenticationError,
     BadRequestError,
+    DownloadError,
     InvalidParam,
     InvalidRequestError,
     JournalError,

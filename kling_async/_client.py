@@ -45,6 +45,10 @@ _KEY_VARIABLES = ("FREEPIK_API_KEY", "MAGNIFIC_API_KEY")
 _EARLY_DELIVERIES = 10_000
 
 
+def _is_magnific(host: str) -> bool:
+    return host == "magnific.com" or host.endswith(".magnific.com")
+
+
 class KlingClient:
     """An asynchronous client for the Kling 3 video API.
 
@@ -99,7 +103,7 @@ class KlingClient:
         if max_in_flight is not None and max_in_flight < 1:
             raise ValueError("max_in_flight: at least 1, or None for no cap")
         header = api_key_header or (
-            "x-magnific-api-key" if (parts.hostname or "").endswith("magnific.com") else "x-freepik-api-key"
+            "x-magnific-api-key" if _is_magnific(parts.hostname or "") else "x-freepik-api-key"
         )
         self.base_url = url
         self._poll = poll or PollPolicy()
@@ -224,6 +228,8 @@ class KlingClient:
         handle = self._attach(
             endpoint, answer.task_id, answer.status, started=self._clock.now(), request=request
         )
+        if answer.generated:  # an answer that is already COMPLETED carries its videos
+            handle._urls = tuple(answer.generated)
         if self._in_flight is not None:
             self._holding_slot.add(handle.task_id)
         if self._events.active:
@@ -485,8 +491,9 @@ class KlingClient:
         except KlingError as exc:
             if post_created_nothing(exc):
                 raise
+            where = "" if isinstance(exc, TransportError) else f"POST {endpoint.create_path}: "
             raise SubmitUncertainError(
-                f"POST {endpoint.create_path}: {exc}; a task may have been created, so it was not resent",
+                f"{where}{exc}; a task may have been created, so it was not resent",
                 model=endpoint.model,
                 key=key,
             ) from exc

@@ -18,11 +18,11 @@ from pathlib import Path
 import anyio
 
 from ._clock import Clock
-from ._errors import KlingError, TransportError
+from ._errors import DownloadError, KlingError, TransportError
 from ._retry import RetryPolicy
 from ._transport import Transport
 
-__all__ = ["DownloadError", "download_file", "safe_file_name"]
+__all__ = ["download_file", "safe_file_name"]
 
 _EXPIRED = frozenset({403, 404, 410})
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -33,10 +33,6 @@ _RESERVED = frozenset(
 )
 # How many times an expired URL is replaced by a fresh one before giving up.
 _REFRESHES = 2
-
-
-class DownloadError(TransportError):
-    """A file could not be downloaded whole (after retries and URL refreshes)."""
 
 
 def safe_file_name(key: str, suffix: str = ".mp4") -> str:
@@ -62,6 +58,21 @@ async def download_file(
     Raises:
         DownloadError: the file could not be fetched whole.
     """
+    try:
+        return await _download(transport, url, target, retry=retry, clock=clock, fresh_url=fresh_url)
+    except OSError as exc:  # disk full, permissions, a path that is a folder: this file's error only
+        raise DownloadError(f"cannot write {target}: {exc.strerror or exc}") from exc
+
+
+async def _download(
+    transport: Transport,
+    url: str,
+    target: Path,
+    *,
+    retry: RetryPolicy,
+    clock: Clock,
+    fresh_url: Callable[[], Awaitable[str]] | None,
+) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     part = target.with_name(f".{target.name}.part")
     refreshes = 0

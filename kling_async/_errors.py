@@ -11,6 +11,7 @@
     │   ├── RateLimitError          429: too many requests (.retry_after when the server said)
     │   └── ServerError             5xx: the server failed
     ├── TransportError              no usable HTTP answer: connection refused or reset, timeout, bad body
+    │   └── DownloadError           a video could not be saved whole (after retries and fresh URLs)
     ├── TaskFailedError             the task ended FAILED (or CANCELLED); carries the task id
     ├── TaskTimeoutError            our wait deadline passed; the task lives on and stays reachable by id
     ├── SubmitUncertainError        a POST may have created a task, but no answer came back; never resubmitted
@@ -30,6 +31,7 @@ __all__ = [
     "APIError",
     "AuthenticationError",
     "BadRequestError",
+    "DownloadError",
     "InvalidParam",
     "InvalidRequestError",
     "JournalError",
@@ -152,6 +154,10 @@ class TransportError(KlingError):
     def __init__(self, message: str, *, request_sent: bool = True) -> None:
         super().__init__(message)
         self.request_sent = request_sent
+
+
+class DownloadError(TransportError):
+    """A file could not be downloaded whole (after retries and URL refreshes), or not written to disk."""
 
 
 class TaskFailedError(KlingError):

@@ -1,7 +1,7 @@
 """Typed events: what the client did and saw, for progress bars, logs and tests.
 
 Events are published to every open ``client.events()`` stream. Publishing never waits: a consumer that
-falls more than ``_BUFFER`` events behind loses the oldest ones it has not read (counted in
+falls more than ``_BUFFER`` events behind misses the newest ones until it catches up (counted in
 ``EventHub.dropped``), so a slow progress bar can never slow a batch down.
 """
 

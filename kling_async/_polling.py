@@ -50,7 +50,7 @@ class PollPolicy:
     """When a task handle asks for its status.
 
     The defaults suit Kling's 30-120 s generations when nothing has been learned yet: checks at about
-    15, 37, 71, 101, 131 s... (2 requests for a 30 s video, 3 for 60 s, 5 for 120 s). Once tasks of the
+    15, 37.5, 67.5, 97.5, 127.5 s... (2 requests for a 30 s video, 3 for 60 s, 5 for 120 s). Once tasks of the
     same model and duration have finished, the client checks around their observed completion time
     instead (see the module docs), and these values only bound it.
 
@@ -245,7 +245,8 @@ class TaskHandle:
         if points:
             index = bisect.bisect_right(points, elapsed + 1e-9)
             if index < len(points):
-                return points[index] - elapsed
+                learned = points[index] - elapsed
+                return max(learned, policy.safety_interval) if self._client._safety_net else learned
             delay = min(policy.maximum, max(_LATE_STEP * elapsed, 1e-3))
         elif checks == 0:
             delay = max(policy.initial - elapsed, 0.0)

@@ -59,6 +59,17 @@ async def test_generate_submits_and_waits(client: KlingClient, sim: Simulator) -
     assert sim.tasks[result.task_id].model == "kling-v3-omni-pro"
 
 
+async def test_a_task_already_completed_in_the_create_answer_keeps_its_video() -> None:
+    async with (
+        Simulator(generation_seconds=0.0, queue_seconds=0.0) as sim,
+        KlingClient(api_key="sim-key", base_url=sim.url) as client,
+    ):
+        handle = await client.submit(FOX)  # a zero-length generation is COMPLETED in the POST's answer
+        assert handle.done
+        assert handle.result().url is not None
+        assert sim.counters.status_gets == 0
+
+
 async def test_refresh_sends_exactly_one_status_request(client: KlingClient, sim: Simulator) -> None:
     handle = await client.submit(FOX)
     status = await handle.refresh()
