@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
+import os
 import secrets
 import signal
 import sys
@@ -29,10 +30,17 @@ except ImportError as exc:  # pragma: no cover - exercised only without the [cli
         f"the kling-async command needs its extra: pip install 'kling-async[cli]' ({exc.name} is missing)"
     ) from exc
 
-from ._batch import Job, Outcome
+from ._batch import Job, Outcome, job_key
 from ._client import KlingClient
 from ._endpoints import DEFAULT_MODEL, ENDPOINTS, endpoint_for
-from ._errors import InvalidRequestError, KlingError, SubmitUncertainError, TaskFailedError
+from ._errors import (
+    DownloadError,
+    InvalidRequestError,
+    KlingError,
+    SubmitUncertainError,
+    TaskFailedError,
+    TaskTimeoutError,
+)
 from ._models import OmniRequest, request_from_dict
 from ._polling import PollPolicy
 from ._progress import BatchProgress
@@ -175,9 +183,12 @@ def _options(
 
 
 def _echo_result(run: Callable[[], Awaitable[object]], *, as_json: bool = False) -> None:
-    """Run a single-task command and print its result, or the error with exit code 1."""
+    """Run a single-task command and print its result, or the error with exit code 1 (130 on Ctrl-C)."""
     try:
         result = anyio.run(run)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(EXIT_INTERRUPTED)
     except (KlingError, RuntimeError) as exc:  # RuntimeError: e.g. downloading a task not finished yet
         click.echo(f"error: {exc}", err=True)
         sys.exit(EXIT_FAILED)
@@ -270,6 +281,7 @@ def batch(
     out.mkdir(parents=True, exist_ok=True)
     run = _BatchRun(
         rows,
+        errors,
         out,
         console,
         journal=journal or out / "journal.db",
@@ -283,7 +295,9 @@ def batch(
         _fail(str(exc))
     if run.interrupted:
         sys.exit(EXIT_INTERRUPTED)
-    every_row_done = len(run.outcomes) == len(rows) and all(o.ok for o in run.outcomes.values())
+    every_row_done = (
+        not errors and len(run.outcomes) == len(rows) and all(o.ok for o in run.outcomes.values())
+    )
     sys.exit(EXIT_OK if every_row_done else EXIT_FAILED)
 
 
@@ -295,9 +309,18 @@ class _BatchRun:
     """
 
     def __init__(
-        self, rows: list[_Row], out: Path, console: Console, *, journal: Path, resubmit: bool, as_json: bool
+        self,
+        rows: list[_Row],
+        invalid: list[_RowError],
+        out: Path,
+        console: Console,
+        *,
+        journal: Path,
+        resubmit: bool,
+        as_json: bool,
     ) -> None:
         self.rows = rows
+        self.invalid = invalid
         self.out = out
         self.journal = journal
         self.resubmit = resubmit
@@ -315,15 +338,18 @@ class _BatchRun:
             yield row.job
 
     async def execute(self, simulate: bool, options: dict[str, Any]) -> None:
+        started = False
         try:
             async with _client(simulate, **options) as client, anyio.create_task_group() as tg:
+                started = True  # from here on every row gets a record, whatever happens
                 tg.start_soon(self._follow_signals, tg.cancel_scope)
                 if self.as_json:
                     tg.start_soon(self._print_events, client)
                 await self._run(client)
                 tg.cancel_scope.cancel()
         finally:
-            self._report()
+            if started:
+                self._report()
 
     async def _run(self, client: KlingClient) -> None:
         progress = BatchProgress(self.console, total=len(self.rows))
@@ -361,30 +387,53 @@ class _BatchRun:
     def _record(self, index: int) -> dict[str, Any]:
         row = self.rows[index]
         outcome = self.outcomes.get(index)
-        record: dict[str, Any] = {"id": row.job.id, "line": row.line, "task_id": None, "status": None}
+        record: dict[str, Any] = {"id": None, "line": row.line, "task_id": None, "status": None}
         if outcome is None:
-            record.update(status="NOT_RUN", path=None, error="interrupted before this row finished")
+            key = job_key(row.job, row.job.model or DEFAULT_MODEL, index)
+            record.update(id=key, status="NOT_RUN", path=None, error="interrupted before this row finished")
             return record
-        error = None if outcome.error is None else f"{type(outcome.error).__name__}: {outcome.error}"
-        status = outcome.result.status if outcome.result is not None else "ERROR"
-        if isinstance(outcome.error, SubmitUncertainError):
-            status = "UNCERTAIN"
-        elif isinstance(outcome.error, TaskFailedError):
-            status = outcome.error.status
         record.update(
             id=outcome.key,
             task_id=outcome.task_id,
-            status=status,
+            status=_status_of(outcome),
             path=str(outcome.path) if outcome.path is not None else None,
-            error=error,
+            error=None if outcome.error is None else f"{type(outcome.error).__name__}: {outcome.error}",
         )
         return record
 
     def _report(self) -> None:
         report = self.out / "report.json"
         records = [self._record(index) for index in range(len(self.rows))]
+        records += [
+            {
+                "id": None,
+                "line": bad.line,
+                "task_id": None,
+                "status": "INVALID",
+                "path": None,
+                "error": bad.message,
+            }
+            for bad in self.invalid
+        ]
+        records.sort(key=lambda record: record["line"])
         report.write_text(json.dumps(records, indent=2) + "\n", encoding="utf-8")
         _summary(self.console, records, report)
+
+
+def _status_of(outcome: Outcome) -> str:
+    """A row's status in the report: the task's, or what kind of failure ended it."""
+    error = outcome.error
+    if error is None and outcome.result is not None:
+        return outcome.result.status
+    if isinstance(error, TaskFailedError):
+        return error.status
+    kinds: list[tuple[type[KlingError], str]] = [
+        (SubmitUncertainError, "UNCERTAIN"),
+        (TaskTimeoutError, "TIMEOUT"),
+        (DownloadError, "DOWNLOAD_FAILED"),
+        (InvalidRequestError, "INVALID"),
+    ]
+    return next((name for kind, name in kinds if isinstance(error, kind)), "ERROR")
 
 
 def _summary(console: Console, records: list[dict[str, Any]], report: Path) -> None:
@@ -430,7 +479,7 @@ def generate(
     async def run() -> Path:
         async with _client(simulate) as client:
             result = await client.generate(job.request, model=model)
-            return await client.download(result, out)
+            return await client.download(result, f"{out}{os.sep}")  # --out is always a folder
 
     _echo_result(run)
 
@@ -464,7 +513,7 @@ def download(task_id: str, model: str, out: Path) -> None:
         async with KlingClient() as client:
             handle = client.task(task_id, model=model)
             await handle.refresh()
-            return await client.download(handle.result(), out)
+            return await client.download(handle.result(), f"{out}{os.sep}")  # --out is always a folder
 
     _echo_result(run)
 

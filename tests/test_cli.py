@@ -75,11 +75,16 @@ async def test_a_batch_with_an_invalid_row_sends_nothing(sim: Simulator, tmp_pat
     assert sim.counters.posts == 0
 
 
-async def test_skip_invalid_runs_the_valid_rows(sim: Simulator, tmp_path: Path) -> None:
+async def test_skip_invalid_runs_the_valid_rows_and_reports_the_invalid_ones(
+    sim: Simulator, tmp_path: Path
+) -> None:
     jobs = _write_jobs(tmp_path / "jobs.jsonl", [{"prompt": "ok"}, {"prompt": "x" * 2501}])
-    done = await _cli(["batch", str(jobs), "--out", str(tmp_path / "out"), "--skip-invalid", *FAST], sim)
-    assert done.returncode == 0, done.stderr
+    out = tmp_path / "out"
+    done = await _cli(["batch", str(jobs), "--out", str(out), "--skip-invalid", *FAST], sim)
+    assert done.returncode == 1, done.stderr
     assert sim.counters.posts == 1
+    report = json.loads((out / "report.json").read_text())
+    assert [(r["line"], r["status"]) for r in report] == [(1, "COMPLETED"), (2, "INVALID")]
 
 
 async def test_a_batch_with_faults_ends_with_every_video_and_a_full_report(
@@ -154,16 +159,26 @@ async def test_ctrl_c_drains_exits_130_and_the_same_command_resumes(tmp_path: Pa
         assert sim.counters.duplicate_payloads() == []
 
 
+async def test_a_batch_that_cannot_start_writes_no_report(tmp_path: Path) -> None:
+    jobs = _write_jobs(tmp_path / "jobs.jsonl", [{"prompt": "a"}])
+    done = await _cli(["batch", str(jobs), "--out", str(tmp_path / "out")])  # no API key anywhere
+    assert done.returncode == 2
+    assert "FREEPIK_API_KEY" in done.stderr
+    assert not (tmp_path / "out" / "report.json").exists()
+
+
 async def test_usage_errors_exit_with_2() -> None:
     done = await _cli(["batch", "examples/jobs.jsonl"])
     assert done.returncode == 2
     assert "--out" in done.stderr
 
 
-async def test_generate_prints_the_saved_path(tmp_path: Path) -> None:
-    done = await _cli(["generate", "a fox in snow", "--out", str(tmp_path), "--simulate"])
+async def test_generate_saves_into_the_out_folder_even_a_new_one(tmp_path: Path) -> None:
+    done = await _cli(["generate", "a fox in snow", "--out", str(tmp_path / "new"), "--simulate"])
     assert done.returncode == 0, done.stderr
-    assert Path(done.stdout.strip()).read_bytes()[4:8] == b"ftyp"
+    saved = Path(done.stdout.strip())
+    assert saved.parent == tmp_path / "new"
+    assert saved.read_bytes()[4:8] == b"ftyp"
 
 
 async def test_status_and_download_work_on_a_task_id(sim: Simulator, tmp_path: Path) -> None:
