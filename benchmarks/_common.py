@@ -52,6 +52,7 @@ def scaled_policy(scale: float) -> PollPolicy:
         multiplier=default.multiplier,
         timeout=default.timeout * scale,
         jitter=default.jitter,
+        safety_interval=default.safety_interval * scale,
     )
 
 
