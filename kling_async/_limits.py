@@ -183,7 +183,9 @@ class Limiter:
         recent = [t for t in self._accepted if t >= now - _ACCEPTED_SPAN]
         if len(recent) < 4:
             return None
-        return len(recent) / max(now - recent[0], 1e-3)
+        # Over at least a second: right after an unpaced start, ten answers in 0.1 s are the server's
+        # burst allowance, not a rate of 100/s.
+        return len(recent) / max(now - recent[0], 1.0)
 
     def on_rate_limited(self, retry_after: float | None) -> None:
         """A request got 429: pause for Retry-After when given, and lower the rate."""
