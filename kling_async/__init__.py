@@ -33,6 +33,7 @@ from ._models import (
     Shot,
     TaskResult,
     TaskStatus,
+    TaskSummary,
     VideoReferenceRequest,
 )
 from ._polling import PollPolicy, TaskHandle
@@ -75,6 +76,7 @@ __all__ = [
     "TaskResult",
     "TaskStatus",
     "TaskSubmitted",
+    "TaskSummary",
     "TaskTimeoutError",
     "Timeouts",
     "TransportError",

@@ -30,7 +30,16 @@ from ._errors import (
 from ._events import EventHub, EventStream, RateLimited, RequestRetried, StatusChanged, TaskSubmitted
 from ._journal import Journal
 from ._limits import Lane, Limiter
-from ._models import Request, TaskResult, TaskStatus, decode_task, encode_request, with_webhook
+from ._models import (
+    Request,
+    TaskResult,
+    TaskStatus,
+    TaskSummary,
+    decode_task,
+    decode_task_list,
+    encode_request,
+    with_webhook,
+)
 from ._polling import PollPolicy, TaskHandle, Timings
 from ._retry import RetryPolicy, is_retryable, parse_retry_after, post_created_nothing, post_retryable
 from ._transport import Timeouts, Transport
@@ -43,6 +52,7 @@ log = logging.getLogger("kling_async")
 DEFAULT_BASE_URL = "https://api.freepik.com"
 _KEY_VARIABLES = ("FREEPIK_API_KEY", "MAGNIFIC_API_KEY")
 _EARLY_DELIVERIES = 10_000
+_MAX_PAGE_SIZE = 100
 
 
 def _is_magnific(host: str) -> bool:
@@ -237,6 +247,26 @@ class KlingClient:
         if handle.done:
             self._release_slot(handle.task_id)
         return handle
+
+    async def list_tasks(
+        self, *, model: str = "kling-v3-omni-std", page: int = 1, page_size: int = 100
+    ) -> list[TaskSummary]:
+        """One page of the family's tasks, newest first (one GET): ids and statuses, no result URLs.
+
+        Useful to settle a ``SubmitUncertainError``: a task created by the unanswered POST shows up here.
+
+        Raises:
+            InvalidRequestError: ``page`` below 1 or ``page_size`` outside 1..100 (nothing is sent).
+        """
+        if page < 1:
+            raise InvalidRequestError.for_field("page", f"at least 1 (got {page})")
+        if not 1 <= page_size <= _MAX_PAGE_SIZE:
+            raise InvalidRequestError.for_field("page_size", f"from 1 to {_MAX_PAGE_SIZE} (got {page_size})")
+        endpoint = endpoint_for(model)
+        params = {"page": str(page), "page_size": str(page_size)}
+        return decode_task_list(
+            await self._request("GET", endpoint.family_path, lane=Lane.STATUS, params=params)
+        )
 
     def task(self, task_id: str, *, model: str = "kling-v3-omni-std") -> TaskHandle:
         """A handle to an existing task, by id: no request is sent until it is awaited or refreshed.

@@ -287,3 +287,22 @@ async def test_closing_leaves_no_task_running_and_no_unclosed_session(sim: Simul
     await asyncio.sleep(0)
     assert client_side_tasks() == before
     assert [str(w.message) for w in seen] == []
+
+
+async def test_list_tasks_shows_a_task_whose_post_went_unanswered(client: KlingClient, sim: Simulator) -> None:
+    sim.queue_fault("drop_after_create", method="POST")
+    with pytest.raises(SubmitUncertainError):
+        await client.submit(FOX)
+    (created,) = sim.tasks
+    listed = await client.list_tasks(page_size=10)
+    assert [summary.task_id for summary in listed] == [created]
+    assert sim.counters.lists == 1
+
+
+@pytest.mark.parametrize(("page", "page_size"), [(0, 10), (1, 0), (1, 101)])
+async def test_list_tasks_refuses_pages_the_api_does_not_have(
+    client: KlingClient, sim: Simulator, page: int, page_size: int
+) -> None:
+    with pytest.raises(InvalidRequestError):
+        await client.list_tasks(page=page, page_size=page_size)
+    assert sim.counters.lists == 0
