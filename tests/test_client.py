@@ -289,7 +289,9 @@ async def test_closing_leaves_no_task_running_and_no_unclosed_session(sim: Simul
     assert [str(w.message) for w in seen] == []
 
 
-async def test_list_tasks_shows_a_task_whose_post_went_unanswered(client: KlingClient, sim: Simulator) -> None:
+async def test_list_tasks_shows_a_task_whose_post_went_unanswered(
+    client: KlingClient, sim: Simulator
+) -> None:
     sim.queue_fault("drop_after_create", method="POST")
     with pytest.raises(SubmitUncertainError):
         await client.submit(FOX)
