@@ -369,6 +369,7 @@ class _Batch:
         self._submitting = True
         self._drained = anyio.Event()
         self._keys: dict[str, str] = {}  # task id -> item key, for journaling status changes
+        self._warned_positional = False
         self._seen: set[str] = set()  # every key of this run: two items must never share a task or a file
 
     async def run(
@@ -437,6 +438,13 @@ class _Batch:
             self._seen.add(key)
             body = encode_request(job.request)
             journal = self._journal
+            if journal is not None and job.id is None and not self._warned_positional:
+                self._warned_positional = True
+                log.warning(
+                    "journal %s: items without an id are keyed by their position too; inserting or removing"
+                    " an item changes the keys after it (give each Job a stable id)",
+                    journal.path,
+                )
             entry = journal.lookup(key) if journal is not None else None
             if journal is not None and entry is not None:
                 if (entry.model, entry.request) != (endpoint.model, body):

@@ -41,7 +41,7 @@ from ._errors import (
     TaskFailedError,
     TaskTimeoutError,
 )
-from ._models import OmniRequest, request_from_dict
+from ._models import Kling3Request, request_from_dict
 from ._polling import PollPolicy
 from ._progress import BatchProgress
 
@@ -458,19 +458,29 @@ def _summary(console: Console, records: list[dict[str, Any]], report: Path) -> N
 @_model_option
 @click.option("--duration", default=None, help='Seconds, "3".."15".')
 @click.option("--image-url", default=None, help="Start frame (image-to-video).")
+@click.option("--video-url", default=None, help="Reference video (the -reference models).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("."), show_default=True)
 @_simulate_option
 def generate(
-    prompt: str, model: str, duration: str | None, image_url: str | None, out: Path, simulate: bool
+    prompt: str,
+    model: str,
+    duration: str | None,
+    image_url: str | None,
+    video_url: str | None,
+    out: Path,
+    simulate: bool,
 ) -> None:
     """Generate one clip from PROMPT and print the saved file's path."""
     fields: dict[str, Any] = {"prompt": prompt}
     if duration is not None:
         fields["duration"] = duration
     if image_url is not None:
-        fields["image_url" if endpoint_for(model).request_type is OmniRequest else "start_image_url"] = (
+        # Kling 3 (non-omni) calls its start frame start_image_url; the others call it image_url.
+        fields["start_image_url" if endpoint_for(model).request_type is Kling3Request else "image_url"] = (
             image_url
         )
+    if video_url is not None:
+        fields["video_url"] = video_url
     try:
         job = _to_job(fields, model)
     except InvalidRequestError as exc:

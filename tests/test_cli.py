@@ -181,6 +181,15 @@ async def test_generate_saves_into_the_out_folder_even_a_new_one(tmp_path: Path)
     assert saved.read_bytes()[4:8] == b"ftyp"
 
 
+async def test_generate_sends_a_reference_video_to_the_reference_models(tmp_path: Path) -> None:
+    args = ["generate", "@Video1 in snow", "--model", "kling-v3-omni-std-reference", "--out", str(tmp_path)]
+    done = await _cli([*args, "--video-url", "https://example.com/v.mp4", "--simulate"])
+    assert done.returncode == 0, done.stderr
+    missing = await _cli([*args, "--simulate"])
+    assert missing.returncode == 2
+    assert "video_url: required" in missing.stderr
+
+
 async def test_status_and_download_work_on_a_task_id(sim: Simulator, tmp_path: Path) -> None:
     jobs = _write_jobs(tmp_path / "jobs.jsonl", [{"prompt": "a"}])
     await _cli(["batch", str(jobs), "--out", str(tmp_path / "out"), *FAST], sim)
