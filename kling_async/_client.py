@@ -240,8 +240,7 @@ class KlingClient:
         )
         if answer.generated:  # an answer that is already COMPLETED carries its videos
             handle._urls = tuple(answer.generated)
-        if self._in_flight is not None:
-            self._holding_slot.add(handle.task_id)
+        self._hold_slot(handle.task_id)
         if self._events.active:
             self._events.publish(TaskSubmitted(task_id=handle.task_id, model=endpoint.model, key=key))
         if handle.done:
@@ -498,7 +497,7 @@ class KlingClient:
             self._in_flight.release()
 
     def _hold_slot(self, task_id: str) -> None:
-        """A re-attached running task takes over a slot the caller took."""
+        """The task takes over the slot taken for it, until it finishes (or we stop following it)."""
         if self._in_flight is not None:
             self._holding_slot.add(task_id)
 
