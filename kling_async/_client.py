@@ -82,7 +82,8 @@ class KlingClient:
             magnific.com host and ``x-freepik-api-key`` otherwise.
         webhooks: a ``WebhookReceiver``: every submission gets its ``webhook_url``, deliveries resolve
             handles at once, and polling slows to a safety net (``PollPolicy.safety_interval``). The
-            client starts the receiver if it is not running, and then stops it on close.
+            client starts the receiver if it is not running (unless it was made with ``serve=False``
+            because your own app mounts its handler), and then stops it on close.
         clock: where waiting code reads time (tests swap it).
     """
 
@@ -154,7 +155,7 @@ class KlingClient:
         if self._state != "new":
             raise RuntimeError(f"a KlingClient can be opened once; this one is {self._state}")
         if self._webhooks is not None:
-            if not self._webhooks.running:
+            if self._webhooks.serve and not self._webhooks.running:
                 await self._webhooks.__aenter__()
                 self._owns_receiver = True
             self._webhooks.add_listener(self._on_webhook)

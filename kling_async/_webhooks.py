@@ -229,8 +229,8 @@ def verify_webhook(
         WebhookVerificationError: a header is missing, the timestamp is not an integer, stale or from the
             future, there is no v1 signature or none matches, the body is not a task status, or the id was
             replayed.
-        ValueError: a ``whsec_`` secret that is not base64, an empty secret, or a ``tolerance`` that is not
-            positive.
+        ValueError: a ``whsec_`` secret that is not base64, an empty secret, a ``tolerance`` that is not
+            positive, or ``serve=False`` without ``public_url``.
     """
     key = _signing_key(secret)
     if not tolerance > 0:
@@ -261,6 +261,8 @@ class WebhookReceiver:
         public_url: the URL the sender should call (behind a proxy or tunnel); else the bound local address.
         path: the path the standalone server serves.
         tolerance: the largest accepted clock distance, in seconds, and the replay guard's memory.
+        serve: False when ``handler`` is mounted in your own app: a client given this receiver then starts
+            no server of its own. Needs ``public_url``.
 
     Attributes:
         accepted: deliveries verified and handed to listeners.
@@ -269,8 +271,8 @@ class WebhookReceiver:
         duplicates: replays of accepted deliveries, answered 204 without calling listeners.
 
     Raises:
-        ValueError: a ``whsec_`` secret that is not base64, an empty secret, or a ``tolerance`` that is not
-            positive.
+        ValueError: a ``whsec_`` secret that is not base64, an empty secret, a ``tolerance`` that is not
+            positive, or ``serve=False`` without ``public_url``.
     """
 
     def __init__(
@@ -282,9 +284,13 @@ class WebhookReceiver:
         public_url: str | None = None,
         path: str = "/kling/webhook",
         tolerance: float = 300.0,
+        serve: bool = True,
     ) -> None:
         if not tolerance > 0:
             raise ValueError(f"tolerance must be positive, got {tolerance!r}")
+        if not serve and public_url is None:
+            raise ValueError("serve=False needs public_url: the URL where your app mounts the handler")
+        self.serve = serve
         self._key = _signing_key(secret)
         self._host = host
         self._port = port

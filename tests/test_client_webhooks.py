@@ -110,3 +110,16 @@ async def test_status_changes_from_deliveries_are_published_as_events(hooked_sim
             if isinstance(event, StatusChanged) and event.status == "COMPLETED":
                 break
     assert [e.status for e in seen][-1] == "COMPLETED"
+
+
+async def test_a_receiver_mounted_in_your_own_app_is_not_started_by_the_client(hooked_sim: Simulator) -> None:
+    receiver = WebhookReceiver(SECRET, public_url="https://example.com/hooks/kling", serve=False)
+    async with _client(hooked_sim, receiver) as client:
+        handle = await client.submit(OmniRequest(prompt="a fox"))
+        assert not receiver.running
+        assert hooked_sim.tasks[handle.task_id].payload["webhook_url"] == "https://example.com/hooks/kling"
+
+
+def test_serve_false_needs_the_public_url_of_the_mounted_handler() -> None:
+    with pytest.raises(ValueError, match="public_url"):
+        WebhookReceiver(SECRET, serve=False)
