@@ -31,7 +31,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the [cli
     ) from exc
 
 from ._batch import Job, Outcome, job_key
-from ._client import KlingClient
+from ._client import KEY_VARIABLES, KlingClient
 from ._endpoints import DEFAULT_MODEL, ENDPOINTS, endpoint_for
 from ._errors import (
     DownloadError,
@@ -182,8 +182,15 @@ def _options(
     }
 
 
-def _echo_result(run: Callable[[], Awaitable[object]], *, as_json: bool = False) -> None:
-    """Run a single-task command and print its result, or the error with exit code 1 (130 on Ctrl-C)."""
+def _echo_result(
+    run: Callable[[], Awaitable[object]], *, as_json: bool = False, needs_key: bool = True
+) -> None:
+    """Run a single-task command and print its result, or the error with exit code 1 (130 on Ctrl-C).
+
+    A missing API key is a usage error (exit 2), as in ``batch``.
+    """
+    if needs_key and not any(os.environ.get(name) for name in KEY_VARIABLES):
+        _fail("no API key: set FREEPIK_API_KEY (or MAGNIFIC_API_KEY), or use --simulate where offered")
     try:
         result = anyio.run(run)
     except KeyboardInterrupt:
@@ -491,7 +498,7 @@ def generate(
             result = await client.generate(job.request, model=model)
             return await client.download(result, f"{out}{os.sep}")  # --out is always a folder
 
-    _echo_result(run)
+    _echo_result(run, needs_key=not simulate)
 
 
 @cli.command()

@@ -50,7 +50,7 @@ __all__ = ["KlingClient"]
 log = logging.getLogger("kling_async")
 
 DEFAULT_BASE_URL = "https://api.freepik.com"
-_KEY_VARIABLES = ("FREEPIK_API_KEY", "MAGNIFIC_API_KEY")
+KEY_VARIABLES = ("FREEPIK_API_KEY", "MAGNIFIC_API_KEY")
 _EARLY_DELIVERIES = 10_000
 _MAX_PAGE_SIZE = 100
 
@@ -104,7 +104,7 @@ class KlingClient:
         webhooks: WebhookReceiver | None = None,
         clock: Clock | None = None,
     ) -> None:
-        key = api_key or next((os.environ[v] for v in _KEY_VARIABLES if os.environ.get(v)), None)
+        key = api_key or next((os.environ[v] for v in KEY_VARIABLES if os.environ.get(v)), None)
         if not key:
             raise KlingError("no API key: pass api_key=... or set FREEPIK_API_KEY (or MAGNIFIC_API_KEY)")
         url = (base_url or os.environ.get("KLING_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")

@@ -167,6 +167,12 @@ async def test_a_batch_that_cannot_start_writes_no_report(tmp_path: Path) -> Non
     assert not (tmp_path / "out" / "report.json").exists()
 
 
+async def test_a_single_task_command_without_an_api_key_is_a_usage_error() -> None:
+    done = await _cli(["status", "some-task-id"])
+    assert done.returncode == 2
+    assert "FREEPIK_API_KEY" in done.stderr
+
+
 async def test_usage_errors_exit_with_2() -> None:
     done = await _cli(["batch", "examples/jobs.jsonl"])
     assert done.returncode == 2
