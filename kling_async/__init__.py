@@ -25,7 +25,7 @@ from ._errors import (
     WebhookVerificationError,
 )
 from ._events import Event, RateLimited, RequestRetried, StatusChanged, TaskSubmitted
-from ._journal import Journal
+from ._journal import Journal, JournalEntry, JournalState
 from ._models import (
     Element,
     Kling3Request,
@@ -54,7 +54,9 @@ __all__ = [
     "InvalidRequestError",
     "Job",
     "Journal",
+    "JournalEntry",
     "JournalError",
+    "JournalState",
     "Kling3Request",
     "KlingClient",
     "KlingError",

@@ -37,7 +37,7 @@ from ._errors import (
     TaskFailedError,
     TaskTimeoutError,
 )
-from ._journal import Journal, JournalEntry, State
+from ._journal import Journal, JournalEntry, JournalState
 from ._limits import Lane
 from ._models import (
     COMPLETED,
@@ -485,7 +485,7 @@ class _Batch:
         Returns None when it still has to be submitted, True when a running task was re-attached (it
         holds the caller's in-flight slot), False when it was settled from the journal alone.
         """
-        if entry.state in (State.SUBMITTING, State.UNCERTAIN):
+        if entry.state in (JournalState.SUBMITTING, JournalState.UNCERTAIN):
             if self._resubmit_uncertain:
                 return None
             error = SubmitUncertainError(
@@ -496,21 +496,21 @@ class _Batch:
             )
             await self._deliver(Outcome(index=index, key=key, error=error))
             return False
-        if entry.state == State.FAILED and entry.task_id is None:
+        if entry.state == JournalState.FAILED and entry.task_id is None:
             return None  # refused before creation (bad key, 4xx): worth trying again
         assert entry.task_id is not None
-        if entry.state == State.FAILED:
+        if entry.state == JournalState.FAILED:
             failed = TaskFailedError(entry.task_id, entry.status or FAILED, model=entry.model)
             await self._deliver(Outcome(index=index, key=key, task_id=entry.task_id, error=failed))
             return False
         result = TaskResult(entry.task_id, entry.status or COMPLETED, entry.urls, entry.model)
-        if entry.state == State.DOWNLOADED and entry.path is not None and Path(entry.path).exists():
+        if entry.state == JournalState.DOWNLOADED and entry.path is not None and Path(entry.path).exists():
             outcome = Outcome(
                 index=index, key=key, task_id=entry.task_id, result=result, path=Path(entry.path)
             )
             await self._deliver(outcome)
             return False
-        if entry.state == State.COMPLETED and self._download is None:
+        if entry.state == JournalState.COMPLETED and self._download is None:
             await self._deliver(Outcome(index=index, key=key, task_id=entry.task_id, result=result))
             return False
         # Still running, or finished without its file: re-attach by id (no POST) and check at once.

@@ -33,7 +33,7 @@ import msgspec
 
 from ._errors import JournalError
 
-__all__ = ["SCHEMA_VERSION", "Journal", "JournalEntry", "JournalError", "State"]
+__all__ = ["SCHEMA_VERSION", "Journal", "JournalEntry", "JournalError", "JournalState"]
 
 APPLICATION = "kling-async"
 SCHEMA_VERSION = 1
@@ -79,7 +79,7 @@ _BUSY_TIMEOUT_MS = 5000
 _urls_decoder = msgspec.json.Decoder(tuple[str, ...])
 
 
-class State(StrEnum):
+class JournalState(StrEnum):
     """Where a journal entry stands."""
 
     SUBMITTING = "submitting"  # recorded before the POST; on resume the POST may or may not have landed
@@ -91,7 +91,7 @@ class State(StrEnum):
 
 
 # States from which a POST may (deliberately) go out again: none of them holds a task worth keeping.
-_RESUBMITTABLE = frozenset({State.SUBMITTING, State.UNCERTAIN, State.FAILED})
+_RESUBMITTABLE = frozenset({JournalState.SUBMITTING, JournalState.UNCERTAIN, JournalState.FAILED})
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +101,7 @@ class JournalEntry:
     key: str
     model: str
     request: bytes  # the encoded request JSON, exactly as it was (to be) POSTed
-    state: State
+    state: JournalState
     task_id: str | None
     status: str | None  # the task's last known API status (CREATED, IN_PROGRESS, COMPLETED, ...)
     urls: tuple[str, ...]
@@ -264,7 +264,7 @@ class Journal:
 
     def counts(self) -> dict[str, int]:
         """The number of entries in each state (every state is present, zeros included)."""
-        counts = {state.value: 0 for state in State}
+        counts = {state.value: 0 for state in JournalState}
         with self._guard("cannot count the entries"):
             counts.update(self._db.execute("SELECT state, count(*) FROM items GROUP BY state").fetchall())
         return counts
@@ -300,13 +300,13 @@ class Journal:
                     self._db.execute(
                         "INSERT INTO items (key, position, model, request, state, created_at, updated_at)"
                         " VALUES (?, (SELECT coalesce(max(position), -1) + 1 FROM items), ?, ?, ?, ?, ?)",
-                        (key, model, request, State.SUBMITTING.value, now, now),
+                        (key, model, request, JournalState.SUBMITTING.value, now, now),
                     )
                 else:
                     self._db.execute(
                         "UPDATE items SET state = ?, task_id = NULL, status = NULL, urls = '[]', path = NULL,"
                         " error = NULL, updated_at = ? WHERE key = ?",
-                        (State.SUBMITTING.value, now, key),
+                        (JournalState.SUBMITTING.value, now, key),
                     )
 
     def created(self, key: str, task_id: str, status: str) -> None:
@@ -317,14 +317,14 @@ class Journal:
         """
         with self._guard(f"cannot record task {task_id} of key {key!r}"):
             state, old_status, old_task = self._current(key)
-            if state == State.CREATED and old_task != task_id:
+            if state == JournalState.CREATED and old_task != task_id:
                 raise self._key_error(
                     key, f"already has task {old_task}; refusing to replace it by {task_id}"
                 )
-            if state not in (State.SUBMITTING, State.CREATED):
-                raise self._key_error(key, f"is {state} and cannot become {State.CREATED}")
+            if state not in (JournalState.SUBMITTING, JournalState.CREATED):
+                raise self._key_error(key, f"is {state} and cannot become {JournalState.CREATED}")
             with self._transaction():
-                self._set(key, old_status, status, state=State.CREATED, task_id=task_id)
+                self._set(key, old_status, status, state=JournalState.CREATED, task_id=task_id)
 
     def status(self, key: str, status: str) -> None:
         """Record a task's new status (buffered). Statuses of entries not ``created`` are ignored: a late or
@@ -335,7 +335,7 @@ class Journal:
         """
         with self._guard(f"cannot record status {status} of key {key!r}"):
             state, old_status, _ = self._current(key)
-            if state == State.CREATED and status != old_status:
+            if state == JournalState.CREATED and status != old_status:
                 self._buffer(key, old_status, status)
             else:
                 self._commit_if_due()
@@ -348,10 +348,16 @@ class Journal:
         """
         with self._guard(f"cannot record the result of key {key!r}"):
             # From DOWNLOADED too: a re-run whose saved file went missing fetches the video again.
-            old_status = self._expect(key, State.COMPLETED, State.CREATED, State.COMPLETED, State.DOWNLOADED)
+            old_status = self._expect(
+                key,
+                JournalState.COMPLETED,
+                JournalState.CREATED,
+                JournalState.COMPLETED,
+                JournalState.DOWNLOADED,
+            )
             # Text, not bytes: a BLOB would defeat SQLite's json functions when the file is read by hand.
             encoded = msgspec.json.encode(tuple(urls)).decode()
-            self._buffer(key, old_status, status, state=State.COMPLETED, urls=encoded)
+            self._buffer(key, old_status, status, state=JournalState.COMPLETED, urls=encoded)
 
     def failed(self, key: str, status: str | None, error: str) -> None:
         """Record a task that ended FAILED or CANCELLED (buffered), or an item refused before a task existed
@@ -367,13 +373,13 @@ class Journal:
         """
         with self._guard(f"cannot record the failure of key {key!r}"):
             state, old_status, _ = self._current(key)
-            if state not in (State.SUBMITTING, State.CREATED, State.FAILED):
-                raise self._key_error(key, f"is {state} and cannot become {State.FAILED}")
-            if state == State.SUBMITTING:
+            if state not in (JournalState.SUBMITTING, JournalState.CREATED, JournalState.FAILED):
+                raise self._key_error(key, f"is {state} and cannot become {JournalState.FAILED}")
+            if state == JournalState.SUBMITTING:
                 with self._transaction():
-                    self._set(key, old_status, status, state=State.FAILED, error=error)
+                    self._set(key, old_status, status, state=JournalState.FAILED, error=error)
             else:
-                self._buffer(key, old_status, status, state=State.FAILED, error=error)
+                self._buffer(key, old_status, status, state=JournalState.FAILED, error=error)
 
     def uncertain(self, key: str, error: str) -> None:
         """Record a POST whose outcome is unknown; committed before it returns.
@@ -382,9 +388,11 @@ class Journal:
             JournalError: the key is unknown or not submitting.
         """
         with self._guard(f"cannot record key {key!r} as uncertain"):
-            old_status = self._expect(key, State.UNCERTAIN, State.SUBMITTING, State.UNCERTAIN)
+            old_status = self._expect(
+                key, JournalState.UNCERTAIN, JournalState.SUBMITTING, JournalState.UNCERTAIN
+            )
             with self._transaction():
-                self._set(key, old_status, None, state=State.UNCERTAIN, error=error)
+                self._set(key, old_status, None, state=JournalState.UNCERTAIN, error=error)
 
     def downloaded(self, key: str, path: str) -> None:
         """Record where the item's video was saved (buffered).
@@ -393,8 +401,10 @@ class Journal:
             JournalError: the key is unknown or not completed.
         """
         with self._guard(f"cannot record the download of key {key!r}"):
-            old_status = self._expect(key, State.DOWNLOADED, State.COMPLETED, State.DOWNLOADED)
-            self._buffer(key, old_status, None, state=State.DOWNLOADED, path=path)
+            old_status = self._expect(
+                key, JournalState.DOWNLOADED, JournalState.COMPLETED, JournalState.DOWNLOADED
+            )
+            self._buffer(key, old_status, None, state=JournalState.DOWNLOADED, path=path)
 
     def flush(self) -> None:
         """Commit the buffered writes."""
@@ -409,7 +419,7 @@ class Journal:
             raise self._key_error(key, "is not in the journal")
         return row[0], row[1], row[2]
 
-    def _expect(self, key: str, target: State, *sources: State) -> str | None:
+    def _expect(self, key: str, target: JournalState, *sources: JournalState) -> str | None:
         """The key's status, once its state is checked to be one that may become ``target``."""
         state, status, _ = self._current(key)
         if state not in sources:
@@ -484,5 +494,5 @@ class Journal:
 def _entry(row: Any) -> JournalEntry:
     key, model, request, state, task_id, status, urls, path, error = row[:9]
     return JournalEntry(
-        key, model, request, State(state), task_id, status, _urls_decoder.decode(urls), path, error
+        key, model, request, JournalState(state), task_id, status, _urls_decoder.decode(urls), path, error
     )

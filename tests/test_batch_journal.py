@@ -18,7 +18,7 @@ from kling_async import (
     SubmitUncertainError,
     TaskTimeoutError,
 )
-from kling_async._journal import Journal, State
+from kling_async._journal import Journal, JournalState
 from kling_async.testing import Faults, Simulator
 from tests.conftest import FAST_POLL, FAST_RETRY
 
@@ -136,7 +136,7 @@ async def test_the_journal_records_each_item_state(sim: Simulator, tmp_path: Pat
         await client.gather([*jobs(1), Job(OmniRequest(prompt="[fail] x"), id="bad")], journal=journal)
     with Journal(journal) as opened:
         states = {entry.key: entry.state for entry in opened.entries()}
-    assert states == {"clip-0": State.COMPLETED, "bad": State.FAILED}
+    assert states == {"clip-0": JournalState.COMPLETED, "bad": JournalState.FAILED}
 
 
 async def _run_client(

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from kling_async import JournalError, KlingError
-from kling_async._journal import SCHEMA_VERSION, Journal, JournalEntry, State
+from kling_async._journal import SCHEMA_VERSION, Journal, JournalEntry, JournalState
 
 MODEL = "kling-v3-omni-std"
 REQUEST = b'{"prompt":"a fox in snow","duration":"5"}'
@@ -90,7 +90,7 @@ def test_reopening_keeps_every_field(path: Path) -> None:
                 key="a",
                 model=MODEL,
                 request=REQUEST,
-                state=State.DOWNLOADED,
+                state=JournalState.DOWNLOADED,
                 task_id="t-a",
                 status="COMPLETED",
                 urls=("https://cdn.example/a.mp4", "https://cdn.example/a2.mp4"),
@@ -101,7 +101,7 @@ def test_reopening_keeps_every_field(path: Path) -> None:
                 key="b",
                 model="kling-v3-omni-pro",
                 request=OTHER_REQUEST,
-                state=State.FAILED,
+                state=JournalState.FAILED,
                 task_id=None,
                 status=None,
                 urls=(),
@@ -239,7 +239,7 @@ def test_buffered_writes_become_visible_on_flush(path: Path) -> None:
         running(journal)
         journal.finished("a", "COMPLETED", ["https://cdn.example/a.mp4"])
         assert state_on_disk(path, "a") == "created"
-        assert entry_of(journal).state == State.COMPLETED
+        assert entry_of(journal).state == JournalState.COMPLETED
         journal.flush()
         assert state_on_disk(path, "a") == "completed"
 
@@ -296,7 +296,7 @@ def test_a_journal_survives_a_sigkill_of_its_writer(path: Path) -> None:
     with Journal(path) as journal:
         entries = list(journal.entries())
     assert [(e.key, e.state, e.task_id) for e in entries] == [
-        (f"k{i}", State.CREATED, f"task-{i}") for i in range(50)
+        (f"k{i}", JournalState.CREATED, f"task-{i}") for i in range(50)
     ]
 
 
@@ -349,7 +349,7 @@ def test_an_uncertain_or_failed_item_may_be_resubmitted_deliberately(journal: Jo
     journal.created("a", "t-new", "CREATED")
     entry = entry_of(journal)
     assert (entry.state, entry.task_id, entry.status, entry.error) == (
-        State.CREATED,
+        JournalState.CREATED,
         "t-new",
         "CREATED",
         None,
@@ -362,15 +362,21 @@ def test_an_item_goes_submitting_created_completed_downloaded(journal: Journal) 
         return entry.state, entry.task_id, entry.status, entry.urls, entry.path
 
     journal.submitting("a", MODEL, REQUEST)
-    assert seen() == (State.SUBMITTING, None, None, (), None)
+    assert seen() == (JournalState.SUBMITTING, None, None, (), None)
     journal.created("a", "t-a", "CREATED")
-    assert seen() == (State.CREATED, "t-a", "CREATED", (), None)
+    assert seen() == (JournalState.CREATED, "t-a", "CREATED", (), None)
     journal.status("a", "IN_PROGRESS")
-    assert seen() == (State.CREATED, "t-a", "IN_PROGRESS", (), None)
+    assert seen() == (JournalState.CREATED, "t-a", "IN_PROGRESS", (), None)
     journal.finished("a", "COMPLETED", ["https://cdn.example/a.mp4"])
-    assert seen() == (State.COMPLETED, "t-a", "COMPLETED", ("https://cdn.example/a.mp4",), None)
+    assert seen() == (JournalState.COMPLETED, "t-a", "COMPLETED", ("https://cdn.example/a.mp4",), None)
     journal.downloaded("a", "videos/a.mp4")
-    assert seen() == (State.DOWNLOADED, "t-a", "COMPLETED", ("https://cdn.example/a.mp4",), "videos/a.mp4")
+    assert seen() == (
+        JournalState.DOWNLOADED,
+        "t-a",
+        "COMPLETED",
+        ("https://cdn.example/a.mp4",),
+        "videos/a.mp4",
+    )
 
 
 def test_a_failed_task_keeps_its_id_status_and_error(journal: Journal) -> None:
@@ -378,7 +384,7 @@ def test_a_failed_task_keeps_its_id_status_and_error(journal: Journal) -> None:
     journal.failed("a", "CANCELLED", "TaskFailedError: task t-a ended CANCELLED")
     entry = entry_of(journal)
     assert (entry.state, entry.task_id, entry.status, entry.error) == (
-        State.FAILED,
+        JournalState.FAILED,
         "t-a",
         "CANCELLED",
         "TaskFailedError: task t-a ended CANCELLED",
@@ -390,7 +396,7 @@ def test_an_uncertain_post_keeps_its_error_and_no_task(journal: Journal) -> None
     journal.uncertain("a", "SubmitUncertainError: timeout")
     entry = entry_of(journal)
     assert (entry.state, entry.task_id, entry.error) == (
-        State.UNCERTAIN,
+        JournalState.UNCERTAIN,
         None,
         "SubmitUncertainError: timeout",
     )
@@ -400,7 +406,7 @@ def test_created_twice_with_the_same_task_id_is_harmless(journal: Journal) -> No
     running(journal)
     journal.created("a", "t-a", "IN_PROGRESS")
     entry = entry_of(journal)
-    assert (entry.state, entry.task_id, entry.status) == (State.CREATED, "t-a", "IN_PROGRESS")
+    assert (entry.state, entry.task_id, entry.status) == (JournalState.CREATED, "t-a", "IN_PROGRESS")
 
 
 def test_a_second_task_id_for_a_created_item_is_refused(journal: Journal) -> None:
@@ -430,7 +436,7 @@ def test_a_late_status_does_not_reopen_a_finished_item(journal: Journal) -> None
     journal.finished("a", "COMPLETED", ["u"])
     journal.status("a", "IN_PROGRESS")
     entry = entry_of(journal)
-    assert (entry.state, entry.status) == (State.COMPLETED, "COMPLETED")
+    assert (entry.state, entry.status) == (JournalState.COMPLETED, "COMPLETED")
 
 
 def test_history_records_each_status_change_once(journal: Journal, path: Path) -> None:
