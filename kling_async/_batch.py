@@ -38,7 +38,6 @@ from ._errors import (
     TaskTimeoutError,
 )
 from ._journal import Journal, JournalEntry, JournalState
-from ._limits import Lane
 from ._models import (
     COMPLETED,
     CREATED,
@@ -46,7 +45,6 @@ from ._models import (
     Request,
     TaskResult,
     TaskStatus,
-    decode_task_list,
     encode_request,
 )
 from ._polling import TaskHandle
@@ -205,13 +203,18 @@ class _Tracker:
         heapq.heappush(self._heap, (due, next(self._seq), item.token, item))
         self._wake.set()
 
+    def _forget(self, task_id: str) -> _Item | None:
+        """Stop tracking a task; its item, or None when it was not tracked (any more)."""
+        item = self._items.pop(task_id, None)
+        if item is not None:
+            self._by_family[item.handle._endpoint.family_path].pop(task_id, None)
+            item.handle._on_done = None
+        return item
+
     def _done(self, handle: TaskHandle) -> None:
-        item = self._items.pop(handle.task_id, None)
-        if item is None:
-            return
-        self._by_family[handle._endpoint.family_path].pop(handle.task_id, None)
-        handle._on_done = None
-        self._done_item(item)
+        item = self._forget(handle.task_id)
+        if item is not None:
+            self._done_item(item)
 
     def _done_item(self, item: _Item) -> None:
         try:
@@ -222,12 +225,8 @@ class _Tracker:
             self._finish(item, None)
 
     def _drop(self, item: _Item, error: KlingError) -> None:
-        task_id = item.handle.task_id
-        if self._items.pop(task_id, None) is None:
-            return
-        self._by_family[item.handle._endpoint.family_path].pop(task_id, None)
-        item.handle._on_done = None
-        self._finish(item, error)
+        if self._forget(item.handle.task_id) is not None:
+            self._finish(item, error)
 
     async def run(self) -> None:
         """Forever: start the checks that are due, sweep families, sleep until the next due time."""
@@ -311,15 +310,10 @@ class _Tracker:
         pages = (len(tracked) + _PAGE_SIZE - 1) // _PAGE_SIZE + _EXTRA_PAGES
         unseen = set(tracked)
         now = self._client._clock.now()
+        model = self._endpoints[family].model
         for page in range(1, pages + 1):
             try:
-                body = await self._client._request(
-                    "GET",
-                    family,
-                    lane=Lane.STATUS,
-                    params={"page": str(page), "page_size": str(_PAGE_SIZE)},
-                )
-                listed = decode_task_list(body)
+                listed = await self._client.list_tasks(model=model, page=page, page_size=_PAGE_SIZE)
             except KlingError as exc:
                 log.warning("list sweep of %s failed; per-task checks go on: %s", family, exc)
                 return
