@@ -236,11 +236,15 @@ class KlingClient:
         except BaseException:
             self._give_slot()
             raise
+        # An answer that is already COMPLETED carries its videos: the handle keeps them.
         handle = self._attach(
-            endpoint, answer.task_id, answer.status, started=self._clock.now(), request=request
+            endpoint,
+            answer.task_id,
+            answer.status,
+            started=self._clock.now(),
+            request=request,
+            urls=answer.generated,
         )
-        if answer.generated:  # an answer that is already COMPLETED carries its videos
-            handle._urls = tuple(answer.generated)
         self._hold_slot(handle.task_id)
         if self._events.active:
             self._events.publish(TaskSubmitted(task_id=handle.task_id, model=endpoint.model, key=key))
@@ -448,6 +452,7 @@ class KlingClient:
         *,
         started: float | None,
         request: Request | None,
+        urls: tuple[str, ...] = (),
     ) -> TaskHandle:
         duration = getattr(request, "duration", None) if request is not None else None
         handle = TaskHandle(
@@ -455,6 +460,7 @@ class KlingClient:
             endpoint,
             task_id,
             status=status,
+            urls=urls,
             started=started,
             kind=(endpoint.family_path, endpoint.model, duration),
         )
@@ -578,12 +584,13 @@ class KlingClient:
                     self._events.publish(RateLimited(retry_after=error.retry_after, rate=self._limiter.rate))
             if not can_retry(error) or attempt >= self._retry.attempts:
                 raise error
-            asked_to_wait = error.retry_after if isinstance(error, RateLimitError) else None
-            if asked_to_wait is not None and self._clock.now() + asked_to_wait - first > self._retry.deadline:
-                raise error  # asked to wait past our deadline: say so now rather than hang
-            # A 429 is paced by the limiter (Retry-After included); other failures back off here.
-            delay = 0.0 if isinstance(error, RateLimitError) else self._retry.backoff(attempt, self._rng)
-            if self._clock.now() + delay - first > self._retry.deadline:
+            # A 429 is paced by the limiter (Retry-After included), so no sleep here, but a Retry-After
+            # that would take us past the deadline fails now rather than hang; others back off here.
+            if isinstance(error, RateLimitError):
+                delay, waiting = 0.0, error.retry_after or 0.0
+            else:
+                delay = waiting = self._retry.backoff(attempt, self._rng)
+            if self._clock.now() + waiting - first > self._retry.deadline:
                 raise error
             log.debug("retrying %s %s after %s (attempt %d, in %.2fs)", method, path, error, attempt, delay)
             if self._events.active:

@@ -91,18 +91,28 @@ class Timings:
 
     def __init__(self) -> None:
         self._samples: dict[TaskKind, deque[float]] = {}
+        # Both derived from the samples, cached until the next sample: the batch tracker asks for them
+        # on every status check it schedules.
         self._sorted: dict[TaskKind, list[float]] = {}
+        self._typical: dict[str, float] = {}
 
     def record(self, kind: TaskKind, seconds: float) -> None:
         """Remember that a task of this kind was seen finished ``seconds`` after its submission."""
         samples = self._samples.setdefault(kind, deque(maxlen=_SAMPLES))
         samples.append(seconds)
         self._sorted.pop(kind, None)
+        self._typical.pop(kind[0], None)
 
     def typical(self, family: str) -> float | None:
         """The median time to completion over every kind of task in a family; None while unknown."""
+        cached = self._typical.get(family)
+        if cached is not None:
+            return cached
         samples = sorted(x for kind, seen in self._samples.items() if kind[0] == family for x in seen)
-        return samples[len(samples) // 2] if samples else None
+        if not samples:
+            return None
+        self._typical[family] = median = samples[len(samples) // 2]
+        return median
 
     def checkpoints(self, kind: TaskKind) -> list[float]:
         """The learned check times for this kind, ascending; empty while nothing is known."""
@@ -151,6 +161,7 @@ class TaskHandle:
         task_id: str,
         *,
         status: str | None,
+        urls: tuple[str, ...] = (),
         started: float | None,
         kind: TaskKind,
     ) -> None:
@@ -158,7 +169,7 @@ class TaskHandle:
         self._endpoint = endpoint
         self.task_id = task_id
         self._status = status
-        self._urls: tuple[str, ...] = ()
+        self._urls = urls
         self._started = started
         self._kind = kind
         self._done: anyio.Event | None = None
