@@ -20,7 +20,7 @@ import anyio
 from ._clock import Clock
 from ._errors import DownloadError, KlingError, TransportError
 from ._retry import RetryPolicy
-from ._transport import Transport
+from ._transport import Transport, redact
 
 __all__ = ["download_file", "safe_file_name"]
 
@@ -91,7 +91,7 @@ async def _download(
                 refreshes += 1
                 url = await fresh_url()
                 continue
-            error = DownloadError(f"GET {url.split('?', 1)[0]}: HTTP {status}")
+            error = DownloadError(f"GET {redact(url)}: HTTP {status}")
             if status < 500 and status != 429:
                 raise error
         if attempt >= retry.attempts or clock.now() - first > retry.deadline:
@@ -107,14 +107,16 @@ async def _fetch(transport: Transport, url: str, part: Path) -> int | None:
         if status == 416 and have:
             # The partial file is already whole (or longer than the file): start over to be sure.
             part.unlink()
-            return 503
+            raise TransportError("the partial file does not fit the remote one; starting over")
         if status not in (200, 206):
             return status
         if status == 206:
             start, total = _content_range(response_headers.get("Content-Range"))
             if start != have:
                 part.unlink(missing_ok=True)
-                return 503
+                raise TransportError(
+                    f"asked to resume at byte {have}, got a range from {start}; starting over"
+                )
         else:
             have = 0
             length = response_headers.get("Content-Length")

@@ -15,7 +15,7 @@ from multidict import CIMultiDictProxy
 
 from ._errors import TransportError
 
-__all__ = ["Response", "Timeouts", "Transport"]
+__all__ = ["Response", "Timeouts", "Transport", "redact"]
 
 _USER_AGENT = "kling-async/0.1"
 
@@ -146,11 +146,11 @@ class Transport:
             async with session.get(url, headers=dict(headers or {})) as resp:
                 yield resp.status, resp.headers, _chunks(resp)
         except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
-            raise TransportError(f"GET {_redact(url)}: could not connect", request_sent=False) from exc
+            raise TransportError(f"GET {redact(url)}: could not connect", request_sent=False) from exc
         except TimeoutError as exc:
-            raise TransportError(f"GET {_redact(url)}: timed out") from exc
+            raise TransportError(f"GET {redact(url)}: timed out") from exc
         except aiohttp.ClientError as exc:
-            raise TransportError(f"GET {_redact(url)}: {_describe(exc)}") from exc
+            raise TransportError(f"GET {redact(url)}: {_describe(exc)}") from exc
 
 
 async def _chunks(resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
@@ -164,6 +164,6 @@ def _describe(exc: aiohttp.ClientError) -> str:
     return f"{name}: {text}" if text else name
 
 
-def _redact(url: str) -> str:
+def redact(url: str) -> str:
     """A result URL without its query string (signed URLs carry credentials there)."""
     return url.split("?", 1)[0]
