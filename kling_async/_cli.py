@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import json
 import os
 import secrets
@@ -147,12 +148,13 @@ async def _client(simulate: bool, **options: Any) -> AsyncIterator[KlingClient]:
 
     scale = SIMULATED_TIME_SCALE
     policy = options.pop("poll", None) or PollPolicy()
-    scaled = PollPolicy(
+    # Every duration shrinks with the simulator's clock; the shape (multiplier, jitter) stays.
+    scaled = dataclasses.replace(
+        policy,
         initial=policy.initial * scale,
         maximum=policy.maximum * scale,
-        multiplier=policy.multiplier,
         timeout=policy.timeout * scale if policy.timeout is not None else None,
-        jitter=policy.jitter,
+        safety_interval=policy.safety_interval * scale,
     )
     async with (
         # A fresh seed per run, so task ids never repeat across runs that share a journal; adopting
