@@ -1,12 +1,17 @@
-"""KlingClient: configuration, lifecycle, and the request pipeline client -> retry -> limiter -> transport."""
+"""KlingClient: the facade. Configuration, lifecycle, and public verbs that delegate to the layers below.
+
+Who owns what (``docs/architecture.md``): the ``Pipeline`` sends every API request; the ``Creator`` owns
+create POSTs once they may leave; the ``TaskRegistry`` owns handles and the one fan-out of status changes;
+``Slots`` owns the in-flight cap; a ``BatchRun`` (``map``/``gather``) runs in the caller's scope.
+"""
 
 from __future__ import annotations
 
 import logging
+import math
 import os
-import random
-import weakref
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
+import re
+from collections.abc import AsyncIterable, Iterable
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -14,34 +19,23 @@ from urllib.parse import urlsplit
 
 import anyio
 from anyio.abc import TaskGroup
+from anyio.streams.memory import MemoryObjectSendStream
 
-from ._batch import Job, Outcome, run_batch
+from ._batch import Batch, BatchOptions, BatchRun, Job, Outcome
 from ._clock import SYSTEM_CLOCK, Clock
 from ._download import download_file, safe_file_name
-from ._endpoints import Endpoint, endpoint_for, resolve
-from ._errors import (
-    InvalidRequestError,
-    KlingError,
-    RateLimitError,
-    SubmitUncertainError,
-    TransportError,
-    api_error,
-)
-from ._events import EventHub, EventStream, RateLimited, RequestRetried, StatusChanged, TaskSubmitted
-from ._journal import Journal
-from ._limits import Lane, Limiter
-from ._models import (
-    Request,
-    TaskResult,
-    TaskStatus,
-    TaskSummary,
-    decode_task,
-    decode_task_list,
-    encode_request,
-    with_webhook,
-)
-from ._polling import PollPolicy, TaskHandle, Timings
-from ._retry import RetryPolicy, is_retryable, parse_retry_after, post_created_nothing, post_retryable
+from ._endpoints import endpoint_for, resolve
+from ._errors import InvalidRequestError, KlingError
+from ._events import EventHub, EventStream
+from ._journal import BatchJournal, Journal, open_journal
+from ._limits import Limiter
+from ._models import Request, TaskResult, TaskSummary, encode_request, with_webhook
+from ._pipeline import Pipeline
+from ._polling import PollPolicy, TaskHandle
+from ._registry import Slots, TaskRegistry
+from ._retry import RetryPolicy
+from ._secret import Secret
+from ._submit import Creator
 from ._transport import Timeouts, Transport
 from ._webhooks import WebhookReceiver
 
@@ -51,12 +45,30 @@ log = logging.getLogger("kling_async")
 
 DEFAULT_BASE_URL = "https://api.freepik.com"
 KEY_VARIABLES = ("FREEPIK_API_KEY", "MAGNIFIC_API_KEY")
-_EARLY_DELIVERIES = 10_000
 _MAX_PAGE_SIZE = 100
+# Header names are RFC 9110 tokens; values are visible ASCII and spaces (no control characters).
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_HEADER_VALUE = re.compile(r"[\x20-\x7e]+")
+# Closing the client waits this long past the request timeout for create POSTs still on the wire.
+_CLOSE_GRACE = 1.0
 
 
 def _is_magnific(host: str) -> bool:
     return host == "magnific.com" or host.endswith(".magnific.com")
+
+
+def _positive(name: str, value: float | None, *, whole: bool = False, optional: bool = False) -> None:
+    """Check one configuration number; the error names the argument and the rule."""
+    if value is None:
+        if optional:
+            return
+        raise ValueError(f"{name}: a number is required (got None)")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name}: a number (got {value!r})")
+    if whole and (not isinstance(value, int) or value < 1):
+        raise ValueError(f"{name}: a whole number, at least 1 (got {value!r})")
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name}: a finite number above 0 (got {value!r})")
 
 
 class KlingClient:
@@ -73,7 +85,8 @@ class KlingClient:
         burst: how many requests may leave at once after a quiet spell (the token bucket's size).
         max_concurrency: the most API requests on the wire at once.
         max_in_flight: the most tasks generating at once; a submission waits for a slot. None: no cap.
-            A slot is freed when the client sees the task finish (or a batch gives up on it).
+            A slot is freed when the client sees the task finish, when the batch that submitted it
+            ends, or when nothing holds the task's handle any more.
         max_downloads: the most file downloads at once (separate from API requests).
         poll: when task handles ask for their status.
         retry: how failed requests are repeated.
@@ -84,7 +97,12 @@ class KlingClient:
             handles at once, and polling slows to a safety net (``PollPolicy.safety_interval``). The
             client starts the receiver if it is not running (unless it was made with ``serve=False``
             because your own app mounts its handler), and then stops it on close.
-        clock: where waiting code reads time (tests swap it).
+        clock: where waiting code reads time (tests pass ``kling_async.testing.FakeClock``).
+
+    Raises:
+        KlingError: no API key was given or found.
+        ValueError: a setting breaks its rule (the message names it): a count below 1, a rate or time
+            that is not a finite positive number, a key or header with control characters.
     """
 
     def __init__(
@@ -107,19 +125,32 @@ class KlingClient:
         key = api_key or next((os.environ[v] for v in KEY_VARIABLES if os.environ.get(v)), None)
         if not key:
             raise KlingError("no API key: pass api_key=... or set FREEPIK_API_KEY (or MAGNIFIC_API_KEY)")
+        if not isinstance(key, str) or not _HEADER_VALUE.fullmatch(key):
+            # Never echo the key itself: the message would put it in logs.
+            raise ValueError("api_key: visible ASCII characters only (it holds a control or other character)")
         url = (base_url or os.environ.get("KLING_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise KlingError(f"base_url: must be an http(s) URL, got {url!r}")
-        if max_in_flight is not None and max_in_flight < 1:
-            raise ValueError("max_in_flight: at least 1, or None for no cap")
+        _positive("requests_per_second", requests_per_second, optional=True)
+        _positive("burst", burst, whole=True, optional=True)
+        _positive("max_concurrency", max_concurrency, whole=True)
+        _positive("max_in_flight", max_in_flight, whole=True, optional=True)
+        _positive("max_downloads", max_downloads, whole=True)
         header = api_key_header or (
             "x-magnific-api-key" if _is_magnific(parts.hostname or "") else "x-freepik-api-key"
         )
+        if not _TOKEN.fullmatch(header):
+            raise ValueError(f"api_key_header: a header name (letters, digits, '-', ...) (got {header!r})")
+        timeouts = timeouts or Timeouts()
+        for name in ("connect", "read", "total"):
+            _positive(f"timeouts.{name}", getattr(timeouts, name))
         self.base_url = url
         self._poll = poll or PollPolicy()
         self._retry = retry or RetryPolicy()
+        self._timeouts = timeouts
         self._clock = clock or SYSTEM_CLOCK
+        self._api_key = Secret(key)
         self._limiter = Limiter(
             max_pause=self._retry.deadline,
             requests_per_second=requests_per_second,
@@ -128,23 +159,32 @@ class KlingClient:
             clock=self._clock,
         )
         self._downloads = anyio.Semaphore(max_downloads)
-        self._in_flight = anyio.Semaphore(max_in_flight) if max_in_flight is not None else None
         self._transport = Transport(
             base_url=url,
-            auth_header=(header, key),
-            timeouts=timeouts or Timeouts(),
+            auth_header=(header, self._api_key.reveal()),
+            timeouts=timeouts,
             connection_limit=max_concurrency + 8,
         )
-        self._timings = Timings()
         self._events = EventHub()
-        self._handles: weakref.WeakValueDictionary[str, TaskHandle] = weakref.WeakValueDictionary()
-        self._holding_slot: set[str] = set()
-        self._rng = random.Random()
+        self._slots = Slots(max_in_flight)
+        self._pipeline = Pipeline(
+            transport=self._transport,
+            limiter=self._limiter,
+            retry=self._retry,
+            clock=self._clock,
+            events=self._events,
+        )
         self._webhooks = webhooks
         self._owns_receiver = False
-        # Deliveries that beat the POST's own answer, applied when the handle is made (bounded).
-        self._early: dict[str, TaskStatus] = {}
-        self._status_listeners: list[Callable[[TaskHandle], None]] = []
+        self._registry = TaskRegistry(
+            poll=self._poll,
+            clock=self._clock,
+            events=self._events,
+            slots=self._slots,
+            fetch=self._pipeline.fetch_status,
+            safety_net=webhooks is not None,
+        )
+        self._creator = Creator(pipeline=self._pipeline, registry=self._registry, events=self._events)
         self._task_group: TaskGroup
         self._state = "new"
 
@@ -158,10 +198,11 @@ class KlingClient:
             if self._webhooks.serve and not self._webhooks.running:
                 await self._webhooks.__aenter__()
                 self._owns_receiver = True
-            self._webhooks.add_listener(self._on_webhook)
+            self._webhooks.add_listener(self._registry.observe)
         await self._transport.open()
         self._task_group = anyio.create_task_group()
         await self._task_group.__aenter__()
+        self._creator.open(self._task_group)
         self._state = "open"
         return self
 
@@ -171,23 +212,29 @@ class KlingClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Close the connection pool and end event streams. Tasks on the server are not affected."""
+        """Close the client: wait (bounded) for create POSTs on the wire, then close the connections.
+
+        Batches still iterated in the background stop; tasks on the server are not affected.
+        """
         if self._state == "closed":
             return
         opened = self._state == "open"
         self._state = "closed"
-        self._events.close()
         try:
             if opened:
-                # Background work (batches started by map) ends here; the task group must be the
-                # innermost scope when it exits, so this is not shielded.
+                with anyio.CancelScope(shield=True):
+                    # A POST on the wire answers within the request timeout: its task id is worth that.
+                    await self._creator.drain(self._timeouts.total + _CLOSE_GRACE)
+                # Background work ends here; the task group must be the innermost scope when it exits,
+                # so this is not shielded.
                 self._task_group.cancel_scope.cancel()
                 await self._task_group.__aexit__(None, None, None)
         finally:
+            self._events.close()
             with anyio.CancelScope(shield=True):
                 await self._transport.close()
                 if self._webhooks is not None:
-                    self._webhooks.remove_listener(self._on_webhook)
+                    self._webhooks.remove_listener(self._registry.observe)
                     if self._owns_receiver:
                         await self._webhooks.__aexit__(None, None, None)
 
@@ -201,8 +248,17 @@ class KlingClient:
 
     # -- public operations -------------------------------------------------------------------------------
 
+    def _prepare(self, request: Request) -> Request:
+        """The request as it is sent: with this client's webhook URL when it has a receiver."""
+        if self._webhooks is not None and request.webhook_url is None:
+            return with_webhook(request, self._webhooks.url)
+        return request
+
     async def submit(self, request: Request, *, model: str | None = None) -> TaskHandle:
         """Create one task (one POST) and return its handle at once.
+
+        Once the POST may have left, cancelling the caller does not lose the task: it is registered,
+        published as ``TaskSubmitted`` and logged, and ``client.task(id)`` reaches it.
 
         Args:
             request: an ``OmniRequest``, ``Kling3Request`` or ``VideoReferenceRequest``.
@@ -213,44 +269,17 @@ class KlingClient:
             SubmitUncertainError: the POST may have created a task but no answer came back.
             APIError: the server refused the request (nothing was created).
         """
-        return await self._submit(request, model=model, key=None)
-
-    async def _submit(
-        self, request: Request, *, model: str | None, key: str | None, slot_held: bool = False
-    ) -> TaskHandle:
-        """Submit; with ``slot_held`` the caller already took the in-flight slot this task will hold."""
         self._require_open()
+        endpoint = resolve(request, model)
+        request = self._prepare(request)
+        body = encode_request(request)
+        ticket = await self._slots.take()
         try:
-            endpoint = resolve(request, model)
-            if self._webhooks is not None and request.webhook_url is None:
-                request = with_webhook(request, self._webhooks.url)
-            body = encode_request(request)
+            created = await self._creator.create(endpoint, request, body, key=None, ticket=ticket)
         except BaseException:
-            if slot_held:
-                self._give_slot()
+            ticket.release()
             raise
-        if not slot_held:
-            await self._take_slot()
-        try:
-            answer = await self._post(endpoint, body, key=key)
-        except BaseException:
-            self._give_slot()
-            raise
-        # An answer that is already COMPLETED carries its videos: the handle keeps them.
-        handle = self._attach(
-            endpoint,
-            answer.task_id,
-            answer.status,
-            started=self._clock.now(),
-            request=request,
-            urls=answer.generated,
-        )
-        self._hold_slot(handle.task_id)
-        if self._events.active:
-            self._events.publish(TaskSubmitted(task_id=handle.task_id, model=endpoint.model, key=key))
-        if handle.done:
-            self._release_slot(handle.task_id)
-        return handle
+        return created.handle
 
     async def list_tasks(
         self, *, model: str = "kling-v3-omni-std", page: int = 1, page_size: int = 100
@@ -262,15 +291,12 @@ class KlingClient:
         Raises:
             InvalidRequestError: ``page`` below 1 or ``page_size`` outside 1..100 (nothing is sent).
         """
+        self._require_open()
         if page < 1:
             raise InvalidRequestError.for_field("page", f"at least 1 (got {page})")
         if not 1 <= page_size <= _MAX_PAGE_SIZE:
             raise InvalidRequestError.for_field("page_size", f"from 1 to {_MAX_PAGE_SIZE} (got {page_size})")
-        endpoint = endpoint_for(model)
-        params = {"page": str(page), "page_size": str(page_size)}
-        return decode_task_list(
-            await self._request("GET", endpoint.family_path, lane=Lane.STATUS, params=params)
-        )
+        return await self._pipeline.list_page(endpoint_for(model), page=page, page_size=page_size)
 
     def task(self, task_id: str, *, model: str = "kling-v3-omni-std") -> TaskHandle:
         """A handle to an existing task, by id: no request is sent until it is awaited or refreshed.
@@ -280,10 +306,7 @@ class KlingClient:
         self._require_open()
         endpoint = endpoint_for(model)
         endpoint.status_path(task_id)  # validates the id before anything is sent
-        existing = self._handles.get(task_id)
-        if existing is not None:
-            return existing
-        return self._attach(endpoint, task_id, None, started=None, request=None)
+        return self._registry.attach(endpoint, task_id, None, started=None, request=None)
 
     async def generate(
         self, request: Request, *, model: str | None = None, timeout: float | None = None
@@ -327,7 +350,7 @@ class KlingClient:
         async def fresh_url() -> str:
             assert task_id is not None
             assert model is not None
-            status = await self._fetch_status(endpoint_for(model), task_id)
+            status = await self._pipeline.fetch_status(endpoint_for(model), task_id)
             if not status.generated:
                 raise KlingError(f"task {task_id} has no result URL any more (status {status.status})")
             return status.generated[0]
@@ -342,7 +365,10 @@ class KlingClient:
                 fresh_url=fresh_url if task_id is not None and model is not None else None,
             )
 
-    async def map(
+    async def _download_item(self, result: TaskResult, folder: Path, key: str) -> Path:
+        return await self.download(result, folder, name=key)
+
+    def map(
         self,
         requests: Iterable[Job | Request] | AsyncIterable[Job | Request],
         *,
@@ -351,64 +377,72 @@ class KlingClient:
         timeout: float | None = None,
         batch_timeout: float | None = None,
         resubmit_uncertain: bool = False,
-    ) -> AsyncIterator[Outcome]:
+        resubmit_failed: bool = False,
+    ) -> Batch:
         """Run every request to an outcome, yielding outcomes as they finish (completion order).
 
+        ``async with client.map(requests) as outcomes: async for outcome in outcomes: ...`` runs the
+        batch in your task: leaving the block (a ``break``, an exception, a cancellation) stops
+        submitting and checking at once and gives back every in-flight slot. ``async for outcome in
+        client.map(requests)`` works too, and stops when the iterator is closed (``aclose()``,
+        ``contextlib.aclosing``) or exhausted. Either way created tasks stay reachable by id
+        (``TaskSubmitted`` events and ``Outcome.task_id`` carry them).
+
         One item's failure is its own ``Outcome`` (with ``.error``), never an exception out of the batch.
-        The input may be lazy and unbounded: items are pulled only as submissions go out. Breaking out of
-        the loop or cancelling it stops submitting and checking; created tasks stay reachable by id
-        (``TaskSubmitted`` events carry them).
+        The input may be lazy and unbounded: items are pulled only as submissions go out. After a
+        401/403 answer to a POST no further POST is sent: every remaining item ends with that error.
 
         Args:
             requests: requests or ``Job``s, from any iterable or async iterable.
-            journal: an SQLite file (or ``Journal``) recording every item before its POST and after; a
-                later run with the same file skips finished items, re-attaches to running tasks by id,
-                and reports items whose POST got no answer as ``SubmitUncertainError`` instead of
-                sending them again.
+            journal: an SQLite file (or ``Journal``) recording every item just before its POST leaves and
+                after; a later run with the same file skips finished items, re-attaches to running
+                tasks by id, and reports items whose POST got no answer as ``SubmitUncertainError``
+                instead of sending them again.
             download: a directory to save each video into as soon as its result arrives.
             timeout: per-task deadline in seconds (default: the poll policy's timeout).
             batch_timeout: deadline for the whole batch: no item is taken from the input after it, and
                 tasks still running then end as ``TaskTimeoutError`` outcomes (they run on server-side).
             resubmit_uncertain: send again the items a journal marks uncertain (this may pay twice).
+            resubmit_failed: send again the items whose task a journal recorded as FAILED (a new task,
+                paid again, for those items only).
         """
         self._require_open()
-        folder = Path(download) if download is not None else None
-        send, receive = anyio.create_memory_object_stream[Outcome](self._limiter.max_concurrency)
-        finished = anyio.Event()
-        scope = anyio.CancelScope()
-        failures: list[Exception] = []
+        options = BatchOptions(
+            timeout=timeout,
+            batch_timeout=batch_timeout,
+            download=Path(download) if download is not None else None,
+            resubmit_uncertain=resubmit_uncertain,
+            resubmit_failed=resubmit_failed,
+        )
 
-        async def engine() -> None:
-            try:
-                with scope:
-                    await run_batch(
-                        self,
-                        requests,
-                        send,
-                        submitters=self._limiter.max_concurrency,
-                        timeout=timeout,
-                        batch_timeout=batch_timeout,
-                        download=folder,
-                        journal=journal,
-                        resubmit_uncertain=resubmit_uncertain,
-                    )
-            except Exception as exc:  # a bug in the engine: surface it to the caller, not the client
-                failures.append(exc)
-            finally:
-                send.close()
-                finished.set()
+        async def run(send: MemoryObjectSendStream[Outcome]) -> None:
+            if journal is None:
+                await self._run_batch(requests, send, options, None)
+                return
+            async with open_journal(journal) as opened:
+                await self._run_batch(requests, send, options, opened)
 
-        self._task_group.start_soon(engine)
-        try:
-            async with receive:
-                async for outcome in receive:
-                    yield outcome
-            if failures:
-                raise failures[0]
-        finally:
-            scope.cancel()
-            with anyio.CancelScope(shield=True):
-                await finished.wait()
+        return Batch(run, background=self._task_group, buffer=self._limiter.max_concurrency)
+
+    async def _run_batch(
+        self,
+        requests: Iterable[Job | Request] | AsyncIterable[Job | Request],
+        send: MemoryObjectSendStream[Outcome],
+        options: BatchOptions,
+        journal: BatchJournal | None,
+    ) -> None:
+        run = BatchRun(
+            registry=self._registry,
+            creator=self._creator,
+            pipeline=self._pipeline,
+            slots=self._slots,
+            prepare=self._prepare,
+            download=self._download_item,
+            send=send,
+            journal=journal,
+            options=options,
+        )
+        await run.run(requests, submitters=self._limiter.max_concurrency)
 
     async def gather(
         self,
@@ -419,8 +453,9 @@ class KlingClient:
         timeout: float | None = None,
         batch_timeout: float | None = None,
         resubmit_uncertain: bool = False,
+        resubmit_failed: bool = False,
     ) -> list[Outcome]:
-        """Like ``map``, but return every outcome at the end, in input order."""
+        """Like ``map``, but return every outcome at the end, in input order (in the caller's scope)."""
         batch = self.map(
             requests,
             journal=journal,
@@ -428,10 +463,12 @@ class KlingClient:
             timeout=timeout,
             batch_timeout=batch_timeout,
             resubmit_uncertain=resubmit_uncertain,
+            resubmit_failed=resubmit_failed,
         )
-        outcomes = [outcome async for outcome in batch]
-        outcomes.sort(key=lambda outcome: outcome.index)
-        return outcomes
+        async with batch as outcomes:
+            collected = [outcome async for outcome in outcomes]
+        collected.sort(key=lambda outcome: outcome.index)
+        return collected
 
     def events(self) -> EventStream:
         """Every event from this call until the client closes: submissions, status changes, retries, 429s.
@@ -441,160 +478,3 @@ class KlingClient:
         """
         self._require_open()
         return self._events.subscribe()
-
-    # -- plumbing shared with handles --------------------------------------------------------------------
-
-    def _attach(
-        self,
-        endpoint: Endpoint,
-        task_id: str,
-        status: str | None,
-        *,
-        started: float | None,
-        request: Request | None,
-        urls: tuple[str, ...] = (),
-    ) -> TaskHandle:
-        duration = getattr(request, "duration", None) if request is not None else None
-        handle = TaskHandle(
-            self,
-            endpoint,
-            task_id,
-            status=status,
-            urls=urls,
-            started=started,
-            kind=(endpoint.family_path, endpoint.model, duration),
-        )
-        self._handles[task_id] = handle
-        early = self._early.pop(task_id, None)
-        if early is not None:
-            handle._observe(early)
-        return handle
-
-    @property
-    def _safety_net(self) -> bool:
-        """Whether webhooks deliver statuses, so that polling only guards against lost deliveries."""
-        return self._webhooks is not None
-
-    def _on_webhook(self, status: TaskStatus) -> None:
-        handle = self._handles.get(status.task_id)
-        if handle is not None:
-            handle._observe(status)
-        elif len(self._early) < _EARLY_DELIVERIES:
-            self._early[status.task_id] = status
-
-    def _status_changed(self, handle: TaskHandle, previous: str | None) -> None:
-        if handle.done:
-            self._release_slot(handle.task_id)
-        for listener in self._status_listeners:
-            listener(handle)
-        if self._events.active:
-            status = handle.status or ""
-            self._events.publish(
-                StatusChanged(task_id=handle.task_id, model=handle.model, status=status, previous=previous)
-            )
-
-    async def _take_slot(self) -> None:
-        """Wait for room under ``max_in_flight`` (no wait without a cap)."""
-        if self._in_flight is not None:
-            await self._in_flight.acquire()
-
-    def _give_slot(self) -> None:
-        """Return a slot that no task came to hold."""
-        if self._in_flight is not None:
-            self._in_flight.release()
-
-    def _hold_slot(self, task_id: str) -> None:
-        """The task takes over the slot taken for it, until it finishes (or we stop following it)."""
-        if self._in_flight is not None:
-            self._holding_slot.add(task_id)
-
-    def _release_slot(self, task_id: str) -> None:
-        """The task stopped generating (or we stopped following it): free its slot."""
-        if self._in_flight is not None and task_id in self._holding_slot:
-            self._holding_slot.discard(task_id)
-            self._in_flight.release()
-
-    async def _fetch_status(self, endpoint: Endpoint, task_id: str) -> TaskStatus:
-        body = await self._request("GET", endpoint.status_path(task_id), lane=Lane.STATUS, task_id=task_id)
-        status = decode_task(body)
-        if status.task_id != task_id:
-            raise TransportError(f"the status of task {task_id} came back about another task")
-        return status
-
-    async def _post(self, endpoint: Endpoint, body: bytes, *, key: str | None) -> TaskStatus:
-        try:
-            answer = await self._request("POST", endpoint.create_path, body=body, lane=Lane.SUBMIT)
-        except KlingError as exc:
-            if post_created_nothing(exc):
-                raise
-            where = "" if isinstance(exc, TransportError) else f"POST {endpoint.create_path}: "
-            raise SubmitUncertainError(
-                f"{where}{exc}; a task may have been created, so it was not resent",
-                model=endpoint.model,
-                key=key,
-            ) from exc
-        try:
-            created = decode_task(answer)
-            endpoint.status_path(created.task_id)  # an id we could never ask about is no task to us
-        except (TransportError, InvalidRequestError) as exc:
-            raise SubmitUncertainError(
-                f"POST {endpoint.create_path} answered 200 without a usable task ({exc})",
-                model=endpoint.model,
-                key=key,
-            ) from exc
-        return created
-
-    async def _request(
-        self,
-        method: str,
-        path: str,
-        *,
-        lane: Lane,
-        body: bytes | None = None,
-        params: Mapping[str, str] | None = None,
-        task_id: str | None = None,
-    ) -> bytes:
-        """Send through limiter and transport, retrying by the rules; return the body of a 2xx answer."""
-        self._require_open()
-        can_retry = post_retryable if method == "POST" else is_retryable
-        first = self._clock.now()
-        attempt = 0
-        while True:
-            attempt += 1
-            async with self._limiter.slot(lane):
-                try:
-                    # Once a POST leaves, its answer is awaited even if the caller is cancelled (within the
-                    # request timeout): the answer holds the id of a task that now exists and costs money.
-                    with anyio.CancelScope(shield=method == "POST"):
-                        response = await self._transport.request(method, path, body=body, params=params)
-                except TransportError as exc:
-                    error: KlingError = exc
-                else:
-                    if response.status != 429:
-                        self._limiter.on_success()
-                    if 200 <= response.status < 300:
-                        return response.body
-                    retry_after = parse_retry_after(response.headers.get("Retry-After"))
-                    error = api_error(
-                        response.status, response.body, task_id=task_id, retry_after=retry_after
-                    )
-            if isinstance(error, RateLimitError):
-                self._limiter.on_rate_limited(error.retry_after)
-                if self._events.active:
-                    self._events.publish(RateLimited(retry_after=error.retry_after, rate=self._limiter.rate))
-            if not can_retry(error) or attempt >= self._retry.attempts:
-                raise error
-            # A 429 is paced by the limiter (Retry-After included), so no sleep here, but a Retry-After
-            # that would take us past the deadline fails now rather than hang; others back off here.
-            if isinstance(error, RateLimitError):
-                delay, waiting = 0.0, error.retry_after or 0.0
-            else:
-                delay = waiting = self._retry.backoff(attempt, self._rng)
-            if self._clock.now() + waiting - first > self._retry.deadline:
-                raise error
-            log.debug("retrying %s %s after %s (attempt %d, in %.2fs)", method, path, error, attempt, delay)
-            if self._events.active:
-                self._events.publish(
-                    RequestRetried(method=method, path=path, attempt=attempt, delay=delay, error=str(error))
-                )
-            await self._clock.sleep(delay)

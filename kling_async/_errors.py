@@ -161,13 +161,19 @@ class DownloadError(TransportError):
 
 
 class TaskFailedError(KlingError):
-    """The task ended ``FAILED`` (or ``CANCELLED``). The API gives no reason."""
+    """The task ended ``FAILED`` (or ``CANCELLED``), or ``COMPLETED`` without a result URL.
 
-    def __init__(self, task_id: str, status: str = "FAILED", *, model: str | None = None) -> None:
+    The API gives no reason for a failure; ``reason`` says what the client saw when it has something to say.
+    """
+
+    def __init__(
+        self, task_id: str, status: str = "FAILED", *, model: str | None = None, reason: str | None = None
+    ) -> None:
         self.task_id = task_id
         self.status = status
         self.model = model
-        super().__init__(f"task {task_id} ended {status}")
+        self.reason = reason
+        super().__init__(f"task {task_id} ended {status}" + (f": {reason}" if reason else ""))
 
 
 class TaskTimeoutError(KlingError, TimeoutError):
@@ -198,9 +204,13 @@ class SubmitUncertainError(KlingError):
     Look the task up in the list endpoint or the dashboard, or resubmit deliberately.
     """
 
-    def __init__(self, message: str, *, model: str, key: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, model: str, key: str | None = None, task_id: str | None = None
+    ) -> None:
         self.model = model
         self.key = key
+        # Set when the answer named a task that cannot be told apart from another item's (a clash).
+        self.task_id = task_id
         super().__init__(message)
 
 
@@ -213,9 +223,13 @@ class JournalError(KlingError):
         key: the item the error is about, when there is one.
     """
 
-    def __init__(self, problem: str, *, path: str, key: str | None = None) -> None:
+    def __init__(
+        self, problem: str, *, path: str, key: str | None = None, task_id: str | None = None
+    ) -> None:
         self.path = path
         self.key = key
+        # The task the failed record was about: it exists server-side and is reachable by this id.
+        self.task_id = task_id
         super().__init__(f"journal {path}: {problem}")
 
 

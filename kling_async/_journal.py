@@ -27,13 +27,21 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 
 from ._errors import JournalError
 
-__all__ = ["SCHEMA_VERSION", "Journal", "JournalEntry", "JournalError", "JournalState"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "BatchJournal",
+    "Journal",
+    "JournalEntry",
+    "JournalError",
+    "JournalState",
+    "open_journal",
+]
 
 APPLICATION = "kling-async"
 SCHEMA_VERSION = 1
@@ -496,3 +504,69 @@ def _entry(row: Any) -> JournalEntry:
     return JournalEntry(
         key, model, request, JournalState(state), task_id, status, _urls_decoder.decode(urls), path, error
     )
+
+
+class BatchJournal(Protocol):
+    """What the batch engine needs from a journal (placeholder until the async journal lands)."""
+
+    path: str
+
+    async def lookup(self, key: str) -> JournalEntry | None: ...
+    async def submitting(self, key: str, model: str, request: bytes) -> None: ...
+    async def created(self, key: str, task_id: str, status: str) -> None: ...
+    async def uncertain(self, key: str, error: str) -> None: ...
+    async def unsent(self, key: str, error: str) -> None: ...
+    async def failed(self, key: str, status: str | None, error: str) -> None: ...
+    async def status(self, key: str, status: str) -> None: ...
+    async def finished(self, key: str, status: str, urls: Sequence[str]) -> None: ...
+    async def downloaded(self, key: str, path: str) -> None: ...
+
+
+class _SyncBacked:
+    def __init__(self, journal: Journal, *, owned: bool) -> None:
+        self._journal = journal
+        self._owned = owned
+        self.path = journal.path
+
+    async def __aenter__(self) -> _SyncBacked:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._owned:
+            self._journal.close()
+        else:
+            self._journal.flush()
+
+    async def lookup(self, key: str) -> JournalEntry | None:
+        return self._journal.lookup(key)
+
+    async def submitting(self, key: str, model: str, request: bytes) -> None:
+        self._journal.submitting(key, model, request)
+
+    async def created(self, key: str, task_id: str, status: str) -> None:
+        self._journal.created(key, task_id, status)
+
+    async def uncertain(self, key: str, error: str) -> None:
+        self._journal.uncertain(key, error)
+
+    async def unsent(self, key: str, error: str) -> None:
+        self._journal.failed(key, None, error)
+
+    async def failed(self, key: str, status: str | None, error: str) -> None:
+        self._journal.failed(key, status, error)
+
+    async def status(self, key: str, status: str) -> None:
+        self._journal.status(key, status)
+
+    async def finished(self, key: str, status: str, urls: Sequence[str]) -> None:
+        self._journal.finished(key, status, urls)
+
+    async def downloaded(self, key: str, path: str) -> None:
+        self._journal.downloaded(key, path)
+
+
+def open_journal(spec: str | os.PathLike[str] | Journal) -> _SyncBacked:
+    """The batch engine's view of a journal file or ``Journal``."""
+    if isinstance(spec, Journal):
+        return _SyncBacked(spec, owned=False)
+    return _SyncBacked(Journal(spec), owned=True)

@@ -14,22 +14,23 @@ The schedule has two sources:
 from __future__ import annotations
 
 import bisect
+import math
 import random
 from collections import deque
-from collections.abc import Callable, Generator
-from dataclasses import dataclass
+from collections.abc import Generator
+from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 
 from ._clock import Clock
 from ._errors import TaskFailedError, TaskTimeoutError
-from ._models import FAILURE_STATUSES, TERMINAL_STATUSES, TaskResult, TaskStatus
+from ._models import COMPLETED, FAILURE_STATUSES, TERMINAL_STATUSES, TaskResult, TaskStatus
 
 if TYPE_CHECKING:
     from ._endpoints import Endpoint
 
-__all__ = ["PollPolicy", "TaskHandle", "Timings"]
+__all__ = ["HandleOwner", "PollPolicy", "TaskHandle", "Timings"]
 
 _SAMPLES = 64
 # Learned checks sit at equal-probability quantiles of past completion times: with 7 of them, tasks whose
@@ -72,6 +73,10 @@ class PollPolicy:
     safety_interval: float = 120.0
 
     def __post_init__(self) -> None:
+        for spec in fields(self):
+            value = getattr(self, spec.name)
+            if value is not None and not math.isfinite(value):
+                raise ValueError(f"PollPolicy.{spec.name}: a finite number (got {value!r})")
         if self.initial < 0 or self.maximum <= 0:
             raise ValueError("PollPolicy: initial must not be negative and maximum must be positive")
         if self.multiplier < 1:
@@ -80,6 +85,8 @@ class PollPolicy:
             raise ValueError("PollPolicy.jitter: in [0, 1)")
         if self.timeout is not None and self.timeout <= 0:
             raise ValueError("PollPolicy.timeout: positive, or None for no deadline")
+        if self.safety_interval <= 0:
+            raise ValueError("PollPolicy.safety_interval: positive")
 
 
 # What makes tasks take alike times: (family path, model, requested duration).
@@ -143,11 +150,10 @@ class TaskHandle:
 
     __slots__ = (
         "__weakref__",
-        "_client",
         "_done",
         "_endpoint",
         "_kind",
-        "_on_done",
+        "_owner",
         "_started",
         "_status",
         "_urls",
@@ -156,7 +162,7 @@ class TaskHandle:
 
     def __init__(
         self,
-        client: _HandleOwner,
+        owner: HandleOwner,
         endpoint: Endpoint,
         task_id: str,
         *,
@@ -165,7 +171,7 @@ class TaskHandle:
         started: float | None,
         kind: TaskKind,
     ) -> None:
-        self._client = client
+        self._owner = owner
         self._endpoint = endpoint
         self.task_id = task_id
         self._status = status
@@ -173,8 +179,6 @@ class TaskHandle:
         self._started = started
         self._kind = kind
         self._done: anyio.Event | None = None
-        # Called once when the handle first sees a terminal status (the batch tracker uses it).
-        self._on_done: Callable[[TaskHandle], None] | None = None
 
     def __repr__(self) -> str:
         return f"<TaskHandle {self.task_id} model={self.model} status={self._status}>"
@@ -198,13 +202,17 @@ class TaskHandle:
         """The finished task's result, without a request.
 
         Raises:
-            TaskFailedError: the task ended FAILED or CANCELLED.
+            TaskFailedError: the task ended FAILED or CANCELLED, or COMPLETED without a result URL.
             RuntimeError: the task is not finished yet.
         """
         if self._status in FAILURE_STATUSES:
             raise TaskFailedError(self.task_id, self._status or "FAILED", model=self.model)
         if not self.done:
             raise RuntimeError(f"task {self.task_id} is not finished (status {self._status})")
+        if self._status == COMPLETED and not self._urls:
+            raise TaskFailedError(
+                self.task_id, COMPLETED, model=self.model, reason="the server gave no result URL"
+            )
         return TaskResult(task_id=self.task_id, status=self._status or "", urls=self._urls, model=self.model)
 
     def __await__(self) -> Generator[Any, None, TaskResult]:
@@ -212,7 +220,7 @@ class TaskHandle:
 
     async def refresh(self) -> TaskStatus:
         """Ask for the task's status once (one GET) and return it."""
-        status = await self._client._fetch_status(self._endpoint, self.task_id)
+        status = await self._owner.fetch_status(self._endpoint, self.task_id)
         self._observe(status)
         return status
 
@@ -226,16 +234,16 @@ class TaskHandle:
             TaskFailedError: the task ended FAILED or CANCELLED.
             TaskTimeoutError: the deadline passed first; the task runs on and stays reachable by id.
         """
-        policy = self._client._poll
+        policy = self._owner.poll
         limit = policy.timeout if timeout is None else timeout
-        with anyio.move_on_after(limit if limit is not None else float("inf")):
+        with self._owner.clock.move_on_after(limit if limit is not None else math.inf):
             await self._wait_done(policy)
         if not self.done:
             raise TaskTimeoutError(self.task_id, last_status=self._status, timeout=limit, model=self.model)
         return self.result()
 
     async def _wait_done(self, policy: PollPolicy) -> None:
-        clock = self._client._clock
+        clock = self._owner.clock
         attached = clock.now()
         checks = 0
         while not self.done:
@@ -244,7 +252,7 @@ class TaskHandle:
             delay = self._next_delay(policy, elapsed, checks)
             if self._done is None:
                 self._done = anyio.Event()
-            with anyio.move_on_after(delay):
+            with clock.move_on_after(delay):
                 await self._done.wait()
             if self.done:
                 return
@@ -252,18 +260,19 @@ class TaskHandle:
             checks += 1
 
     def _next_delay(self, policy: PollPolicy, elapsed: float, checks: int) -> float:
-        points = self._client._timings.checkpoints(self._kind) if self._started is not None else []
+        owner = self._owner
+        points = owner.timings.checkpoints(self._kind) if self._started is not None else []
         if points:
             index = bisect.bisect_right(points, elapsed + 1e-9)
             if index < len(points):
                 learned = points[index] - elapsed
-                return max(learned, policy.safety_interval) if self._client._safety_net else learned
+                return max(learned, policy.safety_interval) if owner.safety_net else learned
             delay = min(policy.maximum, max(_LATE_STEP * elapsed, 1e-3))
         elif checks == 0:
             delay = max(policy.initial - elapsed, 0.0)
         else:
             delay = min(policy.maximum, policy.initial * policy.multiplier**checks)
-        if self._client._safety_net:
+        if owner.safety_net:
             delay = max(delay, policy.safety_interval)
         if policy.jitter:
             delay *= random.uniform(1.0 - policy.jitter, 1.0 + policy.jitter)
@@ -277,27 +286,31 @@ class TaskHandle:
         self._status = status.status
         if status.generated:
             self._urls = tuple(status.generated)
-        if previous != status.status:
-            self._client._status_changed(self, previous)
         if self.done:
+            owner = self._owner
             if self._started is not None and status.status not in FAILURE_STATUSES:
-                self._client._timings.record(self._kind, self._client._clock.now() - self._started)
+                owner.timings.record(self._kind, owner.clock.now() - self._started)
             if self._done is not None:
                 self._done.set()
-            if self._on_done is not None:
-                self._on_done(self)
+        if previous != status.status:
+            self._owner.status_changed(self, previous)
 
 
-class _HandleOwner(Protocol):
-    """What a handle needs from its client (KlingClient)."""
-
-    _poll: PollPolicy
-    _timings: Timings
-    _clock: Clock
+class HandleOwner(Protocol):
+    """What a handle needs from the registry that made it, passed down as this small interface."""
 
     @property
-    def _safety_net(self) -> bool: ...
+    def poll(self) -> PollPolicy: ...
 
-    async def _fetch_status(self, endpoint: Endpoint, task_id: str) -> TaskStatus: ...
+    @property
+    def timings(self) -> Timings: ...
 
-    def _status_changed(self, handle: TaskHandle, previous: str | None) -> None: ...
+    @property
+    def clock(self) -> Clock: ...
+
+    @property
+    def safety_net(self) -> bool: ...
+
+    async def fetch_status(self, endpoint: Endpoint, task_id: str) -> TaskStatus: ...
+
+    def status_changed(self, handle: TaskHandle, previous: str | None) -> None: ...

@@ -10,11 +10,19 @@ import email.utils
 import math
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
+from ._clock import Clock
 from ._errors import APIError, KlingError, TransportError
 
-__all__ = ["RetryPolicy", "is_retryable", "parse_retry_after", "post_created_nothing", "post_retryable"]
+__all__ = [
+    "Attempts",
+    "RetryPolicy",
+    "is_retryable",
+    "parse_retry_after",
+    "post_created_nothing",
+    "post_retryable",
+]
 
 # Statuses after which a POST provably created nothing (the docs advise backing off on 503).
 _POST_SAFE_STATUSES = frozenset({429, 503})
@@ -45,6 +53,10 @@ class RetryPolicy:
     deadline: float = 120.0
 
     def __post_init__(self) -> None:
+        for spec in fields(self):
+            value = getattr(self, spec.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"RetryPolicy.{spec.name}: a finite number (got {value!r})")
         if self.attempts < 1:
             raise ValueError("RetryPolicy.attempts: at least 1")
         if self.initial < 0 or self.maximum < 0 or self.deadline < 0:
@@ -57,6 +69,41 @@ class RetryPolicy:
         exponent = min(attempt - 1, 64)  # past 2**64 the cap is `maximum` anyway; avoid float overflow
         cap = min(self.maximum, self.initial * self.multiplier**exponent)
         return (rng or random).uniform(0.0, cap)
+
+
+class Attempts:
+    """The retry bookkeeping of one operation (an API request or a download): which try this is, and
+    whether another may start, bounded by the policy's attempts and deadline, whichever comes first."""
+
+    __slots__ = ("_clock", "_first", "_policy", "_rng", "number")
+
+    def __init__(self, policy: RetryPolicy, clock: Clock, rng: random.Random | None = None) -> None:
+        self._policy = policy
+        self._clock = clock
+        self._rng = rng
+        self._first = clock.now()
+        self.number = 0
+
+    def start(self) -> int:
+        """Count a new try and return its number (1 for the first)."""
+        self.number += 1
+        return self.number
+
+    def next_delay(self, *, paced_wait: float | None = None) -> float | None:
+        """Seconds to wait before the next try, or None when no try may start any more.
+
+        Args:
+            paced_wait: the wait that someone else already imposes (a ``Retry-After`` the limiter
+                enforces for the whole client): no backoff of our own then, but a wait that would end
+                past the deadline gives up now rather than hang.
+        """
+        if self.number >= self._policy.attempts:
+            return None
+        delay = 0.0 if paced_wait is not None else self._policy.backoff(self.number, self._rng)
+        waiting = paced_wait if paced_wait is not None else delay
+        if self._clock.now() + waiting - self._first > self._policy.deadline:
+            return None
+        return delay
 
 
 def is_retryable(error: KlingError) -> bool:
@@ -83,7 +130,12 @@ def post_retryable(error: KlingError) -> bool:
 
 
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header: delta-seconds or an HTTP date; None if absent or bad."""
+    """Seconds to wait from a ``Retry-After`` header: delta-seconds or an HTTP date; None if absent or bad.
+
+    Args:
+        value: the header's value.
+        now: the current Unix time, to turn an HTTP date into seconds (the client passes its clock's).
+    """
     if not value:
         return None
     value = value.strip()

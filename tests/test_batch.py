@@ -19,7 +19,7 @@ from kling_async import (
     TaskSubmitted,
     TaskTimeoutError,
 )
-from kling_async._batch import SWEEP_MIN_TASKS
+from kling_async._tracker import SWEEP_MIN_TASKS
 from kling_async.testing import Faults, Simulator
 from tests.conftest import FAST_POLL, FAST_RETRY, client_side_tasks
 

@@ -78,7 +78,7 @@ async def test_duplicate_and_reordered_deliveries_never_move_a_finished_task_bac
         handle = await client.submit(OmniRequest(prompt="a fox"))
         result = await handle
         assert result.status == "COMPLETED"
-        client._on_webhook(TaskStatus(task_id=handle.task_id, status="IN_PROGRESS"))
+        client._registry.observe(TaskStatus(task_id=handle.task_id, status="IN_PROGRESS"))
         statuses.append(handle.status or "")
     assert statuses == ["COMPLETED"]
 
@@ -88,7 +88,7 @@ async def test_a_delivery_that_beats_the_post_answer_is_applied_to_the_new_handl
 ) -> None:
     receiver = WebhookReceiver(SECRET)
     async with _client(hooked_sim, receiver) as client:
-        client._on_webhook(
+        client._registry.observe(
             TaskStatus(task_id="early-1", status="COMPLETED", generated=("https://cdn/x.mp4",))
         )
         handle = client.task("early-1")

@@ -317,7 +317,7 @@ def test_the_faults_and_counters_tables_are_complete() -> None:
 
 def test_the_guides_state_the_engines_constants() -> None:
     """The limiter's AIMD numbers, the poll schedule, sweeping and --simulate's scale are the code's."""
-    from kling_async import _batch, _cli, _limits
+    from kling_async import _cli, _limits, _tracker
 
     def words(page: str, heading: str) -> str:
         return " ".join(_section(page, heading).split())
@@ -334,7 +334,7 @@ def test_the_guides_state_the_engines_constants() -> None:
         elapsed += step
         delays.append(f"{elapsed:g}")
     assert ", ".join(delays) in words("guides/reliability.md", "Polling")
-    assert f"Once {_batch.SWEEP_MIN_TASKS} or more tasks" in words(
+    assert f"Once {_tracker.SWEEP_MIN_TASKS} or more tasks" in words(
         "guides/batch.md", "How a batch checks statuses"
     )
     assert f"at {_cli.SIMULATED_TIME_SCALE:g} real seconds per simulated second" in words("cli.md", "batch")

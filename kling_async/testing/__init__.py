@@ -10,10 +10,11 @@
 
 from ._faults import Faults
 from ._simulator import Simulator
+from ._clock import FakeClock
 from ._state import SimulatedTask, SimulatorCounters
 
-__all__ = ["Faults", "SimulatedTask", "Simulator", "SimulatorCounters"]
+__all__ = ["FakeClock", "Faults", "SimulatedTask", "Simulator", "SimulatorCounters"]
 
-for _public in (Faults, SimulatedTask, Simulator, SimulatorCounters):
+for _public in (FakeClock, Faults, SimulatedTask, Simulator, SimulatorCounters):
     _public.__module__ = __name__
 del _public

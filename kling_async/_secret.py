@@ -1,0 +1,32 @@
+"""The API key, in an object that never shows it: not in reprs, not in tracebacks rendered with locals."""
+
+from __future__ import annotations
+
+__all__ = ["Secret"]
+
+
+class Secret:
+    """A string that only ``reveal()`` gives back; its repr and str are redacted."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        """The secret itself, for the one place that sends it."""
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+    def __reduce__(self) -> str:
+        raise TypeError("a Secret is not pickled: it would write the key out")
