@@ -103,13 +103,18 @@ class EventHub:
 
     def publish(self, event: Event) -> None:
         """Hand ``event`` to every subscriber that has room for it."""
+        closed: list[MemoryObjectSendStream[Event]] = []
         for stream in self._streams:
             try:
                 stream.send_nowait(event)
             except anyio.WouldBlock:
                 self.dropped += 1
             except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-                self._streams.remove(stream)
+                closed.append(stream)
+        # Removed after the loop: removing while iterating skipped the next subscriber.
+        for stream in closed:
+            self._streams.remove(stream)
+            stream.close()
 
     def subscribe(self) -> EventStream:
         """A stream of every event from this call on, until the hub closes."""

@@ -1,0 +1,298 @@
+"""Who owns a created task, under every cancellation and fault (issue: one owner for each task).
+
+Each test pins one defect the hostile review found; they all ran against real loopback HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import anyio
+import pytest
+from aiohttp import web
+
+from kling_async import (
+    KlingClient,
+    OmniRequest,
+    PollPolicy,
+    RetryPolicy,
+    SubmitUncertainError,
+    TaskFailedError,
+    TaskSubmitted,
+)
+from kling_async._events import EventHub, StatusChanged
+from kling_async.testing import Simulator
+from tests.conftest import FAST_POLL, FAST_RETRY
+
+pytestmark = pytest.mark.anyio
+
+
+def _prompts(n: int) -> Iterator[OmniRequest]:
+    return (OmniRequest(prompt=f"clip {i}", duration="5") for i in range(n))
+
+
+def _client(sim: Simulator, **options: object) -> KlingClient:
+    return KlingClient(api_key="sim-key", base_url=sim.url, poll=FAST_POLL, retry=FAST_RETRY, **options)  # type: ignore[arg-type]
+
+
+async def _collect_submitted(client: KlingClient, into: list[str]) -> None:
+    async for event in client.events():
+        if isinstance(event, TaskSubmitted):
+            into.append(event.task_id)
+
+
+# -- cancellation never loses a created task --------------------------------------------------------------
+
+
+async def test_asyncio_timeout_during_a_create_post_keeps_the_created_task(sim: Simulator) -> None:
+    """An asyncio.timeout that fires while a POST is on the wire: the caller gets TimeoutError, and the
+    task the POST created is still announced (TaskSubmitted) and reachable by id."""
+    sim.queue_fault("latency", method="POST", seconds=0.3)
+    submitted: list[str] = []
+    async with _client(sim) as client, anyio.create_task_group() as tg:
+        tg.start_soon(_collect_submitted, client, submitted)
+        await anyio.wait_all_tasks_blocked()
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.05):
+                await client.submit(OmniRequest(prompt="a fox"))
+        with anyio.fail_after(5):  # a hang guard, not a speed claim
+            while not submitted:
+                await anyio.sleep(0.01)
+        assert list(sim.tasks) == submitted
+        result = await client.task(submitted[0]).wait()
+        assert result.url is not None
+        tg.cancel_scope.cancel()
+
+
+async def test_an_asyncio_taskgroup_sibling_failing_mid_post_keeps_the_created_task(sim: Simulator) -> None:
+    """A sibling's exception cancels a submit() whose POST is on the wire; the task is still announced."""
+    sim.queue_fault("latency", method="POST", seconds=0.3)
+    async with _client(sim) as client:
+        events = client.events()
+
+        async def fail_soon() -> None:
+            await asyncio.sleep(0.05)
+            raise RuntimeError("sibling")
+
+        with pytest.raises(ExceptionGroup):
+            async with asyncio.TaskGroup() as siblings:
+                siblings.create_task(client.submit(OmniRequest(prompt="a fox")))
+                siblings.create_task(fail_soon())
+        with anyio.fail_after(5):  # a hang guard, not a speed claim
+            event = await events.__anext__()
+        await events.aclose()
+    assert isinstance(event, TaskSubmitted)
+    assert list(sim.tasks) == [event.task_id]
+
+
+async def test_closing_the_client_waits_for_a_post_on_the_wire(sim: Simulator) -> None:
+    """A client closed while a cancelled caller's POST is on the wire still announces the created task."""
+    sim.queue_fault("latency", method="POST", seconds=0.2)
+    submitted: list[str] = []
+    async with _client(sim) as client:
+        events = client.events()
+
+        async def submit() -> None:
+            await client.submit(OmniRequest(prompt="a fox"))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(submit)
+            await anyio.sleep(0.05)
+            tg.cancel_scope.cancel()
+    submitted = [event.task_id async for event in events if isinstance(event, TaskSubmitted)]
+    assert submitted == list(sim.tasks)
+    assert len(submitted) == 1
+
+
+# -- batches live in the caller's scope ---------------------------------------------------------------------
+
+
+async def test_leaving_an_async_with_map_block_stops_submitting_at_once(sim: Simulator) -> None:
+    """Breaking out of `async with client.map(...)`: only POSTs already on the wire land afterwards."""
+    async with _client(sim, max_concurrency=4) as client:
+        batch = client.map(_prompts(200))
+        async with batch as outcomes:
+            async for _ in outcomes:
+                break
+        at_exit = sim.counters.posts
+        await anyio.sleep(0.3)
+        assert sim.counters.posts <= at_exit + 4
+        assert sim.counters.posts < 200
+
+
+async def test_closing_a_kept_map_iterator_stops_it(sim: Simulator) -> None:
+    """`async for` over a map() kept in a variable stops when the iterator is closed (aclosing)."""
+    async with _client(sim, max_concurrency=4) as client:
+        batch = client.map(_prompts(200))
+        async with contextlib.aclosing(batch) as outcomes:
+            async for _ in outcomes:
+                break
+        at_close = sim.counters.posts
+        await anyio.sleep(0.3)
+        assert sim.counters.posts <= at_close + 4
+        assert sim.counters.posts < 200
+
+
+async def test_a_batch_left_early_gives_back_every_in_flight_slot(sim: Simulator) -> None:
+    """max_in_flight slots taken by a batch come back when it is left early: later submits never block."""
+    async with _client(sim, max_in_flight=2) as client:
+        async with client.map(_prompts(20)) as outcomes:
+            async for _ in outcomes:
+                break
+        with anyio.fail_after(10):  # a hang guard: a leaked slot blocks this forever
+            handles = [await client.submit(OmniRequest(prompt=f"after {i}")) for i in range(2)]
+        assert len(handles) == 2
+
+
+async def test_a_cancelled_batch_gives_back_every_in_flight_slot(sim: Simulator) -> None:
+    """A batch cancelled from outside returns its slots too."""
+    async with _client(sim, max_in_flight=2) as client:
+        with anyio.move_on_after(0.05):
+            await client.gather(_prompts(20))
+        with anyio.fail_after(10):
+            handles = [await client.submit(OmniRequest(prompt=f"after {i}")) for i in range(2)]
+        assert len(handles) == 2
+
+
+async def test_a_task_of_a_cancelled_batch_can_be_re_attached_by_id(sim: Simulator) -> None:
+    """After a batch is cancelled, client.task(id) of one of its tasks waits to the result."""
+    submitted: list[str] = []
+    async with _client(sim) as client, anyio.create_task_group() as tg:
+        tg.start_soon(_collect_submitted, client, submitted)
+        await anyio.wait_all_tasks_blocked()
+        async with client.map(_prompts(10)) as outcomes:
+            with anyio.fail_after(5):
+                while not submitted:
+                    await anyio.sleep(0.001)
+            del outcomes
+        result = await client.task(submitted[0]).wait()
+        assert result.task_id == submitted[0]
+        tg.cancel_scope.cancel()
+
+
+async def test_items_never_sent_are_not_uncertain_after_a_cancelled_journaled_batch(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    """Items still waiting for the limiter when a journaled batch is cancelled are sent by the next run,
+    not reported uncertain: only a POST that may have left is recorded as submitting."""
+    journal = tmp_path / "run.db"
+    async with _client(sim, requests_per_second=5) as client:
+        with anyio.move_on_after(0.5):
+            await client.gather(_prompts(12), journal=journal)
+    sent_first = sim.counters.posts
+    assert 0 < sent_first < 12
+    async with _client(sim) as client:
+        outcomes = await client.gather(_prompts(12), journal=journal)
+    uncertain = [o for o in outcomes if isinstance(o.error, SubmitUncertainError)]
+    assert uncertain == []
+    assert all(o.ok for o in outcomes)
+    assert sim.counters.posts == 12  # nothing paid twice, nothing left out
+
+
+# -- robustness -------------------------------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def _stand_in(
+    post_body: dict[str, object], status_body: dict[str, object]
+) -> AsyncIterator[tuple[str, list[str]]]:
+    """A misbehaving API on loopback: every POST gets `post_body`, every GET `status_body`."""
+    seen: list[str] = []
+
+    async def create(request: web.Request) -> web.Response:
+        seen.append("POST")
+        return web.json_response(post_body)
+
+    async def status(request: web.Request) -> web.Response:
+        seen.append("GET")
+        return web.json_response(status_body)
+
+    async def listing(request: web.Request) -> web.Response:
+        return web.json_response({"data": []})
+
+    app = web.Application()
+    app.router.add_post("/v1/ai/video/kling-v3-omni-std", create)
+    app.router.add_get("/v1/ai/video/kling-v3-omni", listing)
+    app.router.add_get("/v1/ai/video/kling-v3-omni/{task_id}", status)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}", seen
+    finally:
+        await runner.cleanup()
+
+
+async def test_a_server_answering_two_posts_with_one_task_id_gives_both_items_an_outcome() -> None:
+    """The same task id for two POSTs: the first item follows it, the second ends with an error naming
+    the clash, and the batch does not crash."""
+    same = {"data": {"task_id": "task-1", "status": "CREATED"}}
+    done = {"data": {"task_id": "task-1", "status": "COMPLETED", "generated": ["https://cdn.example/v.mp4"]}}
+    async with (
+        _stand_in(same, done) as (url, _),
+        KlingClient(api_key="k", base_url=url, poll=FAST_POLL, retry=FAST_RETRY, max_concurrency=1) as client,
+    ):
+        outcomes = await client.gather(_prompts(2))
+    assert [o.ok for o in outcomes].count(True) == 1
+    clash = next(o for o in outcomes if not o.ok)
+    assert isinstance(clash.error, SubmitUncertainError)
+    assert "task-1" in str(clash.error)
+
+
+async def test_a_completed_task_without_a_result_url_is_an_error_outcome() -> None:
+    """COMPLETED with an empty `generated` is no video: the item fails with a TaskFailedError saying so."""
+    created = {"data": {"task_id": "task-1", "status": "CREATED"}}
+    empty = {"data": {"task_id": "task-1", "status": "COMPLETED", "generated": []}}
+    async with (
+        _stand_in(created, empty) as (url, _),
+        KlingClient(api_key="k", base_url=url, poll=FAST_POLL, retry=FAST_RETRY) as client,
+    ):
+        [outcome] = await client.gather(_prompts(1))
+    assert not outcome.ok
+    assert isinstance(outcome.error, TaskFailedError)
+    assert outcome.task_id == "task-1"
+    assert "no result URL" in str(outcome.error)
+
+
+async def test_a_closed_event_subscriber_never_hides_an_event_from_the_next() -> None:
+    """Publishing while one subscriber is closed still reaches the subscriber after it."""
+    hub = EventHub()
+    first, second = hub.subscribe(), hub.subscribe()
+    await first.aclose()
+    event = StatusChanged(task_id="t", model="m", status="IN_PROGRESS", previous=None)
+    hub.publish(event)
+    with anyio.fail_after(5):  # a hang guard: a hidden event never arrives
+        assert await second.__anext__() == event
+    hub.close()
+
+
+@pytest.mark.parametrize(
+    ("build", "field"),
+    [
+        (lambda: PollPolicy(initial=math.nan), "PollPolicy.initial"),
+        (lambda: PollPolicy(timeout=math.inf), "PollPolicy.timeout"),
+        (lambda: RetryPolicy(deadline=math.nan), "RetryPolicy.deadline"),
+        (lambda: KlingClient(api_key="k", requests_per_second=math.nan), "requests_per_second"),
+        (lambda: KlingClient(api_key="k", max_concurrency=0), "max_concurrency"),
+        (lambda: KlingClient(api_key="k", max_downloads=0), "max_downloads"),
+        (lambda: KlingClient(api_key="k", burst=0), "burst"),
+        (lambda: KlingClient(api_key="k\n"), "api_key"),
+        (lambda: KlingClient(api_key="k", api_key_header="x key"), "api_key_header"),
+    ],
+)
+def test_a_bad_setting_is_refused_at_construction_naming_it(build: object, field: str) -> None:
+    """NaN, infinities, counts below 1 and control characters are refused when the object is built."""
+    with pytest.raises(ValueError, match=field.replace(".", r"\.")):
+        build()  # type: ignore[operator]
+
+
+def test_the_error_for_a_bad_key_never_shows_the_key() -> None:
+    """The message for a key with a control character does not contain the key."""
+    with pytest.raises(ValueError) as caught:
+        KlingClient(api_key="secret-key-123\x00")
+    assert "secret-key-123" not in str(caught.value)
