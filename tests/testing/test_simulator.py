@@ -339,6 +339,7 @@ async def test_set_status_and_finish_drive_a_task_by_hand() -> None:
 
 
 TOO_LONG = "x" * 2501
+EMPTY_CONTAINERS: tuple[object, ...] = ({}, [])
 
 
 @pytest.mark.anyio
@@ -376,7 +377,7 @@ TOO_LONG = "x" * 2501
         *[
             (path, {"prompt": "p", "duration": value}, "duration")
             for path in (OMNI_STD, KLING3_STD)
-            for value in ({}, [])
+            for value in EMPTY_CONTAINERS
         ],
         (REFERENCE_PRO, {"video_url": VIDEO, "duration": {}}, "duration"),
         (KLING3_STD, {"multi_prompt": [{"prompt": "a", "duration": {}}]}, "multi_prompt[0].duration"),
