@@ -6,12 +6,22 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Final
+from typing import Final, Literal, TypeAlias
 
 from ._errors import InvalidRequestError
 from ._models import Kling3Request, OmniRequest, Request, VideoReferenceRequest
 
-__all__ = ["DEFAULT_MODEL", "ENDPOINTS", "Endpoint", "endpoint_for", "resolve"]
+__all__ = ["DEFAULT_MODEL", "ENDPOINTS", "Endpoint", "ModelName", "endpoint_for", "resolve"]
+
+# The create endpoints' names, as a type so that mypy and an IDE catch "kling-v3-omni-sdt".
+ModelName: TypeAlias = Literal[
+    "kling-v3-omni-std",
+    "kling-v3-omni-pro",
+    "kling-v3-std",
+    "kling-v3-pro",
+    "kling-v3-omni-std-reference",
+    "kling-v3-omni-pro-reference",
+]
 
 # Besides "/", "?" and "#", a dot segment, a "%" or a "\" could also turn the status path into another path;
 # control characters and lone surrogates could not be sent at all.
@@ -33,7 +43,7 @@ class Endpoint:
         request_type: the request struct the model takes.
     """
 
-    model: str
+    model: ModelName
     create_path: str
     family_path: str
     request_type: type[Request]
@@ -67,7 +77,7 @@ ENDPOINTS: Final[Mapping[str, Endpoint]] = MappingProxyType(
         )
     }
 )
-DEFAULT_MODEL: Final = "kling-v3-omni-std"
+DEFAULT_MODEL: Final[ModelName] = "kling-v3-omni-std"
 # The model a request runs on when none is named: its family's standard tier.
 _STANDARD = tuple(
     ENDPOINTS[model] for model in (DEFAULT_MODEL, "kling-v3-std", "kling-v3-omni-std-reference")

@@ -6,12 +6,13 @@ Every optional field defaults to None and is then not sent, so the server applie
 Responses decode leniently: unknown fields are ignored and an unknown status stays a plain string.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: kling_async/__init__ renames the structs' module, and msgspec
+# would then look the type aliases up there, where they are not exported.
 import json
 import re
 from collections.abc import Mapping
-from typing import Any, Final, TypeAlias, TypeVar
+from types import UnionType
+from typing import Any, Final, Literal, TypeAlias, TypeVar, Union, get_args, get_origin, get_type_hints
 
 import msgspec
 
@@ -34,6 +35,7 @@ __all__ = [
     "TaskStatus",
     "TaskSummary",
     "VideoReferenceRequest",
+    "decode_created",
     "decode_task",
     "decode_task_list",
     "decode_webhook",
@@ -50,16 +52,27 @@ CANCELLED: Final = "CANCELLED"
 TERMINAL_STATUSES: Final = frozenset({COMPLETED, FAILED, CANCELLED})
 FAILURE_STATUSES: Final = frozenset({FAILED, CANCELLED})
 
+# The vendor's enums as types, so that mypy and an IDE catch a typo; msgspec checks them when decoding and
+# __post_init__ checks them when a struct is built by hand (the messages are ours either way).
+Duration: TypeAlias = Literal["3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15"]
+OmniAspectRatio: TypeAlias = Literal["auto", "16:9", "9:16", "1:1"]
+Kling3AspectRatio: TypeAlias = Literal["16:9", "9:16", "1:1"]
+AspectRatio: TypeAlias = OmniAspectRatio | Kling3AspectRatio
+OmniShotType: TypeAlias = Literal["customize"]
+Kling3ShotType: TypeAlias = Literal["customize", "intelligent"]
+ShotType: TypeAlias = OmniShotType | Kling3ShotType
+
 _MAX_TEXT = 2500
 _MAX_SHOTS = 6
 _MAX_TOTAL_SECONDS = 15
 _MAX_REFERENCES = 4
 _MAX_VOICES = 2
-_DURATIONS = frozenset(str(seconds) for seconds in range(3, 16))
-_OMNI_ASPECT_RATIOS = ("auto", "16:9", "9:16", "1:1")
-_KLING3_ASPECT_RATIOS = ("16:9", "9:16", "1:1")
-_OMNI_SHOT_TYPES = ("customize",)
-_KLING3_SHOT_TYPES = ("customize", "intelligent")
+_DURATIONS: tuple[str, ...] = get_args(Duration)
+_DURATION_RULE = 'must be a string "3".."15"'
+_OMNI_ASPECT_RATIOS: tuple[str, ...] = get_args(OmniAspectRatio)
+_KLING3_ASPECT_RATIOS: tuple[str, ...] = get_args(Kling3AspectRatio)
+_OMNI_SHOT_TYPES: tuple[str, ...] = get_args(OmniShotType)
+_KLING3_SHOT_TYPES: tuple[str, ...] = get_args(Kling3ShotType)
 _OMNI_IMAGE_FIELDS = "an image_url or start_image_url"
 # A scheme, a non-empty host, and no whitespace anywhere (a stray space from a CSV cell is a typo, not a URL).
 _URL = re.compile(r"https?://[^\s/?#]+\S*", re.IGNORECASE)
@@ -165,7 +178,12 @@ def _check_choice(field: str, value: object, choices: tuple[str, ...]) -> None:
 
 def _check_duration(field: str, value: object) -> None:
     if not isinstance(value, str) or value not in _DURATIONS:
-        raise _reject(field, 'must be a string "3".."15"', value)
+        raise _reject(field, _DURATION_RULE, value)
+
+
+def _choice_rule(choices: tuple[str, ...]) -> str:
+    """The rule of a Literal field: the duration's range, or the list of its values."""
+    return _DURATION_RULE if choices == _DURATIONS else _one_of(choices)
 
 
 def _check_bool(field: str, value: object) -> None:
@@ -179,22 +197,9 @@ def _check_cfg_scale(value: object) -> None:
         raise _reject("cfg_scale", "must be a number from 0 to 2", value)
 
 
-def _check_auto_aspect(aspect_ratio: str | None, has_image: bool, image_fields: str) -> None:
-    if aspect_ratio == "auto" and not has_image:
-        raise InvalidRequestError.for_field(
-            "aspect_ratio", f'"auto" needs {image_fields} (image-to-video only)'
-        )
-
-
-def _check_prompt_or_shots(
-    prompt: str | None, multi_prompt: list[Any] | None, has_image: bool, image_fields: str
-) -> None:
+def _check_prompt_or_shots(prompt: str | None, multi_prompt: list[Any] | None) -> None:
     if prompt is None and multi_prompt is None:
         raise InvalidRequestError.for_field("prompt + multi_prompt", "one of them is required")
-    if has_image and prompt is not None and multi_prompt is not None:
-        raise InvalidRequestError.for_field(
-            "prompt + multi_prompt", f"not both in image-to-video (with {image_fields})"
-        )
 
 
 # Everything sent forbids unknown fields: a typo in a JSONL line must fail, not vanish.
@@ -238,7 +243,7 @@ class Shot(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, forbid
     """
 
     prompt: str
-    duration: str
+    duration: Duration
 
     def __post_init__(self) -> None:
         _check_text("prompt", self.prompt)
@@ -274,7 +279,7 @@ class OmniRequest(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True,
     webhook_url: str | None = None
     prompt: str | None = None
     multi_prompt: list[str] | None = None
-    shot_type: str | None = None
+    shot_type: OmniShotType | None = None
     image_url: str | None = None
     start_image_url: str | None = None
     end_image_url: str | None = None
@@ -282,8 +287,8 @@ class OmniRequest(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True,
     elements: list[Element] | None = None
     generate_audio: bool | None = None
     voice_ids: list[str] | None = None
-    aspect_ratio: str | None = None
-    duration: str | None = None
+    aspect_ratio: OmniAspectRatio | None = None
+    duration: Duration | None = None
 
     def __post_init__(self) -> None:
         if self.webhook_url is not None:
@@ -315,10 +320,17 @@ class OmniRequest(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True,
         has_image = self.image_url is not None or self.start_image_url is not None
         if self.aspect_ratio is not None:
             _check_choice("aspect_ratio", self.aspect_ratio, _OMNI_ASPECT_RATIOS)
-            _check_auto_aspect(self.aspect_ratio, has_image, _OMNI_IMAGE_FIELDS)
+            if self.aspect_ratio == "auto" and not has_image:
+                raise InvalidRequestError.for_field(
+                    "aspect_ratio", f'"auto" needs {_OMNI_IMAGE_FIELDS} (image-to-video only)'
+                )
         if self.duration is not None:
             _check_duration("duration", self.duration)
-        _check_prompt_or_shots(self.prompt, self.multi_prompt, has_image, _OMNI_IMAGE_FIELDS)
+        _check_prompt_or_shots(self.prompt, self.multi_prompt)
+        if has_image and self.prompt is not None and self.multi_prompt is not None:
+            raise InvalidRequestError.for_field(
+                "prompt + multi_prompt", f"not both in image-to-video (with {_OMNI_IMAGE_FIELDS})"
+            )
 
 
 class Kling3Request(
@@ -326,8 +338,8 @@ class Kling3Request(
 ):
     """A Kling 3 (non-omni) video (models ``kling-v3-std`` and ``kling-v3-pro``).
 
-    Text-to-video needs ``prompt`` or ``multi_prompt``; image-to-video (``start_image_url``) needs exactly
-    one of them. Fields left unset are not sent; the server applies its defaults.
+    Needs ``prompt`` or ``multi_prompt`` (or both). Fields left unset are not sent; the server applies its
+    defaults.
 
     Attributes:
         webhook_url: where the API POSTs the task on each status change (http(s) URL).
@@ -335,7 +347,7 @@ class Kling3Request(
         multi_prompt: at most 6 shots (``Shot``), their durations at most 15 s in total.
         start_image_url: first frame of the video (image-to-video).
         end_image_url: last frame of the video.
-        elements: characters or objects kept consistent (``Element``), at most 4.
+        elements: characters or objects kept consistent (``Element``).
         generate_audio: whether to generate native audio (server default: true).
         voice_ids: at most 2 voice ids.
         shot_type: ``"customize"`` or ``"intelligent"``.
@@ -356,9 +368,9 @@ class Kling3Request(
     elements: list[Element] | None = None
     generate_audio: bool | None = None
     voice_ids: list[str] | None = None
-    shot_type: str | None = None
-    aspect_ratio: str | None = None
-    duration: str | None = None
+    shot_type: Kling3ShotType | None = None
+    aspect_ratio: Kling3AspectRatio | None = None
+    duration: Duration | None = None
     negative_prompt: str | None = None
     cfg_scale: float | None = None
 
@@ -382,7 +394,7 @@ class Kling3Request(
         if self.end_image_url is not None:
             _check_url("end_image_url", self.end_image_url)
         if self.elements is not None:
-            _check_at_most("elements", len(_check_elements(self.elements)), _MAX_REFERENCES, "elements")
+            _check_elements(self.elements)
         if self.generate_audio is not None:
             _check_bool("generate_audio", self.generate_audio)
         if self.voice_ids is not None:
@@ -397,9 +409,8 @@ class Kling3Request(
             _check_text("negative_prompt", self.negative_prompt, blank_ok=True)
         if self.cfg_scale is not None:
             _check_cfg_scale(self.cfg_scale)
-        _check_prompt_or_shots(
-            self.prompt, self.multi_prompt, self.start_image_url is not None, "a start_image_url"
-        )
+        # Unlike Omni's, the Kling 3 page does not forbid prompt + multi_prompt in image-to-video.
+        _check_prompt_or_shots(self.prompt, self.multi_prompt)
 
 
 class VideoReferenceRequest(
@@ -416,7 +427,7 @@ class VideoReferenceRequest(
         prompt: the video's description, at most 2500 characters.
         image_url: a reference image.
         duration: seconds, a string ``"3"``..``"15"``.
-        aspect_ratio: ``"16:9"``, ``"9:16"``, ``"1:1"``, or ``"auto"`` (only with ``image_url``).
+        aspect_ratio: ``"16:9"``, ``"9:16"``, ``"1:1"``, or ``"auto"`` (matches the input).
         cfg_scale: how closely to follow the prompt, a number from 0 to 2 (server default: 0.5).
         negative_prompt: what to avoid, at most 2500 characters.
 
@@ -428,8 +439,8 @@ class VideoReferenceRequest(
     webhook_url: str | None = None
     prompt: str | None = None
     image_url: str | None = None
-    duration: str | None = None
-    aspect_ratio: str | None = None
+    duration: Duration | None = None
+    aspect_ratio: OmniAspectRatio | None = None
     cfg_scale: float | None = None
     negative_prompt: str | None = None
 
@@ -444,8 +455,8 @@ class VideoReferenceRequest(
         if self.duration is not None:
             _check_duration("duration", self.duration)
         if self.aspect_ratio is not None:
+            # "auto" matches the input, and here the reference video is always one.
             _check_choice("aspect_ratio", self.aspect_ratio, _OMNI_ASPECT_RATIOS)
-            _check_auto_aspect(self.aspect_ratio, self.image_url is not None, "an image_url")
         if self.cfg_scale is not None:
             _check_cfg_scale(self.cfg_scale)
         if self.negative_prompt is not None:
@@ -486,7 +497,7 @@ def request_from_dict(
     try:
         return msgspec.convert(data, request_type, strict=strict)
     except msgspec.ValidationError as exc:
-        raise _invalid_from(exc) from exc
+        raise _invalid_from(exc, data, request_type) from exc
     except UnicodeEncodeError as exc:  # a field name with a lone surrogate, from a JSON escape
         bad = next((key for key in data if isinstance(key, str) and not _sendable(key)), "?")
         raise InvalidRequestError.for_field(
@@ -494,7 +505,36 @@ def request_from_dict(
         ) from exc
 
 
-def _invalid_from(exc: msgspec.ValidationError) -> InvalidRequestError:
+# One step of a msgspec path: `.name` (or a leading `name`) or `[index]`.
+_STEP = re.compile(r"\.?([^.\[\]]+)|\[(\d+)\]")
+
+
+def _without_none(hint: Any) -> Any:
+    args = [arg for arg in get_args(hint) if arg is not type(None)]
+    return args[0] if get_origin(hint) in (Union, UnionType) and len(args) == 1 else hint
+
+
+def _literal_at(request_type: type[Any], data: object, path: str) -> tuple[tuple[str, ...], object] | None:
+    """The values of the Literal field at ``path`` (``multi_prompt[0].duration``) and the value given there.
+
+    None when the field is not a Literal (or the path leads nowhere known).
+    """
+    hint: Any = request_type
+    value = data
+    for name, index in _STEP.findall(path):
+        hint = _without_none(hint)
+        try:
+            if name:
+                hint, value = get_type_hints(hint)[name], value[name]  # type: ignore[index]
+            else:
+                hint, value = get_args(hint)[0], value[int(index)]  # type: ignore[index]
+        except (KeyError, IndexError, TypeError):
+            return None
+    hint = _without_none(hint)
+    return (get_args(hint), value) if get_origin(hint) is Literal else None
+
+
+def _invalid_from(exc: msgspec.ValidationError, data: object, request_type: type[Any]) -> InvalidRequestError:
     """Our error for msgspec's, with the field's path (``$.elements[0]`` + ``frontal_image_url``)."""
     # msgspec's text is "<what> - at `$.path`", without the suffix when the error is at the top level
     what, at, path = str(exc).rpartition(" - at `$")
@@ -511,6 +551,9 @@ def _invalid_from(exc: msgspec.ValidationError) -> InvalidRequestError:
         if named is not None:
             field = named["name"]
             rule = "unknown field" if named["kind"] == "contains unknown" else "required"
+        elif (literal := _literal_at(request_type, data, path)) is not None:
+            # msgspec checked a Literal ("Invalid enum value"): say it as __post_init__ would
+            return _reject(path, _choice_rule(literal[0]), literal[1])
         elif path:
             return InvalidRequestError.for_field(path, what[:1].lower() + what[1:])
         else:
@@ -564,6 +607,7 @@ _webhook_decoder = msgspec.json.Decoder(TaskStatus)
 # What a hostile body can make msgspec raise: bad JSON or shape, bytes that are not UTF-8 inside a
 # string, nesting deeper than the interpreter's stack.
 _BAD_BODY = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
+_SNIPPET = 200
 
 
 def _unexpected(exc: Exception) -> TransportError:
@@ -582,6 +626,26 @@ def decode_task(body: bytes) -> TaskStatus:
         return _task_decoder.decode(body).data
     except _BAD_BODY as exc:
         raise _unexpected(exc) from exc
+
+
+def decode_created(body: bytes) -> TaskStatus:
+    """The task in a create answer: ``{"data": {task_id, status, ...}}`` or the bare task object.
+
+    The vendor documents no schema for it; its pages show both forms.
+
+    Raises:
+        TransportError: the body is neither form; the message carries its first 200 characters.
+    """
+    try:
+        return _task_decoder.decode(body).data
+    except _BAD_BODY:
+        pass
+    try:
+        return _webhook_decoder.decode(body)
+    except _BAD_BODY as exc:
+        # repr() keeps control characters and odd bytes from reaching a terminal or a log as they are
+        snippet = repr(body[:_SNIPPET].decode("utf-8", "replace"))[:_SNIPPET]
+        raise TransportError(f"unexpected create response body: {snippet}") from exc
 
 
 def decode_task_list(body: bytes) -> list[TaskSummary]:

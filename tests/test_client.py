@@ -91,8 +91,9 @@ async def test_failed_task_raises_task_failed_with_its_id(client: KlingClient) -
     assert caught.value.status == "FAILED"
 
 
-async def test_cancelled_task_raises_task_failed(client: KlingClient) -> None:
-    handle = await client.submit(OmniRequest(prompt="[cancel] a fox"))
+async def test_cancelled_task_raises_task_failed(client: KlingClient, sim: Simulator) -> None:
+    sim.faults.cancel_rate = 1.0
+    handle = await client.submit(OmniRequest(prompt="a fox"))
     with pytest.raises(TaskFailedError) as caught:
         await handle
     assert caught.value.status == "CANCELLED"

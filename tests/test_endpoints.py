@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 
-from kling_async._endpoints import DEFAULT_MODEL, ENDPOINTS, Endpoint, endpoint_for, resolve
+from kling_async._endpoints import DEFAULT_MODEL, ENDPOINTS, Endpoint, ModelName, endpoint_for, resolve
 from kling_async._errors import InvalidRequestError
 from kling_async._models import Kling3Request, OmniRequest, Request, VideoReferenceRequest
 
@@ -43,9 +43,14 @@ def test_table_holds_exactly_the_six_kling3_models() -> None:
     assert list(ENDPOINTS) == [model for model, *_ in TABLE]
 
 
+def test_model_name_literal_lists_every_endpoint_and_nothing_else() -> None:
+    """The ModelName type users and mypy see names exactly the endpoints the SDK knows."""
+    assert get_args(ModelName) == tuple(ENDPOINTS)
+
+
 @pytest.mark.parametrize(("model", "create_path", "family_path", "request_type"), TABLE)
 def test_model_has_its_create_path_family_path_and_request_type(
-    model: str, create_path: str, family_path: str, request_type: type[Request]
+    model: ModelName, create_path: str, family_path: str, request_type: type[Request]
 ) -> None:
     assert endpoint_for(model) == Endpoint(model, create_path, family_path, request_type)
 

@@ -12,7 +12,7 @@ import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeAlias, TypeVar
+from typing import Any, TypeAlias, TypeVar, cast
 
 import msgspec
 import pytest
@@ -31,6 +31,7 @@ from kling_async._errors import (
     api_error,
 )
 from kling_async._models import (
+    Duration,
     Element,
     Kling3Request,
     OmniRequest,
@@ -113,7 +114,7 @@ def shot_lists(draw: st.DrawFn) -> list[Shot]:
         still_to_come = count - position - 1
         seconds = draw(st.integers(3, budget - 3 * still_to_come))
         budget -= seconds
-        shots.append(Shot(prompt=draw(prompts), duration=str(seconds)))
+        shots.append(Shot(prompt=draw(prompts), duration=cast(Duration, str(seconds))))
     return shots
 
 
@@ -434,7 +435,7 @@ def broken_requests(draw: st.DrawFn) -> Broken:
         kw["image_urls"], kw["elements"], field = images, None, f"image_urls[{index}]"
     elif rule == "shots over 15 s":
         seconds = draw(st.lists(st.integers(3, 15), min_size=2, max_size=6).filter(lambda xs: sum(xs) > 15))
-        kw["multi_prompt"] = [Shot(prompt="a shot", duration=str(s)) for s in seconds]
+        kw["multi_prompt"] = [Shot(prompt="a shot", duration=cast(Duration, str(s))) for s in seconds]
         field = "multi_prompt"
         if has_image(cls, kw):
             kw.pop("prompt", None)

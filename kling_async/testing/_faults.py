@@ -68,6 +68,8 @@ class Faults(msgspec.Struct, kw_only=True):
     """Chance of a 429 beyond the enforced rate limit (Retry-After per the simulator's `retry_after`)."""
     fail_rate: float = 0.0
     """Chance that a new task ends FAILED."""
+    cancel_rate: float = 0.0
+    """Chance that a new task ends CANCELLED: not in the vendor's status enum, but seen in the wild."""
     never_finish_rate: float = 0.0
     """Chance that a new task stays IN_PROGRESS forever."""
     no_range: bool = False
@@ -75,7 +77,13 @@ class Faults(msgspec.Struct, kw_only=True):
     cut_download_after: int | None = None
     """The CDN sends this many bytes of each file response, then closes the connection."""
     wrap_problem: bool = False
-    """400 bodies come wrapped as `{"problem": {...}}`, the other form the API schema shows."""
+    """400 bodies come wrapped as `{"problem": {...}}` (as `application/problem+json`), the other form the
+    API schema shows."""
+    bare_create: bool = False
+    """Create answers carry the bare task `{task_id, status, ...}`, no `data`, as older vendor pages do."""
+    ignore_page_size: bool = False
+    """List endpoints answer 20 tasks a page whatever `page_size` asks: the vendor documents the parameter
+    on the reference-to-video list only, so a real server may ignore it."""
     webhook_drop_rate: float = 0.0
     """Chance that a webhook delivery is never sent."""
     webhook_duplicate_rate: float = 0.0
@@ -117,11 +125,15 @@ def parse_fault_kind(kind: str) -> str:
     )
 
 
-def json_response(body: object, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+def json_response(
+    body: object,
+    status: int = 200,
+    headers: dict[str, str] | None = None,
+    *,
+    content_type: str = "application/json",
+) -> web.Response:
     """A JSON answer encoded with msgspec."""
-    return web.Response(
-        body=_JSON.encode(body), status=status, headers=headers, content_type="application/json"
-    )
+    return web.Response(body=_JSON.encode(body), status=status, headers=headers, content_type=content_type)
 
 
 def status_kind(code: int) -> str:

@@ -332,7 +332,7 @@ class Simulator:
             wakeup.set()
 
     def finish(self, task_id: str, status: str = "COMPLETED") -> None:
-        """End a task now, as COMPLETED, FAILED or CANCELLED."""
+        """End a task now, as COMPLETED, FAILED or CANCELLED (not in the vendor's enum, but seen)."""
         if status not in TERMINAL:
             raise ValueError(f"finish() takes a final status ({', '.join(sorted(TERMINAL))}), got {status!r}")
         self.set_status(task_id, status)
@@ -387,7 +387,7 @@ class Simulator:
             raw = await request.read()
             try:
                 body = _DECODE.decode(raw)
-            except msgspec.DecodeError:
+            except (msgspec.DecodeError, RecursionError):
                 body = None
             post = _Post(body, _payload_key(raw, body))
             request[_POST] = post
@@ -471,12 +471,16 @@ class Simulator:
         try:
             return await handler(request)
         except web.HTTPException as exc:
-            # Unknown paths and methods get a JSON body like every other API error.
-            return error_response(str(exc.status))
+            # Unknown paths and methods get a JSON body like every other API error; a 405 names the allowed.
+            allow = exc.headers.get("Allow")
+            return error_response(str(exc.status), None if allow is None else {"Allow": allow})
 
     def _invalid(self, problems: InvalidParams) -> web.Response:
         body: dict[str, object] = {"message": _INVALID_MESSAGE, "invalid_params": problems}
-        return json_response({"problem": body} if self.faults.wrap_problem else body, 400)
+        if self.faults.wrap_problem:
+            # The vendor documents the wrapped form under this content type only.
+            return json_response({"problem": body}, 400, content_type="application/problem+json")
+        return json_response(body, 400)
 
     def _view(self, task: SimulatedTask) -> dict[str, object]:
         """A task as the status endpoint shows it (inside `data`) and as a webhook delivers it."""
@@ -501,9 +505,11 @@ class Simulator:
         self.counters.tasks_created += 1
         self.counters.tasks_by_payload[post.key] += 1
         webhook_url = post.body.get("webhook_url")
-        if self._webhooks is not None and isinstance(webhook_url, str):
+        # Any URI is a valid webhook_url; only an http(s) one can be delivered to.
+        if self._webhooks is not None and isinstance(webhook_url, str) and _is_http(webhook_url):
             self._spawn(self._watch(task, webhook_url))
-        return json_response({"data": self._view(task)})
+        view = self._view(task)
+        return json_response(view if self.faults.bare_create else {"data": view})
 
     def _new_task(self, model: _Model, body: dict[str, Any], *, task_id: str | None = None) -> SimulatedTask:
         task_id = task_id or str(uuid.UUID(int=self._id_rng.getrandbits(128), version=4))
@@ -514,13 +520,12 @@ class Simulator:
         if "[slow]" in text:
             generation *= 3
         outcome, never = "COMPLETED", "[never]" in text
-        if "[fail]" in text:
+        faults = self.faults
+        if "[fail]" in text or roll < faults.fail_rate:
             outcome = "FAILED"
-        elif "[cancel]" in text:
+        elif roll < faults.fail_rate + faults.cancel_rate:
             outcome = "CANCELLED"
-        elif roll < self.faults.fail_rate:
-            outcome = "FAILED"
-        elif roll < self.faults.fail_rate + self.faults.never_finish_rate:
+        elif roll < faults.fail_rate + faults.cancel_rate + faults.never_finish_rate:
             never = True
         now = time.monotonic()
         started = now + self._queue_seconds * self._time_scale
@@ -557,9 +562,13 @@ class Simulator:
         page = _query_int(request, "page", 1)
         if page is None or page < 1:
             problems.append({"name": "page", "reason": "must be an integer of at least 1"})
-        page_size = _query_int(request, "page_size", _DEFAULT_PAGE_SIZE)
-        if page_size is None or not 1 <= page_size <= _MAX_PAGE_SIZE:
-            problems.append({"name": "page_size", "reason": f"must be an integer from 1 to {_MAX_PAGE_SIZE}"})
+        if self.faults.ignore_page_size:
+            page_size: int | None = _DEFAULT_PAGE_SIZE
+        else:
+            page_size = _query_int(request, "page_size", _DEFAULT_PAGE_SIZE)
+            if page_size is None or not 1 <= page_size <= _MAX_PAGE_SIZE:
+                reason = f"must be an integer from 1 to {_MAX_PAGE_SIZE}"
+                problems.append({"name": "page_size", "reason": reason})
         if page is None or page_size is None or problems:
             return self._invalid(problems)
         tasks = self._by_family[route.family]
@@ -627,6 +636,10 @@ class Simulator:
         )
         counters.downloads += 1
         return response
+
+
+def _is_http(url: str) -> bool:
+    return url.lower().startswith(("http://", "https://"))
 
 
 def _is_uuid(text: str) -> bool:

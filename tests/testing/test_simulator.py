@@ -250,12 +250,23 @@ async def test_a_task_goes_created_in_progress_completed_on_the_scaled_clock() -
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize(("marker", "final"), [("[fail]", "FAILED"), ("[cancel]", "CANCELLED")])
-async def test_prompt_markers_end_a_task_failed_or_cancelled(marker: str, final: str) -> None:
+async def test_the_fail_marker_ends_a_task_failed() -> None:
     async with simulator() as (_, session):
-        task_id = await create(session, {"prompt": f"a fox {marker}"})
-        data = await wait_for(session, task_id, final)
+        task_id = await create(session, {"prompt": "a fox [fail]"})
+        data = await wait_for(session, task_id, "FAILED")
     assert data["generated"] == []
+
+
+@pytest.mark.anyio
+async def test_cancelled_is_never_emitted_unless_a_test_asks_for_it() -> None:
+    """CANCELLED is not in the vendor's status enum: no prompt (not even the old `[cancel]`) gives it."""
+    async with simulator() as (sim, session):
+        ids = [await create(session, {"prompt": f"a fox [cancel] {n}"}) for n in range(5)]
+        for task_id in ids:
+            await wait_for(session, task_id, "COMPLETED")
+        listed = await call(session, "GET", OMNI)
+    assert {item["status"] for item in listed.json["data"]} == {"COMPLETED"}
+    assert {task.status for task in sim.tasks.values()} == {"COMPLETED"}
 
 
 @pytest.mark.anyio
@@ -282,7 +293,12 @@ async def test_never_stays_in_progress_and_slow_takes_three_times_as_long() -> N
 
 @pytest.mark.anyio
 @pytest.mark.parametrize(
-    ("faults", "final"), [(Faults(fail_rate=1.0), "FAILED"), (Faults(never_finish_rate=1.0), "IN_PROGRESS")]
+    ("faults", "final"),
+    [
+        (Faults(fail_rate=1.0), "FAILED"),
+        (Faults(cancel_rate=1.0), "CANCELLED"),
+        (Faults(never_finish_rate=1.0), "IN_PROGRESS"),
+    ],
 )
 async def test_fail_and_never_finish_rates_decide_a_tasks_end(faults: Faults, final: str) -> None:
     async with simulator(queue_seconds=0, generation_seconds=1, faults=faults) as (sim, session):
@@ -323,6 +339,7 @@ async def test_set_status_and_finish_drive_a_task_by_hand() -> None:
 
 
 TOO_LONG = "x" * 2501
+EMPTY_CONTAINERS: tuple[object, ...] = ({}, [])
 
 
 @pytest.mark.anyio
@@ -356,7 +373,41 @@ TOO_LONG = "x" * 2501
         (KLING3_STD, {"prompt": "p", "negative_prompt": TOO_LONG}, "negative_prompt"),
         (KLING3_STD, {"prompt": "p", "aspect_ratio": "auto"}, "aspect_ratio"),
         (KLING3_STD, {"prompt": "p", "shot_type": "random"}, "shot_type"),
-        (KLING3_STD, {"prompt": "p", "elements": [{"frontal_image_url": IMAGE}] * 5}, "elements"),
+        # type confusion is a 400 naming the field, never a 500
+        *[
+            (path, {"prompt": "p", "duration": value}, "duration")
+            for path in (OMNI_STD, KLING3_STD)
+            for value in EMPTY_CONTAINERS
+        ],
+        (REFERENCE_PRO, {"video_url": VIDEO, "duration": {}}, "duration"),
+        (KLING3_STD, {"multi_prompt": [{"prompt": "a", "duration": {}}]}, "multi_prompt[0].duration"),
+        (KLING3_STD, {"multi_prompt": [{"prompt": "a", "duration": []}]}, "multi_prompt[0].duration"),
+        (OMNI_STD, {"prompt": "p", "aspect_ratio": {}}, "aspect_ratio"),
+        (OMNI_STD, {"prompt": "p", "shot_type": []}, "shot_type"),
+        (KLING3_STD, {"prompt": "p", "multi_prompt": {}}, "multi_prompt"),
+        (OMNI_STD, {"prompt": "p", "elements": [{"frontal_image_url": 5}]}, "elements[0].frontal_image_url"),
+        (
+            OMNI_STD,
+            {"prompt": "p", "elements": [{"reference_image_urls": "x"}]},
+            "elements[0].reference_image_urls",
+        ),
+        (
+            OMNI_STD,
+            {"prompt": "p", "elements": [{"frontal_image_url": None}]},
+            "elements[0].frontal_image_url",
+        ),
+        # no vendor field is nullable
+        (OMNI_STD, {"prompt": None, "multi_prompt": ["a"]}, "prompt"),
+        (OMNI_STD, {"prompt": "p", "duration": None}, "duration"),
+        (KLING3_STD, {"prompt": "p", "cfg_scale": None}, "cfg_scale"),
+        (REFERENCE_PRO, {"video_url": None}, "video_url"),
+        (REFERENCE_PRO, {"video_url": VIDEO, "image_url": None}, "image_url"),
+        # format: uri
+        (REFERENCE_PRO, {"video_url": "not a uri"}, "video_url"),
+        (REFERENCE_PRO, {"video_url": "clip.mp4"}, "video_url"),
+        # "prompt ... Required for text-to-video mode or when not using multi_prompt"
+        (KLING3_STD, {}, "prompt"),
+        (KLING3_STD, {"duration": "5"}, "prompt"),
         (REFERENCE_PRO, {"prompt": "p"}, "video_url"),
         (REFERENCE_PRO, {"video_url": VIDEO, "cfg_scale": -1}, "cfg_scale"),
         (REFERENCE_PRO, {"video_url": VIDEO, "aspect_ratio": "2:1"}, "aspect_ratio"),
@@ -415,6 +466,16 @@ async def test_a_body_that_is_not_json_is_400() -> None:
             REFERENCE_PRO,
             {"video_url": VIDEO, "prompt": "@Video1 again", "cfg_scale": 0.5, "aspect_ratio": "auto"},
         ),
+        # the vendor states no cap on Kling 3 elements (the 4-reference cap is Omni's)
+        (KLING3_STD, {"prompt": "p", "elements": [{"frontal_image_url": IMAGE}] * 5}),
+        # "not both" is on the Omni page only
+        (
+            KLING3_STD,
+            {"prompt": "p", "multi_prompt": [{"prompt": "a", "duration": "5"}], "start_image_url": IMAGE},
+        ),
+        # format: uri is any scheme; image fields are plain strings
+        (OMNI_STD, {"prompt": "p", "webhook_url": "urn:example:hook", "image_url": "frame.png"}),
+        (REFERENCE_PRO, {"video_url": "s3://bucket/clip.mp4"}),
     ],
 )
 async def test_valid_bodies_are_accepted_and_unknown_fields_ignored(path: str, body: dict[str, Any]) -> None:
@@ -428,8 +489,50 @@ async def test_wrap_problem_wraps_the_400_body() -> None:
     async with simulator(faults=Faults(wrap_problem=True)) as (_, session):
         reply = await call(session, "POST", OMNI_STD, body={"prompt": "p", "duration": "99"})
     assert reply.status == 400
+    assert reply.headers["Content-Type"].startswith("application/problem+json")
     assert reply.json["problem"]["message"] == INVALID
     assert reply.json["problem"]["invalid_params"][0]["name"] == "duration"
+
+
+@pytest.mark.anyio
+async def test_an_unwrapped_400_is_plain_json() -> None:
+    async with simulator() as (_, session):
+        reply = await call(session, "POST", OMNI_STD, body={"prompt": "p", "duration": "99"})
+    assert reply.status == 400
+    assert reply.headers["Content-Type"].startswith("application/json")
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("method", "path", "allow"), [("GET", OMNI_STD, "POST"), ("POST", OMNI, "GET")])
+async def test_a_wrong_method_is_405_with_an_allow_header(method: str, path: str, allow: str) -> None:
+    async with simulator() as (_, session):
+        reply = await call(session, method, path, body={"prompt": "p"} if method == "POST" else None)
+    assert reply.status == 405
+    assert reply.headers["Allow"] == allow
+
+
+@pytest.mark.anyio
+async def test_bare_create_answers_the_task_without_the_data_wrapper() -> None:
+    async with simulator(faults=Faults(bare_create=True)) as (sim, session):
+        reply = await call(session, "POST", OMNI_STD, body={"prompt": "p"})
+        task_id = reply.json["task_id"]
+        fetched = await status(session, task_id)
+    assert reply.status == 200
+    assert reply.json == {"task_id": task_id, "status": "CREATED", "generated": []}
+    assert sim.tasks[task_id].family == OMNI
+    assert fetched["task_id"] == task_id  # status answers keep their documented wrapper
+
+
+@pytest.mark.anyio
+async def test_ignore_page_size_answers_20_a_page_whatever_is_asked() -> None:
+    async with simulator(faults=Faults(ignore_page_size=True)) as (_, session):
+        ids = [await create(session, {"prompt": str(n)}) for n in range(45)]
+        pages = [await call(session, "GET", f"{OMNI}?page={page}&page_size=100") for page in (1, 2, 3)]
+        odd = await call(session, "GET", f"{OMNI}?page_size=0")
+    assert [len(reply.json["data"]) for reply in pages] == [20, 20, 5]
+    listed = [item["task_id"] for reply in pages for item in reply.json["data"]]
+    assert listed == ids[::-1]
+    assert (odd.status, len(odd.json["data"])) == (200, 20)  # ignored, so not even checked
 
 
 # rate limit

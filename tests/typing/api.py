@@ -23,6 +23,8 @@ from kling_async import (
     VideoReferenceRequest,
     WebhookReceiver,
 )
+from kling_async._endpoints import Endpoint, ModelName
+from kling_async._models import AspectRatio, Duration, ShotType
 from kling_async.testing import Faults, Simulator
 
 
@@ -73,3 +75,19 @@ async def everything() -> None:
             break
         verified: TaskStatus = kling_async.verify_webhook({}, b"{}", "secret", 300.0)
         del status, fresh, url, urls, again, ok, index, key, outcomes, path, seen, verified
+
+
+def misspelt() -> None:
+    """Each line is a typo mypy must reject: warn_unused_ignores fails the check if one is accepted."""
+    model: ModelName = "kling-v3-omni-sdt"  # type: ignore[assignment]
+    Endpoint("kling-v3-omni-sdt", "/p", "/f", OmniRequest)  # type: ignore[arg-type]
+    OmniRequest(prompt="a fox", aspect_ratio="4:3")  # type: ignore[arg-type]
+    OmniRequest(prompt="a fox", shot_type="intelligent")  # type: ignore[arg-type]
+    OmniRequest(prompt="a fox", duration=5)  # type: ignore[arg-type]
+    Kling3Request(prompt="a fox", aspect_ratio="auto")  # type: ignore[arg-type]
+    Shot(prompt="a", duration="16")  # type: ignore[arg-type]
+    VideoReferenceRequest(video_url="https://x/v.mp4", duration="2")  # type: ignore[arg-type]
+    ratio: AspectRatio = "4:3"  # type: ignore[assignment]
+    seconds: Duration = "20"  # type: ignore[assignment]
+    shot: ShotType = "auto"  # type: ignore[assignment]
+    del model, ratio, seconds, shot
