@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
 
 import anyio
@@ -24,7 +24,7 @@ from kling_async import (
     TaskFailedError,
     TaskSubmitted,
 )
-from kling_async._events import EventHub, StatusChanged
+from kling_async._events import EventHub, EventStream, StatusChanged
 from kling_async.testing import Simulator
 from tests.conftest import FAST_POLL, FAST_RETRY
 
@@ -39,10 +39,17 @@ def _client(sim: Simulator, **options: object) -> KlingClient:
     return KlingClient(api_key="sim-key", base_url=sim.url, poll=FAST_POLL, retry=FAST_RETRY, **options)  # type: ignore[arg-type]
 
 
-async def _collect_submitted(client: KlingClient, into: list[str]) -> None:
-    async for event in client.events():
-        if isinstance(event, TaskSubmitted):
-            into.append(event.task_id)
+async def _first_submitted(events: EventStream) -> str:
+    """The task id of the next TaskSubmitted event, then the stream is closed (a hang guard bounds the
+    wait; it is no speed claim)."""
+    try:
+        with anyio.fail_after(5):
+            async for event in events:
+                if isinstance(event, TaskSubmitted):
+                    return event.task_id
+    finally:
+        await events.aclose()
+    raise AssertionError("the event stream ended without a TaskSubmitted")
 
 
 # -- cancellation never loses a created task --------------------------------------------------------------
@@ -52,20 +59,15 @@ async def test_asyncio_timeout_during_a_create_post_keeps_the_created_task(sim: 
     """An asyncio.timeout that fires while a POST is on the wire: the caller gets TimeoutError, and the
     task the POST created is still announced (TaskSubmitted) and reachable by id."""
     sim.queue_fault("latency", method="POST", seconds=0.3)
-    submitted: list[str] = []
-    async with _client(sim) as client, anyio.create_task_group() as tg:
-        tg.start_soon(_collect_submitted, client, submitted)
-        await anyio.wait_all_tasks_blocked()
+    async with _client(sim) as client:
+        events = client.events()
         with pytest.raises(TimeoutError):
             async with asyncio.timeout(0.05):
                 await client.submit(OmniRequest(prompt="a fox"))
-        with anyio.fail_after(5):  # a hang guard, not a speed claim
-            while not submitted:
-                await anyio.sleep(0.01)
-        assert list(sim.tasks) == submitted
-        result = await client.task(submitted[0]).wait()
+        task_id = await _first_submitted(events)
+        assert list(sim.tasks) == [task_id]
+        result = await client.task(task_id).wait()
         assert result.url is not None
-        tg.cancel_scope.cancel()
 
 
 async def test_an_asyncio_taskgroup_sibling_failing_mid_post_keeps_the_created_task(sim: Simulator) -> None:
@@ -78,15 +80,15 @@ async def test_an_asyncio_taskgroup_sibling_failing_mid_post_keeps_the_created_t
             await asyncio.sleep(0.05)
             raise RuntimeError("sibling")
 
+        async def siblings() -> None:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(client.submit(OmniRequest(prompt="a fox")))
+                group.create_task(fail_soon())
+
         with pytest.raises(ExceptionGroup):
-            async with asyncio.TaskGroup() as siblings:
-                siblings.create_task(client.submit(OmniRequest(prompt="a fox")))
-                siblings.create_task(fail_soon())
-        with anyio.fail_after(5):  # a hang guard, not a speed claim
-            event = await events.__anext__()
-        await events.aclose()
-    assert isinstance(event, TaskSubmitted)
-    assert list(sim.tasks) == [event.task_id]
+            await siblings()
+        task_id = await _first_submitted(events)
+    assert list(sim.tasks) == [task_id]
 
 
 async def test_closing_the_client_waits_for_a_post_on_the_wire(sim: Simulator) -> None:
@@ -160,18 +162,12 @@ async def test_a_cancelled_batch_gives_back_every_in_flight_slot(sim: Simulator)
 
 async def test_a_task_of_a_cancelled_batch_can_be_re_attached_by_id(sim: Simulator) -> None:
     """After a batch is cancelled, client.task(id) of one of its tasks waits to the result."""
-    submitted: list[str] = []
-    async with _client(sim) as client, anyio.create_task_group() as tg:
-        tg.start_soon(_collect_submitted, client, submitted)
-        await anyio.wait_all_tasks_blocked()
-        async with client.map(_prompts(10)) as outcomes:
-            with anyio.fail_after(5):
-                while not submitted:
-                    await anyio.sleep(0.001)
-            del outcomes
-        result = await client.task(submitted[0]).wait()
-        assert result.task_id == submitted[0]
-        tg.cancel_scope.cancel()
+    async with _client(sim) as client:
+        events = client.events()
+        async with client.map(_prompts(10)):
+            task_id = await _first_submitted(events)
+        result = await client.task(task_id).wait()
+        assert result.task_id == task_id
 
 
 async def test_items_never_sent_are_not_uncertain_after_a_cancelled_journaled_batch(
@@ -198,7 +194,7 @@ async def test_items_never_sent_are_not_uncertain_after_a_cancelled_journaled_ba
 
 @contextlib.asynccontextmanager
 async def _stand_in(
-    post_body: dict[str, object], status_body: dict[str, object]
+    post_body: Mapping[str, object], status_body: Mapping[str, object]
 ) -> AsyncIterator[tuple[str, list[str]]]:
     """A misbehaving API on loopback: every POST gets `post_body`, every GET `status_body`."""
     seen: list[str] = []
@@ -293,6 +289,6 @@ def test_a_bad_setting_is_refused_at_construction_naming_it(build: object, field
 
 def test_the_error_for_a_bad_key_never_shows_the_key() -> None:
     """The message for a key with a control character does not contain the key."""
-    with pytest.raises(ValueError) as caught:
+    with pytest.raises(ValueError, match="api_key") as caught:
         KlingClient(api_key="secret-key-123\x00")
     assert "secret-key-123" not in str(caught.value)

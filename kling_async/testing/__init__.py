@@ -8,9 +8,9 @@
         ...  # point a client at sim.url, then assert on sim.counters
 """
 
+from ._clock import FakeClock
 from ._faults import Faults
 from ._simulator import Simulator
-from ._clock import FakeClock
 from ._state import SimulatedTask, SimulatorCounters
 
 __all__ = ["FakeClock", "Faults", "SimulatedTask", "Simulator", "SimulatorCounters"]
