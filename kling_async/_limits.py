@@ -54,6 +54,7 @@ _CONFIRM = 0.97  # a bound this close to the rate that drew the 429, or to the l
 _BISECT = 0.5  # after a bound below the rate that drew the 429, recover this share of the gap
 _TOLD_DIP = 0.95  # a 429 without Retry-After at a given rate: pace this much lower, then recover
 _MIN_RATE = 0.2
+_SLACK = 0.5  # tokens
 _MIN_SPAN = 0.5  # seconds: the shortest window a bound is taken over
 _HORIZON = 30.0  # seconds: the longest
 _DECREASES = 8  # the times of the last few cuts, where windows for a bound start
@@ -179,7 +180,9 @@ class Limiter:
         assert self._rate is not None
         elapsed = max(0.0, now - self._stamp)
         self._stamp = now
-        self._tokens = min(self._burst, self._tokens + elapsed * self._rate)
+        # Up to _SLACK of a token more than the burst: a wake-up that comes late (a busy event loop) is
+        # made up for by the next request, instead of lowering the rate actually sent.
+        self._tokens = min(self._burst + _SLACK, self._tokens + elapsed * self._rate)
         self._grow(elapsed)
 
     def _grow(self, elapsed: float) -> None:
@@ -316,7 +319,8 @@ class Limiter:
             # Unpaced until now: start from what the server accepted in the last second (its burst,
             # most likely) and double from there until a second 429 bounds the server's rate.
             self._searching = True
-            start = self._server_burst or paced or 1.0
+            # Those of the requests on the wire that were let through have not been heard of yet.
+            start = (self._server_burst or 0.0) + self._burst_unsettled or paced or 1.0
             return max(_MIN_RATE, min(start, paced or start) * DECREASE)
         # No bound: a plain multiplicative cut, with nothing to return to.
         self._target = None

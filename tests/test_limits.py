@@ -37,6 +37,17 @@ async def test_burst_lets_that_many_requests_leave_at_once() -> None:
     assert clock.slept == []
 
 
+async def test_a_late_request_is_made_up_for_by_the_next_one() -> None:
+    """An event loop that wakes a request late must not lower the rate actually sent."""
+    clock = FakeClock()
+    limiter = Limiter(requests_per_second=10, max_concurrency=4, clock=clock)
+    await _take(limiter, 1)
+    await clock.sleep(0.15)  # the next request was due after 0.1 s and came 0.05 s late
+    start = clock.now()
+    await _take(limiter, 2)
+    assert clock.now() - start == pytest.approx(0.05)
+
+
 async def test_unpaced_limiter_never_waits() -> None:
     clock = FakeClock()
     limiter = Limiter(requests_per_second=None, max_concurrency=2, clock=clock)
