@@ -13,18 +13,23 @@ Three things are limited here:
   - since any moment ``s`` (its bucket held at most ``B`` then): ``R >= (accepted - B) / elapsed``, where
     ``B`` is bounded by what the server let through before its first 429.
 
-  On a 429 the rate becomes the best such bound over windows of at least ``_MIN_SPAN`` seconds since the
-  previous 429, when it is below the rate that drew the 429; otherwise the rate is cut to ``DECREASE``
-  times that rate. Windows reach back to the last 429 so that a long stretch at the server's rate counts,
-  and not further, so that a slower limit that has just started to bind (a long-window average behind a
-  short-window burst) is what the next bound measures. All 429s within ``_DECREASE_SPACING`` seconds are
-  one event: requests already on the wire come back 429 together.
+  On a 429 the limiter takes the best such bound over windows of at least ``_MIN_SPAN`` seconds, reaching
+  back to the latest earlier 429 at least that old (not further: a slower limit that has just begun to
+  bind, such as a long-window average behind a short-window burst, is what the bound must measure), and:
 
-  After the first 429 there is no bound yet, so the rate starts from what the server accepted in the last
-  second and doubles every ``1 / log2(_SEARCH)`` seconds until the next 429 gives one. Once a bound is
-  known the rate sits at it and probes above it slowly (``_PROBE`` per second, quartered each time a 429
-  confirms the bound), because every 429 can pause the whole client for a ``Retry-After``. A ``Retry-After``
-  pauses the whole client until it has passed.
+  - when the bound is well below the rate that drew the 429, paces at the bound and returns quickly
+    half-way (``_BISECT``) towards that rate: the server's rate lies between the two;
+  - when the bound is close to that rate or to the previous bound (``_CONFIRM``), it is the server's
+    rate: the limiter paces at it and probes above it slowly, ``_PROBE`` per second, quartered each time,
+    because every 429 can pause the whole client for a ``Retry-After``;
+  - with no bound yet (the first 429 of an unpaced client), starts from what the server let through
+    before it (its burst, most likely) and doubles every second (``_SEARCH``) until the next 429;
+  - otherwise cuts the rate to ``DECREASE`` times itself.
+
+  A given rate is kept unless a bound shows the server accepts less. A ``Retry-After`` pauses the whole
+  client until it has passed. The 429s of requests already on the wire at a cut, and any within
+  ``_MIN_GROUP`` seconds of it, belong to the same event. The client's own burst is spent once (after a
+  429 it is 1), and its bucket holds ``_SLACK`` more, so that a late wake-up does not lower the rate sent.
 
 * the requests **on the wire** at once (``max_concurrency``);
 * **fairness**: submissions and status requests wait in two lanes whose heads take turns for the next
@@ -220,9 +225,9 @@ class Limiter:
                 self._server_burst += 1
 
     def accepted_rate(self) -> float | None:
-        """A lower bound on the server's sustained rate from the answers since the last 429, or None.
+        """A lower bound on the server's sustained rate from the answers since an earlier 429, or None.
 
-        None before the first 429, or when too little time has passed since it to tell.
+        None before the first 429, or within ``_MIN_SPAN`` seconds of it.
         """
         now = self._clock.now()
         # The latest cut at least _MIN_SPAN ago: the server's bucket was empty then.
