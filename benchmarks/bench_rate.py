@@ -1,16 +1,19 @@
-"""Behaviour under a server-enforced rate limit of 10 requests per second.
+"""Behaviour under server-enforced rate limits that sustain 10 requests per second.
 
-Each configuration gets its own in-process simulator (``rate_limit=10``: a token bucket of 10 per second,
-10 deep, over every API request) and its own client running ``client.map`` over an endless stream of
-requests: 16 submitters POST as fast as the client lets them and the tracker checks the created tasks
-(generations 30-120 s at time scale 0.05), so the client always wants far more than 10 requests per
-second. After ``DURATION`` seconds the batch is cancelled.
+Each configuration gets its own in-process simulator and its own client running ``client.map`` over an
+endless stream of requests: 16 submitters POST as fast as the client lets them and the tracker checks the
+created tasks (generations 30-120 s at time scale 0.05), so the client always wants far more than 10
+requests per second. After ``DURATION`` seconds the batch is cancelled.
 
-Configurations (run at the same time; each costs a few percent of a core):
-  told, Retry-After       ``requests_per_second=10``; 429s carry ``Retry-After`` (whole seconds)
-  told, no Retry-After    ``requests_per_second=10``; 429s carry no ``Retry-After``
-  not told, Retry-After   ``requests_per_second=None`` (the client finds the limit from 429s)
-  not told, no Retry-After
+Servers (every one sustains 10/s over every API request; the bursts differ):
+  burst 3         ``rate_limit=10, burst=3``: a burst below the per-second rate
+  burst 10        ``rate_limit=10, burst=10``: equal to it
+  burst 30        ``rate_limit=10, burst=30``: above it
+  two windows     ``rate_windows=((50, 0.5), (10, 12))``: Freepik's published shape (50/s over 5 s and 10/s
+                  averaged over 2 minutes) with its windows scaled by 1/10
+Each server is run with the client told ``requests_per_second=10`` and not told (``None``: it finds the
+limit from 429s), with 429s carrying ``Retry-After`` (whole seconds, so at least 1 s: every 429 pauses
+the whole client); burst 10 also without ``Retry-After``. All configurations run at the same time.
 
 The simulator's counters are sampled every 0.25 s. Reported: the accepted (non-429) rate over the steady
 window (from ``WARM`` seconds to the end) as a % of 10/s, and the share of answers that were 429, over the
@@ -27,7 +30,7 @@ import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import anyio
 
@@ -38,11 +41,33 @@ from ._common import API_KEY, Row, finish, log, request_for, scaled_policy
 
 LIMIT = 10.0
 SCALE = 0.05
-CONFIGS: tuple[tuple[str, float | None, bool | Literal["date"]], ...] = (
-    ("told, Retry-After", LIMIT, True),
-    ("told, no Retry-After", LIMIT, False),
-    ("not told, Retry-After", None, True),
-    ("not told, no Retry-After", None, False),
+
+
+@dataclass(frozen=True, slots=True)
+class Server:
+    name: str
+    burst: int | None = None
+    windows: tuple[tuple[float, float], ...] = ()
+
+    def simulator_options(self) -> dict[str, Any]:
+        if self.windows:
+            return {"rate_windows": self.windows}
+        return {"rate_limit": LIMIT, "burst": self.burst}
+
+
+SERVERS = (
+    Server("burst 3", burst=3),
+    Server("burst 10", burst=10),
+    Server("burst 30", burst=30),
+    Server("two windows", windows=((50.0, 0.5), (LIMIT, 12.0))),
+)
+CONFIGS: tuple[tuple[str, Server, float | None, bool | Literal["date"]], ...] = tuple(
+    (f"{server.name}, {'told' if told else 'not told'}", server, LIMIT if told else None, True)
+    for server in SERVERS
+    for told in (True, False)
+) + tuple(
+    (f"burst 10, {label}, no Retry-After", SERVERS[1], rps, False)
+    for label, rps in (("told", LIMIT), ("not told", None))
 )
 
 
@@ -57,7 +82,6 @@ class Sample:
 @dataclass(frozen=True, slots=True)
 class Result:
     name: str
-    told: bool
     used_pct: float
     used_pct_all: float
     share_429: float
@@ -85,15 +109,21 @@ def _at(samples: list[Sample], t: float) -> Sample:
 
 
 async def run_config(
-    name: str, rps: float | None, retry_after: bool | Literal["date"], *, duration: float, warm: float
+    name: str,
+    server: Server,
+    rps: float | None,
+    retry_after: bool | Literal["date"],
+    *,
+    duration: float,
+    warm: float,
 ) -> Result:
     samples: list[Sample] = []
     async with (
         Simulator(
             time_scale=SCALE,
             generation_seconds=(30.0, 120.0),
-            rate_limit=LIMIT,
             retry_after=retry_after,
+            **server.simulator_options(),
             seed=2,
         ) as sim,
         KlingClient(
@@ -129,7 +159,6 @@ async def run_config(
     answered_late = end.answered - mark.answered
     return Result(
         name=name,
-        told=rps is not None,
         used_pct=100.0 * accepted_late / window / LIMIT,
         used_pct_all=100.0 * (end.answered - end.rate_limited) / end.at / LIMIT,
         share_429=100.0 * end.rate_limited / max(1, end.answered),
@@ -160,19 +189,19 @@ async def measure(quick: bool) -> list[Row]:
     log(f"bench_rate: {len(CONFIGS)} configurations at once, {duration:.0f} s each, limit {LIMIT:.0f}/s")
     results: list[Result] = []
 
-    async def one(name: str, rps: float | None, retry_after: bool | Literal["date"]) -> None:
-        results.append(await run_config(name, rps, retry_after, duration=duration, warm=warm))
+    async def one(name: str, server: Server, rps: float | None, retry_after: bool | Literal["date"]) -> None:
+        results.append(await run_config(name, server, rps, retry_after, duration=duration, warm=warm))
 
     async with anyio.create_task_group() as tg:
         for config in CONFIGS:
             tg.start_soon(one, *config)
     results.sort(key=lambda r: [c[0] for c in CONFIGS].index(r.name))
-    bench = f"rate (limit {LIMIT:.0f}/s, {duration:.0f} s)"
+    bench = f"rate (sustained {LIMIT:.0f}/s, {duration:.0f} s)"
     rows: list[Row] = []
     for r in results:
         rate = "unpaced" if r.final_rate is None else f"{r.final_rate:.2f}/s"
         log(
-            f"  rate {r.name:25s} used={r.used_pct:.1f}% after {warm:.0f}s ({r.used_pct_all:.1f}% overall)"
+            f"  rate {r.name:36s} used={r.used_pct:.1f}% after {warm:.0f}s ({r.used_pct_all:.1f}% overall)"
             f" 429s={r.share_429:.2f}% overall, {r.share_429_late:.2f}% after {warm:.0f}s"
             f" ({r.first_429s} in the first {warm:.0f}s, {r.answered} answers) final limiter rate {rate}"
         )
@@ -188,30 +217,17 @@ async def measure(quick: bool) -> list[Row]:
             )
         )
         rows.append(Row(bench, f"rate used, whole run, {r.name}", "% of 10/s", r.used_pct_all))
-        if r.told:
-            rows.append(
-                Row(
-                    bench,
-                    f"429 share, whole run, {r.name}",
-                    "%",
-                    r.share_429,
-                    target="<= 1%",
-                    met=r.share_429 <= 1.0,
-                )
+        rows.append(Row(bench, f"429 share, whole run, {r.name}", "%", r.share_429))
+        rows.append(
+            Row(
+                bench,
+                f"429 share after {warm:.0f} s, {r.name}",
+                "%",
+                r.share_429_late,
+                target="<= 1%",
+                met=r.share_429_late <= 1.0,
             )
-            rows.append(Row(bench, f"429 share after {warm:.0f} s, {r.name}", "%", r.share_429_late))
-        else:
-            rows.append(Row(bench, f"429 share, whole run, {r.name}", "%", r.share_429))
-            rows.append(
-                Row(
-                    bench,
-                    f"429 share after {warm:.0f} s, {r.name}",
-                    "%",
-                    r.share_429_late,
-                    target="< 5% (design: <= 1%)",
-                    met=r.share_429_late < 5.0,
-                )
-            )
+        )
     return rows
 
 

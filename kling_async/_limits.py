@@ -2,16 +2,34 @@
 
 Three things are limited here:
 
-* the request **rate**, with a token bucket. A rate the user gives is a ceiling; below it the rate adapts
-  to 429 answers. Without a given rate the limiter does not pace at all until the first 429, and from then
-  on finds the server's limit by itself:
+* the request **rate**, with a token bucket. A rate the user gives is a ceiling, and a single 429 does not
+  lower it. Without a given rate the limiter does not pace at all until the first 429, and from then on
+  finds the server's limit by itself.
 
-  - on a 429 the rate drops to ``DECREASE`` times the rate that was being sent (at most once per
-    ``_DECREASE_SPACING`` seconds, since a burst of requests already on the wire all come back 429 at once);
-    a ``Retry-After`` pauses the whole client until it has passed;
-  - after that it climbs back quickly towards the rate that drew the 429 and then probes above it slowly
-    (``_PROBE`` of that rate per second), so the steady state sits just under the server's limit with a
-    429 every few hundred requests rather than a sawtooth.
+  The server is taken to be a token bucket too: ``R`` requests a second, up to ``B`` saved up. What it
+  accepted between two moments bounds ``R`` from below, and no guess is needed for it:
+
+  - since a 429 (the server's bucket was empty then): ``R >= accepted / elapsed``;
+  - since any moment ``s`` (its bucket held at most ``B`` then): ``R >= (accepted - B) / elapsed``, where
+    ``B`` is bounded by what the server let through before its first 429.
+
+  On a 429 the limiter takes the best such bound over windows of at least ``_MIN_SPAN`` seconds, reaching
+  back to the latest earlier 429 at least that old (not further: a slower limit that has just begun to
+  bind, such as a long-window average behind a short-window burst, is what the bound must measure), and:
+
+  - when the bound is well below the rate that drew the 429, paces at the bound and returns quickly
+    half-way (``_BISECT``) towards that rate: the server's rate lies between the two;
+  - when the bound is close to that rate or to the previous bound (``_CONFIRM``), it is the server's
+    rate: the limiter paces at it and probes above it slowly, ``_PROBE`` per second, quartered each time,
+    because every 429 can pause the whole client for a ``Retry-After``;
+  - with no bound yet (the first 429 of an unpaced client), starts from what the server let through
+    before it (its burst, most likely) and doubles every second (``_SEARCH``) until the next 429;
+  - otherwise cuts the rate to ``DECREASE`` times itself.
+
+  A given rate is kept unless a bound shows the server accepts less. A ``Retry-After`` pauses the whole
+  client until it has passed. The 429s of requests already on the wire at a cut, and any within
+  ``_MIN_GROUP`` seconds of it, belong to the same event. The client's own burst is spent once (after a
+  429 it is 1), and its bucket holds ``_SLACK`` more, so that a late wake-up does not lower the rate sent.
 
 * the requests **on the wire** at once (``max_concurrency``);
 * **fairness**: submissions and status requests wait in two lanes whose heads take turns for the next
@@ -31,13 +49,22 @@ from ._clock import SYSTEM_CLOCK, Clock
 __all__ = ["Lane", "Limiter"]
 
 DECREASE = 0.8
-_DECREASE_SPACING = 1.0
-_RECOVER = 0.5  # per second, the share of the gap to the last bad rate closed while below it
-_PROBE = 0.0025  # per second, the growth above the last bad rate
+_DECREASE_SPACING = 1.0  # seconds: the longest a 429 event lasts
+_MIN_GROUP = 0.25  # seconds: the shortest
+_RECOVER = 0.5  # per second, the share of the gap to the recovery target closed while below it
+_SEARCH = 2.0  # per second, the growth while no bound on the server's rate is known
+_PROBE = 0.004  # per second, the first growth above a bound; quartered by each 429 that confirms the bound
+_MIN_PROBE = 0.0002
+_CONFIRM = 0.97  # a bound this close to the rate that drew the 429, or to the last bound, confirms it
+_BISECT = 0.5  # after a bound below the rate that drew the 429, recover this share of the gap
+_TOLD_DIP = 0.95  # a 429 without Retry-After at a given rate: pace this much lower, then recover
 _MIN_RATE = 0.2
+_SLACK = 0.5  # tokens
+_MIN_SPAN = 0.5  # seconds: the shortest window a bound is taken over
+_HORIZON = 30.0  # seconds: the longest
+_DECREASES = 8  # the times of the last few cuts, where windows for a bound start
 _WINDOW = 32  # send times kept to measure the rate being sent
-_ACCEPTED_WINDOW = 512  # answer times kept to measure the rate the server accepts
-_ACCEPTED_SPAN = 2.0  # seconds over which that rate is measured
+_ACCEPTED_WINDOW = 8192  # answer times kept to bound the rate the server accepts
 
 
 class _Slot:
@@ -89,8 +116,17 @@ class Limiter:
         # A Retry-After longer than this pauses the client only this long (a hostile or broken server
         # must not freeze every request for a day; the request that got it fails instead).
         self._max_pause = max_pause
-        self._last_bad: float | None = None
+        # Where the rate recovers to quickly after a cut; None: no such rate is known.
+        self._target = requests_per_second
+        self._searching = False
+        self._probe = _PROBE
+        self._server_burst: float | None = None
+        self._bound: float | None = None
+        self._burst_unsettled = 0
         self._last_decrease = -math.inf
+        self._decreases: deque[float] = deque(maxlen=_DECREASES)
+        self._resumed = -math.inf
+        self._unsettled = 0  # answers still due to requests on the wire at the last cut
         self._sent: deque[float] = deque(maxlen=_WINDOW)
         self._accepted: deque[float] = deque(maxlen=_ACCEPTED_WINDOW)
         # fast_acquire: a free lock is taken without a trip through the event loop. Three such trips per
@@ -149,20 +185,25 @@ class Limiter:
         assert self._rate is not None
         elapsed = max(0.0, now - self._stamp)
         self._stamp = now
-        self._tokens = min(self._burst, self._tokens + elapsed * self._rate)
+        # Up to _SLACK of a token more than the burst: a wake-up that comes late (a busy event loop) is
+        # made up for by the next request, instead of lowering the rate actually sent.
+        self._tokens = min(self._burst + _SLACK, self._tokens + elapsed * self._rate)
         self._grow(elapsed)
 
     def _grow(self, elapsed: float) -> None:
-        """Recover the rate after a decrease: fast up to the last bad rate, slowly past it."""
-        if self._last_bad is None or self._rate is None or elapsed <= 0:
+        """Raise the rate after a cut: fast towards the target, doubling while searching, else slowly."""
+        if self._rate is None or elapsed <= 0:
             return
-        if self._rate < self._last_bad:
-            gap = self._last_bad - self._rate
-            self._rate += gap * min(1.0, _RECOVER * elapsed)
-            if self._last_bad - self._rate < 0.01 * self._last_bad:
-                self._rate = self._last_bad
+        target = self._target
+        if target is not None and self._rate < target:
+            closer = self._rate + (target - self._rate) * min(1.0, _RECOVER * elapsed)
+            self._rate = min(closer, self._rate * _SEARCH**elapsed)
+            if target - self._rate < 0.01 * target:
+                self._rate = target
+        elif self._searching:
+            self._rate *= _SEARCH**elapsed
         else:
-            self._rate *= 1.0 + _PROBE * elapsed
+            self._rate *= 1.0 + self._probe * elapsed
         if self._ceiling is not None:
             self._rate = min(self._rate, self._ceiling)
 
@@ -176,35 +217,116 @@ class Limiter:
     def on_success(self) -> None:
         """A request was answered (not 429): what the server accepts is what the rate adapts to."""
         self._accepted.append(self._clock.now())
+        if self._unsettled:
+            self._unsettled -= 1
+            if self._burst_unsettled:
+                self._burst_unsettled -= 1
+                assert self._server_burst is not None
+                self._server_burst += 1
 
     def accepted_rate(self) -> float | None:
-        """Answers per second over the last ``_ACCEPTED_SPAN`` seconds; None without enough of them."""
+        """A lower bound on the server's sustained rate from the answers since an earlier 429, or None.
+
+        None before the first 429, or within ``_MIN_SPAN`` seconds of it.
+        """
         now = self._clock.now()
-        recent = [t for t in self._accepted if t >= now - _ACCEPTED_SPAN]
-        if len(recent) < 4:
+        # The latest cut at least _MIN_SPAN ago: the server's bucket was empty then.
+        since = next((t for t in reversed(self._decreases) if now - t >= _MIN_SPAN), None)
+        if since is None:
             return None
-        # Over at least a second: right after an unpaced start, ten answers in 0.1 s are the server's
-        # burst allowance, not a rate of 100/s.
-        return len(recent) / max(now - recent[0], 1.0)
+        emptied = since
+        times = self._accepted
+        if times and times[0] > since and len(times) == times.maxlen:
+            since = times[0]  # the oldest answers are gone; a window from there needs the burst bound
+        best: float | None = None
+        count = 0
+        # Walk back from the newest answer: `count` answers came after `t`.
+        for t in reversed(times):
+            if t <= since or now - t > _HORIZON:
+                break
+            count += 1
+            span = now - t
+            if span >= _MIN_SPAN and t >= self._resumed and self._server_burst is not None:
+                bound = (count - self._server_burst) / span
+                best = bound if best is None else max(best, bound)
+        if since == emptied and now - since <= _HORIZON:
+            bound = count / (now - since)
+            best = bound if best is None else max(best, bound)
+        return best if best is not None and best > 0 else None
 
     def on_rate_limited(self, retry_after: float | None) -> None:
-        """A request got 429: pause for Retry-After when given, and lower the rate."""
+        """A request got 429: pause for Retry-After when given, and set the rate from what was accepted."""
         self.rate_limited += 1
         now = self._clock.now()
         if retry_after is not None:
             self._blocked_until = max(self._blocked_until, now + min(retry_after, self._max_pause))
-        if now - self._last_decrease < _DECREASE_SPACING:
+        # The server's bucket was empty now, and refills from the end of the pause on.
+        resumed = max(now, self._blocked_until)
+        since = now - self._last_decrease
+        if self._unsettled > 0:
+            self._unsettled -= 1
+            self._burst_unsettled = max(0, self._burst_unsettled - 1)
+            if since < _DECREASE_SPACING:
+                # A request sent before the cut: the same 429 event.
+                self._resumed = max(self._resumed, resumed)
+                return
+        if since < _MIN_GROUP:
+            self._resumed = max(self._resumed, resumed)
             return
+        paced = self._rate if self._rate is not None else self.sending_rate()
+        bound = self.accepted_rate()
+        if self._server_burst is None:
+            # What the server let through in the second before its first 429 bounds its burst (its
+            # bucket held no more than that, plus what it refilled meanwhile), and so do those of the
+            # requests still on the wire that ``on_success`` hears of next.
+            on_wire = self.max_concurrency - self._wire.value
+            self._server_burst = float(sum(1 for t in self._accepted if t > now - 1.0))
+            self._burst_unsettled = on_wire
         self._last_decrease = now
-        # The rate the server accepted, not the rate sent: an unpaced burst may be sent many times
-        # faster than the limit, and a cut from there would take many more 429s to reach it.
-        measured = self.accepted_rate() or self.sending_rate()
-        current = self._rate if self._rate is not None else measured
-        if current is None:
-            current = float(self.max_concurrency)
-        if measured is not None:
-            current = min(current, measured)
-        self._last_bad = current
-        self._rate = max(_MIN_RATE, current * DECREASE)
+        self._decreases.append(now)
+        self._unsettled = self.max_concurrency - self._wire.value
+        self._resumed = resumed
         self._stamp = now
+        # The client's own burst was spent once; spending it again after every pause would empty the
+        # server's bucket each time, and then any jitter draws a 429.
+        self._burst = 1.0
         self._tokens = min(self._tokens, 1.0)
+        self._rate = self._next_rate(paced, bound, retry_after is not None)
+
+    def _next_rate(self, paced: float | None, bound: float | None, paused: bool) -> float:
+        """The rate after a 429 drawn at ``paced`` (None: unknown), given a bound on the server's rate."""
+        ceiling = self._ceiling
+        if bound is not None:
+            self._searching = False
+            drew = paced if paced is not None else bound
+            steady = self._bound is not None and abs(bound - self._bound) <= (1 - _CONFIRM) * self._bound
+            self._bound = bound
+            if steady or bound >= _CONFIRM * drew:
+                # The same bound twice, or a 429 right at it: that is the server's rate. Sit at it and
+                # probe above it more slowly each time.
+                self._probe = max(_MIN_PROBE, self._probe / 4)
+                self._target = None
+                rate = min(bound, drew)
+            else:
+                # The server's rate lies between the bound and the rate that drew the 429; return quickly
+                # to part of the way, so the next 429 (if any) comes from a pace close to the limit.
+                self._probe = _PROBE
+                self._target = bound + (drew - bound) * _BISECT
+                rate = bound
+            if ceiling is None or rate < _CONFIRM * ceiling:
+                return max(_MIN_RATE, rate)
+        if ceiling is not None:
+            # A given rate is kept: one 429 is jitter at the server, or its burst spent twice. Without a
+            # pause its bucket stays empty, so pace a little under the rate while it refills.
+            self._target = ceiling
+            return ceiling if paused else _TOLD_DIP * ceiling
+        if self._rate is None:
+            # Unpaced until now: start from what the server accepted in the last second (its burst,
+            # most likely) and double from there until a second 429 bounds the server's rate.
+            self._searching = True
+            # Those of the requests on the wire that were let through have not been heard of yet.
+            start = (self._server_burst or 0.0) + self._burst_unsettled or paced or 1.0
+            return max(_MIN_RATE, min(start, paced or start) * DECREASE)
+        # No bound: a plain multiplicative cut, with nothing to return to.
+        self._target = None
+        return max(_MIN_RATE, self._rate * DECREASE)

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+
+import aiohttp
 import anyio
 import pytest
 
 from kling_async._limits import DECREASE, Lane, Limiter
+from kling_async.testing import Simulator
 from tests.fakes import FakeClock
 
 pytestmark = pytest.mark.anyio
@@ -32,6 +37,17 @@ async def test_burst_lets_that_many_requests_leave_at_once() -> None:
     assert clock.slept == []
 
 
+async def test_a_late_request_is_made_up_for_by_the_next_one() -> None:
+    """An event loop that wakes a request late must not lower the rate actually sent."""
+    clock = FakeClock()
+    limiter = Limiter(requests_per_second=10, max_concurrency=4, clock=clock)
+    await _take(limiter, 1)
+    await clock.sleep(0.15)  # the next request was due after 0.1 s and came 0.05 s late
+    start = clock.now()
+    await _take(limiter, 2)
+    assert clock.now() - start == pytest.approx(0.05)
+
+
 async def test_unpaced_limiter_never_waits() -> None:
     clock = FakeClock()
     limiter = Limiter(requests_per_second=None, max_concurrency=2, clock=clock)
@@ -50,10 +66,13 @@ async def test_retry_after_pauses_every_request() -> None:
 
 async def test_429_lowers_the_rate_once_per_burst_of_answers() -> None:
     clock = FakeClock()
-    limiter = Limiter(requests_per_second=10, max_concurrency=2, clock=clock)
+    limiter = Limiter(requests_per_second=None, max_concurrency=2, clock=clock)
+    for _ in range(10):
+        await _take(limiter, 1)
+        await clock.sleep(0.05)  # sending at 20/s
     limiter.on_rate_limited(None)
     limiter.on_rate_limited(None)  # a second 429 from requests already on the wire
-    assert limiter.rate == pytest.approx(10 * DECREASE)
+    assert limiter.rate == pytest.approx(20 * DECREASE, rel=0.01)
     assert limiter.rate_limited == 2
 
 
@@ -116,7 +135,7 @@ async def test_submissions_and_status_requests_take_turns() -> None:
     assert order[:6] == [Lane.SUBMIT, Lane.STATUS] * 3
 
 
-async def test_the_cut_after_a_429_starts_from_what_the_server_accepted_not_from_the_burst_sent() -> None:
+async def test_the_pace_after_the_first_429_starts_from_what_the_server_accepted_not_what_was_sent() -> None:
     clock = FakeClock()
     limiter = Limiter(requests_per_second=None, max_concurrency=2, clock=clock)
     for i in range(100):  # sending at 50/s, of which the server answered 10/s
@@ -126,3 +145,121 @@ async def test_the_cut_after_a_429_starts_from_what_the_server_accepted_not_from
         await clock.sleep(0.02)
     limiter.on_rate_limited(None)
     assert limiter.rate == pytest.approx(10 * DECREASE, rel=0.1)
+
+
+class _Server:
+    """A rate-limited server by hand: token buckets of (rate, capacity), read on the fake clock."""
+
+    def __init__(self, clock: FakeClock, buckets: Sequence[tuple[float, float]]) -> None:
+        self._clock = clock
+        self._buckets = [[rate, float(capacity), float(capacity)] for rate, capacity in buckets]
+        self._stamp = clock.now()
+        self.answers: list[tuple[float, bool]] = []
+
+    def take(self) -> float:
+        """0.0 when let through, else the seconds until it would be."""
+        now = self._clock.now()
+        for bucket in self._buckets:
+            rate, capacity, tokens = bucket
+            bucket[2] = min(capacity, tokens + (now - self._stamp) * rate)
+        self._stamp = now
+        wait = max(((1 - tokens) / rate for rate, _, tokens in self._buckets if tokens < 1), default=0.0)
+        if wait == 0.0:
+            for bucket in self._buckets:
+                bucket[2] -= 1
+        self.answers.append((now, wait == 0.0))
+        return wait
+
+    def accepted_between(self, start: float, end: float) -> int:
+        return sum(ok for at, ok in self.answers if start <= at < end)
+
+    def refused_between(self, start: float, end: float) -> int:
+        return sum(not ok for at, ok in self.answers if start <= at < end)
+
+
+async def _drive(limiter: Limiter, server: _Server, seconds: float, *, retry_after: bool = True) -> None:
+    """Send request after request through the limiter for ``seconds`` of fake time."""
+    clock = server._clock
+    end = clock.now() + seconds
+    while clock.now() < end:
+        async with limiter.slot(Lane.STATUS):
+            wait = server.take()
+            if not wait:
+                limiter.on_success()
+        if wait:
+            limiter.on_rate_limited(float(math.ceil(wait)) if retry_after else None)
+        await clock.sleep(0.001)  # the round trip
+
+
+async def test_a_single_early_429_does_not_lower_a_given_rate() -> None:
+    clock = FakeClock()
+    limiter = Limiter(requests_per_second=100, burst=20, max_concurrency=16, clock=clock)
+    await _take(limiter, 20)
+    limiter.on_rate_limited(1.0)
+    assert limiter.rate == 100
+
+
+@pytest.mark.parametrize("retry_after", [True, False])
+async def test_an_unpaced_client_settles_at_a_server_rate_five_times_its_burst(retry_after: bool) -> None:
+    """The issue's case: 100/s with a burst of 20, so the first 429s come within the first second."""
+    clock = FakeClock()
+    server = _Server(clock, [(100, 20)])
+    limiter = Limiter(requests_per_second=None, max_concurrency=16, clock=clock)
+    start = clock.now()
+    await _drive(limiter, server, 30.0, retry_after=retry_after)
+    assert server.accepted_between(start + 10, start + 30) >= 0.95 * 100 * 20
+    assert server.refused_between(start + 10, start + 30) <= 0.01 * 100 * 20
+
+
+async def test_the_rate_is_back_near_the_servers_within_seconds_of_the_first_429() -> None:
+    clock = FakeClock()
+    server = _Server(clock, [(100, 20)])
+    limiter = Limiter(requests_per_second=None, max_concurrency=16, clock=clock)
+    await _drive(limiter, server, 10.0)
+    assert limiter.rate is not None
+    assert 95 <= limiter.rate <= 102
+
+
+@pytest.mark.parametrize("burst", [5, 20, 60])
+async def test_an_unpaced_client_uses_the_rate_whatever_the_servers_burst(burst: int) -> None:
+    clock = FakeClock()
+    server = _Server(clock, [(20, burst)])
+    limiter = Limiter(requests_per_second=None, max_concurrency=16, clock=clock)
+    start = clock.now()
+    await _drive(limiter, server, 60.0)
+    assert server.accepted_between(start + 20, start + 60) >= 0.95 * 20 * 40
+    assert server.refused_between(start + 20, start + 60) <= 0.01 * 20 * 40
+
+
+async def test_a_long_window_average_behind_a_short_burst_is_found() -> None:
+    """Freepik's shape, windows scaled by 1/10: 50/s over 0.5 s and 10/s averaged over 12 s."""
+    clock = FakeClock()
+    server = _Server(clock, [(50, 25), (10, 120)])
+    limiter = Limiter(requests_per_second=None, max_concurrency=16, clock=clock)
+    start = clock.now()
+    await _drive(limiter, server, 60.0)
+    assert server.accepted_between(start + 20, start + 60) >= 0.95 * 10 * 40
+    assert server.refused_between(start + 20, start + 60) <= 0.01 * 10 * 40
+
+
+async def test_a_given_rate_above_the_servers_is_lowered_to_what_the_server_accepts() -> None:
+    clock = FakeClock()
+    server = _Server(clock, [(50, 10)])
+    limiter = Limiter(requests_per_second=100, max_concurrency=16, clock=clock)
+    await _drive(limiter, server, 30.0)
+    assert limiter.rate is not None
+    assert 45 <= limiter.rate <= 52
+
+
+async def test_the_simulator_enforces_every_rate_window_at_once() -> None:
+    """A short window with room for 100 and a long one with room for 10: the long one binds."""
+    async with (
+        Simulator(rate_windows=((1000, 0.1), (0.01, 1000))) as sim,
+        aiohttp.ClientSession(headers={"x-freepik-api-key": "sim-key"}) as session,
+    ):
+        statuses = []
+        for _ in range(15):
+            async with session.get(sim.url + "/v1/ai/video/kling-v3-omni") as reply:
+                statuses.append((reply.status, reply.headers.get("Retry-After")))
+    assert [status for status, _ in statuses] == [200] * 10 + [429] * 5
+    assert all(float(after or 0) >= 90 for _, after in statuses[10:])

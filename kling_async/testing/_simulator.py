@@ -10,7 +10,7 @@ import math
 import random
 import time
 import uuid
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from types import TracebackType
 from typing import Any, Literal, NamedTuple, Self
 
@@ -117,23 +117,29 @@ def _prompt_text(body: dict[str, Any]) -> str:
 
 
 class _TokenBucket:
-    """The server's rate limit: `rate` tokens a second up to `capacity`; no token, no service."""
+    """The server's rate limit: token buckets of `(rate, capacity)`; a request needs a token from each."""
 
-    def __init__(self, rate: float, capacity: int) -> None:
-        self._rate = rate
-        self._capacity = capacity
-        self._tokens = float(capacity)
+    def __init__(self, buckets: Sequence[tuple[float, float]]) -> None:
+        self._rates = [rate for rate, _ in buckets]
+        self._capacities = [float(capacity) for _, capacity in buckets]
+        self._tokens = list(self._capacities)
         self._updated = time.monotonic()
 
     def take(self) -> float:
-        """Take a token: 0.0 on success, else the seconds until one is due."""
+        """Take a token from every bucket: 0.0 on success, else the seconds until all have one."""
         now = time.monotonic()
-        self._tokens = min(self._capacity, self._tokens + (now - self._updated) * self._rate)
+        elapsed = now - self._updated
         self._updated = now
-        if self._tokens >= 1:
-            self._tokens -= 1
-            return 0.0
-        return (1 - self._tokens) / self._rate
+        wait = 0.0
+        for i, rate in enumerate(self._rates):
+            self._tokens[i] = min(self._capacities[i], self._tokens[i] + elapsed * rate)
+            if self._tokens[i] < 1:
+                wait = max(wait, (1 - self._tokens[i]) / rate)
+        if wait > 0:
+            return wait
+        for i in range(len(self._tokens)):
+            self._tokens[i] -= 1
+        return 0.0
 
 
 class Simulator:
@@ -149,6 +155,9 @@ class Simulator:
         queue_seconds: Time a task stays CREATED before IN_PROGRESS.
         rate_limit: Requests a second allowed over all API requests (a token bucket); None for no limit.
         burst: The bucket's capacity; default `max(1, int(rate_limit))`.
+        rate_windows: More limits enforced at once, each `(requests_per_second, seconds)`: that rate on
+            average over the window, as a token bucket holding `rate * seconds`. Freepik publishes bursts
+            of 50/s over 5 s and 10/s averaged over 2 minutes: `rate_windows=((50, 5), (10, 120))`.
         retry_after: The Retry-After of a 429: True for seconds, "date" for an HTTP date, False for none.
         faults: Fault injection settings, also changeable later through `sim.faults`.
         seed: Seeds task ids, durations and every random fault, so a run can be repeated.
@@ -172,6 +181,7 @@ class Simulator:
         queue_seconds: float = 2.0,
         rate_limit: float | None = None,
         burst: int | None = None,
+        rate_windows: Sequence[tuple[float, float]] = (),
         retry_after: bool | Literal["date"] = True,
         faults: Faults | None = None,
         seed: int = 0,
@@ -186,6 +196,8 @@ class Simulator:
             raise ValueError(f"retry_after must be True, False or 'date', got {retry_after!r}")
         if rate_limit is not None and rate_limit <= 0:
             raise ValueError("rate_limit must be positive")
+        if any(rate <= 0 or rate * seconds < 1 for rate, seconds in rate_windows):
+            raise ValueError("rate_windows: each (rate, seconds) must be positive and allow one request")
         if time_scale < 0 or queue_seconds < 0:
             raise ValueError("time_scale and queue_seconds must not be negative")
         self.faults = faults if faults is not None else Faults()
@@ -196,9 +208,10 @@ class Simulator:
         self._generation_seconds = generation_seconds
         self._queue_seconds = queue_seconds
         self._retry_after = retry_after
-        self._bucket = (
-            None if rate_limit is None else _TokenBucket(rate_limit, burst or max(1, int(rate_limit)))
-        )
+        buckets = [(rate, rate * seconds) for rate, seconds in rate_windows]
+        if rate_limit is not None:
+            buckets.append((rate_limit, burst or max(1, int(rate_limit))))
+        self._bucket = _TokenBucket(buckets) if buckets else None
         # Separate streams, so that turning one fault on does not reshuffle task ids or durations.
         self._id_rng = random.Random(f"{seed}:ids")
         self._task_rng = random.Random(f"{seed}:tasks")
