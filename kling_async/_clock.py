@@ -11,18 +11,25 @@ __all__ = ["SYSTEM_CLOCK", "Clock", "SystemClock"]
 
 
 class Clock(Protocol):
-    """What waiting code needs from time: a monotonic reading and a sleep."""
+    """What code needs from time: a monotonic reading, the wall-clock time for records, and a sleep."""
 
     def now(self) -> float: ...
+
+    def wall(self) -> float:
+        """Unix time in seconds: for timestamps a person reads (journal rows), never for measuring waits."""
+        ...
 
     async def sleep(self, seconds: float) -> None: ...
 
 
 class SystemClock:
-    """Monotonic time and anyio's sleep."""
+    """Monotonic time, Unix time and anyio's sleep."""
 
     def now(self) -> float:
         return time.monotonic()
+
+    def wall(self) -> float:
+        return time.time()
 
     async def sleep(self, seconds: float) -> None:
         await anyio.sleep(max(0.0, seconds))

@@ -15,6 +15,10 @@ class FakeClock:
     def now(self) -> float:
         return self.time
 
+    def wall(self) -> float:
+        """Unix time that moves with ``now()``: 2023-11-14 22:13:20 UTC at the start."""
+        return 1_700_000_000.0 + self.time - 1000.0
+
     async def sleep(self, seconds: float) -> None:
         self.slept.append(seconds)
         self.time += max(0.0, seconds)
