@@ -894,7 +894,7 @@ class SQLiteJournal:
         if not self._dropping:
             self._dropping = True
             log.warning(
-                "journal %s: commits keep failing; dropping the oldest buffered writes beyond %d (a re-run"
+                "journal %s: more than %d buffered writes wait for a commit; dropping the oldest (a re-run"
                 " asks the API again for what they said)",
                 self._path,
                 self._max_buffered,

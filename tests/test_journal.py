@@ -924,3 +924,58 @@ def test_open_journal_refuses_a_url_without_showing_it() -> None:
         open_journal("postgresql://kling:s3cret@db.example/journal")
     assert "s3cret" not in str(caught.value)
     assert caught.value.path == "postgresql://..."
+
+
+@pytest.mark.anyio
+async def test_an_unusable_file_fails_on_entering_naming_it(path: Path) -> None:
+    path.write_bytes(b"these are not the bytes of a database\n" * 100)
+    journal = open_journal(path)
+    with pytest.raises(JournalError, match="not an SQLite database") as caught:
+        async with journal:
+            pass
+    assert caught.value.path == str(path)
+
+
+@pytest.mark.anyio
+async def test_the_buffer_keeps_the_newest_writes_when_it_overflows(
+    path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="kling_async")
+    keys = [f"k{i}" for i in range(60)]
+    async with SQLiteJournal(path, flush_every=1, flush_interval=3600) as journal:  # holds 50 writes
+        for key in keys:
+            await journal.submitting(key, MODEL, REQUEST)
+            await journal.created(key, f"t-{key}", "CREATED")
+        # Buffered calls never suspend: all 60 are buffered before any commit can start.
+        for key in keys:
+            await journal.status(key, "IN_PROGRESS")
+        assert "buffered=50" in repr(journal)
+    assert peek(path, "SELECT key FROM items WHERE status = 'CREATED' ORDER BY position") == [
+        (key,) for key in keys[:10]
+    ]
+    assert [r.getMessage() for r in caplog.records] == [
+        f"journal {path}: more than 50 buffered writes wait for a commit; dropping the oldest (a re-run asks"
+        " the API again for what they said)"
+    ]
+
+
+@pytest.mark.anyio
+async def test_a_timed_commit_that_failed_is_retried_by_the_timer(
+    path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr("kling_async._journal._BUSY_TIMEOUT_MS", 20)
+    caplog.set_level(logging.WARNING, logger="kling_async")
+    async with SQLiteJournal(path, flush_interval=0.05) as journal:
+        await journal.submitting("a", MODEL, REQUEST)
+        await journal.created("a", "t-a", "CREATED")
+        with closing(hold_write_lock(path)) as other:
+            await journal.status("a", "IN_PROGRESS")
+            with anyio.fail_after(10):
+                while not caplog.records:  # noqa: ASYNC110 - polling the log: it has no event to wait on
+                    await anyio.sleep(0.01)
+            other.execute("ROLLBACK")
+        await eventually(path, "SELECT status FROM items", [("IN_PROGRESS",)])
+    assert caplog.records[0].getMessage() == (
+        f"journal {path}: cannot record status IN_PROGRESS of key 'a': database is locked; buffered writes"
+        " are kept and retried"
+    )
