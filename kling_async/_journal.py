@@ -122,6 +122,9 @@ _PAGE = 256
 _BUSY_TIMEOUT_MS = 5000
 
 _urls_decoder = msgspec.json.Decoder(tuple[str, ...])
+# SQLiteJournal runs at most this many queued calls per thread hop: each ends by waking its caller on the
+# loop, and a bounded number of wake-ups keeps any one loop iteration short.
+_JOBS_PER_HOP = 64
 
 
 class JournalState(StrEnum):
@@ -959,7 +962,7 @@ class SQLiteJournal:
                 async for first in receive:
                     jobs = [first]
                     with contextlib.suppress(anyio.WouldBlock, anyio.EndOfStream):
-                        while True:
+                        while len(jobs) < _JOBS_PER_HOP:
                             jobs.append(receive.receive_nowait())
                     await anyio.to_thread.run_sync(self._run, jobs, limiter=self._limiter)
                     for job in jobs:
