@@ -772,22 +772,23 @@ class SQLiteJournal:
 
     async def _shut(self) -> None:
         """Commit what is buffered, close the file (if this opened it), then stop the worker and the timer."""
-        self._closed = True  # from here on, calls are refused
-        with anyio.CancelScope(shield=True):  # bounded: a commit waits for a lock at most the busy timeout
-            if self._journal is not None:
-                writes = self._take(None)
-                try:
-                    await self._call(self._close, writes)
-                except JournalError as exc:
-                    log.warning("%s; %d buffered writes are lost", exc, len(writes))
-                if self._writes:  # requeued by a timed commit that failed while this one was queued
-                    log.warning(
-                        "journal %s: %d buffered writes could not be committed", self._path, len(self._writes)
-                    )
         assert self._jobs is not None
         assert self._tg is not None
+        self._closed = True  # from here on, calls are refused
+        self._tg.cancel_scope.cancel()  # stops the timer; the worker is shielded and drains the queue
+        with anyio.CancelScope(shield=True):  # bounded: a commit waits for a lock at most the busy timeout
+            if self._journal is not None:
+                await self._call(None)  # the calls queued before (a timed commit among them) settle first
+                writes = self._take(None)
+                try:
+                    await self._call(None, writes)
+                except JournalError as exc:
+                    log.warning("%s; %d buffered writes are lost", exc, len(writes))
+                try:
+                    await self._call(self._close)
+                except JournalError as exc:
+                    log.warning("%s", exc)
         self._jobs.close()  # the worker ends once the queue is empty
-        self._tg.cancel_scope.cancel()  # the timer
         await self._tg.__aexit__(None, None, None)
 
     def _open(self) -> None:

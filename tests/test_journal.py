@@ -979,3 +979,25 @@ async def test_a_timed_commit_that_failed_is_retried_by_the_timer(
         f"journal {path}: cannot record status IN_PROGRESS of key 'a': database is locked; buffered writes"
         " are kept and retried"
     )
+
+
+@pytest.mark.anyio
+async def test_a_final_commit_that_fails_is_logged_and_the_file_still_closed(
+    path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr("kling_async._journal._BUSY_TIMEOUT_MS", 20)
+    caplog.set_level(logging.WARNING, logger="kling_async")
+    async with SQLiteJournal(path, flush_interval=3600) as journal:
+        await journal.submitting("a", MODEL, REQUEST)
+        await journal.created("a", "t-a", "CREATED")
+        await journal.status("a", "IN_PROGRESS")
+        other = hold_write_lock(path)
+    other.execute("ROLLBACK")
+    other.close()
+    assert peek(path, "SELECT status FROM items") == [("CREATED",)]
+    assert [r.getMessage() for r in caplog.records] == [
+        f"journal {path}: cannot record status IN_PROGRESS of key 'a': database is locked; 1 buffered writes"
+        " are lost"
+    ]
+    # The last connection to close removes the write-ahead log: the journal's own was closed too.
+    assert not path.with_name(path.name + "-wal").exists()
