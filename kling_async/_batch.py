@@ -141,31 +141,65 @@ class BatchOptions:
     resubmit_failed: bool = False
 
 
+class _Sends:
+    """Counts a batch's POSTs between their ``sending`` record and the record of their answer: the
+    journal stays open until the last of them is written, even after the batch was cancelled."""
+
+    def __init__(self) -> None:
+        self.open = 0
+        self.settled = anyio.Event()
+        self.settled.set()
+
+    def begin(self) -> None:
+        if self.open == 0:
+            self.settled = anyio.Event()
+        self.open += 1
+
+    def end(self) -> None:
+        self.open -= 1
+        if self.open == 0:
+            self.settled.set()
+
+
 class _JournalRecorder:
     """Writes one item's POST to the batch journal (the ``Recorder`` of ``_submit.py``)."""
 
-    __slots__ = ("_body", "_journal", "_key", "_model")
+    __slots__ = ("_body", "_journal", "_key", "_model", "_sends")
 
-    def __init__(self, journal: BatchJournal, key: str, model: str, body: bytes) -> None:
+    def __init__(self, journal: BatchJournal, sends: _Sends, key: str, model: str, body: bytes) -> None:
         self._journal = journal
+        self._sends = sends
         self._key = key
         self._model = model
         self._body = body
 
     async def sending(self) -> None:
         await self._journal.submitting(self._key, self._model, self._body)
+        self._sends.begin()
 
     async def created(self, task_id: str, status: str) -> None:
-        await self._journal.created(self._key, task_id, status)
+        try:
+            await self._journal.created(self._key, task_id, status)
+        finally:
+            self._sends.end()
 
     async def unsent(self, error: KlingError) -> None:
-        await self._journal.unsent(self._key, f"{type(error).__name__}: {error}")
+        try:
+            await self._journal.unsent(self._key, f"{type(error).__name__}: {error}")
+        finally:
+            self._sends.end()
 
     async def refused(self, error: KlingError) -> None:
-        await self._journal.failed(self._key, None, f"{type(error).__name__}: {error}")
+        try:
+            await self._journal.failed(self._key, None, f"{type(error).__name__}: {error}")
+        finally:
+            self._sends.end()
 
     async def uncertain(self, error: SubmitUncertainError) -> None:
-        await self._journal.uncertain(self._key, str(error))
+        try:
+            await self._journal.uncertain(self._key, str(error))
+        finally:
+            self._sends.end()
 
 
 @dataclass(slots=True, eq=False)
@@ -191,6 +225,7 @@ class BatchRun:
         send: MemoryObjectSendStream[Outcome],
         journal: BatchJournal | None,
         options: BatchOptions,
+        settle_within: float,
     ) -> None:
         self._registry = registry
         self._creator = creator
@@ -217,6 +252,8 @@ class BatchRun:
         self._refused: AuthenticationError | None = None
         self._statuses: deque[tuple[str, str]] = deque()
         self._statuses_queued = anyio.Event()
+        self._sends = _Sends()
+        self._settle_within = settle_within
 
     async def run(
         self, items: Iterable[Job | Request] | AsyncIterable[Job | Request], *, submitters: int
@@ -270,6 +307,11 @@ class BatchRun:
                 await self._drained.wait()
                 tg.cancel_scope.cancel()
         finally:
+            if self._sends.open:
+                # POSTs that left before the cancellation are answered within the request timeout;
+                # their task ids go to the journal before it closes.
+                with anyio.CancelScope(shield=True), self._clock.move_on_after(self._settle_within):
+                    await self._sends.settled.wait()
             for stop in unsubscribe:
                 stop()
             # Whatever ended the run, every slot it took comes back; its tasks stay reachable by id.
@@ -325,7 +367,9 @@ class BatchRun:
                 raise self._refused_error()
             request = self._prepare(job.request)
             recorder = (
-                _JournalRecorder(journal, key, endpoint.model, journal_body) if journal is not None else None
+                _JournalRecorder(journal, self._sends, key, endpoint.model, journal_body)
+                if journal is not None
+                else None
             )
             self._live_keys.add(key)
             try:

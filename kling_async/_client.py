@@ -419,7 +419,7 @@ class KlingClient:
             if journal is None:
                 await self._run_batch(requests, send, options, None)
                 return
-            async with open_journal(journal) as opened:
+            async with open_journal(journal, clock=self._clock) as opened:
                 await self._run_batch(requests, send, options, opened)
 
         return Batch(run, background=self._task_group, buffer=self._limiter.max_concurrency)
@@ -441,6 +441,7 @@ class KlingClient:
             send=send,
             journal=journal,
             options=options,
+            settle_within=self._timeouts.total + _CLOSE_GRACE,
         )
         await run.run(requests, submitters=self._limiter.max_concurrency)
 

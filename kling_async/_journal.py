@@ -1,36 +1,54 @@
-"""The batch journal: one SQLite file that lets a re-run resume a batch without paying twice.
+"""The batch journal: what lets a re-run resume a batch without paying twice.
 
-Each batch item is recorded *before* its POST (``submitting``), its task id right after (``created``), then
-every status change, its result URLs and its downloaded file. What the server cannot tell us again is
-committed before the call returns: ``submitting``, ``created``, ``uncertain`` and a failure before any task
-existed. The rest (statuses, results, task failures, downloads) is buffered and committed by ``flush()``,
-every ``flush_every`` writes, or by the first write once ``flush_interval`` seconds passed since the last
-commit: losing it to a crash costs the re-run a status request (or a download) per item, never a task.
+Each batch item is recorded just before its POST leaves (``submitting``), its task id right after
+(``created``), then every status change, its result URLs and its downloaded file. What the server cannot tell
+us again is committed before the call returns: ``submitting``, ``created``, ``uncertain``, ``unsent`` and a
+failure before any task existed. The rest (statuses, results, task failures, downloads) is buffered: losing it
+to a crash costs the re-run a status request (or a download) per item, never a task.
+
+Two faces over one SQLite file (WAL mode):
+
+- ``BatchJournal``, the async protocol the batch engine writes through, and ``SQLiteJournal``, its SQLite
+  implementation: every SQLite call runs in a worker thread, one at a time, so a locked file, an fsync or a
+  full disk never stalls the event loop; buffered writes wait in memory and a timer commits them within
+  ``flush_interval``. A PostgreSQL journal shared by many workers is meant to implement the same protocol.
+- ``Journal``, the synchronous class people and the CLI read journals with (``lookup``, ``entries``,
+  ``counts``); ``SQLiteJournal`` drives one.
 
 States (``docs/journal.md`` has the schema and what each crash window leaves behind)::
 
     submitting ─┬─> created ─┬─> completed ──> downloaded
                 ├─> failed   └─> failed
-                └─> uncertain
+                ├─> uncertain
+                └─> unsent
 
-``submitting`` again on an ``uncertain`` or ``failed`` entry is the deliberate resubmit; on an entry that has
-a live or finished task it is refused.
+``submitting`` again on an ``uncertain`` or ``failed`` entry is the deliberate resubmit, on an ``unsent`` one
+the ordinary re-run; on an entry that has a live or finished task it is refused.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import logging
+import math
 import os
+import re
 import sqlite3
-import time
+import sys
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from types import TracebackType
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol, Self
 
+import anyio
+import anyio.abc
+import anyio.to_thread
 import msgspec
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from ._clock import SYSTEM_CLOCK, Clock
 from ._errors import JournalError
 
 __all__ = [
@@ -40,27 +58,25 @@ __all__ = [
     "JournalEntry",
     "JournalError",
     "JournalState",
+    "SQLiteJournal",
     "open_journal",
 ]
 
+log = logging.getLogger("kling_async")
+
 APPLICATION = "kling-async"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
-# _MIGRATIONS[v] upgrades a version-v journal to version v + 1; they run in one transaction on open.
-_MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {}
-
-_SCHEMA = """
-CREATE TABLE meta (
-    key   TEXT PRIMARY KEY,
-    value TEXT NOT NULL
-);
+# The items table of schema version 2. The v1 -> v2 migration builds exactly this, so a later version copies
+# it into its own migration rather than editing it.
+_ITEMS_V2 = """
 CREATE TABLE items (
     key        TEXT PRIMARY KEY,
     position   INTEGER NOT NULL UNIQUE,
     model      TEXT NOT NULL,
     request    BLOB NOT NULL,
     state      TEXT NOT NULL CHECK (state IN
-                   ('submitting', 'created', 'completed', 'downloaded', 'failed', 'uncertain')),
+                   ('submitting', 'created', 'completed', 'downloaded', 'failed', 'uncertain', 'unsent')),
     task_id    TEXT,
     status     TEXT,
     urls       TEXT NOT NULL DEFAULT '[]',
@@ -68,7 +84,28 @@ CREATE TABLE items (
     error      TEXT,
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL
+)"""
+
+
+def _add_unsent(db: sqlite3.Connection) -> None:
+    """Version 1 -> 2: the state ``unsent``. SQLite cannot alter a CHECK constraint, so the table is rebuilt
+    (foreign keys are not enforced yet while migrations run, so history's rows stay as they are)."""
+    db.execute(_ITEMS_V2.replace("CREATE TABLE items", "CREATE TABLE items_v2", 1))
+    db.execute("INSERT INTO items_v2 SELECT * FROM items")
+    db.execute("DROP TABLE items")
+    db.execute("ALTER TABLE items_v2 RENAME TO items")
+    db.execute("CREATE INDEX items_task_id ON items (task_id)")
+
+
+# _MIGRATIONS[v] upgrades a version-v journal to version v + 1; they run in one transaction on open.
+_MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _add_unsent}
+
+_SCHEMA = f"""
+CREATE TABLE meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
 );
+{_ITEMS_V2};
 CREATE INDEX items_task_id ON items (task_id);
 CREATE TABLE history (
     key    TEXT NOT NULL REFERENCES items (key),
@@ -85,6 +122,9 @@ _PAGE = 256
 _BUSY_TIMEOUT_MS = 5000
 
 _urls_decoder = msgspec.json.Decoder(tuple[str, ...])
+# SQLiteJournal runs at most this many queued calls per thread hop: each ends by waking its caller on the
+# loop, and a bounded number of wake-ups keeps any one loop iteration short.
+_JOBS_PER_HOP = 64
 
 
 class JournalState(StrEnum):
@@ -96,10 +136,13 @@ class JournalState(StrEnum):
     DOWNLOADED = "downloaded"  # its video is saved at ``path``
     FAILED = "failed"  # FAILED / CANCELLED, or refused before a task was created
     UNCERTAIN = "uncertain"  # the POST's outcome is unknown; never resubmitted by default
+    UNSENT = "unsent"  # the POST provably created nothing (429/503, no connection); a re-run sends it as new
 
 
 # States from which a POST may (deliberately) go out again: none of them holds a task worth keeping.
-_RESUBMITTABLE = frozenset({JournalState.SUBMITTING, JournalState.UNCERTAIN, JournalState.FAILED})
+_RESUBMITTABLE = frozenset(
+    {JournalState.SUBMITTING, JournalState.UNCERTAIN, JournalState.FAILED, JournalState.UNSENT}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,28 +163,45 @@ class JournalEntry:
 class Journal:
     """A batch's crash-safe record in one SQLite file (WAL mode); opened, created or migrated on init.
 
+    Its calls block the calling thread (on a locked file, up to 5 s). The batch engine goes through
+    ``SQLiteJournal``, which makes them in a worker thread; this class is for reading a journal (``lookup``,
+    ``entries``, ``counts``) and for synchronous programs. It is not safe to use from two threads at once.
+
     Args:
         path: the journal file; created when missing or empty.
         flush_every: buffered writes are committed once this many are pending.
         flush_interval: a write commits the buffer when this many seconds passed since the last commit.
+        clock: where timestamps (``clock.wall()``) and the flush interval (``clock.now()``) are read.
 
     Raises:
+        ValueError: ``flush_every`` is below 1 or ``flush_interval`` is negative or NaN.
         JournalError: the file cannot be opened, is not SQLite, is another application's database, or was
             written by a newer kling-async.
     """
 
     def __init__(
-        self, path: str | os.PathLike[str], *, flush_every: int = 200, flush_interval: float = 0.2
+        self,
+        path: str | os.PathLike[str],
+        *,
+        flush_every: int = 200,
+        flush_interval: float = 0.2,
+        clock: Clock | None = None,
     ) -> None:
+        if flush_every < 1:
+            raise ValueError(f"flush_every: at least 1, got {flush_every!r}")
+        if not flush_interval >= 0:  # NaN fails this too
+            raise ValueError(f"flush_interval: seconds, not negative, got {flush_interval!r}")
         self.path = os.fspath(path)
         self._flush_every = flush_every
         self._flush_interval = flush_interval
+        self._clock = clock or SYSTEM_CLOCK
         self._pending = 0
-        self._committed_at = time.monotonic()
+        self._committed_at = self._clock.now()
         self._closed = False
         with self._guard("cannot open"):
-            # Autocommit mode: transactions are begun and committed here, explicitly.
-            self._db = sqlite3.connect(self.path, isolation_level=None)
+            # Autocommit mode: transactions are begun and committed here, explicitly. Any thread:
+            # SQLiteJournal calls it from worker threads, one call at a time.
+            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         try:
             with self._guard("cannot open"):
                 self._open()
@@ -283,19 +343,20 @@ class Journal:
         """Record that the item's POST is about to go out; committed before it returns.
 
         A key already recorded with the same model and request is accepted when no task is attached to it
-        (a re-run, or the deliberate resubmit of an uncertain or failed item).
+        (a re-run, or the deliberate resubmit of an uncertain or failed item). An ``unsent`` key is taken as
+        never submitted: any model and request are accepted, and replace the recorded ones.
 
         Raises:
             JournalError: the key was recorded with another model or request, or already has a task.
         """
         with self._guard(f"cannot record key {key!r}"):
-            now = time.time()
+            now = self._clock.wall()
             row = self._db.execute(
                 "SELECT model, request, state, task_id FROM items WHERE key = ?", (key,)
             ).fetchone()
             if row is not None:
                 old_model, old_request, state, task_id = row
-                if old_model != model or old_request != request:
+                if state != JournalState.UNSENT and (old_model != model or old_request != request):
                     raise self._key_error(
                         key, "was recorded with another request; use a new journal or another id"
                     )
@@ -312,9 +373,9 @@ class Journal:
                     )
                 else:
                     self._db.execute(
-                        "UPDATE items SET state = ?, task_id = NULL, status = NULL, urls = '[]', path = NULL,"
-                        " error = NULL, updated_at = ? WHERE key = ?",
-                        (JournalState.SUBMITTING.value, now, key),
+                        "UPDATE items SET model = ?, request = ?, state = ?, task_id = NULL, status = NULL,"
+                        " urls = '[]', path = NULL, error = NULL, updated_at = ? WHERE key = ?",
+                        (model, request, JournalState.SUBMITTING.value, now, key),
                     )
 
     def created(self, key: str, task_id: str, status: str) -> None:
@@ -402,6 +463,18 @@ class Journal:
             with self._transaction():
                 self._set(key, old_status, None, state=JournalState.UNCERTAIN, error=error)
 
+    def unsent(self, key: str, error: str) -> None:
+        """Record a POST that provably created nothing (answered 429 or 503, or its connection never opened);
+        committed before it returns. A later run submits the item as if it had never been recorded.
+
+        Raises:
+            JournalError: the key is unknown or not submitting.
+        """
+        with self._guard(f"cannot record key {key!r} as unsent"):
+            old_status = self._expect(key, JournalState.UNSENT, JournalState.SUBMITTING, JournalState.UNSENT)
+            with self._transaction():
+                self._set(key, old_status, None, state=JournalState.UNSENT, error=error)
+
     def downloaded(self, key: str, path: str) -> None:
         """Record where the item's video was saved (buffered).
 
@@ -436,7 +509,7 @@ class Journal:
 
     def _set(self, key: str, old_status: str | None, status: str | None, **columns: str) -> None:
         """Update the key's columns and status; a status that changed goes to the history once."""
-        now = time.time()
+        now = self._clock.wall()
         names = [*columns, "updated_at"]
         values: list[str | float] = [*columns.values(), now]
         if status is not None and status != old_status:
@@ -455,7 +528,14 @@ class Journal:
         if self._db.in_transaction:
             self._db.execute("COMMIT")
         self._pending = 0
-        self._committed_at = time.monotonic()
+        self._committed_at = self._clock.now()
+
+    def _rollback(self) -> None:
+        """Drop the open transaction, if SQLite has not dropped it already (a full disk, an I/O error)."""
+        with self._guard("cannot roll back"):
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+        self._pending = 0
 
     def _buffer(self, key: str, old_status: str | None, status: str | None, **columns: str) -> None:
         """``_set`` in the open transaction, committed when enough writes or time piled up."""
@@ -467,7 +547,7 @@ class Journal:
     def _commit_if_due(self) -> None:
         if self._pending and (
             self._pending >= self._flush_every
-            or time.monotonic() - self._committed_at >= self._flush_interval
+            or self._clock.now() - self._committed_at >= self._flush_interval
         ):
             self._commit()
 
@@ -506,67 +586,450 @@ def _entry(row: Any) -> JournalEntry:
     )
 
 
+# -- the async protocol and its SQLite implementation --------------------------------------------------------
+
+
 class BatchJournal(Protocol):
-    """What the batch engine needs from a journal (placeholder until the async journal lands)."""
+    """What the batch engine records a batch through; SQLite (``SQLiteJournal``) or, later, PostgreSQL.
 
-    path: str
+    Use it as ``async with journal:``; calls outside that block raise ``JournalError``. Durable calls are
+    committed before they return; buffered ones within the journal's flush interval, and on exit. A durable
+    call that was cancelled still runs to its end (committed or failed, never half done) before the
+    cancellation reaches the caller. Every failure of the store (locked, full, closed) is a ``JournalError``
+    raised by the call it hit, and later calls work again once the store does.
+    """
 
-    async def lookup(self, key: str) -> JournalEntry | None: ...
-    async def submitting(self, key: str, model: str, request: bytes) -> None: ...
-    async def created(self, key: str, task_id: str, status: str) -> None: ...
-    async def uncertain(self, key: str, error: str) -> None: ...
-    async def unsent(self, key: str, error: str) -> None: ...
-    async def failed(self, key: str, status: str | None, error: str) -> None: ...
-    async def status(self, key: str, status: str) -> None: ...
-    async def finished(self, key: str, status: str, urls: Sequence[str]) -> None: ...
-    async def downloaded(self, key: str, path: str) -> None: ...
+    @property
+    def path(self) -> str:
+        """Where the journal is, for messages (never a secret)."""
+        ...
 
+    async def __aenter__(self) -> Self:
+        """Open the store and start committing buffered writes on a timer."""
+        ...
 
-class _SyncBacked:
-    def __init__(self, journal: Journal, *, owned: bool) -> None:
-        self._journal = journal
-        self._owned = owned
-        self.path = journal.path
-
-    async def __aenter__(self) -> _SyncBacked:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self._owned:
-            self._journal.close()
-        else:
-            self._journal.flush()
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        """Commit what is buffered and close the store."""
+        ...
 
     async def lookup(self, key: str) -> JournalEntry | None:
-        return self._journal.lookup(key)
+        """The key's entry, buffered writes included; None when it was never submitted or is ``unsent``."""
+        ...
 
     async def submitting(self, key: str, model: str, request: bytes) -> None:
-        self._journal.submitting(key, model, request)
+        """The item's POST is about to leave (durable): only then may it go."""
+        ...
 
     async def created(self, key: str, task_id: str, status: str) -> None:
-        self._journal.created(key, task_id, status)
+        """The POST created ``task_id`` (durable)."""
+        ...
 
     async def uncertain(self, key: str, error: str) -> None:
-        self._journal.uncertain(key, error)
+        """The POST left and its answer was lost (durable)."""
+        ...
 
     async def unsent(self, key: str, error: str) -> None:
-        self._journal.failed(key, None, error)
+        """The POST provably created nothing (durable); a later run submits the key as never submitted."""
+        ...
 
     async def failed(self, key: str, status: str | None, error: str) -> None:
-        self._journal.failed(key, status, error)
+        """The task ended FAILED or CANCELLED (buffered), or, status None, the POST was refused (durable)."""
+        ...
 
     async def status(self, key: str, status: str) -> None:
-        self._journal.status(key, status)
+        """The task's status changed (buffered; ignored unless the entry is ``created``)."""
+        ...
 
     async def finished(self, key: str, status: str, urls: Sequence[str]) -> None:
-        self._journal.finished(key, status, urls)
+        """The task COMPLETED with these result URLs (buffered)."""
+        ...
 
     async def downloaded(self, key: str, path: str) -> None:
-        self._journal.downloaded(key, path)
+        """The item's video was saved at ``path`` (buffered)."""
+        ...
 
 
-def open_journal(spec: str | os.PathLike[str] | Journal) -> _SyncBacked:
-    """The batch engine's view of a journal file or ``Journal``."""
+class _Write(NamedTuple):
+    """A buffered write, waiting in memory for its commit: ``method(journal, key, *args)``."""
+
+    key: str
+    method: Callable[..., None]
+    args: tuple[Any, ...]
+
+
+@dataclass(eq=False, slots=True)
+class _Job:
+    """One call for the worker thread: commit ``writes`` first (if any), then ``run`` (if any)."""
+
+    run: Callable[[], Any] | None
+    writes: list[_Write]
+    done: anyio.Event = field(default_factory=anyio.Event)
+    committed: bool = False  # set in the worker thread: the writes are committed
+    result: Any = None
+    error: Exception | None = None
+
+
+class SQLiteJournal:
+    """``BatchJournal`` on an SQLite file, without ever blocking the event loop.
+
+    Every SQLite call (opening, lookups, commits, and the waits for a lock another process holds, up to 5 s)
+    runs in a worker thread, one at a time and in the order they were made. Buffered writes (statuses,
+    results, task failures, downloads) wait in memory, cost the caller no thread hop, and are committed
+    together by a timer ``flush_interval`` seconds after the first of them, sooner when ``flush_every`` wait;
+    a commit that fails keeps them for the next attempt (at most ``50 * flush_every``; beyond that the oldest
+    are dropped and logged: a lost buffered write costs a re-run one status request or download, never a
+    task).
+
+    Args:
+        spec: the journal file (created when missing), or an open ``Journal`` to write through: it is flushed
+            on exit but not closed.
+        flush_every: commit the buffered writes as soon as this many wait.
+        flush_interval: seconds a buffered write may wait for its commit.
+        clock: the timer's clock, and the timestamps' when this opens the file.
+
+    Raises:
+        ValueError: ``flush_every`` is below 1, or ``flush_interval`` is not a positive number of seconds.
+    """
+
+    def __init__(
+        self,
+        spec: str | os.PathLike[str] | Journal,
+        *,
+        flush_every: int = 200,
+        flush_interval: float = 0.2,
+        clock: Clock | None = None,
+    ) -> None:
+        if flush_every < 1:
+            raise ValueError(f"flush_every: at least 1, got {flush_every!r}")
+        if not 0 < flush_interval < math.inf:
+            raise ValueError(f"flush_interval: a positive number of seconds, got {flush_interval!r}")
+        self._clock = clock or SYSTEM_CLOCK
+        self._flush_every = flush_every
+        self._flush_interval = flush_interval
+        self._max_buffered = 50 * flush_every
+        if isinstance(spec, Journal):
+            self._journal: Journal | None = spec
+            self._owned = False
+            self._path = spec.path
+        else:
+            self._journal = None
+            self._owned = True
+            self._path = os.fspath(spec)
+        self._writes: collections.deque[_Write] = collections.deque()
+        self._waiting: collections.Counter[str] = collections.Counter()  # key -> its writes not committed
+        self._jobs: MemoryObjectSendStream[_Job] | None = None
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._depth = 0  # nested ``async with`` blocks: the outermost one opens and closes
+        self._closed = False
+        self._due: anyio.Event | None = None  # set when a write is buffered: wakes the timer
+        self._nap: anyio.CancelScope | None = None  # the timer's wait; cancelled when flush_every writes wait
+        self._failing = False  # the last timed commit failed (logged once until one succeeds)
+        self._dropping = False  # buffered writes are being dropped (logged once until a commit succeeds)
+
+    @property
+    def path(self) -> str:
+        """The journal file."""
+        return self._path
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open" if self._depth else "not open"
+        return f"<SQLiteJournal {self._path!r} {state} buffered={len(self._writes)}>"
+
+    # -- lifecycle -------------------------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        if self._depth:
+            self._depth += 1
+            return self
+        if self._closed:
+            raise JournalError("closed; open the file again", path=self._path)
+        self._limiter = anyio.CapacityLimiter(1)
+        send, receive = anyio.create_memory_object_stream[_Job](math.inf)
+        self._jobs = send
+        self._tg = anyio.create_task_group()
+        await self._tg.__aenter__()
+        self._tg.start_soon(self._work, receive)
+        try:
+            if self._journal is None:
+                await self._call(self._open)
+        except BaseException:
+            await self._shut()
+            raise
+        self._tg.start_soon(self._timer)
+        self._depth = 1
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._depth > 1:
+            self._depth -= 1
+            return
+        self._depth = 0
+        await self._shut()
+
+    async def _shut(self) -> None:
+        """Commit what is buffered, close the file (if this opened it), then stop the worker and the timer."""
+        assert self._jobs is not None
+        assert self._tg is not None
+        self._closed = True  # from here on, calls are refused
+        self._tg.cancel_scope.cancel()  # stops the timer; the worker is shielded and drains the queue
+        with anyio.CancelScope(shield=True):  # bounded: a commit waits for a lock at most the busy timeout
+            if self._journal is not None:
+                await self._call(None)  # the calls queued before (a timed commit among them) settle first
+                writes = self._take(None)
+                try:
+                    await self._call(None, writes)
+                except JournalError as exc:
+                    log.warning("%s; %d buffered writes are lost", exc, len(writes))
+                try:
+                    await self._call(self._close)
+                except JournalError as exc:
+                    log.warning("%s", exc)
+        self._jobs.close()  # the worker ends once the queue is empty
+        await self._tg.__aexit__(None, None, None)
+
+    def _open(self) -> None:
+        self._journal = Journal(
+            self._path, flush_every=sys.maxsize, flush_interval=math.inf, clock=self._clock
+        )
+
+    def _close(self) -> None:
+        journal = self._live()
+        if self._owned:
+            journal.close()
+        else:
+            journal.flush()
+
+    # -- the protocol ----------------------------------------------------------------------------------------
+
+    async def lookup(self, key: str) -> JournalEntry | None:
+        """The key's entry, its buffered writes included; None when it was never submitted or is ``unsent``
+        (a later run treats both alike: it submits the key).
+
+        Raises:
+            JournalError: the file cannot be read (or, when the key has buffered writes, committed).
+        """
+        entry: JournalEntry | None = await self._durable(key, Journal.lookup, key)
+        return None if entry is None or entry.state == JournalState.UNSENT else entry
+
+    async def submitting(self, key: str, model: str, request: bytes) -> None:
+        """Record that the item's POST is about to leave; committed before it returns (see ``Journal``)."""
+        await self._durable(key, Journal.submitting, key, model, request)
+
+    async def created(self, key: str, task_id: str, status: str) -> None:
+        """Record the task id the POST returned; committed before it returns."""
+        await self._durable(key, Journal.created, key, task_id, status)
+
+    async def uncertain(self, key: str, error: str) -> None:
+        """Record a POST whose outcome is unknown; committed before it returns."""
+        await self._durable(key, Journal.uncertain, key, error)
+
+    async def unsent(self, key: str, error: str) -> None:
+        """Record a POST that provably created nothing; committed before it returns. ``lookup`` then answers
+        None for the key, and ``submitting`` accepts it with any request, as if it had never been recorded."""
+        await self._durable(key, Journal.unsent, key, error)
+
+    async def failed(self, key: str, status: str | None, error: str) -> None:
+        """Record a task that ended FAILED or CANCELLED (buffered), or, status None, a POST refused before any
+        task existed (committed before it returns: lost, it would leave the item ``submitting``)."""
+        if status is None:
+            await self._durable(key, Journal.failed, key, None, error)
+        else:
+            self._buffer(key, Journal.failed, status, error)
+
+    async def status(self, key: str, status: str) -> None:
+        """Record a task's new status (buffered)."""
+        self._buffer(key, Journal.status, status)
+
+    async def finished(self, key: str, status: str, urls: Sequence[str]) -> None:
+        """Record a COMPLETED task and its result URLs (buffered)."""
+        self._buffer(key, Journal.finished, status, tuple(urls))
+
+    async def downloaded(self, key: str, path: str) -> None:
+        """Record where the item's video was saved (buffered)."""
+        self._buffer(key, Journal.downloaded, path)
+
+    # -- buffering -------------------------------------------------------------------------------------------
+
+    def _buffer(self, key: str, method: Callable[..., None], *args: Any) -> None:
+        """Keep a write for the next commit. A write that no longer fits its entry when committed (a late
+        status of a finished task) is dropped then, and logged: it was already harmless."""
+        self._check_open()
+        self._writes.append(_Write(key, method, args))
+        self._waiting[key] += 1
+        self._trim()
+        if self._due is not None:
+            self._due.set()
+        if len(self._writes) >= self._flush_every and self._nap is not None:
+            self._nap.cancel()
+
+    def _take(self, key: str | None) -> list[_Write]:
+        """Every buffered write, for the next job: all of them when ``key`` is None or has writes waiting
+        (a key's writes are committed before its next read or durable write, in the order they were made)."""
+        if key is not None and key not in self._waiting:
+            return []
+        writes = list(self._writes)
+        self._writes.clear()
+        return writes
+
+    def _settle(self, writes: list[_Write], committed: bool) -> None:
+        if committed:
+            for write in writes:
+                self._forget(write)
+            self._dropping = False
+        else:  # back to the front, in order, for the next commit
+            self._writes.extendleft(reversed(writes))
+            self._trim()
+
+    def _forget(self, write: _Write) -> None:
+        self._waiting[write.key] -= 1
+        if not self._waiting[write.key]:
+            del self._waiting[write.key]
+
+    def _trim(self) -> None:
+        excess = len(self._writes) - self._max_buffered
+        if excess <= 0:
+            return
+        for _ in range(excess):
+            self._forget(self._writes.popleft())
+        if not self._dropping:
+            self._dropping = True
+            log.warning(
+                "journal %s: more than %d buffered writes wait for a commit; dropping the oldest (a re-run"
+                " asks the API again for what they said)",
+                self._path,
+                self._max_buffered,
+            )
+
+    async def _timer(self) -> None:
+        """Commit the buffered writes ``flush_interval`` after the first of them, even if no call follows."""
+        while True:
+            self._due = anyio.Event()
+            if not self._writes:
+                await self._due.wait()
+            if len(self._writes) < self._flush_every:
+                with anyio.CancelScope() as self._nap:
+                    await self._clock.sleep(self._flush_interval)
+                self._nap = None
+            try:
+                await self._call(None, self._take(None))
+            except JournalError as exc:  # the writes are back in the buffer; the next round tries again
+                if not self._failing:
+                    log.warning("%s; buffered writes are kept and retried", exc)
+                self._failing = True
+            else:
+                self._failing = False
+
+    # -- the worker thread -----------------------------------------------------------------------------------
+
+    async def _durable(self, key: str, method: Callable[..., Any], *args: Any) -> Any:
+        self._check_open()
+        return await self._call(lambda: method(self._live(), *args), self._take(key))
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise JournalError("closed", path=self._path)
+        if not self._depth:
+            raise JournalError("not open: use it in `async with journal:`", path=self._path)
+
+    async def _call(self, run: Callable[[], Any] | None, writes: list[_Write] | None = None) -> Any:
+        """Run ``run`` (after committing ``writes``) in the worker thread and return its result.
+
+        Cancelled, it still waits for the call to end before the cancellation goes on: a commit is never left
+        half done, and the connection is free for the next call.
+        """
+        assert self._jobs is not None
+        job = _Job(run, writes or [])
+        self._jobs.send_nowait(job)
+        try:
+            await job.done.wait()
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await job.done.wait()
+            raise
+        if job.error is not None:
+            raise job.error
+        return job.result
+
+    async def _work(self, receive: MemoryObjectReceiveStream[_Job]) -> None:
+        """Run the jobs in order, those that queued up meanwhile in one thread hop."""
+        # Shielded: a job runs to its end whatever cancels the journal's owner; the loop ends when the queue
+        # is closed (on exit) and empty.
+        with anyio.CancelScope(shield=True):
+            async with receive:
+                async for first in receive:
+                    jobs = [first]
+                    with contextlib.suppress(anyio.WouldBlock, anyio.EndOfStream):
+                        while len(jobs) < _JOBS_PER_HOP:
+                            jobs.append(receive.receive_nowait())
+                    await anyio.to_thread.run_sync(self._run, jobs, limiter=self._limiter)
+                    for job in jobs:
+                        if job.writes:
+                            self._settle(job.writes, job.committed)
+                        job.done.set()
+
+    def _run(self, jobs: list[_Job]) -> None:
+        """In the worker thread: each job's outcome is its own."""
+        for job in jobs:
+            try:
+                if job.writes:
+                    self._commit(job.writes)
+                    job.committed = True
+                if job.run is not None:
+                    job.result = job.run()
+            except Exception as exc:
+                job.error = exc
+
+    def _commit(self, writes: list[_Write]) -> None:
+        """Apply the buffered writes and commit them, or roll all of them back and raise."""
+        journal = self._live()
+        try:
+            for write in writes:
+                try:
+                    write.method(journal, write.key, *write.args)
+                except JournalError as exc:
+                    if isinstance(exc.__cause__, sqlite3.Error):
+                        raise  # the file failed, not the write
+                    log.warning("%s; the buffered write is dropped", exc)
+            journal.flush()
+        except BaseException:
+            with contextlib.suppress(JournalError):
+                journal._rollback()
+            raise
+
+    def _live(self) -> Journal:
+        assert self._journal is not None
+        return self._journal
+
+
+_URL = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
+
+
+def open_journal(
+    spec: str | os.PathLike[str] | Journal | BatchJournal, *, clock: Clock | None = None
+) -> BatchJournal:
+    """The batch journal that ``spec`` names, not yet opened (use it in ``async with``).
+
+    Args:
+        spec: an SQLite file path; an open ``Journal`` (written through, flushed on exit, not closed); or a
+            ``BatchJournal``, returned as it is.
+        clock: for the timer and timestamps of a journal made here.
+
+    Raises:
+        JournalError: ``spec`` is a URL: only SQLite files are supported (the message shows its scheme only,
+            since a URL may hold a password).
+    """
     if isinstance(spec, Journal):
-        return _SyncBacked(spec, owned=False)
-    return _SyncBacked(Journal(spec), owned=True)
+        return SQLiteJournal(spec, clock=clock)
+    if isinstance(spec, str | os.PathLike):
+        path = os.fspath(spec)
+        url = _URL.match(path)
+        if url is not None:
+            raise JournalError(
+                "a URL; only SQLite journal files are supported (give a file path)", path=f"{url[1]}://..."
+            )
+        return SQLiteJournal(path, clock=clock)
+    return spec
