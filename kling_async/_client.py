@@ -42,7 +42,7 @@ from ._models import (
 )
 from ._polling import PollPolicy, TaskHandle, Timings
 from ._retry import RetryPolicy, is_retryable, parse_retry_after, post_created_nothing, post_retryable
-from ._transport import Timeouts, Transport
+from ._transport import AiohttpTransport, Timeouts, TraceConfigs, Transport
 from ._webhooks import WebhookReceiver
 
 __all__ = ["KlingClient"]
@@ -85,6 +85,14 @@ class KlingClient:
             client starts the receiver if it is not running (unless it was made with ``serve=False``
             because your own app mounts its handler), and then stops it on close.
         clock: where waiting code reads time (tests swap it).
+        proxy: a proxy URL for API and file requests (``http://user:pass@proxy:3128``). None: the
+            environment's, when ``trust_env``.
+        trust_env: honour ``HTTPS_PROXY``, ``HTTP_PROXY``, ``NO_PROXY`` and ``~/.netrc``, as httpx does.
+        default_headers: extra headers on every API request (not on file downloads, which go to other
+            hosts). They cannot carry the key: a header named like the key's is a ``ValueError``.
+        trace_configs: aiohttp ``TraceConfig``s for the client's session (OpenTelemetry and the like).
+        transport: for tests and advanced use: what sends the requests, instead of the aiohttp
+            transport built from the options above (``kling_async.testing.MockTransport``).
     """
 
     def __init__(
@@ -103,6 +111,11 @@ class KlingClient:
         api_key_header: str | None = None,
         webhooks: WebhookReceiver | None = None,
         clock: Clock | None = None,
+        proxy: str | None = None,
+        trust_env: bool = True,
+        default_headers: Mapping[str, str] | None = None,
+        trace_configs: TraceConfigs | None = None,
+        transport: Transport | None = None,
     ) -> None:
         key = api_key or next((os.environ[v] for v in KEY_VARIABLES if os.environ.get(v)), None)
         if not key:
@@ -129,11 +142,19 @@ class KlingClient:
         )
         self._downloads = anyio.Semaphore(max_downloads)
         self._in_flight = anyio.Semaphore(max_in_flight) if max_in_flight is not None else None
-        self._transport = Transport(
-            base_url=url,
-            auth_header=(header, key),
-            timeouts=timeouts or Timeouts(),
-            connection_limit=max_concurrency + 8,
+        self._transport: Transport = (
+            transport
+            if transport is not None
+            else AiohttpTransport(
+                base_url=url,
+                auth_header=(header, key),
+                timeouts=timeouts or Timeouts(),
+                connection_limit=max_concurrency + 8,
+                proxy=proxy,
+                trust_env=trust_env,
+                default_headers=default_headers,
+                trace_configs=trace_configs,
+            )
         )
         self._timings = Timings()
         self._events = EventHub()
