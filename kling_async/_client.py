@@ -142,13 +142,14 @@ class KlingClient:
         )
         self._downloads = anyio.Semaphore(max_downloads)
         self._in_flight = anyio.Semaphore(max_in_flight) if max_in_flight is not None else None
+        self._timeouts = timeouts or Timeouts()
         self._transport: Transport = (
             transport
             if transport is not None
             else AiohttpTransport(
                 base_url=url,
                 auth_header=(header, key),
-                timeouts=timeouts or Timeouts(),
+                timeouts=self._timeouts,
                 connection_limit=max_concurrency + 8,
                 proxy=proxy,
                 trust_env=trust_env,
