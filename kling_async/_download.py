@@ -78,10 +78,6 @@ class _PartInfo(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     etag: str | None
 
 
-class _Fatal(DownloadError):
-    """A failure that trying again cannot mend (a refused redirect, the size cap, a 4xx)."""
-
-
 async def download_file(
     transport: Transport,
     url: str,
@@ -220,7 +216,7 @@ class _Download:
             before = self._size()
             try:
                 status = await self._fetch(url)
-            except _Fatal:
+            except DownloadError:  # what trying again cannot mend: a refused redirect, the size cap, a link
                 raise
             except TransportError as exc:
                 error: KlingError = exc
@@ -258,7 +254,9 @@ class _Download:
 
     def _check_deadline(self) -> None:
         if self._deadline is not None and self._clock.now() > self._deadline:
-            raise _Fatal(f"download of {self._target.name} not done by its deadline (download_deadline)")
+            raise DownloadError(
+                f"download of {self._target.name} not done by its deadline (download_deadline)"
+            )
 
     def _read_info(self) -> _PartInfo | None:
         try:
@@ -322,14 +320,14 @@ class _Download:
                 await self._write(chunks)
             self._check_complete(total)
             return None
-        raise _Fatal(f"GET {redact(url)}: more than {MAX_REDIRECTS} redirects in a row")
+        raise DownloadError(f"GET {redact(url)}: more than {MAX_REDIRECTS} redirects in a row")
 
     def _redirect(self, url: str, scheme: str, location: str | None) -> str:
         if not location:
-            raise _Fatal(f"GET {redact(url)}: a redirect without a Location")
+            raise DownloadError(f"GET {redact(url)}: a redirect without a Location")
         following = urljoin(url, location)
         if urlsplit(following).scheme != scheme:
-            raise _Fatal(
+            raise DownloadError(
                 f"GET {redact(url)}: redirected to {redact(following)}; only {scheme} redirects are followed"
             )
         return following
@@ -367,7 +365,7 @@ class _Download:
     def _check_size(self, total: int | None) -> None:
         if self._max_bytes is not None and total is not None and total > self._max_bytes:
             self._start_over()
-            raise _Fatal(
+            raise DownloadError(
                 f"{self._target.name}: the file has {total} bytes, over max_bytes ({self._max_bytes})"
             )
 
@@ -378,7 +376,9 @@ class _Download:
             size += len(chunk)
             if self._max_bytes is not None and size > self._max_bytes:
                 self._start_over()
-                raise _Fatal(f"{self._target.name}: over max_bytes ({self._max_bytes} bytes); nothing kept")
+                raise DownloadError(
+                    f"{self._target.name}: over max_bytes ({self._max_bytes} bytes); nothing kept"
+                )
             _write_all(self._fd, chunk)
             self._check_deadline()
 

@@ -301,7 +301,7 @@ class AiohttpTransport:
         session = self._require_session()
         where = f"GET {redact(url)}"
         try:
-            target = URL(url, encoded=True)
+            target = URL(url)
             response = await session.get(
                 target, headers=dict(headers or {}), allow_redirects=False, timeout=self._file_timeout
             )
