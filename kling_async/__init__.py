@@ -39,6 +39,7 @@ from ._models import (
 from ._polling import PollPolicy, TaskHandle
 from ._retry import RetryPolicy
 from ._transport import Timeouts
+from ._transport import package_version as _package_version
 from ._webhooks import ReplayGuard, WebhookReceiver, verify_webhook
 
 __all__ = [
@@ -88,7 +89,8 @@ __all__ = [
     "verify_webhook",
 ]
 
-__version__ = "0.1.0"
+__version__ = _package_version()
+"""The installed distribution's version (pyproject.toml is its one source); the User-Agent carries it."""
 
 # Reprs, tracebacks and docs say `kling_async.KlingClient`, not the private module (as httpx does).
 for _name in __all__:

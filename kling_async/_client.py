@@ -11,7 +11,7 @@ import logging
 import math
 import os
 import re
-from collections.abc import AsyncIterable, Iterable
+from collections.abc import AsyncIterable, Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -36,7 +36,7 @@ from ._registry import Slots, TaskRegistry
 from ._retry import RetryPolicy
 from ._secret import Secret
 from ._submit import Creator
-from ._transport import Timeouts, Transport
+from ._transport import AiohttpTransport, Timeouts, TraceConfigs, Transport
 from ._webhooks import WebhookReceiver
 
 __all__ = ["KlingClient"]
@@ -98,6 +98,14 @@ class KlingClient:
             client starts the receiver if it is not running (unless it was made with ``serve=False``
             because your own app mounts its handler), and then stops it on close.
         clock: where waiting code reads time (tests pass ``kling_async.testing.FakeClock``).
+        proxy: a proxy URL for API and file requests (``http://user:pass@proxy:3128``). None: the
+            environment's, when ``trust_env``.
+        trust_env: honour ``HTTPS_PROXY``, ``HTTP_PROXY``, ``NO_PROXY`` and ``~/.netrc``, as httpx does.
+        default_headers: extra headers on every API request (not on file downloads, which go to other
+            hosts). They cannot carry the key: a header named like the key's is a ``ValueError``.
+        trace_configs: aiohttp ``TraceConfig``s for the client's session (OpenTelemetry and the like).
+        transport: for tests and advanced use: what sends the requests, instead of the aiohttp
+            transport built from the options above (``kling_async.testing.MockTransport``).
 
     Raises:
         KlingError: no API key was given or found.
@@ -121,6 +129,11 @@ class KlingClient:
         api_key_header: str | None = None,
         webhooks: WebhookReceiver | None = None,
         clock: Clock | None = None,
+        proxy: str | None = None,
+        trust_env: bool = True,
+        default_headers: Mapping[str, str] | None = None,
+        trace_configs: TraceConfigs | None = None,
+        transport: Transport | None = None,
     ) -> None:
         key = api_key or next((os.environ[v] for v in KEY_VARIABLES if os.environ.get(v)), None)
         if not key:
@@ -143,8 +156,6 @@ class KlingClient:
         if not _TOKEN.fullmatch(header):
             raise ValueError(f"api_key_header: a header name (letters, digits, '-', ...) (got {header!r})")
         timeouts = timeouts or Timeouts()
-        for name in ("connect", "read", "total"):
-            _positive(f"timeouts.{name}", getattr(timeouts, name))
         self.base_url = url
         self._poll = poll or PollPolicy()
         self._retry = retry or RetryPolicy()
@@ -159,11 +170,19 @@ class KlingClient:
             clock=self._clock,
         )
         self._downloads = anyio.Semaphore(max_downloads)
-        self._transport = Transport(
-            base_url=url,
-            auth_header=(header, self._api_key.reveal()),
-            timeouts=timeouts,
-            connection_limit=max_concurrency + 8,
+        self._transport: Transport = (
+            transport
+            if transport is not None
+            else AiohttpTransport(
+                base_url=url,
+                auth_header=(header, self._api_key.reveal()),
+                timeouts=timeouts,
+                connection_limit=max_concurrency + 8,
+                proxy=proxy,
+                trust_env=trust_env,
+                default_headers=default_headers,
+                trace_configs=trace_configs,
+            )
         )
         self._events = EventHub()
         self._slots = Slots(max_in_flight)
@@ -321,6 +340,7 @@ class KlingClient:
         dest: str | os.PathLike[str] = ".",
         *,
         name: str | None = None,
+        max_bytes: int | None = None,
     ) -> Path:
         """Save a result's video (or any file URL) and return the path written.
 
@@ -332,6 +352,8 @@ class KlingClient:
             result: a ``TaskResult`` (its first URL) or a URL.
             dest: a directory (existing, or written with a trailing slash) or a file path.
             name: the file's base name inside a directory; default: the task id.
+            max_bytes: the largest file accepted; a larger one is a ``DownloadError`` and nothing of it
+                is kept (None: no cap).
 
         Raises:
             DownloadError: the file could not be fetched whole.
@@ -363,6 +385,9 @@ class KlingClient:
                 retry=self._retry,
                 clock=self._clock,
                 fresh_url=fresh_url if task_id is not None and model is not None else None,
+                source=task_id,
+                deadline=self._timeouts.download_deadline,
+                max_bytes=max_bytes,
             )
 
     async def _download_item(self, result: TaskResult, folder: Path, key: str) -> Path:

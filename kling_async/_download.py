@@ -1,29 +1,53 @@
-"""Downloads that never leave half a file at the target path.
+"""Downloads that never leave half a file at the target path, never mix two files, never write through a link.
 
 A file is streamed to ``.<name>.part`` beside its target, checked against the size the server announced,
-fsynced, and renamed over the target in one step. A broken transfer resumes from the partial file with a
-``Range`` request (or starts again if the server ignores ranges). A result URL that has expired (403, 404
-or 410 from the file host) is replaced by a fresh one from the task's status. An existing file with other
-content is never overwritten: the new one gets a ``-2``, ``-3``... suffix.
+fsynced, and renamed over the target in one step. An existing file with other content is never
+overwritten: the new one gets a ``-2``, ``-3``... suffix.
+
+- **Tied to its source.** Beside the part file, ``.<name>.part.json`` records what the part holds: its
+  source (the task id, else the URL without its query string, which carries the signature), the size the
+  server announced and its ETag. A broken transfer resumes with ``Range`` (and ``If-Range`` when the ETag
+  is strong) only when all three still match; any mismatch starts the file over. A part without its record
+  is started over too (a crash between the two leaves nothing that could be resumed wrongly).
+- **Exclusive, no links.** ``.<name>.lock`` is held (``flock``) for the whole download: a second download
+  to the same target, in this process or another, fails at once with ``DownloadError``. Every one of
+  these files is opened with ``O_NOFOLLOW``: a symbolic link planted at their path is refused, never
+  followed.
+- **Bounded by its own time.** A transfer silent for ``Timeouts.download_idle`` is resumed; the whole
+  download (retries included) is bounded by ``Timeouts.download_deadline`` when set, never by the API
+  request's ``total``. A try that made the part file grow starts a fresh count of ``RetryPolicy``
+  attempts, so a big file on a link that breaks every minute still arrives.
+- **Redirects**: followed only to the same scheme (``https`` to ``https``), at most 5 in a row; any other
+  is a ``DownloadError``. Files are asked for with ``Accept-Encoding: identity``; a server that compresses
+  anyway is inflated, and ``max_bytes`` counts the inflated bytes.
+- **Expired URLs**: a 403, 404 or 410 from the file host is answered by a fresh URL from the task's status.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import hashlib
 import os
 import re
-from collections.abc import Awaitable, Callable
+import stat
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
+from urllib.parse import urljoin, urlsplit
 
 import anyio
+import msgspec
 
 from ._clock import Clock
 from ._errors import DownloadError, KlingError, TransportError
 from ._retry import RetryPolicy
 from ._transport import Transport, redact
 
-__all__ = ["download_file", "safe_file_name"]
+__all__ = ["MAX_REDIRECTS", "download_file", "safe_file_name"]
 
+MAX_REDIRECTS = 5
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _EXPIRED = frozenset({403, 404, 410})
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _MAX_NAME = 100
@@ -33,6 +57,8 @@ _RESERVED = frozenset(
 )
 # How many times an expired URL is replaced by a fresh one before giving up.
 _REFRESHES = 2
+# O_NONBLOCK: opening a FIFO planted at our path must not hang (it is then refused as not a file).
+_OPEN_FLAGS = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 
 
 def safe_file_name(key: str, suffix: str = ".mp4") -> str:
@@ -44,6 +70,14 @@ def safe_file_name(key: str, suffix: str = ".mp4") -> str:
     return cleaned + suffix
 
 
+class _PartInfo(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """What a part file holds: the beginning of ``size`` bytes (None: unknown) of ``source``."""
+
+    source: str
+    size: int | None
+    etag: str | None
+
+
 async def download_file(
     transport: Transport,
     url: str,
@@ -52,84 +86,314 @@ async def download_file(
     retry: RetryPolicy,
     clock: Clock,
     fresh_url: Callable[[], Awaitable[str]] | None = None,
+    source: str | None = None,
+    deadline: float | None = None,
+    max_bytes: int | None = None,
 ) -> Path:
     """Download ``url`` to ``target`` atomically and return the path written (see the module docs).
 
+    Args:
+        transport: sends the GETs (never with the API key).
+        url: the file's URL.
+        target: the file to write (a ``-2``... suffix is added if another file is there).
+        retry: attempts and backoff between tries that made no progress.
+        clock: where the deadline and the backoff read time.
+        fresh_url: gives a new URL when the file host says the old one expired.
+        source: what the file is (the task id); by default the URL without its query string.
+        deadline: seconds for the whole download, retries included; None for no limit.
+        max_bytes: the largest file accepted; a larger one is a ``DownloadError`` and nothing is kept.
+
     Raises:
-        DownloadError: the file could not be fetched whole.
+        DownloadError: the file could not be fetched whole, or written, or is being downloaded already.
     """
+    if max_bytes is not None and max_bytes < 0:
+        raise ValueError(f"max_bytes: at least 0, or None for no cap (got {max_bytes})")
+    if deadline is not None and not deadline > 0:
+        raise ValueError(f"deadline: above 0 seconds, or None for no limit (got {deadline})")
     try:
-        return await _download(transport, url, target, retry=retry, clock=clock, fresh_url=fresh_url)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with _locked(target):
+            part = target.with_name(f".{target.name}.part")
+            fd = _open_no_follow(part)
+            try:
+                job = _Download(
+                    transport,
+                    target,
+                    fd,
+                    source=source or redact(url),
+                    clock=clock,
+                    deadline=None if deadline is None else clock.now() + deadline,
+                    max_bytes=max_bytes,
+                )
+                return await job.run(url, retry=retry, fresh_url=fresh_url)
+            except BaseException:
+                if os.fstat(fd).st_size == 0:  # nothing worth resuming: leave nothing behind
+                    part.unlink(missing_ok=True)
+                    target.with_name(f".{target.name}.part.json").unlink(missing_ok=True)
+                raise
+            finally:
+                os.close(fd)
     except OSError as exc:  # disk full, permissions, a path that is a folder: this file's error only
         raise DownloadError(f"cannot write {target}: {exc.strerror or exc}") from exc
 
 
-async def _download(
-    transport: Transport,
-    url: str,
-    target: Path,
-    *,
-    retry: RetryPolicy,
-    clock: Clock,
-    fresh_url: Callable[[], Awaitable[str]] | None,
-) -> Path:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    part = target.with_name(f".{target.name}.part")
-    refreshes = 0
-    attempt = 0
-    first = clock.now()
+@contextlib.contextmanager
+def _locked(target: Path) -> Iterator[None]:
+    """Hold ``.<name>.lock`` for the download, or fail at once if another download holds it."""
+    path = target.with_name(f".{target.name}.lock")
     while True:
-        attempt += 1
+        fd = _open_no_follow(path)
         try:
-            status = await _fetch(transport, url, part)
-        except TransportError as exc:
-            error: KlingError = exc
-        else:
-            if status is None:
-                return await anyio.to_thread.run_sync(_install, part, target)
-            if status in _EXPIRED and fresh_url is not None and refreshes < _REFRESHES:
-                refreshes += 1
-                url = await fresh_url()
-                continue
-            error = DownloadError(f"GET {redact(url)}: HTTP {status}")
-            if status < 500 and status != 429:
-                raise error
-        if attempt >= retry.attempts or clock.now() - first > retry.deadline:
-            raise DownloadError(f"download of {target.name} failed after {attempt} tries: {error}") from error
-        await clock.sleep(retry.backoff(attempt))
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise DownloadError(f"another download to {target} is in progress") from None
+        # The previous holder unlinks the file before letting go: if ours is no longer the one at the
+        # path, a third download may have created and locked a new one, so lock that instead.
+        try:
+            current = os.stat(path, follow_symlinks=False)
+        except FileNotFoundError:
+            current = None
+        if current is not None and current.st_ino == os.fstat(fd).st_ino:
+            break
+        os.close(fd)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        os.close(fd)
 
 
-async def _fetch(transport: Transport, url: str, part: Path) -> int | None:
-    """Fetch into ``part``, resuming it; None when complete, else the failing HTTP status."""
-    have = part.stat().st_size if part.exists() else 0
-    headers = {"Range": f"bytes={have}-"} if have else {}
-    async with transport.stream(url, headers=headers) as (status, response_headers, chunks):
-        if status == 416 and have:
-            # The partial file is already whole (or longer than the file): start over to be sure.
-            part.unlink()
-            raise TransportError("the partial file does not fit the remote one; starting over")
-        if status not in (200, 206):
-            return status
+def _open_no_follow(path: Path) -> int:
+    """Open (creating) a regular file without following a link at its path."""
+    try:
+        fd = os.open(path, _OPEN_FLAGS, 0o644)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise DownloadError(f"{path} is a symbolic link; refusing to write through it") from exc
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise DownloadError(f"{path} is not a regular file; refusing to write to it")
+    return fd
+
+
+class _Download:
+    """One download's state: its part file (held open), the record of what it holds, its limits."""
+
+    def __init__(
+        self,
+        transport: Transport,
+        target: Path,
+        fd: int,
+        *,
+        source: str,
+        clock: Clock,
+        deadline: float | None,
+        max_bytes: int | None,
+    ) -> None:
+        self._transport = transport
+        self._target = target
+        self._fd = fd
+        self._info_path = target.with_name(f".{target.name}.part.json")
+        self._source = source
+        self._clock = clock
+        self._deadline = deadline
+        self._max_bytes = max_bytes
+        self._info = self._read_info()
+        if self._info is None or self._info.source != source:
+            self._start_over()
+
+    async def run(
+        self, url: str, *, retry: RetryPolicy, fresh_url: Callable[[], Awaitable[str]] | None
+    ) -> Path:
+        refreshes = tries = failures = 0
+        since = self._clock.now()
+        while True:
+            tries += 1
+            self._check_deadline()
+            before = self._size()
+            try:
+                status = await self._fetch(url)
+            except DownloadError:  # what trying again cannot mend: a refused redirect, the size cap, a link
+                raise
+            except TransportError as exc:
+                error: KlingError = exc
+            else:
+                if status is None:
+                    path = await anyio.to_thread.run_sync(_install, self._fd, self._part, self._target)
+                    self._info_path.unlink(missing_ok=True)
+                    return path
+                if status in _EXPIRED and fresh_url is not None and refreshes < _REFRESHES:
+                    refreshes += 1
+                    url = await fresh_url()
+                    continue
+                error = DownloadError(f"GET {redact(url)}: HTTP {status}")
+                if status < 500 and status != 429:
+                    raise error
+            if self._size() > before:
+                # Progress: the limits of RetryPolicy apply to tries in a row that made none.
+                failures, since = 0, self._clock.now()
+            failures += 1
+            if failures >= retry.attempts or self._clock.now() - since > retry.deadline:
+                raise DownloadError(
+                    f"download of {self._target.name} failed after {tries} tries: {error}"
+                ) from error
+            delay = retry.backoff(failures)
+            if self._deadline is not None:
+                delay = min(delay, max(0.0, self._deadline - self._clock.now()))
+            await self._clock.sleep(delay)
+
+    @property
+    def _part(self) -> Path:
+        return self._target.with_name(f".{self._target.name}.part")
+
+    def _size(self) -> int:
+        return os.fstat(self._fd).st_size
+
+    def _check_deadline(self) -> None:
+        if self._deadline is not None and self._clock.now() > self._deadline:
+            raise DownloadError(
+                f"download of {self._target.name} not done by its deadline (download_deadline)"
+            )
+
+    def _read_info(self) -> _PartInfo | None:
+        try:
+            fd = os.open(self._info_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise DownloadError(
+                    f"{self._info_path} is a symbolic link; refusing to read through it"
+                ) from exc
+            raise
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return None
+            raw = os.read(fd, 64 * 1024)
+        finally:
+            os.close(fd)
+        try:
+            return msgspec.json.decode(raw, type=_PartInfo)
+        except msgspec.DecodeError:
+            return None  # damaged or foreign: the part is started over
+
+    def _write_info(self, info: _PartInfo) -> None:
+        fd = _open_no_follow(self._info_path)
+        try:
+            os.ftruncate(fd, 0)
+            _write_all(fd, msgspec.json.encode(info))
+        finally:
+            os.close(fd)
+        self._info = info
+
+    def _start_over(self) -> None:
+        self._info_path.unlink(missing_ok=True)
+        self._info = None
+        os.ftruncate(self._fd, 0)
+
+    async def _fetch(self, url: str) -> int | None:
+        """One try: fetch into the part file, resuming it; None when complete, else the failing status."""
+        have = self._size()
+        headers = {"Accept-Encoding": "identity"}
+        if have:
+            headers["Range"] = f"bytes={have}-"
+            etag = self._info.etag if self._info is not None else None
+            if etag is not None and not etag.startswith("W/"):
+                headers["If-Range"] = etag  # a server that honours it sends the whole new file if it changed
+        scheme = urlsplit(url).scheme
+        for _ in range(MAX_REDIRECTS + 1):
+            async with self._transport.stream(url, headers=headers) as (status, answer, chunks):
+                if status in _REDIRECTS:
+                    url = self._redirect(url, scheme, answer.get("Location"))
+                    continue
+                if status == 416 and have:
+                    # The part is already whole, or longer than the file: start over to be sure.
+                    self._start_over()
+                    raise TransportError("the partial file does not fit the remote one; starting over")
+                if status not in (200, 206):
+                    return status
+                total = self._accept(status, answer, have)
+                self._check_size(total)
+                await self._write(chunks)
+            self._check_complete(total)
+            return None
+        raise DownloadError(f"GET {redact(url)}: more than {MAX_REDIRECTS} redirects in a row")
+
+    def _redirect(self, url: str, scheme: str, location: str | None) -> str:
+        if not location:
+            raise DownloadError(f"GET {redact(url)}: a redirect without a Location")
+        following = urljoin(url, location)
+        if urlsplit(following).scheme != scheme:
+            raise DownloadError(
+                f"GET {redact(url)}: redirected to {redact(following)}; only {scheme} redirects are followed"
+            )
+        return following
+
+    def _accept(self, status: int, answer: Mapping[str, str], have: int) -> int | None:
+        """Check the answer against the part file; start over when it is another file. Returns its size."""
+        etag = answer.get("ETag")
         if status == 206:
-            start, total = _content_range(response_headers.get("Content-Range"))
+            start, total = _content_range(answer.get("Content-Range"))
+            info = self._info
             if start != have:
-                part.unlink(missing_ok=True)
+                self._start_over()
                 raise TransportError(
                     f"asked to resume at byte {have}, got a range from {start}; starting over"
                 )
-        else:
-            have = 0
-            length = response_headers.get("Content-Length")
-            total = int(length) if length and length.isdigit() else None
-        with part.open("ab" if have else "wb") as out:
-            async for chunk in chunks:
-                out.write(chunk)
-    size = part.stat().st_size
-    if total is not None and size != total:
-        if size > total:
-            part.unlink()
-        raise TransportError(f"incomplete body: {size} of {total} bytes")
-    return None
+            if have == 0 and start == 0:  # a range we did not ask for, from the start: a new file
+                self._write_info(_PartInfo(source=self._source, size=total, etag=etag))
+                return total
+            if info is None or (
+                (info.size is not None and total != info.size)
+                or (info.etag is not None and etag is not None and etag != info.etag)
+            ):
+                self._start_over()
+                raise TransportError("the remote file changed since the partial download; starting over")
+            return total
+        # A whole file: whatever the part held, it is replaced.
+        os.ftruncate(self._fd, 0)
+        length = answer.get("Content-Length")
+        # Content-Length counts the encoded bytes: with a compressed body it is not the file's size.
+        encoded = answer.get("Content-Encoding", "identity").strip().lower() not in ("", "identity")
+        total = int(length) if length and length.isdigit() and not encoded else None
+        self._write_info(_PartInfo(source=self._source, size=total, etag=etag))
+        return total
+
+    def _check_size(self, total: int | None) -> None:
+        if self._max_bytes is not None and total is not None and total > self._max_bytes:
+            self._start_over()
+            raise DownloadError(
+                f"{self._target.name}: the file has {total} bytes, over max_bytes ({self._max_bytes})"
+            )
+
+    async def _write(self, chunks: AsyncIterator[bytes]) -> None:
+        os.lseek(self._fd, 0, os.SEEK_END)
+        size = self._size()
+        async for chunk in chunks:
+            size += len(chunk)
+            if self._max_bytes is not None and size > self._max_bytes:
+                self._start_over()
+                raise DownloadError(
+                    f"{self._target.name}: over max_bytes ({self._max_bytes} bytes); nothing kept"
+                )
+            _write_all(self._fd, chunk)
+            self._check_deadline()
+
+    def _check_complete(self, total: int | None) -> None:
+        size = self._size()
+        if total is not None and size != total:
+            if size > total:
+                self._start_over()
+            raise TransportError(f"incomplete body: {size} of {total} bytes")
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def _content_range(value: str | None) -> tuple[int | None, int | None]:
@@ -140,13 +404,12 @@ def _content_range(value: str | None) -> tuple[int | None, int | None]:
     return int(match.group(1)), (int(total) if total != "*" else None)
 
 
-def _install(part: Path, target: Path) -> Path:
-    """Make the finished part file durable and move it to the target (or beside it, never over other data)."""
-    with part.open("rb") as handle:
-        os.fsync(handle.fileno())
+def _install(fd: int, part: Path, target: Path) -> Path:
+    """Make the finished part file (open as ``fd``) durable and move it to the target, or beside it."""
+    os.fsync(fd)
     destination = target
     counter = 1
-    while destination.exists():
+    while os.path.lexists(destination):
         if _same_content(destination, part):
             part.unlink()
             return destination
@@ -162,7 +425,7 @@ def _install(part: Path, target: Path) -> Path:
 
 
 def _same_content(a: Path, b: Path) -> bool:
-    if a.stat().st_size != b.stat().st_size:
+    if a.is_symlink() or not a.is_file() or a.stat().st_size != b.stat().st_size:
         return False
     with a.open("rb") as fa, b.open("rb") as fb:
         while True:

@@ -4,7 +4,7 @@
 
     KlingError                      base of everything below
     ├── InvalidRequestError         a request broke a documented limit; raised before any request is sent
-    ├── APIError                    the API answered with an error status (.status, .message, .invalid_params)
+    ├── APIError                    the API answered with an error status (.status, .message, .headers, ...)
     │   ├── BadRequestError         400: the server rejected the parameters
     │   ├── AuthenticationError     401 / 403: missing or invalid key, or a key without access or credits
     │   ├── NotFoundError           404: unknown task id (or a task of another family)
@@ -24,8 +24,10 @@ Every error prints readably and carries its context as attributes; none ever con
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 
 import msgspec
+from multidict import CIMultiDict, CIMultiDictProxy
 
 __all__ = [
     "APIError",
@@ -86,6 +88,8 @@ class APIError(KlingError):
         message: the ``message`` of the answer's body (or a short description when there was none).
         invalid_params: the ``invalid_params`` of a 400 answer, else ``()``.
         task_id: the task the request was about, when there was one.
+        headers: the answer's headers, read-only and case-insensitive (``err.headers["Retry-After"]``,
+            the rate-limit headers); empty when the error was not built from an answer.
     """
 
     def __init__(
@@ -95,11 +99,15 @@ class APIError(KlingError):
         status: int,
         invalid_params: tuple[InvalidParam, ...] = (),
         task_id: str | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         self.status = status
         self.message = message
         self.invalid_params = invalid_params
         self.task_id = task_id
+        self.headers: Mapping[str, str] = (
+            headers if isinstance(headers, CIMultiDictProxy) else CIMultiDictProxy(CIMultiDict(headers or {}))
+        )
         super().__init__(self._describe())
 
     def _describe(self) -> str:
@@ -134,9 +142,12 @@ class RateLimitError(APIError):
         invalid_params: tuple[InvalidParam, ...] = (),
         task_id: str | None = None,
         retry_after: float | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         self.retry_after = retry_after
-        super().__init__(message, status=status, invalid_params=invalid_params, task_id=task_id)
+        super().__init__(
+            message, status=status, invalid_params=invalid_params, task_id=task_id, headers=headers
+        )
 
 
 class ServerError(APIError):
@@ -260,9 +271,17 @@ _ERROR_BY_STATUS: dict[int, type[APIError]] = {
 
 
 def api_error(
-    status: int, body: bytes, *, task_id: str | None = None, retry_after: float | None = None
+    status: int,
+    body: bytes,
+    *,
+    task_id: str | None = None,
+    retry_after: float | None = None,
+    headers: Mapping[str, str] | None = None,
 ) -> APIError:
-    """Build the typed error for an error answer. The body may be JSON (plain or under ``problem``) or not."""
+    """Build the typed error for an error answer. The body may be JSON (plain or under ``problem``) or not.
+
+    ``headers`` are the answer's; the error keeps them (read-only) as ``.headers``.
+    """
     message: str | None = None
     params: list[InvalidParam] | None = None
     try:
@@ -278,9 +297,11 @@ def api_error(
     message = _shorten(message or "no message")
     invalid = tuple(params or ())
     if status == 429:
-        return RateLimitError(message, invalid_params=invalid, task_id=task_id, retry_after=retry_after)
+        return RateLimitError(
+            message, invalid_params=invalid, task_id=task_id, retry_after=retry_after, headers=headers
+        )
     cls = _ERROR_BY_STATUS.get(status, ServerError if status >= 500 else APIError)
-    return cls(message, status=status, invalid_params=invalid, task_id=task_id)
+    return cls(message, status=status, invalid_params=invalid, task_id=task_id, headers=headers)
 
 
 _TITLE = re.compile(rb"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)

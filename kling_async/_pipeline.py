@@ -97,7 +97,9 @@ class Pipeline:
         if 200 <= response.status < 300:
             return response.body
         retry_after = parse_retry_after(response.headers.get("Retry-After"), now=self.clock.wall())
-        error = api_error(response.status, response.body, task_id=task_id, retry_after=retry_after)
+        error = api_error(
+            response.status, response.body, task_id=task_id, retry_after=retry_after, headers=response.headers
+        )
         if isinstance(error, RateLimitError):
             self.limiter.on_rate_limited(error.retry_after)
             if self._events.active:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["Secret"]
+__all__ = ["Secret", "redacted_str"]
 
 
 class Secret:
@@ -30,3 +30,21 @@ class Secret:
 
     def __reduce__(self) -> str:
         raise TypeError("a Secret is not pickled: it would write the key out")
+
+
+class _RedactedStr(str):
+    """The key as the header value aiohttp needs (a str), whose repr never shows it.
+
+    aiohttp copies header values into its own multidicts, which stand as locals in its frames: a
+    traceback rendered with locals (Sentry's default) prints their reprs, and this repr is redacted.
+    """
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "'***'"
+
+
+def redacted_str(secret: Secret) -> str:
+    """The secret as a ``str`` whose ``repr`` is redacted, for the one place that sends it."""
+    return _RedactedStr(secret.reveal())

@@ -1,51 +1,191 @@
-"""The one module that talks to aiohttp's client; its exceptions become ours here.
+"""The transport seam: what the client and downloads need from HTTP, and the aiohttp implementation.
+
+``Transport`` is the protocol; ``AiohttpTransport`` is the one module-level user of aiohttp's client, and
+its exceptions become ours here. ``kling_async.testing.MockTransport`` is a handler-based fake of it.
 
 API requests carry the key header and never follow redirects (a redirect must not carry the key to
-another host). File downloads go through ``stream``, which never carries the key.
+another host). File downloads go through ``stream``, which never carries the key and never follows
+redirects either: the download code decides which to follow.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
+import logging
+import math
+import os
+import re
+import socket
+import sys
+from collections.abc import AsyncIterator, Iterable, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Protocol
 
 import aiohttp
-from multidict import CIMultiDictProxy
+from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
 
 from ._errors import TransportError
+from ._secret import Secret, redacted_str
 
-__all__ = ["Response", "Timeouts", "Transport", "redact"]
+__all__ = [
+    "USER_AGENT",
+    "AiohttpTransport",
+    "Response",
+    "StreamAnswer",
+    "Timeouts",
+    "TraceConfigs",
+    "Transport",
+    "check_headers",
+    "package_version",
+    "redact",
+]
 
-_USER_AGENT = "kling-async/0.1"
+log = logging.getLogger("kling_async.http")
+
+
+def package_version() -> str:
+    """This package's version, from its installed metadata (the one place it is written: pyproject.toml)."""
+    try:
+        return metadata.version("kling-async")
+    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "0+unknown"
+
+
+USER_AGENT = (
+    f"kling-async/{package_version()} python/{sys.version_info[0]}.{sys.version_info[1]}"
+    f" aiohttp/{aiohttp.__version__}"
+)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Timeouts:
-    """Per-request time limits, in seconds.
+    """Time limits, in seconds: per API request, and for file downloads (which have their own).
 
     Args:
         connect: to open a connection (a POST that fails here provably created nothing).
-        read: the longest silence while reading an answer (catches a server that stops mid-body).
-        total: the whole request, connection included (catches a body that trickles forever).
+        read: the longest silence while reading an API answer (catches a server that stops mid-body).
+        total: a whole API request, connection included (catches a body that trickles forever).
+            Downloads are never bound by it.
+        download_idle: the longest silence while downloading a file; the transfer is then resumed.
+        download_deadline: the most a whole download may take, retries and resumes included, or None
+            for no limit (a download that keeps making progress is then never cut short).
     """
 
     connect: float = 10.0
     read: float = 30.0
     total: float = 60.0
+    download_idle: float = 30.0
+    download_deadline: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("connect", "read", "total", "download_idle", "download_deadline"):
+            value = getattr(self, name)
+            if value is not None and not (value > 0 and math.isfinite(value)):
+                raise ValueError(f"Timeouts.{name}: a finite number of seconds above 0 (got {value!r})")
+
+
+def _headers(headers: Mapping[str, str] | None) -> CIMultiDictProxy[str]:
+    if isinstance(headers, CIMultiDictProxy):
+        return headers
+    return CIMultiDictProxy(CIMultiDict(headers or {}))
 
 
 @dataclass(frozen=True, slots=True)
 class Response:
-    """A complete API answer."""
+    """A complete API answer. ``headers`` look up case-insensitively, whatever mapping was given."""
 
     status: int
-    headers: CIMultiDictProxy[str]
-    body: bytes
+    headers: Mapping[str, str] = field(default_factory=dict)
+    body: bytes = b""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "headers", _headers(self.headers))
 
 
-class Transport:
-    """One pooled aiohttp session for the API and for file downloads."""
+TraceConfigs = Iterable[aiohttp.TraceConfig]
+"""aiohttp ``TraceConfig``s (the one aiohttp type in the client's signature)."""
+
+StreamAnswer = tuple[int, Mapping[str, str], AsyncIterator[bytes]]
+"""What ``Transport.stream`` yields: the status, the headers (case-insensitive), and the body's chunks."""
+
+
+class Transport(Protocol):
+    """What the client and the downloads call to reach the network (a seam: tests can swap it)."""
+
+    async def open(self) -> None:
+        """Get ready to send; runs inside the event loop that will use the transport."""
+
+    async def close(self) -> None:
+        """Release connections; the transport is not used after this."""
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: bytes | None = None,
+        params: Mapping[str, str] | None = None,
+    ) -> Response:
+        """Send one API request (with the key) to ``path`` under the base URL and read its whole answer.
+
+        Raises:
+            TransportError: no complete answer (``request_sent`` False when nothing left).
+        """
+        ...
+
+    def stream(
+        self, url: str, *, headers: Mapping[str, str] | None = None
+    ) -> AbstractAsyncContextManager[StreamAnswer]:
+        """GET a file URL (never with the key, never following redirects) and yield its answer.
+
+        Raises:
+            TransportError: while connecting or while reading the chunks.
+        """
+        ...
+
+
+# RFC 9110 token characters for a header name; values must not carry control characters (CR/LF split
+# a header in two, which would let a value smuggle in another header).
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+def check_headers(headers: Mapping[str, str], *, key_header: str) -> dict[str, str]:
+    """Validate ``default_headers``: proper names, values without control characters, never the key's.
+
+    Raises:
+        ValueError: naming the header and the rule it breaks.
+    """
+    checked: dict[str, str] = {}
+    for name, value in headers.items():
+        if not isinstance(name, str) or not _TOKEN.fullmatch(name):
+            raise ValueError(f"default_headers: {name!r} is not a valid header name")
+        if not isinstance(value, str) or _CONTROL.search(value):
+            raise ValueError(f"default_headers[{name!r}]: a string without control characters")
+        if name.lower() == key_header.lower():
+            raise ValueError(
+                f"default_headers[{name!r}]: this header carries the API key; pass the key as api_key="
+            )
+        checked[name] = value
+    return checked
+
+
+class AiohttpTransport:
+    """One pooled aiohttp session for the API and for file downloads.
+
+    Args:
+        base_url: the API's address; API paths are appended to it.
+        auth_header: the key's header name and the key, sent on API requests only.
+        timeouts: the API request limits and the downloads' idle limit.
+        connection_limit: connections open at once, API and files together.
+        max_body: the largest API answer read, in bytes.
+        proxy: a proxy URL for every request; None: from the environment when ``trust_env``.
+        trust_env: honour ``HTTPS_PROXY``, ``HTTP_PROXY``, ``NO_PROXY`` (and ``~/.netrc``), as httpx does.
+        default_headers: extra headers on every API request (validated by ``check_headers``).
+        trace_configs: aiohttp ``TraceConfig``s given to the session (OpenTelemetry hooks in here).
+    """
 
     def __init__(
         self,
@@ -55,15 +195,32 @@ class Transport:
         timeouts: Timeouts,
         connection_limit: int,
         max_body: int = 4 * 1024 * 1024,
+        proxy: str | None = None,
+        trust_env: bool = True,
+        default_headers: Mapping[str, str] | None = None,
+        trace_configs: TraceConfigs | None = None,
     ) -> None:
         self._base_url = base_url.rstrip("/")
-        self._auth = {auth_header[0]: auth_header[1]}
+        # A str whose repr is redacted: aiohttp's frames hold it as a local, and tracebacks show those.
+        self._auth = {auth_header[0]: redacted_str(Secret(auth_header[1]))}
+        self._default_headers = check_headers(default_headers or {}, key_header=auth_header[0])
         self._timeout = aiohttp.ClientTimeout(
             total=timeouts.total, sock_connect=timeouts.connect, sock_read=timeouts.read
         )
+        # A download is bound by silence, never by a total: a big file on a slow link takes what it takes
+        # (the download code enforces its own optional deadline).
+        self._file_timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=timeouts.connect, sock_read=timeouts.download_idle
+        )
         self._connection_limit = connection_limit
         self._max_body = max_body
+        self._proxy = proxy
+        self._trust_env = trust_env
+        self._trace_configs = list(trace_configs or ())
         self._session: aiohttp.ClientSession | None = None
+
+    def __repr__(self) -> str:
+        return f"<AiohttpTransport base_url={self._base_url!r}>"
 
     async def open(self) -> None:
         """Create the session; must run inside the event loop that will use it."""
@@ -71,8 +228,11 @@ class Transport:
         self._session = aiohttp.ClientSession(
             connector=connector,
             timeout=self._timeout,
-            headers={"User-Agent": _USER_AGENT},
+            headers={"User-Agent": USER_AGENT},
             raise_for_status=False,
+            proxy=self._proxy,
+            trust_env=self._trust_env,
+            trace_configs=self._trace_configs or None,
         )
 
     async def close(self) -> None:
@@ -94,30 +254,29 @@ class Transport:
         body: bytes | None = None,
         params: Mapping[str, str] | None = None,
     ) -> Response:
-        """Send one API request and read its whole answer.
+        """Send one API request and read its whole answer; log one INFO line for it.
 
         Raises:
             TransportError: no complete answer; ``request_sent`` is False only when the
                 connection could not be opened, so the server cannot have seen the request.
         """
         session = self._require_session()
-        headers = dict(self._auth)
+        headers = {**self._default_headers, **self._auth}
         if body is not None:
             headers["Content-Type"] = "application/json"
+        url = URL(self._base_url + path)
+        if params:
+            url = url.extend_query(params)
         try:
             async with session.request(
-                method,
-                self._base_url + path,
-                data=body,
-                params=params,
-                headers=headers,
-                allow_redirects=False,
+                method, url, data=body, headers=headers, allow_redirects=False
             ) as resp:
                 data = await self._read_capped(resp)
+                _log_response(method, str(url), resp)
                 return Response(resp.status, resp.headers, data)
         except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
             raise TransportError(
-                f"{method} {path}: could not connect: {exc.__class__.__name__}", request_sent=False
+                f"{method} {path}: {_connect_failure(exc, url)}", request_sent=False
             ) from exc
         except TimeoutError as exc:
             raise TransportError(f"{method} {path}: timed out waiting for the answer") from exc
@@ -139,26 +298,68 @@ class Transport:
     @asynccontextmanager
     async def stream(
         self, url: str, *, headers: Mapping[str, str] | None = None
-    ) -> AsyncIterator[tuple[int, CIMultiDictProxy[str], AsyncIterator[bytes]]]:
-        """Open a file URL (never with the API key) and yield ``(status, headers, chunks)``."""
+    ) -> AsyncIterator[StreamAnswer]:
+        """Open a file URL (never with the API key, never following redirects) and yield its answer."""
         session = self._require_session()
+        where = f"GET {redact(url)}"
         try:
-            async with session.get(url, headers=dict(headers or {})) as resp:
-                yield resp.status, resp.headers, _chunks(resp)
+            target = URL(url)
+            response = await session.get(
+                target, headers=dict(headers or {}), allow_redirects=False, timeout=self._file_timeout
+            )
         except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
-            raise TransportError(f"GET {redact(url)}: could not connect", request_sent=False) from exc
+            raise TransportError(f"{where}: {_connect_failure(exc, target)}", request_sent=False) from exc
         except TimeoutError as exc:
-            raise TransportError(f"GET {redact(url)}: timed out") from exc
-        except aiohttp.ClientError as exc:
-            raise TransportError(f"GET {redact(url)}: {_describe(exc)}") from exc
+            raise TransportError(f"{where}: timed out") from exc
+        except (aiohttp.ClientError, ValueError) as exc:  # ValueError: a URL aiohttp cannot use
+            raise TransportError(f"{where}: {_describe(exc)}") from exc
+        async with response:
+            _log_response("GET", redact(url), response)
+            yield response.status, response.headers, _chunks(response, where)
 
 
-async def _chunks(resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
-    async for chunk in resp.content.iter_chunked(256 * 1024):
-        yield chunk
+async def _chunks(resp: aiohttp.ClientResponse, where: str) -> AsyncIterator[bytes]:
+    try:
+        async for chunk in resp.content.iter_chunked(256 * 1024):
+            yield chunk
+    except TimeoutError as exc:
+        raise TransportError(f"{where}: no data for too long (download_idle)") from exc
+    except aiohttp.ClientError as exc:
+        raise TransportError(f"{where}: {_describe(exc)}") from exc
 
 
-def _describe(exc: aiohttp.ClientError) -> str:
+def _log_response(method: str, url: str, resp: aiohttp.ClientResponse) -> None:
+    # httpx's line, so log tooling that knows httpx reads ours; the key is a header, never in the URL.
+    log.info(
+        'HTTP Request: %s %s "%d %s"',
+        method,
+        url,
+        resp.status,
+        resp.reason or "",
+        extra={"method": method, "url": url, "status": resp.status},
+    )
+
+
+def _connect_failure(exc: aiohttp.ClientError, url: URL) -> str:
+    """``could not connect to HOST:PORT: REASON``, naming the proxy when it was the proxy that failed."""
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        host, port = exc.host, exc.port
+        reason = _reason(exc.os_error)
+    else:
+        host, port = url.host or "?", url.port
+        reason = "timed out"
+    proxy = "proxy " if isinstance(exc, aiohttp.ClientProxyConnectionError) else ""
+    return f"could not connect to {proxy}{host}:{port}: {reason}"
+
+
+def _reason(error: OSError) -> str:
+    # asyncio words a refused connection "Connect call failed ('127.0.0.1', 9)"; the errno says it better.
+    if error.errno and error.errno > 0 and not isinstance(error, socket.gaierror):
+        return os.strerror(error.errno)
+    return error.strerror or str(error) or error.__class__.__name__
+
+
+def _describe(exc: Exception) -> str:
     text = str(exc)
     name = exc.__class__.__name__
     return f"{name}: {text}" if text else name

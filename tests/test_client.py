@@ -24,6 +24,7 @@ from kling_async import (
     TaskTimeoutError,
     TransportError,
 )
+from kling_async._transport import AiohttpTransport
 from kling_async.testing import Simulator
 from tests.conftest import FAST_POLL, FAST_RETRY, client_side_tasks
 
@@ -236,6 +237,7 @@ async def test_magnific_key_is_used_when_the_freepik_one_is_absent(
 
 async def test_magnific_host_gets_the_magnific_header() -> None:
     client = KlingClient(api_key="k", base_url="https://api.magnific.com")
+    assert isinstance(client._transport, AiohttpTransport)
     assert client._transport._auth == {"x-magnific-api-key": "k"}
 
 

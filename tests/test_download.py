@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import gzip
+import hashlib
+import os
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from importlib.resources import files
 from pathlib import Path
 
 import anyio
 import pytest
+from aiohttp import web
 
-from kling_async import DownloadError, KlingClient, OmniRequest, RetryPolicy, TaskResult
-from kling_async._download import safe_file_name
+from kling_async import DownloadError, KlingClient, OmniRequest, RetryPolicy, TaskResult, Timeouts
+from kling_async._clock import SYSTEM_CLOCK
+from kling_async._download import MAX_REDIRECTS, download_file, safe_file_name
+from kling_async._transport import AiohttpTransport
 from kling_async.testing import Faults, Simulator
 from tests.conftest import FAST_POLL, FAST_RETRY
 
@@ -121,3 +130,333 @@ def test_names_windows_reserves_are_changed() -> None:
 
 def test_distinct_keys_that_clean_alike_get_distinct_names() -> None:
     assert safe_file_name("a/b") != safe_file_name("a:b")
+
+
+# -- a file host of our own: other files, changed files, stalls, redirects, compression ----------------
+
+
+class FileHost:
+    """A tiny loopback file server whose misbehaviour each test sets, recording every request's headers."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, bytes] = {}
+        self.redirects: dict[str, str] = {}
+        self.gzip: dict[str, bytes] = {}
+        self.cut_once: dict[str, int] = {}  # path -> bytes sent before the next answer is cut off
+        self.cut_every: int | None = None  # every answer is cut off after this many bytes
+        self.stall_once = 0.0  # seconds the first answer stops after its first piece
+        self.pace = 0.0  # seconds between 1 KiB pieces
+        self.chunked = False  # no Content-Length
+        self.held = anyio.Event()  # set to let answers proceed (when hold is on)
+        self.hold = False
+        self.seen: list[tuple[str, dict[str, str]]] = []
+        self.asked = anyio.Event()  # set at the first request
+        self.url = ""
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        path = request.path
+        self.seen.append((path, dict(request.headers)))
+        self.asked.set()
+        if path in self.redirects:
+            raise web.HTTPFound(self.redirects[path])
+        if path in self.gzip:
+            return web.Response(body=self.gzip[path], headers={"Content-Encoding": "gzip"})
+        data = self.files.get(path)
+        if data is None:
+            return web.Response(status=404)
+        etag = '"' + hashlib.sha256(data).hexdigest()[:16] + '"'
+        status, start = 200, 0
+        wanted = request.headers.get("Range", "")
+        if wanted.startswith("bytes=") and request.headers.get("If-Range", etag) == etag:
+            start = int(wanted[6:].rstrip("-"))
+            if start >= len(data):
+                return web.Response(status=416, headers={"Content-Range": f"bytes */{len(data)}"})
+            status = 206
+        headers = {"ETag": etag, "Accept-Ranges": "bytes"}
+        if status == 206:
+            headers["Content-Range"] = f"bytes {start}-{len(data) - 1}/{len(data)}"
+        response = web.StreamResponse(status=status, headers=headers)
+        if not self.chunked:
+            response.content_length = len(data) - start
+        await response.prepare(request)
+        cut = self.cut_once.pop(path, self.cut_every)
+        body = data[start:]
+        sent = 0
+        while sent < len(body):
+            if self.hold:
+                await self.held.wait()
+            piece = body[sent : sent + 1024]
+            if cut is not None and sent + len(piece) > cut:
+                await response.write(piece[: cut - sent])
+                assert request.transport is not None
+                request.transport.close()
+                return response
+            await response.write(piece)
+            sent += len(piece)
+            if self.stall_once:
+                stall, self.stall_once = self.stall_once, 0.0
+                await anyio.sleep(stall)
+            if self.pace:
+                await anyio.sleep(self.pace)
+        await response.write_eof()
+        return response
+
+
+@pytest.fixture
+async def host() -> AsyncIterator[FileHost]:
+    file_host = FileHost()
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", file_host.handle)
+    runner = web.AppRunner(app, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    file_host.url = f"http://127.0.0.1:{port}"
+    try:
+        yield file_host
+    finally:
+        file_host.held.set()
+        await runner.cleanup()
+
+
+@asynccontextmanager
+async def _transport(timeouts: Timeouts | None = None) -> AsyncIterator[AiohttpTransport]:
+    transport = AiohttpTransport(
+        base_url="http://127.0.0.1:9",
+        auth_header=("x-freepik-api-key", "secret-key"),
+        timeouts=timeouts or Timeouts(),
+        connection_limit=8,
+        trust_env=False,
+    )
+    await transport.open()
+    try:
+        yield transport
+    finally:
+        await transport.close()
+
+
+async def _get(
+    url: str,
+    target: Path,
+    *,
+    timeouts: Timeouts | None = None,
+    retry: RetryPolicy = FAST_RETRY,
+    source: str | None = None,
+    deadline: float | None = None,
+    max_bytes: int | None = None,
+) -> Path:
+    async with _transport(timeouts) as transport:
+        return await download_file(
+            transport,
+            url,
+            target,
+            retry=retry,
+            clock=SYSTEM_CLOCK,
+            source=source,
+            deadline=deadline,
+            max_bytes=max_bytes,
+        )
+
+
+FILE_A = os.urandom(8 * 1024)
+FILE_B = os.urandom(6 * 1024)
+ONE_TRY = RetryPolicy(attempts=1)
+
+
+async def test_a_part_file_of_another_video_is_started_over_not_resumed(
+    host: FileHost, tmp_path: Path
+) -> None:
+    """Defect 11.9: a stale part from video A is never completed with the bytes of video B."""
+    host.files.update({"/a.mp4": FILE_A, "/b.mp4": FILE_B + FILE_A[len(FILE_B) :]})
+    host.cut_once["/a.mp4"] = 4096
+    target = tmp_path / "clip.mp4"
+    with pytest.raises(DownloadError):
+        await _get(f"{host.url}/a.mp4", target, retry=ONE_TRY)
+    path = await _get(f"{host.url}/b.mp4", target)
+    assert path.read_bytes() == host.files["/b.mp4"]
+
+
+async def test_a_part_whose_remote_file_changed_is_started_over(host: FileHost, tmp_path: Path) -> None:
+    """The same URL serving another file (another size) since the break: the download starts over."""
+    host.files["/clip.mp4"] = FILE_A
+    host.cut_once["/clip.mp4"] = 4096
+    target = tmp_path / "clip.mp4"
+    with pytest.raises(DownloadError):
+        await _get(f"{host.url}/clip.mp4", target, retry=ONE_TRY)
+    host.files["/clip.mp4"] = FILE_B + os.urandom(4096)
+    path = await _get(f"{host.url}/clip.mp4", target)
+    assert path.read_bytes() == host.files["/clip.mp4"]
+
+
+async def test_a_part_of_the_same_file_is_resumed_with_if_range(host: FileHost, tmp_path: Path) -> None:
+    """The part of the same file resumes from where it broke, guarded by the file's ETag."""
+    host.files["/clip.mp4"] = FILE_A
+    host.cut_once["/clip.mp4"] = 4096
+    path = await _get(f"{host.url}/clip.mp4", tmp_path / "clip.mp4")
+    assert path.read_bytes() == FILE_A
+    assert [headers.get("Range") for _, headers in host.seen] == [None, "bytes=4096-"]
+    assert host.seen[1][1]["If-Range"].startswith('"')
+
+
+async def test_a_symlink_planted_at_the_part_path_is_refused_and_its_target_untouched(
+    host: FileHost, tmp_path: Path
+) -> None:
+    """Defect 11.9: the part file is opened with O_NOFOLLOW; an unrelated file behind a link stays whole."""
+    host.files["/clip.mp4"] = FILE_A
+    precious = tmp_path / "precious.txt"
+    precious.write_bytes(b"do not touch")
+    (tmp_path / ".clip.mp4.part").symlink_to(precious)
+    with pytest.raises(DownloadError, match="symbolic link"):
+        await _get(f"{host.url}/clip.mp4", tmp_path / "clip.mp4")
+    assert precious.read_bytes() == b"do not touch"
+    assert host.seen == []
+
+
+async def test_a_second_download_to_the_same_target_fails_cleanly_while_the_first_runs(
+    host: FileHost, tmp_path: Path
+) -> None:
+    """Defect 11.9: two downloads never share a part file; the second fails cleanly, the first ends whole."""
+    host.files["/clip.mp4"] = FILE_A
+    host.hold = True
+    target = tmp_path / "clip.mp4"
+    paths: list[Path] = []
+
+    async def first() -> None:
+        paths.append(await _get(f"{host.url}/clip.mp4", target))
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(first)
+        await host.asked.wait()
+        with pytest.raises(DownloadError, match="in progress"):
+            await _get(f"{host.url}/clip.mp4", target)
+        host.held.set()
+    assert paths == [target]
+    assert target.read_bytes() == FILE_A
+    assert len(host.seen) == 1
+
+
+async def test_a_download_locked_by_another_process_fails_cleanly(host: FileHost, tmp_path: Path) -> None:
+    """The lock is an flock on the target's lock file, so it holds across processes too."""
+    host.files["/clip.mp4"] = FILE_A
+    holder = (
+        "import fcntl, os, sys\n"
+        "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)\n"
+        "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+        "print('locked', end='', flush=True)\n"
+        "sys.stdin.read()\n"
+    )
+    async with await anyio.open_process(
+        [sys.executable, "-c", holder, str(tmp_path / ".clip.mp4.lock")]
+    ) as child:
+        assert child.stdout is not None
+        assert child.stdin is not None
+        assert await child.stdout.receive() == b"locked"
+        try:
+            with pytest.raises(DownloadError, match="in progress"):
+                await _get(f"{host.url}/clip.mp4", tmp_path / "clip.mp4")
+        finally:
+            await child.stdin.aclose()
+    assert host.seen == []
+
+
+async def test_a_slow_download_is_not_cut_by_the_api_requests_total(host: FileHost, tmp_path: Path) -> None:
+    """Defect 11.10: a transfer longer than Timeouts.total arrives in one GET, never restarted by it."""
+    host.files["/clip.mp4"] = FILE_A
+    host.pace = 0.05  # 8 pieces: about 0.4 s, twice the API total below
+    timeouts = Timeouts(connect=1.0, read=0.1, total=0.2, download_idle=5.0)
+    path = await _get(f"{host.url}/clip.mp4", tmp_path / "clip.mp4", timeouts=timeouts)
+    assert path.read_bytes() == FILE_A
+    assert len(host.seen) == 1
+
+
+async def test_a_transfer_silent_for_download_idle_is_resumed(host: FileHost, tmp_path: Path) -> None:
+    """A file host that stops sending mid-file is left after download_idle and the file resumed."""
+    host.files["/clip.mp4"] = FILE_A
+    host.stall_once = 3.0
+    timeouts = Timeouts(download_idle=0.2)
+    path = await _get(f"{host.url}/clip.mp4", tmp_path / "clip.mp4", timeouts=timeouts)
+    assert path.read_bytes() == FILE_A
+    assert [headers.get("Range") for _, headers in host.seen] == [None, "bytes=1024-"]
+
+
+async def test_the_download_deadline_ends_a_download_that_never_finishes(
+    host: FileHost, tmp_path: Path
+) -> None:
+    """A file trickling in forever ends at the download's own deadline with a DownloadError."""
+    host.files["/clip.mp4"] = os.urandom(1024 * 1024)
+    host.pace = 0.02
+    with pytest.raises(DownloadError, match="deadline"):
+        await _get(f"{host.url}/clip.mp4", tmp_path / "clip.mp4", deadline=0.3)
+    assert not (tmp_path / "clip.mp4").exists()
+
+
+async def test_tries_that_make_progress_do_not_use_up_the_attempts(host: FileHost, tmp_path: Path) -> None:
+    """Defect 11.10: a link that breaks every 1 KiB still delivers the file with only 3 attempts."""
+    host.files["/clip.mp4"] = FILE_A
+    host.cut_every = 1000
+    retry = RetryPolicy(attempts=3, initial=0.001, maximum=0.001)
+    path = await _get(f"{host.url}/clip.mp4", tmp_path / "clip.mp4", retry=retry)
+    assert path.read_bytes() == FILE_A
+    assert len(host.seen) == -(-len(FILE_A) // 1000)
+
+
+async def test_a_redirect_on_the_same_scheme_is_followed(host: FileHost, tmp_path: Path) -> None:
+    """http to http (https to https) redirects are followed, without the key."""
+    host.files["/real.mp4"] = FILE_A
+    host.redirects["/moved.mp4"] = f"{host.url}/real.mp4"
+    path = await _get(f"{host.url}/moved.mp4", tmp_path / "clip.mp4")
+    assert path.read_bytes() == FILE_A
+    assert [p for p, _ in host.seen] == ["/moved.mp4", "/real.mp4"]
+    assert all("x-freepik-api-key" not in {k.lower() for k in h} for _, h in host.seen)
+
+
+async def test_a_redirect_to_another_scheme_is_refused(host: FileHost, tmp_path: Path) -> None:
+    """Defect 11.10: a redirect that changes the scheme is a DownloadError, not followed."""
+    host.redirects["/moved.mp4"] = "https://127.0.0.1:9/real.mp4"
+    with pytest.raises(DownloadError, match="only http redirects are followed"):
+        await _get(f"{host.url}/moved.mp4", tmp_path / "clip.mp4")
+    assert len(host.seen) == 1
+
+
+async def test_a_redirect_loop_ends_after_the_redirect_limit(host: FileHost, tmp_path: Path) -> None:
+    """Redirects are bounded: more than MAX_REDIRECTS in a row is a DownloadError."""
+    host.redirects["/loop.mp4"] = "/loop.mp4"
+    with pytest.raises(DownloadError, match="redirects in a row"):
+        await _get(f"{host.url}/loop.mp4", tmp_path / "clip.mp4")
+    assert len(host.seen) == MAX_REDIRECTS + 1
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+async def test_a_file_over_max_bytes_is_refused_and_nothing_is_kept(
+    host: FileHost, tmp_path: Path, chunked: bool
+) -> None:
+    """With or without a Content-Length, a body over max_bytes ends the download and leaves no file."""
+    host.files["/clip.mp4"] = FILE_A
+    host.chunked = chunked
+    with pytest.raises(DownloadError, match="max_bytes"):
+        await _get(f"{host.url}/clip.mp4", tmp_path / "clip.mp4", max_bytes=4000)
+    assert [p.name for p in tmp_path.iterdir()] == []
+
+
+async def test_a_compressed_body_is_capped_by_its_inflated_size(host: FileHost, tmp_path: Path) -> None:
+    """Defect 11.10: a gzip bomb (8 MiB of zeros in a few KiB) never inflates past max_bytes."""
+    host.gzip["/clip.mp4"] = gzip.compress(bytes(8 * 1024 * 1024))
+    with pytest.raises(DownloadError, match="max_bytes"):
+        await _get(f"{host.url}/clip.mp4", tmp_path / "clip.mp4", max_bytes=1024 * 1024)
+    assert [p.name for p in tmp_path.iterdir()] == []
+
+
+async def test_files_are_asked_for_uncompressed(host: FileHost, tmp_path: Path) -> None:
+    """Downloads send Accept-Encoding: identity (a video gains nothing from compression)."""
+    host.files["/clip.mp4"] = FILE_A
+    await _get(f"{host.url}/clip.mp4", tmp_path / "clip.mp4")
+    assert host.seen[0][1]["Accept-Encoding"] == "identity"
+
+
+async def test_no_lock_part_or_record_file_is_left_after_a_download(host: FileHost, tmp_path: Path) -> None:
+    """After success, only the target remains: the lock and the part's record are removed too."""
+    host.files["/clip.mp4"] = FILE_A
+    host.cut_once["/clip.mp4"] = 2048
+    await _get(f"{host.url}/clip.mp4", tmp_path / "clip.mp4")
+    assert [p.name for p in tmp_path.iterdir()] == ["clip.mp4"]

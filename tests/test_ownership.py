@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import traceback
 from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from kling_async import (
     SubmitUncertainError,
     TaskFailedError,
     TaskSubmitted,
+    TransportError,
 )
 from kling_async._events import EventHub, EventStream, StatusChanged
 from kling_async.testing import Simulator
@@ -292,3 +294,19 @@ def test_the_error_for_a_bad_key_never_shows_the_key() -> None:
     with pytest.raises(ValueError, match="api_key") as caught:
         KlingClient(api_key="secret-key-123\x00")
     assert "secret-key-123" not in str(caught.value)
+
+
+_LEAK_CANARY = "sk-do-not-leak-4242"
+
+
+async def test_the_key_is_not_in_a_traceback_rendered_with_locals() -> None:
+    """A failed request's traceback, its cause's included, rendered with every frame's locals (as
+    Sentry does), never shows the key."""
+    closed_port = "http://127.0.0.1:9"
+    async with KlingClient(
+        api_key=_LEAK_CANARY, base_url=closed_port, retry=RetryPolicy(attempts=1)
+    ) as client:
+        with pytest.raises(TransportError) as caught:
+            await client.list_tasks()
+    rendered = traceback.TracebackException.from_exception(caught.value, capture_locals=True).format()
+    assert _LEAK_CANARY not in "".join(rendered)

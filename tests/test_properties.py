@@ -314,13 +314,14 @@ def broken_requests(draw: st.DrawFn) -> Broken:
     text_type = cls is not VideoReferenceRequest
     with_cfg = cls is not OmniRequest
     rules = ["prompt too long", "prompt blank", "prompt not a string", "bad duration", "bad url"]
-    rules += ["bad aspect ratio", "auto without image", "unknown field"]
+    rules += ["bad aspect ratio", "unknown field"]
     if text_type:
-        rules += ["too many shots", "no shots", "neither prompt", "both with image", "bad shot type"]
-        rules += ["too many voices", "blank voice", "too many references", "audio not bool"]
-        rules += ["element not an Element"]
+        rules += ["too many shots", "no shots", "neither prompt", "bad shot type", "auto without image"]
+        rules += ["too many voices", "blank voice", "audio not bool", "element not an Element"]
     if cls is OmniRequest:
-        rules += ["shot too long", "bad reference url"]
+        # The vendor states these for Omni only: Kling 3 takes any number of elements, and a prompt
+        # beside its shots with a start image; reference-to-video's "auto" needs no image.
+        rules += ["shot too long", "bad reference url", "both with image", "too many references"]
     if cls is Kling3Request:
         rules += ["shots over 15 s", "bad shot duration"]
     if with_cfg:
@@ -378,16 +379,9 @@ def broken_requests(draw: st.DrawFn) -> Broken:
         kw.pop("multi_prompt", None)
         field = "prompt + multi_prompt"
     elif rule == "both with image":
-        image_field = (
-            "start_image_url"
-            if cls is Kling3Request
-            else draw(st.sampled_from(["image_url", "start_image_url"]))
-        )
-        kw[image_field] = draw(urls)
+        kw[draw(st.sampled_from(["image_url", "start_image_url"]))] = draw(urls)
         kw["prompt"] = draw(prompts)
-        kw["multi_prompt"] = (
-            [draw(prompts)] if cls is OmniRequest else [Shot(prompt=draw(prompts), duration="5")]
-        )
+        kw["multi_prompt"] = [draw(prompts)]
         field = "prompt + multi_prompt"
     elif rule == "bad shot type":
         shot_types: tuple[str, ...] = ("customize",) if cls is OmniRequest else ("customize", "intelligent")
@@ -405,15 +399,11 @@ def broken_requests(draw: st.DrawFn) -> Broken:
         voices[index] = draw(st.one_of(blank, st.integers()))
         kw["voice_ids"], field = voices[: index + 1], f"voice_ids[{index}]"
     elif rule == "too many references":
-        if cls is OmniRequest:
-            image_count = draw(st.integers(0, 5))
-            kw["image_urls"] = [draw(urls) for _ in range(image_count)]
-            element_count = draw(st.integers(max(0, 5 - image_count), 5))
-            kw["elements"] = [draw(elements()) for _ in range(element_count)]
-            field = "image_urls + elements"
-        else:
-            kw["elements"] = [draw(elements()) for _ in range(draw(st.integers(5, 7)))]
-            field = "elements"
+        image_count = draw(st.integers(0, 5))
+        kw["image_urls"] = [draw(urls) for _ in range(image_count)]
+        element_count = draw(st.integers(max(0, 5 - image_count), 5))
+        kw["elements"] = [draw(elements()) for _ in range(element_count)]
+        field = "image_urls + elements"
     elif rule == "audio not bool":
         kw["generate_audio"] = draw(st.one_of(st.integers(), st.sampled_from(["true", "false", "yes"])))
         field = "generate_audio"
