@@ -350,6 +350,7 @@ class _Batch:
         download: Path | None,
         journal: Journal | None,
         resubmit_uncertain: bool,
+        resubmit_failed: bool = False,
     ) -> None:
         self._client = client
         self._send = send
@@ -359,6 +360,7 @@ class _Batch:
         self._download = download
         self._journal = journal
         self._resubmit_uncertain = resubmit_uncertain
+        self._resubmit_failed = resubmit_failed
         self._pending = 0
         self._submitting = True
         self._drained = anyio.Event()
@@ -490,8 +492,8 @@ class _Batch:
             )
             await self._deliver(Outcome(index=index, key=key, error=error))
             return False
-        if entry.state == JournalState.FAILED and entry.task_id is None:
-            return None  # refused before creation (bad key, 4xx): worth trying again
+        if entry.state == JournalState.FAILED and (entry.task_id is None or self._resubmit_failed):
+            return None  # refused before creation (bad key, 4xx), or a failed task asked to be retried
         assert entry.task_id is not None
         if entry.state == JournalState.FAILED:
             failed = TaskFailedError(entry.task_id, entry.status or FAILED, model=entry.model)
@@ -569,6 +571,7 @@ async def run_batch(
     download: Path | None,
     journal: str | os.PathLike[str] | Journal | None,
     resubmit_uncertain: bool,
+    resubmit_failed: bool = False,
 ) -> None:
     """Run every item to an outcome and send each outcome as soon as it is known."""
     if download is not None:
@@ -584,5 +587,6 @@ async def run_batch(
             download=download,
             journal=journal,
             resubmit_uncertain=resubmit_uncertain,
+            resubmit_failed=resubmit_failed,
         )
         await batch.run(items, submitters=submitters)

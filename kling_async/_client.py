@@ -351,6 +351,7 @@ class KlingClient:
         timeout: float | None = None,
         batch_timeout: float | None = None,
         resubmit_uncertain: bool = False,
+        resubmit_failed: bool = False,
     ) -> AsyncIterator[Outcome]:
         """Run every request to an outcome, yielding outcomes as they finish (completion order).
 
@@ -370,6 +371,7 @@ class KlingClient:
             batch_timeout: deadline for the whole batch: no item is taken from the input after it, and
                 tasks still running then end as ``TaskTimeoutError`` outcomes (they run on server-side).
             resubmit_uncertain: send again the items a journal marks uncertain (this may pay twice).
+            resubmit_failed: submit again the items whose task a journal records as FAILED (a new task).
         """
         self._require_open()
         folder = Path(download) if download is not None else None
@@ -391,6 +393,7 @@ class KlingClient:
                         download=folder,
                         journal=journal,
                         resubmit_uncertain=resubmit_uncertain,
+                        resubmit_failed=resubmit_failed,
                     )
             except Exception as exc:  # a bug in the engine: surface it to the caller, not the client
                 failures.append(exc)
@@ -419,6 +422,7 @@ class KlingClient:
         timeout: float | None = None,
         batch_timeout: float | None = None,
         resubmit_uncertain: bool = False,
+        resubmit_failed: bool = False,
     ) -> list[Outcome]:
         """Like ``map``, but return every outcome at the end, in input order."""
         batch = self.map(
@@ -428,6 +432,7 @@ class KlingClient:
             timeout=timeout,
             batch_timeout=batch_timeout,
             resubmit_uncertain=resubmit_uncertain,
+            resubmit_failed=resubmit_failed,
         )
         outcomes = [outcome async for outcome in batch]
         outcomes.sort(key=lambda outcome: outcome.index)
