@@ -565,7 +565,9 @@ class _BatchRun:
                 self._report()
 
     async def _run(self, client: KlingClient) -> None:
-        progress = BatchProgress(self.console, total=len(self.rows))
+        # JSON lines drawn on the same terminal as a live bar would tear it: they are the display then.
+        live = not (self.as_json and sys.stdout.isatty())
+        progress = BatchProgress(self.console, total=len(self.rows), live=live)
         async with progress.watching(client):
             batch = client.map(
                 self.jobs(),

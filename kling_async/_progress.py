@@ -27,10 +27,17 @@ _PLAIN_EVERY = 5.0
 
 
 class BatchProgress:
-    """Counts of queued / generating / done / failed / uncertain rows, request rate, 429s and ETA."""
+    """Counts of queued / generating / done / failed / uncertain rows, request rate, 429s and ETA.
 
-    def __init__(self, console: Console, *, total: int) -> None:
+    Args:
+        console: where to draw (stderr).
+        total: the number of rows.
+        live: redraw a bar in place when the console is a terminal (else print plain lines).
+    """
+
+    def __init__(self, console: Console, *, total: int, live: bool = True) -> None:
         self._console = console
+        self._live_wanted = live
         self.total = total
         self.done = 0
         self.failed = 0
@@ -77,7 +84,7 @@ class BatchProgress:
         """Follow the client's events while the body runs."""
         self._client = client
         self._started = time.monotonic()
-        if self._console.is_terminal:
+        if self._console.is_terminal and self._live_wanted:
             # A bar line and two lines of counts, redrawn in place four times a second (no flicker:
             # rich rewrites the same three lines).
             self._progress = Progress(
