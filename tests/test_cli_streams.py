@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -75,17 +76,20 @@ async def test_json_lines_go_to_stdout_when_both_streams_are_terminals(tmp_path:
 
 async def test_a_reader_that_goes_away_does_not_stop_the_batch(tmp_path: Path) -> None:
     """``--json | head -1``: the pipe breaks after one line; every row still completes, exit 0."""
-    async with Simulator(time_scale=0.001) as sim:
+    async with Simulator(time_scale=0.01) as sim:  # generations outlast the reader (0.3 s or more)
         jobs = _write_jobs(
             tmp_path / "jobs.jsonl", [{"id": f"c{i}", "prompt": f"clip {i}"} for i in range(8)]
         )
         args = ["batch", str(jobs), "--out", str(tmp_path / "out"), "--json", *FAST]
+        reader, writer = os.pipe()
         with anyio.fail_after(GUARD):
-            async with await anyio.open_process(_command(args), env=_env(sim), cwd=ROOT) as process:
-                assert process.stdout is not None
+            async with await anyio.open_process(
+                _command(args), stdout=writer, env=_env(sim), cwd=ROOT
+            ) as process:
+                os.close(writer)
                 assert process.stderr is not None
-                await process.stdout.receive()
-                await process.stdout.aclose()  # what head does after its first line
+                await anyio.to_thread.run_sync(os.read, reader, 1)  # the first output...
+                os.close(reader)  # ...then the reader is gone, as head is after its first line
                 stderr = b"".join([chunk async for chunk in process.stderr]).decode()
                 assert await process.wait() == 0, stderr
     assert "Traceback" not in stderr
