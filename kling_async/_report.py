@@ -258,7 +258,7 @@ def _rate_chart(timeline: RunTimeline) -> str:
         x = left + index * slot
         for value, fill in ((rate, "#3b82f6"), (rejected, "#d64545")):
             if value:
-                h = value / top * (height - bottom - 10)
+                h = value / top * (height - bottom - 24)  # room above for the peak label
                 bars.append(
                     f'<rect x="{x:.1f}" y="{height - bottom - h:.1f}" width="{max(slot - 1, 1):.1f}"'
                     f' height="{h:.1f}" fill="{fill}"><title>{index * per} s: {value:.1f}/s</title></rect>'
