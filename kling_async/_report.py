@@ -74,10 +74,11 @@ class RunTimeline:
                 life[1], life[2] = at, event.status
 
     def finished(self, task_id: str | None, status: str) -> None:
-        """A row's outcome arrived (after its download): its task's life ends here."""
-        if task_id is None:
-            return
-        life = self._life(task_id, self._now())
+        """A row's outcome arrived (after its download): its task's life ends here.
+
+        Rows settled from the journal alone (no event of this run named their task) have no life to end.
+        """
+        life = self.lives.get(task_id) if task_id is not None else None
         if life is not None:
             life[1] = self._now()
             life[2] = status

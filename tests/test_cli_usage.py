@@ -36,6 +36,11 @@ FILES = {
         "jobs.csv:2: prompt: at most 2500 characters",
     ),
     "a deeply nested JSON line": ("jobs.jsonl", b'{"prompt": ' + b"[" * 100_000 + b"\n", "nested too deeply"),
+    "a number where a string is due": (
+        "jobs.jsonl",
+        b'{"prompt": "a", "duration": 5}\n',
+        "jobs.jsonl:1: duration",
+    ),
     "a 5,000-digit integer": (
         "jobs.jsonl",
         b'{"prompt": "a", "cfg_scale": ' + b"9" * 5000 + b"}\n",
@@ -45,7 +50,9 @@ FILES = {
 
 
 @pytest.mark.parametrize("case", FILES, ids=list(FILES))
-async def test_an_unreadable_row_is_named_with_its_line_not_a_traceback(case: str, tmp_path: Path) -> None:
+async def test_a_broken_row_is_named_with_its_line_by_batch_and_validate_alike(
+    case: str, tmp_path: Path
+) -> None:
     """Each kind of broken file is a usage error that says where and what, in batch and validate alike."""
     name, content, message = FILES[case]
     jobs = tmp_path / name
