@@ -25,7 +25,7 @@ __all__ = ["RunTimeline", "write_reports"]
 
 # Bounds that keep collecting cheap in a long run: tasks remembered, and bars drawn per chart.
 _MAX_TASKS = 100_000
-_MAX_LIVES_DRAWN = 300
+_MAX_LIVES_DRAWN = 200
 _MAX_RATE_BARS = 150
 
 
@@ -220,8 +220,11 @@ def _lives_chart(timeline: RunTimeline, keys: Mapping[str, str]) -> str:
     end_of_run = max([life[1] or life[0] for _, life in lives] + [timeline._now()])
     step = max(1, -(-len(lives) // _MAX_LIVES_DRAWN))  # every step-th task, in submission order
     drawn = lives[::step]
-    width, left, bar = 800.0, 10.0, 4.0 if len(drawn) > 60 else 10.0
-    height = len(drawn) * (bar + 2) + 30
+    # A small chart whatever the batch: rows share at most 260 units of height (12 each for a few tasks).
+    width, left = 800.0, 10.0
+    pitch = min(12.0, 260.0 / len(drawn))
+    bar = pitch * 0.75
+    height = len(drawn) * pitch + 30
     scale = (width - 2 * left) / max(end_of_run, 1e-9)
     shapes = []
     for row, (task_id, (start, end, status)) in enumerate(drawn):
@@ -229,11 +232,11 @@ def _lives_chart(timeline: RunTimeline, keys: Mapping[str, str]) -> str:
         fill = _FILL.get(status, "#d64545")
         label = f"{keys.get(task_id, task_id)}: {start:.1f} s to {finish:.1f} s, {status or 'still running'}"
         shapes.append(
-            f'<rect x="{left + start * scale:.1f}" y="{row * (bar + 2) + 4:.1f}"'
-            f' width="{max((finish - start) * scale, 1.5):.1f}" height="{bar}" fill="{fill}">'
+            f'<rect x="{left + start * scale:.1f}" y="{row * pitch + 4:.2f}"'
+            f' width="{max((finish - start) * scale, 1.5):.1f}" height="{bar:.2f}" fill="{fill}">'
             f"<title>{_e(label)}</title></rect>"
         )
-    note = f" (every {step}th of {len(lives)} tasks)" if step > 1 else f" ({len(lives)} tasks)"
+    note = f" ({len(lives)} tasks, 1 in {step} drawn)" if step > 1 else f" ({len(lives)} tasks)"
     return (
         f'<svg class="chart" viewBox="0 0 {width:.0f} {height:.0f}" role="img"'
         f' aria-label="task lives">{"".join(shapes)}'
