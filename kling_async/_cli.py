@@ -63,6 +63,9 @@ _EVENT_ENCODER = msgspec.json.Encoder()
 # With --simulate, a 60 s generation takes 60 * SIMULATED_TIME_SCALE seconds.
 SIMULATED_TIME_SCALE = 0.02
 
+# After the first retry notice, at most one line this many seconds apart.
+_RETRY_NOTICE_EVERY = 5.0
+
 
 @dataclass(frozen=True, slots=True)
 class _Row:
@@ -304,9 +307,6 @@ class _RetryNotices:
     async def follow(self, client: KlingClient) -> None:
         async for event in client.events():
             self.observe(event)
-
-
-_RETRY_NOTICE_EVERY = 5.0
 
 
 def _echo_result(
