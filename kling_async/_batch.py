@@ -259,8 +259,6 @@ class BatchRun:
         self, items: Iterable[Job | Request] | AsyncIterable[Job | Request], *, submitters: int
     ) -> None:
         """Run every item to an outcome and send each outcome as soon as it is known."""
-        if self._options.download is not None:
-            self._options.download.mkdir(parents=True, exist_ok=True)
         unsubscribe: list[Callable[[], None]] = []
         try:
             async with self._send, anyio.create_task_group() as tg:

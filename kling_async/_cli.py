@@ -9,10 +9,12 @@ import contextlib
 import csv
 import dataclasses
 import json
+import math
 import os
 import secrets
 import signal
 import sys
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -25,26 +27,31 @@ import msgspec
 try:
     import click
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 except ImportError as exc:  # pragma: no cover - exercised only without the [cli] extra
     raise SystemExit(
         f"the kling-async command needs its extra: pip install 'kling-async[cli]' ({exc.name} is missing)"
     ) from exc
 
-from ._batch import Job, Outcome, job_key
+from ._batch import Job, Outcome, job_key, legacy_job_key
 from ._client import KEY_VARIABLES, KlingClient
 from ._endpoints import DEFAULT_MODEL, ENDPOINTS, endpoint_for
 from ._errors import (
     DownloadError,
     InvalidRequestError,
+    JournalError,
     KlingError,
     SubmitUncertainError,
     TaskFailedError,
     TaskTimeoutError,
 )
-from ._models import Kling3Request, request_from_dict
+from ._events import Event, RequestRetried
+from ._journal import Journal
+from ._models import Kling3Request, encode_request, request_from_dict
 from ._polling import PollPolicy
 from ._progress import BatchProgress
+from ._report import RunTimeline, write_reports
 
 __all__ = ["cli", "load_jobs", "main"]
 
@@ -55,11 +62,15 @@ _EVENT_ENCODER = msgspec.json.Encoder()
 # With --simulate, a 60 s generation takes 60 * SIMULATED_TIME_SCALE seconds.
 SIMULATED_TIME_SCALE = 0.02
 
+# After the first retry notice, at most one line this many seconds apart.
+_RETRY_NOTICE_EVERY = 5.0
+
 
 @dataclass(frozen=True, slots=True)
 class _Row:
     line: int
-    job: Job
+    job: Job  # its id is always set: the row's ``id`` column, else a key derived from its content
+    content_keyed: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,40 +79,79 @@ class _RowError:
     message: str
 
 
+class _FileError(Exception):
+    """The input cannot be read at all (not UTF-8, broken CSV quoting): a usage error naming the line."""
+
+
+# A CSV cell may hold a long prompt or an inline list; the csv module's default cap (131,072 characters)
+# would stop the file with a traceback instead of letting validation name the field and its limit.
+_CSV_FIELD_LIMIT = 64 * 1024 * 1024
+
+
+def _parse_json(text: str) -> Any:
+    """json.loads, with every way it can fail as a ValueError (deep nesting and huge integers included)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not valid JSON: {exc.msg} (column {exc.colno})") from None
+    except RecursionError:
+        raise ValueError("not valid JSON here: nested too deeply") from None
+    except ValueError as exc:  # e.g. an integer of more than 4,300 digits
+        raise ValueError(f"not valid JSON here: {exc}") from None
+
+
 def _parse_cell(value: str) -> Any:
     text = value.strip()
     if text[:1] in "[{":
         try:
-            return json.loads(text)
-        except json.JSONDecodeError:
+            return _parse_json(text)
+        except ValueError:
             return text
     return text
 
 
 def _read_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | str]]:
-    """(line number, the row's fields or a parse error) for each non-empty row of a JSONL or CSV file."""
-    with path.open(newline="", encoding="utf-8-sig") as handle:
-        if path.suffix.lower() == ".csv":
-            reader = csv.DictReader(handle)
-            for record in reader:
-                fields = {
-                    k.strip(): _parse_cell(v) for k, v in record.items() if k and v is not None and v.strip()
-                }
-                if fields:
-                    yield reader.line_num, fields
-            return
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                data = json.loads(line)
-            except json.JSONDecodeError as exc:
-                yield number, f"not valid JSON: {exc.msg} (column {exc.colno})"
-                continue
-            if not isinstance(data, dict):
-                yield number, "each line must be a JSON object"
-                continue
-            yield number, data
+    """(line number, the row's fields or what is wrong with it) for each non-empty row of a JSONL or CSV file.
+
+    Raises:
+        _FileError: the file is not UTF-8 text, or its CSV cannot be parsed.
+    """
+    line = 0
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            if path.suffix.lower() == ".csv":
+                csv.field_size_limit(_CSV_FIELD_LIMIT)
+                reader = csv.reader(handle)
+                header = [name.strip() for name in next(reader, [])]
+                for record in reader:
+                    line = reader.line_num
+                    if len(record) > len(header):
+                        yield line, f"{len(record)} cells, but the header names {len(header)} columns"
+                        continue
+                    fields = {
+                        name: _parse_cell(cell)
+                        for name, cell in zip(header, record, strict=False)
+                        if name and cell.strip()
+                    }
+                    if fields:
+                        yield line, fields
+                return
+            for line, text in enumerate(handle, start=1):
+                if not text.strip():
+                    continue
+                try:
+                    data = _parse_json(text)
+                except ValueError as exc:
+                    yield line, str(exc)
+                    continue
+                if not isinstance(data, dict):
+                    yield line, "each line must be a JSON object"
+                    continue
+                yield line, data
+    except UnicodeDecodeError as exc:
+        raise _FileError(f"not UTF-8 text (byte 0x{exc.object[exc.start]:02x} after line {line})") from None
+    except csv.Error as exc:
+        raise _FileError(f"line {line + 1}: not valid CSV: {exc}") from None
 
 
 def _to_job(fields: dict[str, Any], default_model: str, *, strict: bool = True) -> Job:
@@ -114,10 +164,15 @@ def _to_job(fields: dict[str, Any], default_model: str, *, strict: bool = True) 
 
 
 def load_jobs(path: Path, default_model: str) -> tuple[list[_Row], list[_RowError]]:
-    """Read and validate every row; nothing is sent."""
+    """Read and validate every row, giving each valid one its key; nothing is sent.
+
+    Raises:
+        _FileError: the file cannot be read as text rows at all.
+    """
     rows: list[_Row] = []
     errors: list[_RowError] = []
     ids: dict[str, int] = {}
+    occurrences: Counter[tuple[str, bytes]] = Counter()
     for line, fields in _read_rows(path):
         if isinstance(fields, str):
             errors.append(_RowError(line, fields))
@@ -133,8 +188,32 @@ def load_jobs(path: Path, default_model: str) -> tuple[list[_Row], list[_RowErro
                 errors.append(_RowError(line, f"id: {job.id!r} is already used on line {ids[job.id]}"))
                 continue
             ids[job.id] = line
+        else:
+            model = job.model or default_model
+            # The engine's key for a bare request (content + occurrence among identical rows), made
+            # explicit here so that a journal lookup before the run sees the same keys.
+            content = (model, encode_request(job.request))
+            job = dataclasses.replace(job, id=job_key(job, model, occurrences[content]))
+            occurrences[content] += 1
+            rows.append(_Row(line, job, content_keyed=True))
+            continue
         rows.append(_Row(line, job))
     return rows, errors
+
+
+def _honour_old_keys(rows: list[_Row], journal: Journal) -> list[_Row]:
+    """Rows keyed as an earlier version keyed them (by position among valid rows) when only that key is
+    in the journal, so a journal written before content keys still resumes instead of paying again."""
+    kept = []
+    for index, row in enumerate(rows):
+        key = row.job.id
+        if row.content_keyed and key is not None and journal.lookup(key) is None:
+            model = row.job.model or DEFAULT_MODEL
+            old = legacy_job_key(dataclasses.replace(row.job, id=None), model, index)
+            if journal.lookup(old) is not None:
+                row = _Row(row.line, dataclasses.replace(row.job, id=old), content_keyed=True)
+        kept.append(row)
+    return kept
 
 
 @contextlib.asynccontextmanager
@@ -184,6 +263,43 @@ def _options(
     }
 
 
+def _require_key() -> None:
+    if not any(os.environ.get(name) for name in KEY_VARIABLES):
+        _fail("no API key: set FREEPIK_API_KEY (or MAGNIFIC_API_KEY), or use --simulate where offered")
+
+
+class _RetryNotices:
+    """Tells the operator on stderr that the client is retrying, and why (a closed port is not silence).
+
+    The first retry is shown at once; after it, at most one line every few seconds, with how many
+    retries happened in between, so thousands of 503s do not flood the screen.
+    """
+
+    def __init__(self, console: Console) -> None:
+        self._console = console
+        self._shown_at = -math.inf
+        self._hidden = 0
+
+    def observe(self, event: Event) -> None:
+        if not isinstance(event, RequestRetried):
+            return
+        now = time.monotonic()
+        if now - self._shown_at < _RETRY_NOTICE_EVERY:
+            self._hidden += 1
+            return
+        more = f" (+{self._hidden} more retries)" if self._hidden else ""
+        self._shown_at, self._hidden = now, 0
+        self._console.print(
+            f"[yellow]retrying {event.method} {event.path} in {event.delay:.1f} s"
+            f" (attempt {event.attempt}): {escape(event.error)}{more}[/yellow]",
+            highlight=False,
+        )
+
+    async def follow(self, client: KlingClient) -> None:
+        async for event in client.events():
+            self.observe(event)
+
+
 def _echo_result(
     run: Callable[[], Awaitable[object]], *, as_json: bool = False, needs_key: bool = True
 ) -> None:
@@ -191,8 +307,8 @@ def _echo_result(
 
     A missing API key is a usage error (exit 2), as in ``batch``.
     """
-    if needs_key and not any(os.environ.get(name) for name in KEY_VARIABLES):
-        _fail("no API key: set FREEPIK_API_KEY (or MAGNIFIC_API_KEY), or use --simulate where offered")
+    if needs_key:
+        _require_key()
     try:
         result = anyio.run(run)
     except KeyboardInterrupt:
@@ -204,12 +320,31 @@ def _echo_result(
     click.echo(json.dumps(result) if as_json else str(result))
 
 
+@contextlib.asynccontextmanager
+async def _retries_shown(client: KlingClient) -> AsyncIterator[None]:
+    """Show the client's retries on stderr while the body runs (single-task commands)."""
+    notices = _RetryNotices(Console(stderr=True))
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(notices.follow, client)
+        try:
+            yield
+        finally:
+            tg.cancel_scope.cancel()
+
+
 def _fail(message: str) -> NoReturn:
     click.echo(f"error: {message}", err=True)
     sys.exit(EXIT_USAGE)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def _load(file: Path, model: str) -> tuple[list[_Row], list[_RowError]]:
+    try:
+        return load_jobs(file, model)
+    except _FileError as exc:
+        _fail(f"{file.name}: {exc}")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="kling-async")
 def cli() -> None:
     """Generate videos with Freepik's Kling 3 API, one or thousands at a time.
@@ -228,9 +363,30 @@ _model_option = click.option(
 _simulate_option = click.option(
     "--simulate", is_flag=True, help="Use the built-in simulator in-process (no API key, nothing billed)."
 )
+_POSITIVE = click.FloatRange(min=0, min_open=True)
+_NOT_NEGATIVE = click.FloatRange(min=0)
+_AT_LEAST_ONE = click.IntRange(min=1)
+_SHARE = click.FloatRange(0, 1)
 
 
-@cli.command()
+def _poll_options(command: Callable[..., None]) -> Callable[..., None]:
+    command = click.option(
+        "--poll-maximum",
+        type=_POSITIVE,
+        default=PollPolicy().maximum,
+        show_default=True,
+        help="Longest wait between two status checks, in seconds.",
+    )(command)
+    return click.option(
+        "--poll-initial",
+        type=_NOT_NEGATIVE,
+        default=PollPolicy().initial,
+        show_default=True,
+        help="Seconds from submission to the first status check.",
+    )(command)
+
+
+@cli.command(short_help="A video for every row of a JSONL or CSV file, with a report.")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option(
     "--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Folder for videos."
@@ -238,26 +394,24 @@ _simulate_option = click.option(
 @_model_option
 @_simulate_option
 @click.option("--skip-invalid", is_flag=True, help="Run the valid rows even if some are invalid.")
-@click.option("--rps", type=float, default=None, help="Requests per second ceiling (default: adapt to 429s).")
-@click.option("--concurrency", type=int, default=16, show_default=True, help="Requests on the wire at once.")
-@click.option("--max-in-flight", type=int, default=None, help="Tasks generating at once (default: no cap).")
 @click.option(
-    "--poll-initial",
-    type=float,
-    default=PollPolicy().initial,
-    show_default=True,
-    help="Seconds to 1st check.",
+    "--rps", type=_POSITIVE, default=None, help="Requests per second ceiling (default: adapt to 429s)."
 )
 @click.option(
-    "--poll-maximum", type=float, default=PollPolicy().maximum, show_default=True, help="Longest check gap."
+    "--concurrency", type=_AT_LEAST_ONE, default=16, show_default=True, help="Requests on the wire at once."
 )
 @click.option(
-    "--task-timeout", type=float, default=1800.0, show_default=True, help="Seconds to wait per task."
+    "--max-in-flight", type=_AT_LEAST_ONE, default=None, help="Tasks generating at once (default: no cap)."
+)
+@_poll_options
+@click.option(
+    "--task-timeout", type=_POSITIVE, default=1800.0, show_default=True, help="Seconds to wait per task."
 )
 @click.option("--journal", type=click.Path(dir_okay=False, path_type=Path), help="Default: OUT/journal.db.")
 @click.option(
     "--resubmit-uncertain", is_flag=True, help="Resend rows whose earlier POST got no answer (may pay twice)."
 )
+@click.option("--retry-failed", is_flag=True, help="Submit again the rows whose task ended FAILED.")
 @click.option(
     "--json", "as_json", is_flag=True, help="Print events and one record per finished row on stdout."
 )
@@ -275,30 +429,47 @@ def batch(
     task_timeout: float,
     journal: Path | None,
     resubmit_uncertain: bool,
+    retry_failed: bool,
     as_json: bool,
 ) -> None:
     """Generate a video for every row of FILE (JSONL or CSV) into --out, with a report."""
-    rows, errors = load_jobs(file, model)
+    rows, errors = _load(file, model)
     console = Console(stderr=True, soft_wrap=True)
     for error in errors:
-        console.print(f"[red]{file.name}:{error.line}[/red]: {error.message}", highlight=False, markup=True)
+        console.print(f"[red]{file.name}:{error.line}[/red]: {escape(error.message)}", highlight=False)
     if errors and not skip_invalid:
         console.print(f"{len(errors)} invalid row(s); nothing was sent (use --skip-invalid to run the rest).")
         sys.exit(EXIT_USAGE)
     if not rows:
-        _fail(f"{file}: no jobs to run")
-    out.mkdir(parents=True, exist_ok=True)
+        _fail(f"{file.name}: no rows to run")
+    if not simulate:
+        _require_key()
+    journal_path = journal or out / "journal.db"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        # Opened here, before anything is sent: an unusable journal is a usage error, and the rows whose
+        # key only an earlier version's journal knows keep that key (closed before the batch opens it).
+        with Journal(journal_path) as existing:
+            rows = _honour_old_keys(rows, existing)
+    except OSError as exc:
+        _fail(f"--out {out}: {exc.strerror or exc}")
+    except JournalError as exc:
+        _fail(f"--journal: {exc}")
     run = _BatchRun(
         rows,
         errors,
         out,
         console,
-        journal=journal or out / "journal.db",
+        journal=journal_path,
         resubmit=resubmit_uncertain,
+        retry_failed=retry_failed,
         as_json=as_json,
     )
     try:
         options = _options(rps, concurrency, max_in_flight, poll_initial, poll_maximum, task_timeout)
+    except ValueError as exc:
+        _fail(str(exc))
+    try:
         anyio.run(run.execute, simulate, options)
     except KlingError as exc:
         _fail(str(exc))
@@ -310,8 +481,28 @@ def batch(
     sys.exit(EXIT_OK if every_row_done else EXIT_FAILED)
 
 
+class _JsonLines:
+    """JSON lines on stdout. A reader that goes away (``--json | head -1``) ends the output, not the batch."""
+
+    def __init__(self) -> None:
+        self.closed = False
+
+    def write(self, text: str) -> None:
+        if self.closed:
+            return
+        try:
+            sys.stdout.write(text + "\n")
+            sys.stdout.flush()
+        except OSError:  # BrokenPipeError, or a terminal that went away
+            self.closed = True
+            # Python flushes stdout once more at exit; aim it at /dev/null so that flush cannot fail.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+
+
 class _BatchRun:
-    """One ``batch`` command: feeds rows to ``client.map``, follows Ctrl-C, writes the report.
+    """One ``batch`` command: feeds rows to ``client.map``, follows Ctrl-C, writes the reports.
 
     The first Ctrl-C (or SIGTERM) stops new submissions and lets the tasks in flight finish; the second
     cancels at once. Either way the report lists every row, and the same command resumes.
@@ -326,6 +517,7 @@ class _BatchRun:
         *,
         journal: Path,
         resubmit: bool,
+        retry_failed: bool,
         as_json: bool,
     ) -> None:
         self.rows = rows
@@ -333,11 +525,14 @@ class _BatchRun:
         self.out = out
         self.journal = journal
         self.resubmit = resubmit
+        self.retry_failed = retry_failed
         self.console = console
         self.as_json = as_json
+        self.stdout = _JsonLines()
         self.outcomes: dict[int, Outcome] = {}
         self.draining = False
         self.interrupted = False
+        self.timeline = RunTimeline()
 
     def jobs(self) -> Iterator[Job]:
         """The rows as jobs, until a first Ctrl-C ends the input."""
@@ -351,9 +546,9 @@ class _BatchRun:
         try:
             async with _client(simulate, **options) as client, anyio.create_task_group() as tg:
                 started = True  # from here on every row gets a record, whatever happens
+                self.timeline.start()
                 tg.start_soon(self._follow_signals, tg.cancel_scope)
-                if self.as_json:
-                    tg.start_soon(self._print_events, client)
+                tg.start_soon(self._follow_events, client)
                 await self._run(client)
                 tg.cancel_scope.cancel()
         finally:
@@ -361,19 +556,24 @@ class _BatchRun:
                 self._report()
 
     async def _run(self, client: KlingClient) -> None:
-        progress = BatchProgress(self.console, total=len(self.rows))
+        # JSON lines drawn on the same terminal as a live bar would tear it: they are the display then.
+        live = not (self.as_json and sys.stdout.isatty())
+        progress = BatchProgress(self.console, total=len(self.rows), live=live)
         async with progress.watching(client):
             batch = client.map(
-                self.jobs(), journal=self.journal, download=self.out, resubmit_uncertain=self.resubmit
+                self.jobs(),
+                journal=self.journal,
+                download=self.out,
+                resubmit_uncertain=self.resubmit,
+                resubmit_failed=self.retry_failed,
             )
             async for outcome in batch:
                 self.outcomes[outcome.index] = outcome
+                self.timeline.finished(outcome.task_id, _status_of(outcome))
                 progress.finished(outcome)
                 if self.as_json:
-                    print(
-                        json.dumps({"type": "outcome", **self._record(outcome.index)}, separators=(",", ":")),
-                        flush=True,
-                    )
+                    record = {"type": "outcome", **self._record(outcome.index)}
+                    self.stdout.write(json.dumps(record, separators=(",", ":")))
 
     async def _follow_signals(self, scope: anyio.CancelScope) -> None:
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -389,17 +589,27 @@ class _BatchRun:
                     self.console.print("[yellow]Stopping now.[/yellow]")
                     scope.cancel()
 
-    async def _print_events(self, client: KlingClient) -> None:
+    async def _follow_events(self, client: KlingClient) -> None:
+        notices = _RetryNotices(self.console)
         async for event in client.events():
-            print(_EVENT_ENCODER.encode(event).decode(), flush=True)
+            self.timeline.observe(event)
+            notices.observe(event)
+            if self.as_json:
+                self.stdout.write(_EVENT_ENCODER.encode(event).decode())
 
-    def _record(self, index: int) -> dict[str, Any]:
+    def _record(self, index: int, journal: Journal | None = None) -> dict[str, Any]:
         row = self.rows[index]
         outcome = self.outcomes.get(index)
-        record: dict[str, Any] = {"id": None, "line": row.line, "task_id": None, "status": None}
+        record: dict[str, Any] = {"id": row.job.id, "line": row.line, "task_id": None, "status": None}
         if outcome is None:
-            key = job_key(row.job, row.job.model or DEFAULT_MODEL, index)
-            record.update(id=key, status="NOT_RUN", path=None, error="interrupted before this row finished")
+            # The journal knows the tasks this run (or an earlier one) created for the row.
+            entry = journal.lookup(row.job.id) if journal is not None and row.job.id is not None else None
+            record.update(
+                task_id=entry.task_id if entry is not None else None,
+                status="NOT_RUN",
+                path=None,
+                error="interrupted before this row finished",
+            )
             return record
         record.update(
             id=outcome.key,
@@ -411,8 +621,12 @@ class _BatchRun:
         return record
 
     def _report(self) -> None:
-        report = self.out / "report.json"
-        records = [self._record(index) for index in range(len(self.rows))]
+        with contextlib.ExitStack() as stack:
+            journal = None
+            if len(self.outcomes) < len(self.rows):
+                with contextlib.suppress(JournalError):
+                    journal = stack.enter_context(Journal(self.journal))
+            records = [self._record(index, journal) for index in range(len(self.rows))]
         records += [
             {
                 "id": None,
@@ -425,8 +639,9 @@ class _BatchRun:
             for bad in self.invalid
         ]
         records.sort(key=lambda record: record["line"])
-        report.write_text(json.dumps(records, indent=2) + "\n", encoding="utf-8")
-        _summary(self.console, records, report)
+        rows = {row.job.id: row.job for row in self.rows}
+        report = write_reports(self.out, records, rows, self.timeline)
+        _summary(self.console, records, report, interrupted=self.interrupted, retrying=self.retry_failed)
 
 
 def _status_of(outcome: Outcome) -> str:
@@ -445,9 +660,12 @@ def _status_of(outcome: Outcome) -> str:
     return next((name for kind, name in kinds if isinstance(error, kind)), "ERROR")
 
 
-def _summary(console: Console, records: list[dict[str, Any]], report: Path) -> None:
+def _summary(
+    console: Console, records: list[dict[str, Any]], report: Path, *, interrupted: bool, retrying: bool
+) -> None:
     by_status = Counter(record["status"] for record in records)
-    table = Table(title="kling-async batch", show_header=True)
+    title = "kling-async batch (interrupted)" if interrupted else "kling-async batch"
+    table = Table(title=title, show_header=True)
     table.add_column("status")
     table.add_column("rows", justify="right")
     for status, count in sorted(by_status.items(), key=lambda item: (item[0] != "COMPLETED", item[0])):
@@ -456,19 +674,34 @@ def _summary(console: Console, records: list[dict[str, Any]], report: Path) -> N
     console.print(table)
     problems = [record for record in records if record["status"] != "COMPLETED"]
     for record in problems[:20]:
-        console.print(f"  line {record['line']} ({record['id']}): {record['error']}", highlight=False)
+        name = f"line {record['line']}" + (f" ({record['id']})" if record["id"] is not None else "")
+        console.print(f"  {name}: {record['error']}", highlight=False, markup=False)
     if len(problems) > 20:
         console.print(f"  ... and {len(problems) - 20} more in the report")
-    console.print(f"report: {report}")
+    if interrupted:
+        console.print(
+            f"[yellow]interrupted: {by_status['NOT_RUN']} row(s) not run; run the same command again to"
+            " resume[/yellow]"
+        )
+    failed = by_status["FAILED"]
+    if failed:
+        again = "again " if retrying else ""
+        console.print(
+            f"{failed} row(s) ended FAILED; rerun with --retry-failed to submit {again}these {failed}"
+            " (a rerun without it never does)",
+            highlight=False,
+        )
+    console.print(f"report: {report} and {report.with_suffix('.html').name}", highlight=False)
 
 
-@cli.command()
+@cli.command(short_help="One clip from PROMPT; prints the saved file's path.")
 @click.argument("prompt")
 @_model_option
 @click.option("--duration", default=None, help='Seconds, "3".."15".')
 @click.option("--image-url", default=None, help="Start frame (image-to-video).")
 @click.option("--video-url", default=None, help="Reference video (the -reference models).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("."), show_default=True)
+@_poll_options
 @_simulate_option
 def generate(
     prompt: str,
@@ -477,6 +710,8 @@ def generate(
     image_url: str | None,
     video_url: str | None,
     out: Path,
+    poll_initial: float,
+    poll_maximum: float,
     simulate: bool,
 ) -> None:
     """Generate one clip from PROMPT and print the saved file's path."""
@@ -492,25 +727,26 @@ def generate(
         fields["video_url"] = video_url
     try:
         job = _to_job(fields, model)
-    except InvalidRequestError as exc:
+        poll = PollPolicy(initial=poll_initial, maximum=poll_maximum)
+    except (InvalidRequestError, ValueError) as exc:
         _fail(str(exc))
 
     async def run() -> Path:
-        async with _client(simulate) as client:
+        async with _client(simulate, poll=poll) as client, _retries_shown(client):
             result = await client.generate(job.request, model=model)
             return await client.download(result, f"{out}{os.sep}")  # --out is always a folder
 
     _echo_result(run, needs_key=not simulate)
 
 
-@cli.command()
+@cli.command(short_help="A task's status (and result URLs) as JSON.")
 @click.argument("task_id")
 @_model_option
 def status(task_id: str, model: str) -> None:
     """Print a task's status (and result URLs) as JSON."""
 
     async def run() -> dict[str, Any]:
-        async with KlingClient() as client:
+        async with KlingClient() as client, _retries_shown(client):
             current = await client.task(task_id, model=model).refresh()
             return {
                 "task_id": current.task_id,
@@ -521,7 +757,7 @@ def status(task_id: str, model: str) -> None:
     _echo_result(run, as_json=True)
 
 
-@cli.command()
+@cli.command(short_help="A finished task's video into --out; prints its path.")
 @click.argument("task_id")
 @_model_option
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("."), show_default=True)
@@ -529,7 +765,7 @@ def download(task_id: str, model: str, out: Path) -> None:
     """Download a finished task's video into --out and print its path."""
 
     async def run() -> Path:
-        async with KlingClient() as client:
+        async with KlingClient() as client, _retries_shown(client):
             handle = client.task(task_id, model=model)
             await handle.refresh()
             return await client.download(handle.result(), f"{out}{os.sep}")  # --out is always a folder
@@ -537,29 +773,39 @@ def download(task_id: str, model: str, out: Path) -> None:
     _echo_result(run)
 
 
-@cli.command()
+@cli.command(short_help="Check every row of a file as batch would; sends nothing.")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @_model_option
 def validate(file: Path, model: str) -> None:
-    """Check every row of FILE (JSONL or CSV) against the API's limits; sends nothing."""
-    rows, errors = load_jobs(file, model)
+    """Check every row of FILE (JSONL or CSV) exactly as batch does; sends nothing."""
+    rows, errors = _load(file, model)
     for error in errors:
         click.echo(f"{file.name}:{error.line}: {error.message}")
     click.echo(f"{len(rows)} valid, {len(errors)} invalid")
+    if not rows and not errors:
+        _fail(f"{file.name}: no rows to run")
     sys.exit(EXIT_USAGE if errors else EXIT_OK)
 
 
-@cli.command()
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", type=int, default=8400, show_default=True)
+@cli.command(short_help="The API simulator, standalone, until Ctrl-C.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option(
-    "--time-scale", type=float, default=0.05, show_default=True, help="Simulated seconds per real second."
+    "--port", type=click.IntRange(0, 65535), default=8400, show_default=True, help="API port (0: any free)."
 )
-@click.option("--rate-limit", type=float, default=None, help="Requests per second enforced with 429s.")
 @click.option(
-    "--fail-rate", type=float, default=0.0, show_default=True, help="Share of tasks that end FAILED."
+    "--time-scale",
+    type=_POSITIVE,
+    default=0.05,
+    show_default=True,
+    help="Real seconds per simulated second (0.05: a 60 s generation takes 3 s).",
 )
-@click.option("--error-rate", type=float, default=0.0, show_default=True, help="Share of GETs answered 5xx.")
+@click.option("--rate-limit", type=_POSITIVE, default=None, help="Requests per second enforced with 429s.")
+@click.option(
+    "--fail-rate", type=_SHARE, default=0.0, show_default=True, help="Share of tasks that end FAILED."
+)
+@click.option(
+    "--error-rate", type=_SHARE, default=0.0, show_default=True, help="Share of status checks answered 5xx."
+)
 @click.option("--api-key", default="sim-key", show_default=True, help="The key the simulator accepts.")
 def simulate(
     host: str,
@@ -570,7 +816,7 @@ def simulate(
     error_rate: float,
     api_key: str,
 ) -> None:
-    """Run the API simulator until interrupted (point KLING_BASE_URL at it)."""
+    """Run the API simulator until Ctrl-C (point KLING_BASE_URL at it)."""
     from .testing import Faults, Simulator
 
     async def run() -> None:
@@ -579,13 +825,23 @@ def simulate(
             api_key=api_key, host=host, port=port, time_scale=time_scale, rate_limit=rate_limit, faults=faults
         )
         async with sim:
+            # The CLI's first status check comes 15 s after submission, tuned for real generations;
+            # simulated ones are time_scale times shorter, so say how to check as early.
+            first = max(PollPolicy().initial * time_scale, 0.1)
             click.echo(
-                f"simulator on {sim.url} (key {api_key!r}); files on {sim.cdn_url}; Ctrl-C stops", err=True
+                f"simulator on {sim.url} (key {api_key!r}); files on {sim.cdn_url}; Ctrl-C stops\n"
+                f"  use it: FREEPIK_API_KEY={api_key} KLING_BASE_URL={sim.url} kling-async generate"
+                f' "a fox in snow" --poll-initial {first:g} --poll-maximum {first * 2:g}',
+                err=True,
             )
             await anyio.sleep_forever()
 
-    with contextlib.suppress(KeyboardInterrupt):
+    try:
         anyio.run(run)
+    except KeyboardInterrupt:
+        pass
+    except OSError as exc:  # a busy port, an address this machine does not have
+        _fail(f"--host {host} --port {port}: cannot listen there: {exc.strerror or exc}")
 
 
 def main() -> None:

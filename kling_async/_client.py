@@ -441,6 +441,8 @@ class KlingClient:
         )
 
         async def run(send: MemoryObjectSendStream[Outcome]) -> None:
+            if options.download is not None:  # first: the journal often lives in the same folder
+                options.download.mkdir(parents=True, exist_ok=True)
             if journal is None:
                 await self._run_batch(requests, send, options, None)
                 return

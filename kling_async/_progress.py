@@ -27,10 +27,17 @@ _PLAIN_EVERY = 5.0
 
 
 class BatchProgress:
-    """Counts of queued / generating / done / failed / uncertain rows, request rate, 429s and ETA."""
+    """Counts of queued / generating / done / failed / uncertain rows, request rate, 429s and ETA.
 
-    def __init__(self, console: Console, *, total: int) -> None:
+    Args:
+        console: where to draw (stderr).
+        total: the number of rows.
+        live: redraw a bar in place when the console is a terminal (else print plain lines).
+    """
+
+    def __init__(self, console: Console, *, total: int, live: bool = True) -> None:
         self._console = console
+        self._live_wanted = live
         self.total = total
         self.done = 0
         self.failed = 0
@@ -64,7 +71,8 @@ class BatchProgress:
         return f"{self.finished_count}/{self.total} finished · {self.counts()} · {self.traffic()}"
 
     def __rich__(self) -> Text:
-        return Text(f"  {self.counts()}\n  {self.traffic()}", style="dim")
+        # Cut with an ellipsis on a narrow terminal, never wrapped (a wrapped line breaks the redraw).
+        return Text(f"  {self.counts()}\n  {self.traffic()}", style="dim", no_wrap=True, overflow="ellipsis")
 
     @property
     def finished_count(self) -> int:
@@ -76,7 +84,7 @@ class BatchProgress:
         """Follow the client's events while the body runs."""
         self._client = client
         self._started = time.monotonic()
-        if self._console.is_terminal:
+        if self._console.is_terminal and self._live_wanted:
             # A bar line and two lines of counts, redrawn in place four times a second (no flicker:
             # rich rewrites the same three lines).
             self._progress = Progress(
@@ -89,22 +97,33 @@ class BatchProgress:
                 auto_refresh=False,
             )
             self._bar = self._progress.add_task("batch", total=self.total)
-            self._live = Live(Group(self._progress, self), console=self._console, refresh_per_second=4)
+            # stdout stays the program's own: rich would otherwise route it to the terminal, taking
+            # --json away from a pipe or a file whenever stderr is a terminal.
+            self._live = Live(
+                Group(self._progress, self),
+                console=self._console,
+                refresh_per_second=4,
+                redirect_stdout=False,
+                redirect_stderr=False,
+            )
             self._live.start()
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(self._follow, client)
-            if self._progress is None:
-                tg.start_soon(self._print_plain)
-            try:
-                yield
-            finally:
-                tg.cancel_scope.cancel()
-        self._redraw()
-        if self._live is not None:
-            self._live.refresh()
-            self._live.stop()
-        else:
-            self._console.print(self.line(), highlight=False)
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._follow, client)
+                if self._progress is None:
+                    tg.start_soon(self._print_plain)
+                try:
+                    yield
+                finally:
+                    tg.cancel_scope.cancel()
+        finally:
+            # Also when cancelled (a second Ctrl-C): a Live left running redraws over the summary.
+            self._redraw()
+            if self._live is not None:
+                self._live.refresh()
+                self._live.stop()
+            else:
+                self._console.print(self.line(), highlight=False)
 
     def finished(self, outcome: Outcome) -> None:
         """Count a finished item."""
