@@ -14,7 +14,6 @@ import os
 import secrets
 import signal
 import sys
-import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the [cli
 
 from ._batch import Job, Outcome, job_key, legacy_job_key
 from ._client import KEY_VARIABLES, KlingClient
+from ._clock import SYSTEM_CLOCK
 from ._endpoints import DEFAULT_MODEL, ENDPOINTS, endpoint_for
 from ._errors import (
     DownloadError,
@@ -283,7 +283,7 @@ class _RetryNotices:
     def observe(self, event: Event) -> None:
         if not isinstance(event, RequestRetried):
             return
-        now = time.monotonic()
+        now = SYSTEM_CLOCK.now()
         if now - self._shown_at < _RETRY_NOTICE_EVERY:
             self._hidden += 1
             return

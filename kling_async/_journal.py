@@ -927,7 +927,8 @@ class SQLiteJournal:
 
     async def _durable(self, key: str, method: Callable[..., Any], *args: Any) -> Any:
         self._check_open()
-        return await self._call(lambda: method(self._live(), *args), self._take(key))
+        # Through the instance, so a Journal subclass given to open_journal keeps its overrides.
+        return await self._call(lambda: getattr(self._live(), method.__name__)(*args), self._take(key))
 
     def _check_open(self) -> None:
         if self._closed:
@@ -989,7 +990,7 @@ class SQLiteJournal:
         try:
             for write in writes:
                 try:
-                    write.method(journal, write.key, *write.args)
+                    getattr(journal, write.method.__name__)(write.key, *write.args)
                 except JournalError as exc:
                     if isinstance(exc.__cause__, sqlite3.Error):
                         raise  # the file failed, not the write

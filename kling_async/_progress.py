@@ -6,7 +6,6 @@ status line every few seconds, with no control codes.
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -18,6 +17,7 @@ from rich.text import Text
 
 from ._batch import Outcome
 from ._client import KlingClient
+from ._clock import SYSTEM_CLOCK
 from ._errors import SubmitUncertainError
 from ._events import RateLimited, RequestRetried, TaskSubmitted
 
@@ -47,7 +47,7 @@ class BatchProgress:
         self.rate_limited = 0
         self.retries = 0
         self._client: KlingClient | None = None
-        self._started = time.monotonic()
+        self._started = SYSTEM_CLOCK.now()
         self._progress: Progress | None = None
         self._bar: TaskID | None = None
         self._live: Live | None = None
@@ -83,7 +83,7 @@ class BatchProgress:
     async def watching(self, client: KlingClient) -> AsyncIterator[None]:
         """Follow the client's events while the body runs."""
         self._client = client
-        self._started = time.monotonic()
+        self._started = SYSTEM_CLOCK.now()
         if self._console.is_terminal and self._live_wanted:
             # A bar line and two lines of counts, redrawn in place four times a second (no flicker:
             # rich rewrites the same three lines).
@@ -155,6 +155,6 @@ class BatchProgress:
 
     async def _print_plain(self) -> None:
         while True:
-            await anyio.sleep(_PLAIN_EVERY)
-            elapsed = time.monotonic() - self._started
+            await SYSTEM_CLOCK.sleep(_PLAIN_EVERY)
+            elapsed = SYSTEM_CLOCK.now() - self._started
             self._console.print(f"[{elapsed:5.0f}s] {self.line()}", highlight=False)

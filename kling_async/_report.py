@@ -11,13 +11,14 @@ from __future__ import annotations
 import html
 import json
 import os
-import time
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 from ._batch import Job
+from ._clock import SYSTEM_CLOCK
 from ._events import Event, RateLimited, StatusChanged, TaskSubmitted
 from ._models import TERMINAL_STATUSES
 
@@ -33,7 +34,7 @@ class RunTimeline:
     """Times of a run's events, for the report's charts: one entry per task, one counter per second."""
 
     def __init__(self) -> None:
-        self._t0 = time.monotonic()
+        self._t0 = SYSTEM_CLOCK.now()
         # task id -> [first seen, finished (None: not yet), final status]
         self.lives: dict[str, list[Any]] = {}
         self.requests: list[int] = []
@@ -41,10 +42,10 @@ class RunTimeline:
 
     def start(self) -> None:
         """Count the run's time from now."""
-        self._t0 = time.monotonic()
+        self._t0 = SYSTEM_CLOCK.now()
 
     def _now(self) -> float:
-        return time.monotonic() - self._t0
+        return SYSTEM_CLOCK.now() - self._t0
 
     def _count(self, series: list[int], at: float) -> None:
         second = int(at)
@@ -196,7 +197,7 @@ def render_html(
         if problems
         else '<p class="none">Every row completed.</p>'
     )
-    written = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+    written = datetime.fromtimestamp(SYSTEM_CLOCK.wall()).astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
     return (
         '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'

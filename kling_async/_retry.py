@@ -9,10 +9,9 @@ from __future__ import annotations
 import email.utils
 import math
 import random
-import time
 from dataclasses import dataclass, fields
 
-from ._clock import Clock
+from ._clock import SYSTEM_CLOCK, Clock
 from ._errors import APIError, KlingError, TransportError
 
 __all__ = [
@@ -148,7 +147,7 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
             return None
         if when.tzinfo is None:
             return None
-        seconds = when.timestamp() - (time.time() if now is None else now)
+        seconds = when.timestamp() - (SYSTEM_CLOCK.wall() if now is None else now)
     if math.isnan(seconds) or math.isinf(seconds):
         return None
     return max(0.0, seconds)

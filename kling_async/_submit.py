@@ -22,8 +22,7 @@ from ._endpoints import Endpoint
 from ._errors import InvalidRequestError, JournalError, KlingError, SubmitUncertainError, TransportError
 from ._events import EventHub, TaskSubmitted
 from ._limits import Lane
-from ._models import CREATED, Request, TaskStatus
-from ._models import decode_task as decode_created
+from ._models import CREATED, Request, TaskStatus, decode_created
 from ._pipeline import Pipeline
 from ._polling import TaskHandle
 from ._registry import TaskRegistry, Ticket

@@ -14,12 +14,12 @@ import collections
 import hashlib
 import hmac
 import logging
-import time
 from collections.abc import Callable, Mapping
 from types import TracebackType
 
 from aiohttp import web
 
+from ._clock import SYSTEM_CLOCK, Clock
 from ._errors import TransportError, WebhookVerificationError
 from ._models import TaskStatus, decode_webhook
 
@@ -78,12 +78,12 @@ class ReplayGuard:
         Args:
             webhook_id: the delivery's ``webhook-id``.
             timestamp: the delivery's ``webhook-timestamp``, Unix seconds.
-            now: the current Unix time; ``time.time()`` when None.
+            now: the current Unix time; the system clock's when None.
 
         Returns:
             True if the id was not seen within its lifetime (it is now remembered), False if it is a replay.
         """
-        current = time.time() if now is None else now
+        current = SYSTEM_CLOCK.wall() if now is None else now
         self._prune(current)
         known = self._expiry.get(webhook_id)
         if known is not None and known >= current:
@@ -220,7 +220,7 @@ def verify_webhook(
             plain base64 secret without the prefix (the PHP sample's form) as ``base64.b64decode(s)``.
         tolerance: the largest accepted distance, in seconds, between ``webhook-timestamp`` and ``now``.
         replay_guard: remembers accepted ids; without one, replays are not detected.
-        now: the current Unix time; ``time.time()`` when None.
+        now: the current Unix time; the system clock's when None.
 
     Returns:
         The delivered task status.
@@ -235,7 +235,7 @@ def verify_webhook(
     key = _signing_key(secret)
     if not tolerance > 0:
         raise ValueError(f"tolerance must be positive, got {tolerance!r}")
-    current = time.time() if now is None else now
+    current = SYSTEM_CLOCK.wall() if now is None else now
     try:
         return _verify(headers, raw_body, key, tolerance, replay_guard, current)
     except _Rejection as rejection:
@@ -263,6 +263,7 @@ class WebhookReceiver:
         tolerance: the largest accepted clock distance, in seconds, and the replay guard's memory.
         serve: False when ``handler`` is mounted in your own app: a client given this receiver then starts
             no server of its own. Needs ``public_url``.
+        clock: where deliveries' timestamps are checked against the time (tests pass a fake clock).
 
     Attributes:
         accepted: deliveries verified and handed to listeners.
@@ -285,12 +286,14 @@ class WebhookReceiver:
         path: str = "/kling/webhook",
         tolerance: float = 300.0,
         serve: bool = True,
+        clock: Clock | None = None,
     ) -> None:
         if not tolerance > 0:
             raise ValueError(f"tolerance must be positive, got {tolerance!r}")
         if not serve and public_url is None:
             raise ValueError("serve=False needs public_url: the URL where your app mounts the handler")
         self.serve = serve
+        self._clock = clock or SYSTEM_CLOCK
         self._key = _signing_key(secret)
         self._host = host
         self._port = port
@@ -403,7 +406,7 @@ class WebhookReceiver:
         if body is None:
             return self._reject(request, "too-large", f"body is larger than {_MAX_BODY} bytes", status=413)
         try:
-            task = _verify(request.headers, body, self._key, self._tolerance, self._guard, time.time())
+            task = _verify(request.headers, body, self._key, self._tolerance, self._guard, self._clock.wall())
         except _Rejection as rejection:
             if rejection.reason == _REPLAYED:
                 self.duplicates += 1

@@ -25,7 +25,7 @@ from kling_async import (
     TransportError,
 )
 from kling_async._transport import AiohttpTransport
-from kling_async.testing import Simulator
+from kling_async.testing import Faults, Simulator
 from tests.conftest import FAST_POLL, FAST_RETRY, client_side_tasks
 
 pytestmark = pytest.mark.anyio
@@ -311,3 +311,11 @@ async def test_list_tasks_refuses_pages_the_api_does_not_have(
     with pytest.raises(InvalidRequestError):
         await client.list_tasks(page=page, page_size=page_size)
     assert sim.counters.lists == 0
+
+
+async def test_a_create_answer_without_the_data_wrapper_gives_a_handle(sim: Simulator) -> None:
+    """The vendor documents no create schema: the bare {task_id, status} form is a task too."""
+    sim.faults = Faults(bare_create=True)
+    async with KlingClient(api_key="sim-key", base_url=sim.url, poll=FAST_POLL, retry=FAST_RETRY) as client:
+        handle = await client.submit(OmniRequest(prompt="a fox"))
+    assert handle.task_id in sim.tasks

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import sqlite3
 import traceback
 from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
@@ -17,17 +18,24 @@ import pytest
 from aiohttp import web
 
 from kling_async import (
+    AuthenticationError,
+    Journal,
+    JournalError,
     KlingClient,
     OmniRequest,
     PollPolicy,
     RetryPolicy,
     SubmitUncertainError,
     TaskFailedError,
+    TaskStatus,
     TaskSubmitted,
     TransportError,
 )
+from kling_async._endpoints import Endpoint, endpoint_for
 from kling_async._events import EventHub, EventStream, StatusChanged
-from kling_async.testing import Simulator
+from kling_async._registry import EARLY_DELIVERIES, Slots, TaskRegistry
+from kling_async._tracker import SWEEP_MIN_TASKS
+from kling_async.testing import FakeClock, Simulator
 from tests.conftest import FAST_POLL, FAST_RETRY
 
 pytestmark = pytest.mark.anyio
@@ -310,3 +318,95 @@ async def test_the_key_is_not_in_a_traceback_rendered_with_locals() -> None:
             await client.list_tasks()
     rendered = traceback.TracebackException.from_exception(caught.value, capture_locals=True).format()
     assert _LEAK_CANARY not in "".join(rendered)
+
+
+# -- the journal never drops an id, leaks a slot, hangs, or ends the batch -----------------------------------
+
+
+class _LockedAtCreated(Journal):
+    """A real SQLite journal whose file another connection locks just as a task id is to be recorded."""
+
+    def created(self, key: str, task_id: str, status: str) -> None:
+        blocker = sqlite3.connect(self.path)
+        blocker.execute("BEGIN IMMEDIATE")
+        self._db.execute("PRAGMA busy_timeout = 20")
+        try:
+            super().created(key, task_id, status)
+        finally:
+            blocker.rollback()
+            blocker.close()
+
+
+async def test_a_journal_failing_after_a_created_post_keeps_the_id_and_frees_the_slot(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    """The journal cannot record a created task: the item's outcome carries the task id and the
+    JournalError, its in-flight slot comes back (max_in_flight=1, so a leak hangs), the batch ends."""
+    with _LockedAtCreated(tmp_path / "run.db") as journal:
+        async with _client(sim, max_in_flight=1) as client:
+            with anyio.fail_after(30):  # a hang guard
+                outcomes = await client.gather(_prompts(3), journal=journal)
+    assert len(outcomes) == 3
+    assert sorted(o.task_id for o in outcomes if o.task_id) == sorted(sim.tasks)
+    for outcome in outcomes:
+        assert isinstance(outcome.error, JournalError)
+        assert outcome.error.task_id == outcome.task_id
+
+
+class _StatusWritesFail(Journal):
+    """A journal whose status records fail (as on a full disk), while the records that matter succeed."""
+
+    def status(self, key: str, status: str) -> None:
+        raise JournalError("disk full", path=self.path, key=key)
+
+
+async def test_a_journal_failing_during_list_sweeps_never_ends_the_batch(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    """Statuses seen by list sweeps cannot be journaled: every item still ends with its video."""
+    with _StatusWritesFail(tmp_path / "run.db") as journal:
+        async with _client(sim) as client:
+            outcomes = await client.gather(_prompts(SWEEP_MIN_TASKS + 4), journal=journal)
+    assert sim.counters.lists > 0  # the statuses did come from sweeps
+    assert all(o.ok for o in outcomes)
+
+
+# -- an account-level refusal stops the batch ---------------------------------------------------------------
+
+
+async def test_a_refused_key_stops_every_further_post(sim: Simulator) -> None:
+    """After a 401 to a POST no further POST is sent; every item ends with an AuthenticationError."""
+    concurrency = 2
+    async with KlingClient(
+        api_key="wrong-key", base_url=sim.url, poll=FAST_POLL, retry=FAST_RETRY, max_concurrency=concurrency
+    ) as client:
+        outcomes = await client.gather(_prompts(30))
+    assert len(outcomes) == 30
+    assert all(isinstance(o.error, AuthenticationError) for o in outcomes)
+    assert sim.counters.posts <= concurrency  # only those already on the wire with the first
+
+
+# -- the registry -------------------------------------------------------------------------------------------
+
+
+def test_early_deliveries_past_the_bound_evict_the_oldest() -> None:
+    """Webhook deliveries for unknown tasks are kept up to a bound, the oldest going first."""
+    registry = TaskRegistry(
+        poll=PollPolicy(),
+        clock=FakeClock(),
+        events=EventHub(),
+        slots=Slots(None),
+        fetch=_no_fetch,
+        safety_net=True,
+    )
+    for n in range(EARLY_DELIVERIES + 1):
+        registry.observe(TaskStatus(task_id=f"t{n}", status="IN_PROGRESS"))
+    endpoint = endpoint_for("kling-v3-omni-std")
+    first = registry.attach(endpoint, "t0", None, started=None, request=None)
+    last = registry.attach(endpoint, f"t{EARLY_DELIVERIES}", None, started=None, request=None)
+    assert first.status is None  # evicted
+    assert last.status == "IN_PROGRESS"
+
+
+async def _no_fetch(endpoint: Endpoint, task_id: str) -> TaskStatus:
+    raise AssertionError("no request is expected")

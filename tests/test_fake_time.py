@@ -1,0 +1,105 @@
+"""Polling and Retry-After in fake time: a FakeClock moved by hand and a MockTransport, no real waiting."""
+
+from __future__ import annotations
+
+import json
+
+import anyio
+import pytest
+
+from kling_async import KlingClient, OmniRequest, PollPolicy, RetryPolicy
+from kling_async.testing import FakeClock, MockRequest, MockTransport, Response
+
+pytestmark = pytest.mark.anyio
+
+TASK = "3f1c6a52-7a40-4f0e-9a43-0c9d0a3c9b11"
+NO_JITTER = PollPolicy(initial=15, multiplier=1.5, maximum=30, jitter=0.0, timeout=None)
+
+
+def _task(status: str, *urls: str) -> Response:
+    body = {"data": {"task_id": TASK, "status": status, "generated": list(urls)}}
+    return Response(200, {"Content-Type": "application/json"}, json.dumps(body).encode())
+
+
+def _finishing_at(clock: FakeClock, seconds: float) -> MockTransport:
+    """An API whose one task completes `seconds` after the first POST, by the fake clock."""
+    started: list[float] = []
+
+    def handler(request: MockRequest) -> Response:
+        if request.method == "POST":
+            started.append(clock.now())
+            return _task("CREATED")
+        if clock.now() - started[0] >= seconds:
+            return _task("COMPLETED", "https://cdn.example/v.mp4")
+        return _task("IN_PROGRESS")
+
+    return MockTransport(handler)
+
+
+async def _gets_at(
+    clock: FakeClock, transport: MockTransport, until: float, step: float = 0.5
+) -> list[float]:
+    """Advance to `until` in `step`s; the fake times at which each status GET went out."""
+    seen: list[float] = []
+    start = clock.now()
+    while clock.now() - start < until:
+        await clock.advance(step)
+        gets = sum(r.method == "GET" for r in transport.requests)
+        seen += [clock.now() - start] * (gets - len(seen))
+    return seen
+
+
+async def test_a_handle_checks_on_the_default_schedule_before_anything_is_learned() -> None:
+    """With nothing learned, checks come at 15, 37.5 and 67.5 s: a 60 s task costs three GETs."""
+    clock = FakeClock()
+    transport = _finishing_at(clock, 60.0)
+    async with KlingClient(api_key="k", poll=NO_JITTER, clock=clock, transport=transport) as client:
+        handle = await client.submit(OmniRequest(prompt="a fox"))
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(handle.wait)
+            gets = await _gets_at(clock, transport, until=90.0)
+    assert gets == [15.0, 37.5, 67.5]
+    assert handle.done
+
+
+async def test_a_wait_times_out_on_the_fake_clock() -> None:
+    """wait(timeout=) is measured by the client's clock: it ends at 40 fake seconds, not real ones."""
+    clock = FakeClock()
+    transport = _finishing_at(clock, 1000.0)
+    async with KlingClient(api_key="k", poll=NO_JITTER, clock=clock, transport=transport) as client:
+        handle = await client.submit(OmniRequest(prompt="a fox"))
+        outcome: list[BaseException] = []
+
+        async def wait() -> None:
+            try:
+                await handle.wait(timeout=40)
+            except Exception as exc:
+                outcome.append(exc)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(wait)
+            await clock.advance(39.9)
+            assert outcome == []
+            await clock.advance(0.2)
+    assert type(outcome[0]).__name__ == "TaskTimeoutError"
+
+
+async def test_retry_after_holds_every_request_until_it_has_passed() -> None:
+    """A 429 with Retry-After: 7 pauses the client: the retry leaves at 7 fake seconds, not before."""
+    clock = FakeClock()
+    answers = [Response(429, {"Retry-After": "7"}, b'{"message": "slow down"}')]
+
+    def handler(request: MockRequest) -> Response:
+        return answers.pop(0) if answers else Response(200, {}, b'{"data": []}')
+
+    transport = MockTransport(handler)
+    retry = RetryPolicy(attempts=3, deadline=60)
+    async with (
+        KlingClient(api_key="k", retry=retry, clock=clock, transport=transport) as client,
+        anyio.create_task_group() as tg,
+    ):
+        tg.start_soon(client.list_tasks)
+        await clock.advance(6.9)
+        assert len(transport.requests) == 1
+        await clock.advance(0.2)
+        assert len(transport.requests) == 2
