@@ -596,7 +596,10 @@ class Batch:
         self._engine.scope.cancel()
         self._receive.close()
         assert self._group is not None
-        return await self._group.__aexit__(exc_type, exc, tb)
+        # The engine catches its own failures, so the group ends cleanly; what left the block (an
+        # exception of the caller's, a cancellation) then propagates as it was, never as a group.
+        await self._group.__aexit__(None, None, None)
+        return None
 
     def __aiter__(self) -> Self:
         return self

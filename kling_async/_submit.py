@@ -138,7 +138,7 @@ class Creator:
             except BaseException:
                 attempt.abandoned = True
                 if attempt.result is not None:
-                    _log_abandoned(attempt.result.handle)
+                    _log_abandoned(attempt.result.handle, key)
                 raise
             if attempt.error is not None:
                 if isinstance(attempt.error, _NothingCreated):
@@ -258,7 +258,7 @@ class Creator:
         if self._events.active:
             self._events.publish(TaskSubmitted(task_id=handle.task_id, model=endpoint.model, key=key))
         if attempt.abandoned:
-            _log_abandoned(handle)
+            _log_abandoned(handle, key)
         return Created(handle, record_error)
 
     async def _uncertain(
@@ -281,8 +281,11 @@ class _NothingCreated(Exception):
         self.error = error
 
 
-def _log_abandoned(handle: TaskHandle) -> None:
-    log.warning(
+def _log_abandoned(handle: TaskHandle, key: str | None) -> None:
+    # A lone submit() lost its handle: worth a warning. A batch item's id is in the journal and the
+    # TaskSubmitted event, and leaving a batch early is deliberate.
+    log.log(
+        logging.WARNING if key is None else logging.INFO,
         "task %s was created for a caller that was cancelled; it runs on, reachable with"
         " client.task(%r, model=%r)",
         handle.task_id,

@@ -136,6 +136,19 @@ async def test_leaving_an_async_with_map_block_stops_submitting_at_once(sim: Sim
         assert sim.counters.posts < 200
 
 
+async def test_an_exception_in_an_async_with_map_block_propagates_as_it_was(sim: Simulator) -> None:
+    """Raising inside `async with client.map(...)` gives the caller that exception, not an ExceptionGroup."""
+    async with _client(sim) as client:
+
+        async def consume() -> None:
+            async with client.map(_prompts(20)) as outcomes:
+                async for _ in outcomes:
+                    raise LookupError("mine")
+
+        with pytest.raises(LookupError, match="mine"):
+            await consume()
+
+
 async def test_closing_a_kept_map_iterator_stops_it(sim: Simulator) -> None:
     """`async for` over a map() kept in a variable stops when the iterator is closed (aclosing)."""
     async with _client(sim, max_concurrency=4) as client:
