@@ -502,7 +502,7 @@ class KlingClient:
         """Every event from this call until the client closes: submissions, status changes, retries, 429s.
 
         ``async for event in client.events():`` ... Publishing never waits for a slow reader: past
-        10,000 unread events the newest are dropped for that reader.
+        10,000 unread events the oldest are dropped for that reader.
         """
         self._require_open()
         return self._events.subscribe()

@@ -32,6 +32,7 @@ from kling_async import (
     TransportError,
 )
 from kling_async._endpoints import Endpoint, endpoint_for
+from kling_async._events import _BUFFER as EVENT_BUFFER
 from kling_async._events import EventHub, EventStream, StatusChanged
 from kling_async._registry import EARLY_DELIVERIES, Slots, TaskRegistry
 from kling_async._tracker import SWEEP_MIN_TASKS
@@ -423,3 +424,18 @@ def test_early_deliveries_past_the_bound_evict_the_oldest() -> None:
 
 async def _no_fetch(endpoint: Endpoint, task_id: str) -> TaskStatus:
     raise AssertionError("no request is expected")
+
+
+async def test_a_reader_far_behind_loses_the_oldest_events_not_the_newest() -> None:
+    """A subscriber's buffer is bounded; when it is full the oldest unread event goes first."""
+    hub = EventHub()
+    stream = hub.subscribe()
+    total = EVENT_BUFFER + 5
+    for n in range(total):
+        hub.publish(StatusChanged(task_id=f"t{n}", model="m", status="IN_PROGRESS", previous=None))
+    first = await stream.__anext__()
+    assert isinstance(first, StatusChanged)
+    assert first.task_id == "t5"
+    assert hub.dropped == 5
+    hub.close()
+    assert len([event async for event in stream]) == EVENT_BUFFER - 1
