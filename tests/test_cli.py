@@ -241,3 +241,30 @@ def test_the_progress_display_redraws_in_place_on_a_terminal(tmp_path: Path) -> 
     assert "\x1b[" in text
     assert "12/12" in text
     assert "COMPLETED" in text
+
+
+async def test_a_wrong_key_sends_no_doomed_post_for_the_other_rows(sim: Simulator, tmp_path: Path) -> None:
+    """A batch run with a key the API refuses stops posting at the first 401 and says to fix the key."""
+    jobs = _write_jobs(tmp_path / "jobs.jsonl", [{"prompt": f"clip {i}"} for i in range(40)])
+    env = {**_env(sim), "FREEPIK_API_KEY": "not-the-key"}
+    done = await anyio.run_process(
+        [
+            sys.executable,
+            "-m",
+            "kling_async",
+            "batch",
+            str(jobs),
+            "--out",
+            str(tmp_path / "out"),
+            "--concurrency",
+            "2",
+        ],
+        env=env,
+        cwd=ROOT,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert sim.counters.posts <= 2  # only what was already on the wire with the first refusal
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert len(report) == 40
+    assert all("fix the API key" in record["error"] for record in report[2:])
