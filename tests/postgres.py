@@ -115,3 +115,30 @@ def with_database(url: str, name: str) -> str:
     """The ``postgresql://`` URL with its database name replaced."""
     parts = urlsplit(url)
     return urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, parts.fragment))
+
+
+async def _worker(base_url: str, dsn: str, count: int, lease: float) -> None:
+    """One worker process of the multi-worker tests: the shared input, the shared journal, one line per
+    outcome (``ok KEY TASK`` or ``error KEY ErrorType``)."""
+    from kling_async import Job, KlingClient, OmniRequest, PollPolicy, RetryPolicy
+    from kling_async._journal_pg import PostgresJournal
+
+    jobs = [Job(OmniRequest(prompt=f"shared clip {i}"), id=f"clip-{i:03d}") for i in range(count)]
+    poll = PollPolicy(initial=0.02, maximum=0.05, timeout=60.0)
+    retry = RetryPolicy(initial=0.01, maximum=0.05)
+    journal = PostgresJournal(dsn, lease=lease)
+    async with KlingClient("sim-key", base_url, poll=poll, retry=retry, max_concurrency=16) as client:
+        # map() is typed for paths and URLs; it takes any BatchJournal (open_journal passes one through).
+        async for outcome in client.map(jobs, journal=journal):  # type: ignore[arg-type]
+            if outcome.ok:
+                print("ok", outcome.key, outcome.task_id, flush=True)
+            else:
+                print("error", outcome.key, type(outcome.error).__name__, flush=True)
+
+
+if __name__ == "__main__":
+    import sys
+
+    import anyio
+
+    anyio.run(_worker, sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4]))
