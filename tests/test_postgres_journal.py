@@ -363,3 +363,35 @@ async def test_an_item_a_live_worker_holds_is_that_items_claimed_elsewhere_outco
         assert sim.counters.posts == 2
     assert [o.ok for o in outcomes] == [True, False, True]
     assert isinstance(outcomes[1].error, ClaimedElsewhere)
+
+
+async def test_a_lost_connection_fails_the_call_it_hits_and_the_next_call_reconnects(
+    database: str,  # noqa: F811
+) -> None:
+    async with open_journal(database) as journal:
+        await journal.submitting("a", MODEL, REQUEST)
+        with psycopg.connect(database, autocommit=True) as admin:  # a failover, or an admin's kill
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        with pytest.raises(JournalError, match="database error"):
+            await journal.created("a", "t-a", "CREATED")
+        await journal.created("a", "t-a", "CREATED")
+    assert peek(database, "SELECT state, task_id FROM kling_items") == [("created", "t-a")]
+
+
+async def test_a_database_that_is_down_sends_no_post(tmp_path: Any) -> None:
+    from kling_async import Job, OmniRequest
+
+    jobs = [Job(OmniRequest(prompt=f"clip {i}"), id=f"clip-{i}") for i in range(3)]
+    down = f"postgresql://kling:s3cret@/journal?host={tmp_path}"  # no server listens there
+    async with (
+        Simulator(time_scale=0.001, generation_seconds=60.0, queue_seconds=2.0) as sim,
+        KlingClient(api_key="sim-key", base_url=sim.url, poll=FAST_POLL, retry=FAST_RETRY) as client,
+    ):
+        with pytest.raises(JournalError, match="cannot connect") as caught:
+            async for _ in client.map(jobs, journal=down):
+                pass
+        assert sim.counters.posts == 0
+    assert "s3cret" not in str(caught.value)
