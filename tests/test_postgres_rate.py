@@ -3,6 +3,7 @@ lowers the rate once however many workers saw it, and a Retry-After holds every 
 
 from __future__ import annotations
 
+import anyio
 import pytest
 
 from kling_async import JournalError
@@ -77,9 +78,12 @@ async def test_a_retry_after_holds_every_worker(database: str) -> None:  # noqa:
 
 
 async def test_the_rate_climbs_back_after_a_quiet_spell(database: str) -> None:  # noqa: F811
-    async with SharedRate(database, KEY, requests_per_second=10, recover_after=0.001) as rate:
+    async with SharedRate(database, KEY, requests_per_second=10, recover_after=0.5) as rate:
         assert await rate.throttled(await rate.take(), None) == 5.0
-        await rate.take()  # more than recover_after later: a tenth of the ceiling comes back
+        await rate.take()  # too soon: the rate stays lowered
+        assert peek(database, "SELECT rate FROM kling_rates") == [(5.0,)]
+        await anyio.sleep(0.6)
+        await rate.take()  # a quiet spell later: a tenth of the ceiling comes back
     assert peek(database, "SELECT rate FROM kling_rates") == [(6.0,)]
 
 
