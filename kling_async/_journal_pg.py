@@ -506,14 +506,24 @@ class PostgresJournal:
         **columns: Any,
     ) -> bool:
         """Update the key's columns where ``condition`` holds; whether a row was updated."""
+        cursor = await self._update(conn, key, condition, params, **columns)
+        return cursor.rowcount == 1
+
+    async def _update(
+        self,
+        conn: psycopg.AsyncConnection[TupleRow],
+        key: str,
+        condition: str,
+        params: tuple[Any, ...],
+        **columns: Any,
+    ) -> psycopg.AsyncCursor[TupleRow]:
         names = [*columns, "updated_at"]
         values = [_sql_value(value) for value in columns.values()]
         assignments = ", ".join(f"{name} = %s" for name in names)
-        cursor = await conn.execute(
+        return await conn.execute(
             f"UPDATE kling_items SET {assignments} WHERE key = %s AND ({condition})",
             (*values, self._clock.wall(), key, *params),
         )
-        return cursor.rowcount == 1
 
     async def _own_claim(self, key: str, target: JournalState, sources: tuple[str, ...], error: str) -> None:
         """A durable write that only the claim's worker may make (it alone knows what its POST did)."""
@@ -614,19 +624,23 @@ class PostgresJournal:
 
     async def _commit(self, conn: psycopg.AsyncConnection[TupleRow], writes: list[_Write]) -> None:
         async with conn.transaction():
-            for write in writes:
-                sources = [state.value for state in write.sources]
-                condition = "state = ANY(%s)"
-                params: tuple[Any, ...] = (sources,)
-                if write.target is None:  # a status: only a change is a write (and a history row)
-                    condition += " AND status IS DISTINCT FROM %s"
-                    params += (write.columns["status"],)
-                if await self._guarded(conn, write.key, condition, params, **write.columns):
-                    continue
-                if write.target is None:
-                    continue  # a late or repeated status of an item that moved on: harmless
-                refusal = await self._refusal(conn, write.key, write.target)
-                log.warning("%s; the buffered write is dropped", refusal)
+            # Pipelined: the updates go out together and their answers come back together (one round
+            # trip, not one per write); a failing one aborts the transaction, and the writes are kept.
+            async with conn.pipeline():
+                cursors = []
+                for write in writes:
+                    sources = [state.value for state in write.sources]
+                    condition = "state = ANY(%s)"
+                    params: tuple[Any, ...] = (sources,)
+                    if write.target is None:  # a status: only a change is a write (and a history row)
+                        condition += " AND status IS DISTINCT FROM %s"
+                        params += (write.columns["status"],)
+                    cursors.append(await self._update(conn, write.key, condition, params, **write.columns))
+            for write, cursor in zip(writes, cursors, strict=True):
+                # A status that no longer fits is a late or repeated one of an item that moved on: harmless.
+                if cursor.rowcount != 1 and write.target is not None:
+                    refusal = await self._refusal(conn, write.key, write.target)
+                    log.warning("%s; the buffered write is dropped", refusal)
 
     async def _timer(self) -> None:
         """Commit the buffered writes ``flush_interval`` after the first of them, even if no call follows."""
