@@ -6,7 +6,7 @@ durable calls. Two shapes, each on a fresh store: ``serial`` (one item after ano
 waits for its claim) and ``concurrent`` (16 items at a time, as a batch's submitters run them). SQLite and
 PostgreSQL runs alternate; medians over the repetitions. PostgreSQL is a throwaway server on a unix socket
 (``KLING_TEST_POSTGRES_DSN`` when set, as in CI), so the figures leave out any network round trip: add
-yours (three per durable call) for a database on another host.
+yours (one per call for a new item) for a database on another host.
 Run alone: ``python -m benchmarks.bench_claims [--quick]``.
 """
 

@@ -353,6 +353,9 @@ class PostgresJournal:
         return entry
 
     async def _lookup(self, conn: psycopg.AsyncConnection[TupleRow], key: str) -> JournalEntry | None:
+        # Most keys of a new batch are not there: one statement says so, with no transaction around it.
+        if await (await conn.execute("SELECT 1 FROM kling_items WHERE key = %s", (key,))).fetchone() is None:
+            return None
         async with conn.transaction():
             row = await self._row(conn, key, lock=True)
             if row is None:
@@ -390,14 +393,16 @@ class PostgresJournal:
     ) -> None:
         now = self._clock.wall()
         offered = self._offered.pop(key, None)
+        # A new key is claimed by one statement (committed on its own); a known one is read and decided on
+        # under its row lock.
+        inserted = await conn.execute(
+            "INSERT INTO kling_items (key, model, request, state, worker, created_at, updated_at)"
+            " VALUES (%s, %s, %s, 'submitting', %s, %s, %s) ON CONFLICT (key) DO NOTHING",
+            (key, model, request, self.worker, now, now),
+        )
+        if inserted.rowcount == 1:
+            return
         async with conn.transaction():
-            inserted = await conn.execute(
-                "INSERT INTO kling_items (key, model, request, state, worker, created_at, updated_at)"
-                " VALUES (%s, %s, %s, 'submitting', %s, %s, %s) ON CONFLICT (key) DO NOTHING",
-                (key, model, request, self.worker, now, now),
-            )
-            if inserted.rowcount == 1:
-                return
             row = await self._row(conn, key, lock=True)
             assert row is not None  # the conflict was on this key, and rows are never deleted
             entry, worker, live, claims = row
