@@ -47,7 +47,7 @@ from ._errors import (
     TaskTimeoutError,
 )
 from ._events import Event, RequestRetried
-from ._journal import Journal
+from ._journal import Journal, open_journal
 from ._models import Kling3Request, encode_request, request_from_dict
 from ._polling import PollPolicy
 from ._progress import BatchProgress
@@ -199,6 +199,17 @@ def load_jobs(path: Path, default_model: str) -> tuple[list[_Row], list[_RowErro
             continue
         rows.append(_Row(line, job))
     return rows, errors
+
+
+def _is_url(journal: str) -> bool:
+    """A ``scheme://`` journal (PostgreSQL): read by the batch only, never as an SQLite file."""
+    return "://" in journal
+
+
+async def _check_journal(spec: str) -> None:
+    """Open a shared journal and close it again: one that cannot be used is a usage error."""
+    async with open_journal(spec):
+        pass
 
 
 def _honour_old_keys(rows: list[_Row], journal: Journal) -> list[_Row]:
@@ -407,7 +418,10 @@ def _poll_options(command: Callable[..., None]) -> Callable[..., None]:
 @click.option(
     "--task-timeout", type=_POSITIVE, default=1800.0, show_default=True, help="Seconds to wait per task."
 )
-@click.option("--journal", type=click.Path(dir_okay=False, path_type=Path), help="Default: OUT/journal.db.")
+@click.option(
+    "--journal",
+    help="An SQLite file, or a postgresql:// URL that several workers share. Default: OUT/journal.db.",
+)
 @click.option(
     "--resubmit-uncertain", is_flag=True, help="Resend rows whose earlier POST got no answer (may pay twice)."
 )
@@ -427,7 +441,7 @@ def batch(
     poll_initial: float,
     poll_maximum: float,
     task_timeout: float,
-    journal: Path | None,
+    journal: str | None,
     resubmit_uncertain: bool,
     retry_failed: bool,
     as_json: bool,
@@ -444,13 +458,17 @@ def batch(
         _fail(f"{file.name}: no rows to run")
     if not simulate:
         _require_key()
-    journal_path = journal or out / "journal.db"
+    journal_spec = journal or str(out / "journal.db")
     try:
         out.mkdir(parents=True, exist_ok=True)
         # Opened here, before anything is sent: an unusable journal is a usage error, and the rows whose
         # key only an earlier version's journal knows keep that key (closed before the batch opens it).
-        with Journal(journal_path) as existing:
-            rows = _honour_old_keys(rows, existing)
+        # A shared PostgreSQL journal never held such keys: it is only opened and closed, as that check.
+        if not _is_url(journal_spec):
+            with Journal(journal_spec) as existing:
+                rows = _honour_old_keys(rows, existing)
+        else:
+            anyio.run(_check_journal, journal_spec)
     except OSError as exc:
         _fail(f"--out {out}: {exc.strerror or exc}")
     except JournalError as exc:
@@ -460,7 +478,7 @@ def batch(
         errors,
         out,
         console,
-        journal=journal_path,
+        journal=journal_spec,
         resubmit=resubmit_uncertain,
         retry_failed=retry_failed,
         as_json=as_json,
@@ -515,7 +533,7 @@ class _BatchRun:
         out: Path,
         console: Console,
         *,
-        journal: Path,
+        journal: str,
         resubmit: bool,
         retry_failed: bool,
         as_json: bool,
@@ -623,7 +641,7 @@ class _BatchRun:
     def _report(self) -> None:
         with contextlib.ExitStack() as stack:
             journal = None
-            if len(self.outcomes) < len(self.rows):
+            if len(self.outcomes) < len(self.rows) and not _is_url(self.journal):
                 with contextlib.suppress(JournalError):
                     journal = stack.enter_context(Journal(self.journal))
             records = [self._record(index, journal) for index in range(len(self.rows))]

@@ -921,10 +921,10 @@ async def test_open_journal_returns_a_batch_journal_as_it_is_and_nests(path: Pat
 
 
 def test_open_journal_refuses_a_url_without_showing_it() -> None:
-    with pytest.raises(JournalError, match="only SQLite journal files") as caught:
-        open_journal("postgresql://kling:s3cret@db.example/journal")
+    with pytest.raises(JournalError, match="only SQLite journal files and postgresql:// URLs") as caught:
+        open_journal("mysql://kling:s3cret@db.example/journal")
     assert "s3cret" not in str(caught.value)
-    assert caught.value.path == "postgresql://..."
+    assert caught.value.path == "mysql://..."
 
 
 @pytest.mark.anyio

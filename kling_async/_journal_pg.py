@@ -1,0 +1,803 @@
+"""The batch journal in PostgreSQL, shared by every worker that runs the same input.
+
+``PostgresJournal`` implements ``BatchJournal`` over psycopg 3's async API (``pip install
+'kling-async[postgres]'``); ``open_journal("postgresql://...")`` makes one. Its rows are SQLite's, plus the
+worker that last claimed each item, so several processes (on several machines) can share one journal:
+
+- **Claims.** ``submitting`` is a claim, committed before the POST: the row names this worker. Each worker
+  has a row in ``kling_workers`` with a lease (``lease_until``, the database's clock) that a heartbeat
+  renews while the journal is open. A claim whose worker is live belongs to that worker: ``lookup`` answers
+  None for it and ``submitting`` raises ``ClaimedElsewhere``, which becomes that item's outcome.
+- **Dead workers.** A claim still ``submitting`` when its worker's lease ran out is ``uncertain``: its POST
+  may have created a task, so it is never sent again by default (the heartbeat and ``lookup`` mark it). A
+  ``created`` (or ``completed``) item whose worker died is adopted: ``lookup`` makes it this worker's and
+  returns it, so the engine re-attaches to its task by id and follows it to its end.
+- **Writes.** The same durable/buffered split as SQLite: ``submitting``, ``created``, ``uncertain``,
+  ``unsent`` and a failure before any task are committed before the call returns; statuses, results, task
+  failures and downloads are buffered and committed together by a timer. Every call runs in one task that
+  owns the connection, so a cancelled call still ends (committed or failed) before its caller sees the
+  cancellation, and the connection is never left half way through a transaction.
+
+The password in the URL never reaches a message, a log line or a repr: ``path`` shows the URL without it.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import dataclasses
+import logging
+import math
+import os
+import re
+import socket
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Self
+from urllib.parse import urlsplit, urlunsplit
+
+import anyio
+import anyio.abc
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from ._clock import SYSTEM_CLOCK, Clock
+from ._errors import JournalError
+from ._journal import APPLICATION, JournalEntry, JournalState
+
+try:
+    import psycopg
+    import psycopg.conninfo
+    from psycopg.rows import TupleRow
+    from psycopg.types.json import Jsonb
+except ImportError as exc:  # pragma: no cover - the extra is installed wherever the tests run
+    raise ImportError("a postgresql:// journal needs psycopg 3: pip install 'kling-async[postgres]'") from exc
+
+__all__ = ["PG_SCHEMA_VERSION", "ClaimedElsewhere", "PostgresJournal"]
+
+log = logging.getLogger("kling_async")
+
+PG_SCHEMA_VERSION = 1
+
+# Created once per database, under a transaction-scoped advisory lock so that workers starting together do
+# not race on CREATE (PostgreSQL's IF NOT EXISTS is not safe against a concurrent CREATE).
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS kling_meta (
+    key   text PRIMARY KEY,
+    value text NOT NULL
+);
+CREATE TABLE IF NOT EXISTS kling_workers (
+    id          text PRIMARY KEY,
+    host        text NOT NULL,
+    pid         integer NOT NULL,
+    started_at  timestamptz NOT NULL DEFAULT clock_timestamp(),
+    lease_until timestamptz NOT NULL
+);
+CREATE TABLE IF NOT EXISTS kling_items (
+    key        text PRIMARY KEY,
+    position   bigint GENERATED ALWAYS AS IDENTITY UNIQUE,
+    model      text NOT NULL,
+    request    bytea NOT NULL,
+    state      text NOT NULL CHECK (state IN
+                   ('submitting', 'created', 'completed', 'downloaded', 'failed', 'uncertain', 'unsent')),
+    task_id    text,
+    status     text,
+    urls       jsonb NOT NULL DEFAULT '[]',
+    path       text,
+    error      text,
+    worker     text NOT NULL REFERENCES kling_workers (id),
+    claims     integer NOT NULL DEFAULT 1,
+    created_at double precision NOT NULL,
+    updated_at double precision NOT NULL
+);
+CREATE INDEX IF NOT EXISTS kling_items_task_id ON kling_items (task_id);
+CREATE INDEX IF NOT EXISTS kling_items_claims ON kling_items (worker) WHERE state = 'submitting';
+CREATE TABLE IF NOT EXISTS kling_history (
+    key    text NOT NULL REFERENCES kling_items (key),
+    at     double precision NOT NULL,
+    status text NOT NULL
+);
+CREATE INDEX IF NOT EXISTS kling_history_key ON kling_history (key, at);
+CREATE OR REPLACE FUNCTION kling_history_write() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO kling_history (key, at, status) VALUES (NEW.key, NEW.updated_at, NEW.status);
+    RETURN NULL;
+END $$;
+CREATE OR REPLACE TRIGGER kling_items_status AFTER UPDATE OF status ON kling_items FOR EACH ROW
+    WHEN (NEW.status IS NOT NULL AND NEW.status IS DISTINCT FROM OLD.status)
+    EXECUTE FUNCTION kling_history_write();
+"""
+# pg_advisory_xact_lock's key for schema creation: "kling-as" in ASCII.
+_SCHEMA_LOCK = 0x6B6C696E672D6173
+
+_COLUMNS = "i.key, i.model, i.request, i.state, i.task_id, i.status, i.urls, i.path, i.error"
+# The claim's owner, whether its lease still runs, and how many claims the row has seen.
+_OWNER = "i.worker, coalesce(w.lease_until > clock_timestamp(), false), i.claims"
+_FROM = "kling_items i LEFT JOIN kling_workers w ON w.id = i.worker"
+
+# States a live worker holds: another worker must not POST for it nor follow its task.
+_HELD = frozenset({JournalState.SUBMITTING, JournalState.CREATED, JournalState.COMPLETED})
+# As in SQLite: states from which a POST may (deliberately) go out again.
+_RESUBMITTABLE = frozenset(
+    {JournalState.SUBMITTING, JournalState.UNCERTAIN, JournalState.FAILED, JournalState.UNSENT}
+)
+
+
+class ClaimedElsewhere(JournalError):
+    """Another worker sharing the journal holds the item (its POST, or the task it follows), or took it
+    since this worker looked: raised by ``submitting``, so nothing is sent for it here."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Write:
+    """A buffered write: ``sql`` guarded by the states it may apply to, and what it is, for the log."""
+
+    key: str
+    what: str
+    target: JournalState | None  # None: a status, silently ignored when it does not fit
+    sources: tuple[JournalState, ...]
+    columns: dict[str, Any]
+
+
+@dataclass(eq=False, slots=True)
+class _Job:
+    """One call for the connection's task: commit ``writes`` first (if any), then ``run`` (if any)."""
+
+    run: Callable[[psycopg.AsyncConnection[TupleRow]], Awaitable[Any]] | None
+    writes: list[_Write]
+    done: anyio.Event = field(default_factory=anyio.Event)
+    committed: bool = False
+    result: Any = None
+    error: Exception | None = None
+
+
+def redact(url: str) -> str:
+    """The URL or conninfo string without its password (for messages, logs and reprs)."""
+    if "://" in url:
+        parts = urlsplit(url)
+        netloc = parts.netloc
+        if "@" in netloc:
+            userinfo, _, hostinfo = netloc.rpartition("@")
+            user = userinfo.split(":", 1)[0]
+            netloc = f"{user}@{hostinfo}" if user else hostinfo
+        query = re.sub(r"(^|&)password=[^&]*", r"\1password=***", parts.query)
+        return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    return re.sub(r"password\s*=\s*('(?:[^'\\]|\\.)*'|\S+)", "password=***", url)
+
+
+class PostgresJournal:
+    """``BatchJournal`` in a PostgreSQL database that many workers share (see the module docs).
+
+    Args:
+        url: a libpq connection URL (``postgresql://user:password@host/db``) or conninfo string.
+        lease: seconds a worker's claims stay its own without a heartbeat; the heartbeat renews them every
+            third of it. A worker silent for longer is taken as dead: its claims on the wire become
+            uncertain and its created tasks are adopted by other workers.
+        flush_every: commit the buffered writes as soon as this many wait.
+        flush_interval: seconds a buffered write may wait for its commit.
+        connect_timeout: seconds to wait for the database when connecting (unless the URL says).
+        clock: the timer's clock, and the rows' timestamps.
+
+    Raises:
+        ValueError: a bad ``lease``, ``flush_every``, ``flush_interval`` or ``connect_timeout``.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        lease: float = 30.0,
+        flush_every: int = 200,
+        flush_interval: float = 0.2,
+        connect_timeout: float = 10.0,
+        clock: Clock | None = None,
+    ) -> None:
+        if not 0 < lease < math.inf:
+            raise ValueError(f"lease: a positive number of seconds, got {lease!r}")
+        if flush_every < 1:
+            raise ValueError(f"flush_every: at least 1, got {flush_every!r}")
+        if not 0 < flush_interval < math.inf:
+            raise ValueError(f"flush_interval: a positive number of seconds, got {flush_interval!r}")
+        if not 0 < connect_timeout < math.inf:
+            raise ValueError(f"connect_timeout: a positive number of seconds, got {connect_timeout!r}")
+        self._url = url
+        self._path = redact(url)
+        self._lease = lease
+        self._flush_every = flush_every
+        self._flush_interval = flush_interval
+        self._connect_timeout = connect_timeout
+        self._clock = clock or SYSTEM_CLOCK
+        self._max_buffered = 50 * flush_every
+        self.worker = f"{socket.gethostname()}/{os.getpid()}/{uuid.uuid4().hex[:12]}"
+        self._writes: collections.deque[_Write] = collections.deque()
+        self._waiting: collections.Counter[str] = collections.Counter()
+        # Keys whose resubmittable entry lookup handed to the engine, with the row's claim count then: a
+        # submitting on such a row is the engine's own decision only while nobody claimed it since.
+        self._offered: dict[str, int] = {}
+        self._conn: psycopg.AsyncConnection[TupleRow] | None = None
+        self._jobs: MemoryObjectSendStream[_Job] | None = None
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._depth = 0
+        self._closed = False
+        self._due: anyio.Event | None = None
+        self._nap: anyio.CancelScope | None = None
+        self._failing = False
+        self._dropping = False
+        self._heartbeat_failing = False
+        self._registered = False  # this worker's row exists: its lease is given up on exit
+
+    @property
+    def path(self) -> str:
+        """The database's URL without its password."""
+        return self._path
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open" if self._depth else "not open"
+        return f"<PostgresJournal {self._path!r} {state} worker={self.worker!r} buffered={len(self._writes)}>"
+
+    # -- lifecycle -------------------------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        if self._depth:
+            self._depth += 1
+            return self
+        if self._closed:
+            raise JournalError("closed; open the database again", path=self._path)
+        send, receive = anyio.create_memory_object_stream[_Job](math.inf)
+        self._jobs = send
+        self._tg = anyio.create_task_group()
+        await self._tg.__aenter__()
+        self._tg.start_soon(self._work, receive)
+        try:
+            await self._call(self._open)
+        except BaseException:
+            await self._shut()
+            raise
+        self._tg.start_soon(self._timer)
+        self._tg.start_soon(self._heartbeat)
+        self._depth = 1
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._depth > 1:
+            self._depth -= 1
+            return
+        self._depth = 0
+        await self._shut()
+
+    async def _shut(self) -> None:
+        """Commit what is buffered, give up the lease, close the connection, stop the tasks."""
+        assert self._jobs is not None
+        assert self._tg is not None
+        self._closed = True
+        self._tg.cancel_scope.cancel()  # the timer and heartbeat; the connection's task drains the queue
+        with anyio.CancelScope(shield=True), self._clock.move_on_after(self._connect_timeout + self._lease):
+            if self._registered:
+                writes = self._take(None)
+                try:
+                    await self._call(self._release, writes)
+                except JournalError as exc:
+                    log.warning("%s; %d buffered writes are lost", exc, len(writes))
+        self._jobs.close()  # the connection's task closes the connection once the queue is empty
+        await self._tg.__aexit__(None, None, None)
+
+    async def _connect(self) -> psycopg.AsyncConnection[TupleRow]:
+        try:
+            options: dict[str, Any] = {}
+            if "connect_timeout" not in psycopg.conninfo.conninfo_to_dict(self._url):
+                options["connect_timeout"] = max(1, round(self._connect_timeout))
+            conn = await psycopg.AsyncConnection.connect(self._url, autocommit=True, **options)
+        except psycopg.Error as exc:
+            raise JournalError(f"cannot connect: {_reason(exc)}", path=self._path) from None
+        return conn
+
+    async def _open(self, conn: psycopg.AsyncConnection[TupleRow]) -> None:
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
+            tables = {
+                row[0]
+                for row in await (
+                    await conn.execute(
+                        "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()"
+                        " AND tablename LIKE 'kling\\_%%'"
+                    )
+                ).fetchall()
+            }
+            if "kling_meta" in tables:
+                meta: dict[str, str] = dict(
+                    await (await conn.execute("SELECT key, value FROM kling_meta")).fetchall()
+                )
+                if meta.get("application") != APPLICATION:
+                    raise JournalError(
+                        f"not a kling-async journal (application {meta.get('application')!r})",
+                        path=self._path,
+                    )
+                version = meta.get("schema_version", "")
+                if not version.isdigit() or int(version) < 1:
+                    raise JournalError(f"damaged: bad schema_version {version!r}", path=self._path)
+                if int(version) > PG_SCHEMA_VERSION:
+                    raise JournalError(
+                        f"written by a newer kling-async (schema version {version}; this one reads up to"
+                        f" {PG_SCHEMA_VERSION}); upgrade kling-async",
+                        path=self._path,
+                    )
+            else:
+                await conn.execute(_SCHEMA)
+                await conn.execute(
+                    "INSERT INTO kling_meta (key, value) VALUES ('application', %s), ('schema_version', %s)",
+                    (APPLICATION, str(PG_SCHEMA_VERSION)),
+                )
+            await conn.execute(
+                "INSERT INTO kling_workers (id, host, pid, lease_until)"
+                " VALUES (%s, %s, %s, clock_timestamp() + make_interval(secs => %s))",
+                (self.worker, socket.gethostname(), os.getpid(), self._lease),
+            )
+        self._registered = True
+
+    async def _release(self, conn: psycopg.AsyncConnection[TupleRow]) -> None:
+        """End the lease: this worker's created tasks are free to adopt at once."""
+        await conn.execute(
+            "UPDATE kling_workers SET lease_until = clock_timestamp() WHERE id = %s", (self.worker,)
+        )
+
+    # -- the protocol ----------------------------------------------------------------------------------------
+
+    async def lookup(self, key: str) -> JournalEntry | None:
+        """The key's entry for this worker: None when it was never submitted, is ``unsent``, or is held by
+        another live worker (``submitting`` then raises ``ClaimedElsewhere``). A dead worker's claim on the
+        wire is returned ``uncertain``; a dead worker's created task becomes this worker's (adopted)."""
+        entry: JournalEntry | None = await self._durable(key, lambda conn: self._lookup(conn, key))
+        return entry
+
+    async def _lookup(self, conn: psycopg.AsyncConnection[TupleRow], key: str) -> JournalEntry | None:
+        # Most keys of a new batch are not there: one statement says so, with no transaction around it.
+        if await (await conn.execute("SELECT 1 FROM kling_items WHERE key = %s", (key,))).fetchone() is None:
+            return None
+        async with conn.transaction():
+            row = await self._row(conn, key, lock=True)
+            if row is None:
+                return None
+            entry, worker, live, claims = row
+            if entry.state == JournalState.UNSENT:
+                return None
+            if worker != self.worker:
+                if live and entry.state in _HELD:
+                    return None
+                if entry.state == JournalState.SUBMITTING:
+                    error = f"worker {worker} died while its POST was on the wire; a task may exist"
+                    await self._set(conn, key, state=JournalState.UNCERTAIN, error=error)
+                    entry = dataclasses.replace(entry, state=JournalState.UNCERTAIN, error=error)
+                elif entry.state in _HELD:
+                    await conn.execute(
+                        "UPDATE kling_items SET worker = %s WHERE key = %s", (self.worker, key)
+                    )
+                    log.info("adopted item %s (task %s) from worker %s", key, entry.task_id, worker)
+            if entry.state in _RESUBMITTABLE:
+                self._offered[key] = claims
+            return entry
+
+    async def submitting(self, key: str, model: str, request: bytes) -> None:
+        """Claim the item for this worker; committed before it returns, and only then may its POST leave.
+
+        Raises:
+            ClaimedElsewhere: another worker holds it, or claimed or finished it since ``lookup``.
+            JournalError: the key was recorded with another request or model, or already has a task.
+        """
+        await self._durable(key, lambda conn: self._claim(conn, key, model, request))
+
+    async def _claim(
+        self, conn: psycopg.AsyncConnection[TupleRow], key: str, model: str, request: bytes
+    ) -> None:
+        now = self._clock.wall()
+        offered = self._offered.pop(key, None)
+        # A new key is claimed by one statement (committed on its own); a known one is read and decided on
+        # under its row lock.
+        inserted = await conn.execute(
+            "INSERT INTO kling_items (key, model, request, state, worker, created_at, updated_at)"
+            " VALUES (%s, %s, %s, 'submitting', %s, %s, %s) ON CONFLICT (key) DO NOTHING",
+            (key, model, request, self.worker, now, now),
+        )
+        if inserted.rowcount == 1:
+            return
+        async with conn.transaction():
+            row = await self._row(conn, key, lock=True)
+            assert row is not None  # the conflict was on this key, and rows are never deleted
+            entry, worker, live, claims = row
+            if entry.state != JournalState.UNSENT:
+                if worker != self.worker and (entry.state not in _RESUBMITTABLE or live or offered != claims):
+                    raise self._elsewhere(key, entry, worker, live)
+                if (entry.model, entry.request) != (model, request):
+                    raise self._key_error(
+                        key, "was recorded with another request; use a new journal or another id"
+                    )
+                if entry.state not in _RESUBMITTABLE:
+                    raise self._key_error(
+                        key,
+                        f"is {entry.state} with task {entry.task_id}; re-attach to it instead of submitting"
+                        " again",
+                    )
+            await conn.execute(
+                "UPDATE kling_items SET model = %s, request = %s, state = 'submitting', task_id = NULL,"
+                " status = NULL, urls = '[]', path = NULL, error = NULL, worker = %s, claims = claims + 1,"
+                " updated_at = %s WHERE key = %s",
+                (model, request, self.worker, now, key),
+            )
+
+    async def created(self, key: str, task_id: str, status: str) -> None:
+        """Record the task id the POST returned; committed before it returns."""
+
+        async def run(conn: psycopg.AsyncConnection[TupleRow]) -> None:
+            done = await self._guarded(
+                conn,
+                key,
+                "state = 'created' AND task_id = %s OR state IN ('submitting', 'uncertain') AND worker = %s",
+                (task_id, self.worker),
+                state=JournalState.CREATED,
+                task_id=task_id,
+                status=status,
+                error=None,
+            )
+            if not done:
+                raise await self._refusal(conn, key, JournalState.CREATED, task_id=task_id)
+
+        await self._durable(key, run)
+
+    async def uncertain(self, key: str, error: str) -> None:
+        """Record a POST whose outcome is unknown; committed before it returns."""
+        await self._own_claim(key, JournalState.UNCERTAIN, ("submitting", "uncertain"), error=error)
+
+    async def unsent(self, key: str, error: str) -> None:
+        """Record a POST that provably created nothing; committed before it returns."""
+        await self._own_claim(key, JournalState.UNSENT, ("submitting", "uncertain", "unsent"), error=error)
+
+    async def failed(self, key: str, status: str | None, error: str) -> None:
+        """Record a task that ended FAILED or CANCELLED (buffered), or, status None, a POST refused before any
+        task existed (committed before it returns)."""
+        if status is None:
+            await self._own_claim(key, JournalState.FAILED, ("submitting", "uncertain"), error=error)
+        else:
+            self._buffer(
+                _Write(
+                    key,
+                    "failure",
+                    JournalState.FAILED,
+                    (JournalState.SUBMITTING, JournalState.CREATED, JournalState.FAILED),
+                    {"state": JournalState.FAILED.value, "status": status, "error": error},
+                )
+            )
+
+    async def status(self, key: str, status: str) -> None:
+        """Record a task's new status (buffered; ignored unless the entry is ``created``)."""
+        self._buffer(_Write(key, f"status {status}", None, (JournalState.CREATED,), {"status": status}))
+
+    async def finished(self, key: str, status: str, urls: Sequence[str]) -> None:
+        """Record a COMPLETED task and its result URLs (buffered)."""
+        columns = {"state": JournalState.COMPLETED.value, "status": status, "urls": list(urls)}
+        sources = (JournalState.CREATED, JournalState.COMPLETED, JournalState.DOWNLOADED)
+        self._buffer(_Write(key, "the result", JournalState.COMPLETED, sources, columns))
+
+    async def downloaded(self, key: str, path: str) -> None:
+        """Record where the item's video was saved (buffered)."""
+        columns = {"state": JournalState.DOWNLOADED.value, "path": path}
+        sources = (JournalState.COMPLETED, JournalState.DOWNLOADED)
+        self._buffer(_Write(key, "the download", JournalState.DOWNLOADED, sources, columns))
+
+    # -- reading and writing rows ----------------------------------------------------------------------------
+
+    async def _row(
+        self, conn: psycopg.AsyncConnection[TupleRow], key: str, *, lock: bool
+    ) -> tuple[JournalEntry, str, bool, int] | None:
+        suffix = " FOR UPDATE OF i" if lock else ""
+        cursor = await conn.execute(
+            f"SELECT {_COLUMNS}, {_OWNER} FROM {_FROM} WHERE i.key = %s{suffix}", (key,)
+        )
+        row = await cursor.fetchone()
+        if row is None:
+            return None
+        return _entry(row), row[9], row[10], row[11]
+
+    async def _set(self, conn: psycopg.AsyncConnection[TupleRow], key: str, **columns: Any) -> None:
+        await self._guarded(conn, key, "true", (), **columns)
+
+    async def _guarded(
+        self,
+        conn: psycopg.AsyncConnection[TupleRow],
+        key: str,
+        condition: str,
+        params: tuple[Any, ...],
+        **columns: Any,
+    ) -> bool:
+        """Update the key's columns where ``condition`` holds; whether a row was updated."""
+        cursor = await self._update(conn, key, condition, params, **columns)
+        return cursor.rowcount == 1
+
+    async def _update(
+        self,
+        conn: psycopg.AsyncConnection[TupleRow],
+        key: str,
+        condition: str,
+        params: tuple[Any, ...],
+        **columns: Any,
+    ) -> psycopg.AsyncCursor[TupleRow]:
+        names = [*columns, "updated_at"]
+        values = [_sql_value(value) for value in columns.values()]
+        assignments = ", ".join(f"{name} = %s" for name in names)
+        return await conn.execute(
+            f"UPDATE kling_items SET {assignments} WHERE key = %s AND ({condition})",
+            (*values, self._clock.wall(), key, *params),
+        )
+
+    async def _own_claim(self, key: str, target: JournalState, sources: tuple[str, ...], error: str) -> None:
+        """A durable write that only the claim's worker may make (it alone knows what its POST did)."""
+
+        async def run(conn: psycopg.AsyncConnection[TupleRow]) -> None:
+            done = await self._guarded(
+                conn,
+                key,
+                "state = ANY(%s) AND worker = %s",
+                (list(sources), self.worker),
+                state=target,
+                error=error,
+            )
+            if not done:
+                raise await self._refusal(conn, key, target)
+
+        await self._durable(key, run)
+
+    async def _refusal(
+        self,
+        conn: psycopg.AsyncConnection[TupleRow],
+        key: str,
+        target: JournalState,
+        *,
+        task_id: str | None = None,
+    ) -> JournalError:
+        """Why a guarded write to ``key`` did not apply."""
+        row = await self._row(conn, key, lock=False)
+        if row is None:
+            return self._key_error(key, "is not in the journal")
+        entry, worker, live, _ = row
+        if target == JournalState.CREATED and entry.state == JournalState.CREATED:
+            return self._key_error(
+                key, f"already has task {entry.task_id}; refusing to replace it by {task_id}"
+            )
+        if worker != self.worker and entry.state in (JournalState.SUBMITTING, JournalState.UNCERTAIN):
+            return self._elsewhere(key, entry, worker, live)
+        return self._key_error(key, f"is {entry.state} and cannot become {target}")
+
+    def _elsewhere(self, key: str, entry: JournalEntry, worker: str, live: bool) -> ClaimedElsewhere:
+        who = f"worker {worker}" + ("" if live else " (no longer live)")
+        task = f" with task {entry.task_id}" if entry.task_id else ""
+        return ClaimedElsewhere(
+            f"key {key!r} is {entry.state}{task}, claimed by {who}", path=self._path, key=key
+        )
+
+    def _key_error(self, key: str, problem: str) -> JournalError:
+        return JournalError(f"key {key!r} {problem}", path=self._path, key=key)
+
+    # -- buffering -------------------------------------------------------------------------------------------
+
+    def _buffer(self, write: _Write) -> None:
+        self._check_open()
+        self._writes.append(write)
+        self._waiting[write.key] += 1
+        self._trim()
+        if self._due is not None:
+            self._due.set()
+        if len(self._writes) >= self._flush_every and self._nap is not None:
+            self._nap.cancel()
+
+    def _take(self, key: str | None) -> list[_Write]:
+        """Every buffered write when ``key`` is None or has writes waiting (its order must hold)."""
+        if key is not None and key not in self._waiting:
+            return []
+        writes = list(self._writes)
+        self._writes.clear()
+        return writes
+
+    def _settle(self, writes: list[_Write], committed: bool) -> None:
+        if committed:
+            for write in writes:
+                self._forget(write)
+            self._dropping = False
+        else:
+            self._writes.extendleft(reversed(writes))
+            self._trim()
+
+    def _forget(self, write: _Write) -> None:
+        self._waiting[write.key] -= 1
+        if not self._waiting[write.key]:
+            del self._waiting[write.key]
+
+    def _trim(self) -> None:
+        excess = len(self._writes) - self._max_buffered
+        if excess <= 0:
+            return
+        for _ in range(excess):
+            self._forget(self._writes.popleft())
+        if not self._dropping:
+            self._dropping = True
+            log.warning(
+                "journal %s: more than %d buffered writes wait for a commit; dropping the oldest (a re-run"
+                " asks the API again for what they said)",
+                self._path,
+                self._max_buffered,
+            )
+
+    async def _commit(self, conn: psycopg.AsyncConnection[TupleRow], writes: list[_Write]) -> None:
+        async with conn.transaction():
+            # Pipelined: the updates go out together and their answers come back together (one round
+            # trip, not one per write); a failing one aborts the transaction, and the writes are kept.
+            async with conn.pipeline():
+                cursors = []
+                for write in writes:
+                    sources = [state.value for state in write.sources]
+                    condition = "state = ANY(%s)"
+                    params: tuple[Any, ...] = (sources,)
+                    if write.target is None:  # a status: only a change is a write (and a history row)
+                        condition += " AND status IS DISTINCT FROM %s"
+                        params += (write.columns["status"],)
+                    cursors.append(await self._update(conn, write.key, condition, params, **write.columns))
+            for write, cursor in zip(writes, cursors, strict=True):
+                # A status that no longer fits is a late or repeated one of an item that moved on: harmless.
+                if cursor.rowcount != 1 and write.target is not None:
+                    refusal = await self._refusal(conn, write.key, write.target)
+                    log.warning("%s; the buffered write is dropped", refusal)
+
+    async def _timer(self) -> None:
+        """Commit the buffered writes ``flush_interval`` after the first of them, even if no call follows."""
+        while True:
+            self._due = anyio.Event()
+            if not self._writes:
+                await self._due.wait()
+            if len(self._writes) < self._flush_every:
+                with anyio.CancelScope() as self._nap:
+                    await self._clock.sleep(self._flush_interval)
+                self._nap = None
+            try:
+                await self._call(None, self._take(None))
+            except JournalError as exc:
+                if not self._failing:
+                    log.warning("%s; buffered writes are kept and retried", exc)
+                self._failing = True
+            else:
+                self._failing = False
+
+    async def _heartbeat(self) -> None:
+        """Renew this worker's lease every third of it; mark the claims of dead workers uncertain."""
+        conn: psycopg.AsyncConnection[TupleRow] | None = None
+        try:
+            while True:
+                await self._clock.sleep(self._lease / 3)
+                try:
+                    if conn is None or conn.closed:
+                        conn = await self._connect()
+                    await self._beat(conn)
+                except (JournalError, psycopg.Error) as exc:
+                    if not self._heartbeat_failing:
+                        log.warning(
+                            "journal %s: cannot renew the lease of worker %s (%s); other workers may take"
+                            " its items as dead",
+                            self._path,
+                            self.worker,
+                            _reason(exc) if isinstance(exc, psycopg.Error) else exc,
+                        )
+                    self._heartbeat_failing = True
+                    if conn is not None:
+                        await conn.close()
+                        conn = None
+                else:
+                    self._heartbeat_failing = False
+        finally:
+            if conn is not None:
+                with anyio.CancelScope(shield=True):
+                    await conn.close()
+
+    async def _beat(self, conn: psycopg.AsyncConnection[TupleRow]) -> None:
+        async with conn.transaction():
+            await conn.execute(
+                "UPDATE kling_workers SET lease_until = clock_timestamp() + make_interval(secs => %s)"
+                " WHERE id = %s",
+                (self._lease, self.worker),
+            )
+            await conn.execute(
+                "UPDATE kling_items i SET state = 'uncertain', updated_at = %s,"
+                " error = 'worker ' || i.worker || ' died while its POST was on the wire; a task may exist'"
+                " FROM kling_workers w WHERE i.state = 'submitting' AND w.id = i.worker"
+                " AND w.lease_until < clock_timestamp()",
+                (self._clock.wall(),),
+            )
+
+    # -- the connection's task -------------------------------------------------------------------------------
+
+    async def _durable(
+        self, key: str, run: Callable[[psycopg.AsyncConnection[TupleRow]], Awaitable[Any]]
+    ) -> Any:
+        self._check_open()
+        return await self._call(run, self._take(key))
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise JournalError("closed", path=self._path)
+        if not self._depth:
+            raise JournalError("not open: use it in `async with journal:`", path=self._path)
+
+    async def _call(
+        self,
+        run: Callable[[psycopg.AsyncConnection[TupleRow]], Awaitable[Any]] | None,
+        writes: list[_Write] | None = None,
+    ) -> Any:
+        """Run ``run`` (after committing ``writes``) on the connection's task and return its result.
+
+        Cancelled, it still waits for the call to end before the cancellation goes on.
+        """
+        assert self._jobs is not None
+        job = _Job(run, writes or [])
+        self._jobs.send_nowait(job)
+        try:
+            await job.done.wait()
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await job.done.wait()
+            raise
+        if job.error is not None:
+            raise job.error
+        return job.result
+
+    async def _work(self, receive: MemoryObjectReceiveStream[_Job]) -> None:
+        """Run the jobs one at a time, in order; shielded: a job always ends (closing the queue ends this)."""
+        with anyio.CancelScope(shield=True):
+            try:
+                async with receive:
+                    async for job in receive:
+                        await self._run(job)
+                        if job.writes:
+                            self._settle(job.writes, job.committed)
+                        job.done.set()
+            finally:
+                if self._conn is not None:
+                    await self._conn.close()
+                    self._conn = None
+
+    async def _run(self, job: _Job) -> None:
+        try:
+            conn = self._conn
+            if conn is None or conn.closed:
+                self._conn = conn = await self._connect()
+            if job.writes:
+                await self._commit(conn, job.writes)
+                job.committed = True
+            if job.run is not None:
+                job.result = await job.run(conn)
+        except JournalError as exc:
+            job.error = exc
+        except psycopg.Error as exc:
+            job.error = JournalError(f"database error: {_reason(exc)}", path=self._path)
+            if self._conn is not None and self._conn.broken:
+                with contextlib.suppress(psycopg.Error):
+                    await self._conn.close()
+                self._conn = None  # the next call connects again
+        except Exception as exc:  # a bug: the caller sees it, the queue goes on
+            job.error = exc
+
+
+def _reason(exc: psycopg.Error) -> str:
+    """psycopg's message, first line only (libpq repeats context lines; none holds the password)."""
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _sql_value(value: Any) -> Any:
+    if isinstance(value, list):
+        return Jsonb(value)
+    return value
+
+
+def _entry(row: Sequence[Any]) -> JournalEntry:
+    key, model, request, state, task_id, status, urls, path, error = row[:9]
+    return JournalEntry(
+        key, model, bytes(request), JournalState(state), task_id, status, tuple(urls), path, error
+    )

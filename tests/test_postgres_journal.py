@@ -1,0 +1,397 @@
+"""The PostgreSQL journal keeps SQLite's promises against a real server, and its claims keep two workers
+from POSTing the same item: a live worker's claim is its own, a dead worker's claim on the wire is uncertain,
+a dead worker's task is adopted."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import anyio
+import psycopg
+import pytest
+
+from kling_async import JournalError, KlingClient
+from kling_async._journal import JournalState, open_journal
+from kling_async._journal_pg import ClaimedElsewhere, PostgresJournal, redact
+from kling_async.testing import Simulator
+from tests.conftest import FAST_POLL, FAST_RETRY
+from tests.postgres import database, postgres_server  # noqa: F401  (fixtures)
+
+MODEL = "kling-v3-omni-std"
+REQUEST = b'{"prompt":"a fox in snow","duration":"5"}'
+OTHER_REQUEST = b'{"prompt":"a fox in rain","duration":"5"}'
+
+pytestmark = pytest.mark.anyio
+
+
+def peek(dsn: str, sql: str, *params: object) -> list[Any]:
+    """Read through another connection: it sees committed rows only."""
+    with psycopg.connect(dsn) as conn:
+        return conn.execute(sql, params).fetchall()
+
+
+def expire(dsn: str, journal: PostgresJournal) -> None:
+    """Make ``journal``'s worker look dead to the others (as if its heartbeat had stopped long ago)."""
+    with psycopg.connect(dsn) as conn:
+        conn.execute(
+            "UPDATE kling_workers SET lease_until = clock_timestamp() - interval '1 hour' WHERE id = %s",
+            (journal.worker,),
+        )
+
+
+async def test_open_journal_makes_a_postgres_journal_for_a_postgresql_url(database: str) -> None:  # noqa: F811
+    url = "postgresql://kling:s3cret@db.example/journal"
+    journal = open_journal(url)
+    assert isinstance(journal, PostgresJournal)
+    assert journal.path == "postgresql://kling@db.example/journal"
+    assert "s3cret" not in repr(journal)
+
+
+@pytest.mark.parametrize(
+    ("given", "shown"),
+    [
+        ("postgresql://u:pw@h:5432/db?sslmode=require", "postgresql://u@h:5432/db?sslmode=require"),
+        ("postgresql://h/db?user=u&password=pw", "postgresql://h/db?user=u&password=***"),
+        ("host=h user=u password='p w' dbname=db", "host=h user=u password=*** dbname=db"),
+    ],
+)
+def test_the_password_never_shows_in_the_path(given: str, shown: str) -> None:
+    assert redact(given) == shown
+
+
+async def test_a_server_that_cannot_be_reached_fails_on_entering_without_the_password(tmp_path: Any) -> None:
+    journal = PostgresJournal(f"postgresql://kling:s3cret@/db?host={tmp_path}", connect_timeout=2)
+    with pytest.raises(JournalError, match="cannot connect") as caught:
+        async with journal:
+            pass
+    assert "s3cret" not in str(caught.value)
+
+
+async def test_durable_writes_are_committed_before_they_return(database: str) -> None:  # noqa: F811
+    async with open_journal(database) as journal:
+        await journal.submitting("a", MODEL, REQUEST)
+        assert peek(database, "SELECT state FROM kling_items") == [("submitting",)]
+        await journal.created("a", "t-a", "CREATED")
+        assert peek(database, "SELECT state, task_id FROM kling_items") == [("created", "t-a")]
+        await journal.submitting("b", MODEL, REQUEST)
+        await journal.uncertain("b", "lost")
+        await journal.submitting("c", MODEL, REQUEST)
+        await journal.unsent("c", "RateLimitError: HTTP 429")
+        await journal.submitting("d", MODEL, REQUEST)
+        await journal.failed("d", None, "BadRequestError: HTTP 400")
+        assert peek(database, "SELECT key, state FROM kling_items ORDER BY position") == [
+            ("a", "created"),
+            ("b", "uncertain"),
+            ("c", "unsent"),
+            ("d", "failed"),
+        ]
+
+
+async def test_an_item_goes_submitting_created_completed_downloaded_with_its_history(
+    database: str,  # noqa: F811
+) -> None:
+    async with PostgresJournal(database, flush_interval=3600) as journal:
+        await journal.submitting("a", MODEL, REQUEST)
+        await journal.created("a", "t-a", "CREATED")
+        await journal.status("a", "IN_PROGRESS")
+        await journal.status("a", "IN_PROGRESS")
+        assert peek(database, "SELECT status FROM kling_items") == [("CREATED",)]  # buffered
+        entry = await journal.lookup("a")  # commits the key's buffered writes first
+        assert entry is not None
+        assert entry.status == "IN_PROGRESS"
+        await journal.finished("a", "COMPLETED", ["https://cdn.example/a.mp4"])
+        await journal.downloaded("a", "videos/a.mp4")
+    assert peek(database, "SELECT state, task_id, status, urls, path FROM kling_items") == [
+        ("downloaded", "t-a", "COMPLETED", ["https://cdn.example/a.mp4"], "videos/a.mp4")
+    ]
+    assert peek(database, "SELECT status FROM kling_history ORDER BY at") == [
+        ("CREATED",),
+        ("IN_PROGRESS",),
+        ("COMPLETED",),
+    ]
+    async with open_journal(database) as reopened:
+        entry = await reopened.lookup("a")
+    assert entry is not None
+    assert (entry.state, entry.request, entry.urls, entry.path) == (
+        JournalState.DOWNLOADED,
+        REQUEST,
+        ("https://cdn.example/a.mp4",),
+        "videos/a.mp4",
+    )
+
+
+async def test_buffered_writes_are_committed_by_the_timer(database: str) -> None:  # noqa: F811
+    async with PostgresJournal(database, flush_interval=0.05) as journal:
+        await journal.submitting("a", MODEL, REQUEST)
+        await journal.created("a", "t-a", "CREATED")
+        await journal.status("a", "IN_PROGRESS")
+        with anyio.fail_after(10):
+            while peek(database, "SELECT status FROM kling_items") != [("IN_PROGRESS",)]:  # noqa: ASYNC110
+                await anyio.sleep(0.01)
+
+
+async def test_a_buffered_write_that_no_longer_fits_is_dropped_and_logged(
+    database: str,  # noqa: F811
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="kling_async")
+    async with open_journal(database) as journal:
+        await journal.submitting("a", MODEL, REQUEST)
+        await journal.created("a", "t-a", "CREATED")
+        await journal.downloaded("a", "a.mp4")  # not completed: refused when committed
+        await journal.status("a", "IN_PROGRESS")
+    assert peek(database, "SELECT state, status, path FROM kling_items") == [("created", "IN_PROGRESS", None)]
+    assert [r.getMessage() for r in caplog.records] == [
+        f"journal {journal.path}: key 'a' is created and cannot become downloaded; the buffered write is"
+        " dropped"
+    ]
+
+
+async def test_the_same_worker_follows_sqlites_rules_for_a_key(database: str) -> None:  # noqa: F811
+    async with open_journal(database) as journal:
+        await journal.submitting("a", MODEL, REQUEST)
+        await journal.submitting("a", MODEL, REQUEST)  # a re-run of its own claim
+        with pytest.raises(JournalError, match="recorded with another request"):
+            await journal.submitting("a", MODEL, OTHER_REQUEST)
+        await journal.created("a", "t-a", "CREATED")
+        await journal.created("a", "t-a", "IN_PROGRESS")  # the same task again: harmless
+        with pytest.raises(JournalError, match="already has task t-a; refusing to replace it by t-b"):
+            await journal.created("a", "t-b", "CREATED")
+        with pytest.raises(JournalError, match="is created with task t-a; re-attach"):
+            await journal.submitting("a", MODEL, REQUEST)
+        with pytest.raises(JournalError, match="key 'z' is not in the journal"):
+            await journal.created("z", "t-z", "CREATED")
+        await journal.submitting("b", MODEL, REQUEST)
+        await journal.unsent("b", "ServerError: HTTP 503")
+        assert await journal.lookup("b") is None  # unsent: as if never submitted
+        await journal.submitting("b", MODEL, OTHER_REQUEST)  # and any request is accepted
+
+
+async def test_calls_outside_the_block_raise_at_once(database: str) -> None:  # noqa: F811
+    journal = open_journal(database)
+    with pytest.raises(JournalError, match="not open"):
+        await journal.lookup("a")
+    async with journal:
+        await journal.submitting("a", MODEL, REQUEST)
+    with pytest.raises(JournalError, match="closed"):
+        await journal.created("a", "t-a", "CREATED")
+
+
+async def test_a_cancelled_durable_write_still_commits(database: str) -> None:  # noqa: F811
+    async with open_journal(database) as journal:
+        with anyio.CancelScope() as scope:
+            scope.cancel()
+            await journal.submitting("a", MODEL, REQUEST)
+        assert scope.cancelled_caught
+        assert peek(database, "SELECT state FROM kling_items") == [("submitting",)]
+        await journal.created("a", "t-a", "CREATED")  # the connection is free for the next call
+
+
+async def test_another_applications_kling_meta_is_refused(database: str) -> None:  # noqa: F811
+    with psycopg.connect(database) as conn:
+        conn.execute("CREATE TABLE kling_meta (key text PRIMARY KEY, value text NOT NULL)")
+        conn.execute("INSERT INTO kling_meta VALUES ('application', 'kling-stats')")
+    with pytest.raises(JournalError, match="not a kling-async journal"):
+        async with open_journal(database):
+            pass
+
+
+async def test_a_newer_schema_is_refused(database: str) -> None:  # noqa: F811
+    async with open_journal(database):
+        pass
+    with psycopg.connect(database) as conn:
+        conn.execute("UPDATE kling_meta SET value = '99' WHERE key = 'schema_version'")
+    with pytest.raises(JournalError, match="written by a newer kling-async"):
+        async with open_journal(database):
+            pass
+
+
+# -- claims between workers ---------------------------------------------------------------------------------
+
+
+async def test_a_live_workers_claim_is_refused_to_another_and_hidden_from_its_lookup(
+    database: str,  # noqa: F811
+) -> None:
+    async with PostgresJournal(database) as first, PostgresJournal(database) as second:
+        assert await second.lookup("a") is None
+        await first.submitting("a", MODEL, REQUEST)
+        assert await second.lookup("a") is None  # held: not uncertain, not to be resumed
+        claimed = f"key 'a' is submitting, claimed by worker {first.worker}"
+        with pytest.raises(ClaimedElsewhere, match=claimed):
+            await second.submitting("a", MODEL, REQUEST)
+        await first.created("a", "t-a", "CREATED")
+        assert await second.lookup("a") is None  # its task is followed by its live worker
+        with pytest.raises(ClaimedElsewhere, match="key 'a' is created with task t-a"):
+            await second.submitting("a", MODEL, REQUEST)
+    assert peek(database, "SELECT state, task_id, claims FROM kling_items") == [("created", "t-a", 1)]
+
+
+async def test_two_workers_racing_for_one_key_make_one_claim(database: str) -> None:  # noqa: F811
+    outcomes: list[str] = []
+
+    async def claim(journal: PostgresJournal) -> None:
+        try:
+            await journal.submitting("a", MODEL, REQUEST)
+        except ClaimedElsewhere:
+            outcomes.append("elsewhere")
+        else:
+            outcomes.append("claimed")
+
+    async with PostgresJournal(database) as first, PostgresJournal(database) as second:
+        for _ in range(20):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(claim, first)
+                tg.start_soon(claim, second)
+            with psycopg.connect(database) as conn:
+                conn.execute("DELETE FROM kling_items")
+    assert sorted(set(outcomes)) == ["claimed", "elsewhere"]
+    assert outcomes.count("claimed") == 20
+
+
+async def test_a_dead_workers_claim_on_the_wire_is_uncertain_and_not_claimed_again(
+    database: str,  # noqa: F811
+) -> None:
+    async with PostgresJournal(database) as first, PostgresJournal(database) as second:
+        await first.submitting("a", MODEL, REQUEST)
+        expire(database, first)
+        entry = await second.lookup("a")
+        assert entry is not None
+        assert entry.state == JournalState.UNCERTAIN
+        assert entry.error == f"worker {first.worker} died while its POST was on the wire; a task may exist"
+        assert peek(database, "SELECT state FROM kling_items") == [("uncertain",)]
+
+
+async def test_the_heartbeat_marks_dead_workers_claims_uncertain(database: str) -> None:  # noqa: F811
+    async with PostgresJournal(database) as dead:
+        await dead.submitting("a", MODEL, REQUEST)
+        expire(database, dead)
+        async with PostgresJournal(database, lease=0.15):  # beats every 0.05 s
+            with anyio.fail_after(10):
+                while peek(database, "SELECT state FROM kling_items") != [("uncertain",)]:  # noqa: ASYNC110
+                    await anyio.sleep(0.01)
+
+
+async def test_an_uncertain_item_is_resubmitted_only_as_the_engine_decided_after_its_lookup(
+    database: str,  # noqa: F811
+) -> None:
+    async with PostgresJournal(database) as first, PostgresJournal(database) as second:
+        await first.submitting("a", MODEL, REQUEST)
+        expire(database, first)
+        # A worker that never looked it up (it saw the claim live) must not POST it now that it is dead.
+        with pytest.raises(ClaimedElsewhere, match="no longer live"):
+            await second.submitting("a", MODEL, REQUEST)
+        entry = await second.lookup("a")  # the engine sees it uncertain, and may resubmit deliberately
+        assert entry is not None
+        assert entry.state == JournalState.UNCERTAIN
+        await second.submitting("a", MODEL, REQUEST)
+        await second.created("a", "t-a2", "CREATED")
+    assert peek(database, "SELECT state, task_id, claims FROM kling_items") == [("created", "t-a2", 2)]
+
+
+async def test_a_dead_workers_task_is_adopted_once_and_its_writes_accepted(database: str) -> None:  # noqa: F811
+    async with (
+        PostgresJournal(database) as first,
+        PostgresJournal(database) as second,
+        PostgresJournal(database) as third,
+    ):
+        await first.submitting("a", MODEL, REQUEST)
+        await first.created("a", "t-a", "CREATED")
+        expire(database, first)
+        entry = await second.lookup("a")
+        assert entry is not None
+        assert (entry.state, entry.task_id) == (JournalState.CREATED, "t-a")
+        assert await third.lookup("a") is None  # adopted by a live worker: held
+        await second.status("a", "IN_PROGRESS")
+        await second.finished("a", "COMPLETED", ["https://cdn.example/a.mp4"])
+    assert peek(database, "SELECT state, status, worker FROM kling_items") == [
+        ("completed", "COMPLETED", second.worker)
+    ]
+
+
+async def test_a_claim_write_by_another_worker_is_refused(database: str) -> None:  # noqa: F811
+    async with PostgresJournal(database) as first, PostgresJournal(database) as second:
+        await first.submitting("a", MODEL, REQUEST)
+        with pytest.raises(ClaimedElsewhere):
+            await second.created("a", "t-x", "CREATED")
+        with pytest.raises(ClaimedElsewhere):
+            await second.uncertain("a", "lost")
+
+
+async def test_a_closed_workers_tasks_are_free_to_adopt_at_once(database: str) -> None:  # noqa: F811
+    async with PostgresJournal(database) as first:
+        await first.submitting("a", MODEL, REQUEST)
+        await first.created("a", "t-a", "CREATED")
+    async with PostgresJournal(database) as second:
+        entry = await second.lookup("a")
+    assert entry is not None
+    assert entry.task_id == "t-a"
+
+
+# -- the engine ---------------------------------------------------------------------------------------------
+
+
+async def test_gather_with_a_postgresql_url_records_every_item(database: str) -> None:  # noqa: F811
+    from kling_async import Job, OmniRequest
+
+    jobs = [Job(OmniRequest(prompt=f"clip {i}"), id=f"clip-{i}") for i in range(12)]
+    async with (
+        Simulator(time_scale=0.001, generation_seconds=60.0, queue_seconds=2.0) as sim,
+        KlingClient(api_key="sim-key", base_url=sim.url, poll=FAST_POLL, retry=FAST_RETRY) as client,
+    ):
+        outcomes = await client.gather(jobs, journal=database)
+        assert all(o.ok for o in outcomes)
+        again = await client.gather(jobs, journal=database)  # resumed from the database: no POST
+        assert sim.counters.posts == 12
+    assert [o.task_id for o in again] == [o.task_id for o in outcomes]
+    assert peek(database, "SELECT state, count(*) FROM kling_items GROUP BY state") == [("completed", 12)]
+
+
+async def test_an_item_a_live_worker_holds_is_that_items_claimed_elsewhere_outcome(
+    database: str,  # noqa: F811
+) -> None:
+    from kling_async import Job, OmniRequest
+
+    jobs = [Job(OmniRequest(prompt=f"clip {i}"), id=f"clip-{i}") for i in range(3)]
+    async with (
+        PostgresJournal(database) as other,
+        Simulator(time_scale=0.001, generation_seconds=60.0, queue_seconds=2.0) as sim,
+        KlingClient(api_key="sim-key", base_url=sim.url, poll=FAST_POLL, retry=FAST_RETRY) as client,
+    ):
+        await other.submitting("clip-1", MODEL, b"{}")  # another worker's POST is on the wire
+        outcomes = await client.gather(jobs, journal=database)
+        assert sim.counters.posts == 2
+    assert [o.ok for o in outcomes] == [True, False, True]
+    assert isinstance(outcomes[1].error, ClaimedElsewhere)
+
+
+async def test_a_lost_connection_fails_the_call_it_hits_and_the_next_call_reconnects(
+    database: str,  # noqa: F811
+) -> None:
+    async with open_journal(database) as journal:
+        await journal.submitting("a", MODEL, REQUEST)
+        with psycopg.connect(database, autocommit=True) as admin:  # a failover, or an admin's kill
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        with pytest.raises(JournalError, match="database error"):
+            await journal.created("a", "t-a", "CREATED")
+        await journal.created("a", "t-a", "CREATED")
+    assert peek(database, "SELECT state, task_id FROM kling_items") == [("created", "t-a")]
+
+
+async def test_a_database_that_is_down_sends_no_post(tmp_path: Any) -> None:
+    from kling_async import Job, OmniRequest
+
+    jobs = [Job(OmniRequest(prompt=f"clip {i}"), id=f"clip-{i}") for i in range(3)]
+    down = f"postgresql://kling:s3cret@/journal?host={tmp_path}"  # no server listens there
+    async with (
+        Simulator(time_scale=0.001, generation_seconds=60.0, queue_seconds=2.0) as sim,
+        KlingClient(api_key="sim-key", base_url=sim.url, poll=FAST_POLL, retry=FAST_RETRY) as client,
+    ):
+        with pytest.raises(JournalError, match="cannot connect") as caught:
+            async for _ in client.map(jobs, journal=down):
+                pass
+        assert sim.counters.posts == 0
+    assert "s3cret" not in str(caught.value)
