@@ -47,7 +47,8 @@ from ._errors import (
     TaskTimeoutError,
 )
 from ._events import Event, RequestRetried
-from ._journal import Journal, open_journal
+from ._journal import Journal
+from ._journals import open_journal
 from ._models import Kling3Request, encode_request, request_from_dict
 from ._polling import PollPolicy
 from ._progress import BatchProgress

@@ -27,7 +27,8 @@ from ._download import download_file, safe_file_name
 from ._endpoints import endpoint_for, resolve
 from ._errors import InvalidRequestError, KlingError
 from ._events import EventHub, EventStream
-from ._journal import BatchJournal, Journal, open_journal
+from ._journal import BatchJournal, Journal
+from ._journals import open_journal
 from ._limits import Limiter
 from ._models import Request, TaskResult, TaskSummary, encode_request, with_webhook
 from ._pipeline import Pipeline
@@ -397,7 +398,7 @@ class KlingClient:
         self,
         requests: Iterable[Job | Request] | AsyncIterable[Job | Request],
         *,
-        journal: str | os.PathLike[str] | Journal | None = None,
+        journal: str | os.PathLike[str] | Journal | BatchJournal | None = None,
         download: str | os.PathLike[str] | None = None,
         timeout: float | None = None,
         batch_timeout: float | None = None,
@@ -476,7 +477,7 @@ class KlingClient:
         self,
         requests: Iterable[Job | Request] | AsyncIterable[Job | Request],
         *,
-        journal: str | os.PathLike[str] | Journal | None = None,
+        journal: str | os.PathLike[str] | Journal | BatchJournal | None = None,
         download: str | os.PathLike[str] | None = None,
         timeout: float | None = None,
         batch_timeout: float | None = None,

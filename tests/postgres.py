@@ -129,7 +129,7 @@ async def _worker(base_url: str, dsn: str, count: int, lease: float) -> None:
     journal = PostgresJournal(dsn, lease=lease)
     async with KlingClient("sim-key", base_url, poll=poll, retry=retry, max_concurrency=16) as client:
         # map() is typed for paths and URLs; it takes any BatchJournal (open_journal passes one through).
-        async for outcome in client.map(jobs, journal=journal):  # type: ignore[arg-type]
+        async for outcome in client.map(jobs, journal=journal):
             if outcome.ok:
                 print("ok", outcome.key, outcome.task_id, flush=True)
             else:

@@ -27,8 +27,8 @@ from kling_async._journal import (
     JournalEntry,
     JournalState,
     SQLiteJournal,
-    open_journal,
 )
+from kling_async._journals import open_journal
 from tests.fakes import FakeClock
 
 MODEL = "kling-v3-omni-std"

@@ -12,8 +12,9 @@ import psycopg
 import pytest
 
 from kling_async import JournalError, KlingClient
-from kling_async._journal import JournalState, open_journal
+from kling_async._journal import JournalState
 from kling_async._journal_pg import ClaimedElsewhere, PostgresJournal, redact
+from kling_async._journals import open_journal
 from kling_async.testing import Simulator
 from tests.conftest import FAST_POLL, FAST_RETRY
 from tests.postgres import database, postgres_server  # noqa: F401  (fixtures)

@@ -106,7 +106,7 @@ async def test_a_worker_killed_with_posts_on_the_wire_leaves_them_uncertain_or_a
             from kling_async import Job, OmniRequest
 
             jobs = [Job(OmniRequest(prompt=f"shared clip {i}"), id=f"clip-{i:03d}") for i in range(JOBS)]
-            final = await client.gather(jobs, journal=PostgresJournal(database, lease=LEASE))  # type: ignore[arg-type]
+            final = await client.gather(jobs, journal=PostgresJournal(database, lease=LEASE))
     assert on_the_wire
     assert sim.counters.duplicate_payloads() == []  # nothing was POSTed twice
     assert max(sim.counters.posts_by_payload.values()) == 1
