@@ -102,6 +102,8 @@ class Timings:
         # status check it schedules and every sweep it plans.
         self._sorted: dict[TaskKind, list[float]] = {}
         self._completions: dict[str, Completions] = {}
+        # Per family: the middle of the window in which each tracked task finished (see ``bracket``).
+        self._middles: dict[str, deque[float]] = {}
 
     def record(self, kind: TaskKind, seconds: float) -> None:
         """Remember that a task of this kind was seen finished ``seconds`` after its submission."""
@@ -110,12 +112,26 @@ class Timings:
         self._sorted.pop(kind, None)
         self._completions.pop(kind[0], None)
 
+    def bracket(self, family: str, running: float, finished: float) -> None:
+        """Remember that a task of the family was seen running ``running`` seconds after its submission
+        and finished ``finished`` seconds after it.
+
+        A task is seen finished up to a whole wait between two looks after it finished; learning that
+        late time would make the next waits longer, and the times later still. The middle of the window
+        is as often early as late.
+        """
+        middles = self._middles.setdefault(family, deque(maxlen=_SAMPLES))
+        middles.append((running + finished) / 2)
+        self._completions.pop(family, None)
+
     def completions(self, family: str) -> Completions | None:
         """The learned times to completion over a family (None below ``MIN_COMPLETIONS`` of them)."""
         cached = self._completions.get(family)
         if cached is not None:
             return cached
-        samples = [x for kind, seen in self._samples.items() if kind[0] == family for x in seen]
+        samples = list(self._middles.get(family, ()))
+        if len(samples) < MIN_COMPLETIONS:
+            samples = [x for kind, seen in self._samples.items() if kind[0] == family for x in seen]
         if len(samples) < MIN_COMPLETIONS:
             return None
         self._completions[family] = completions = Completions(samples)

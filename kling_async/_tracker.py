@@ -49,17 +49,18 @@ _PAGE_SIZE = 100
 # Extra pages read past the deepest tracked task (other tasks of the account are listed too, newest first).
 _EXTRA_PAGES = 2
 # A sweep is due once the tracked tasks have waited unnoticed this long in expectation, summed over tasks
-# as shares of their generation times, per page to read: 0.25 is a quarter of a generation (or 5% of
-# five generations) for one request.
-_SWEEP_WAIT = 0.25
+# as shares of their generation times, per page to read: 0.2 is 4% of a generation for each of five
+# tasks, bought with one request. Less buys shorter delays with more list requests (bench_requests).
+_SWEEP_WAIT = 0.2
 # The next sweep is planned on a grid of waits from 1% of the median generation up to PollPolicy.maximum.
 _PLAN_SHORTEST = 0.01
 _PLAN_STEP = 1.15
 # Planning reads at most this many tracked tasks (evenly spread) and scales the sum up.
 _PLAN_SAMPLE = 256
-# A deeper page is read only while the unseen tasks hold this many expected finished ones; a page whose
-# tasks (by their place in the list) hold less than _SKIP_PAGE is skipped.
-_DEEPER_PAGE = 0.5
+# A deeper page is read only while the unseen tasks hold this many expected finished ones (one pays for
+# the page) or their expected wait is worth a sweep; a page whose tasks (by their place in the list)
+# hold less than _SKIP_PAGE is skipped.
+_DEEPER_PAGE = 1.0
 _SKIP_PAGE = 0.05
 # Before enough tasks have finished, a sweep every sixth of the longest poll wait.
 _UNLEARNED_SWEEPS = 6
@@ -164,6 +165,11 @@ class Tracker:
         if handle.done:
             item = self._forget(handle.task_id)
             if item is not None:
+                started = handle._started
+                if started is not None and handle.status == COMPLETED:
+                    now = self._clock.now()
+                    family = handle._endpoint.family_path
+                    self._registry.timings.bracket(family, item.seen - started, now - started)
                 self._finish(item, _error_of(handle))
 
     def _schedule(self, item: Tracked) -> None:
@@ -258,16 +264,28 @@ class Tracker:
     def _finished_chance(self, item: Tracked, completions: Completions | None, now: float) -> float:
         """How likely the item finished since it was last seen running (1 when nothing says otherwise)."""
         started = item.handle._started
+        if item.urgent:
+            return 0.0  # known finished: its detail is on the way
         if completions is None or started is None:
             return 1.0
         return completions.finished(item.seen - started, now - started)
+
+    def _waited(self, item: Tracked, completions: Completions | None, now: float) -> float:
+        """How long the item has probably waited unnoticed, as a share of its generation time."""
+        started = item.handle._started
+        if item.urgent or completions is None:
+            return 0.0
+        if started is None:
+            return (now - item.seen) / completions.median
+        return completions.waited(item.seen - started, now - started)
 
     def _plan(self, family: _Family, now: float) -> float:
         """When the family's next sweep is due (see the module docs)."""
         poll = self._registry.poll
         if self._registry.safety_net:
             return now + poll.safety_interval
-        items = list(family.items.values())
+        # Tasks known finished (their detail is on the way) need no sweep.
+        items = [item for item in family.items.values() if not item.urgent]
         completions = self._completions(family)
         if completions is None or not items:
             # Nothing learned: a sweep every sixth of the longest poll wait, the first one just before the
@@ -283,14 +301,7 @@ class Tracker:
         wait = completions.median * _PLAN_SHORTEST
         while wait < poll.maximum:
             due = now + wait
-            waited = 0.0
-            for item in sample:
-                started = item.handle._started
-                if started is None:
-                    waited += (due - item.seen) / completions.median
-                else:
-                    waited += completions.waited(item.seen - started, due - started)
-            if waited >= budget:
+            if sum(self._waited(item, completions, due) for item in sample) >= budget:
                 return due
             wait *= _PLAN_STEP
         return now + poll.maximum
@@ -333,6 +344,10 @@ class Tracker:
         ranked = sorted(family.items.values(), key=lambda item: -item.seq)
         places = [family.added - item.seq for item in ranked]
         chance = [self._finished_chance(item, completions, now) for item in ranked]
+        # And how long each has waited unnoticed: a deeper page is read for many likely finished tasks,
+        # or for the wait that made this sweep due (else the next sweep would come at once for them).
+        waits = {item.handle.task_id: self._waited(item, completions, now) for item in ranked}
+        waited = sum(waits.values())
         up_to = list(itertools.accumulate(chance))
         unseen = {
             item.handle.task_id: (place, p) for item, place, p in zip(ranked, places, chance, strict=True)
@@ -340,6 +355,7 @@ class Tracker:
         total = up_to[-1] if up_to else 0.0
         seen_mass = 0.0
         read: set[int] = set()
+        ended = False
         page = 1
         while (
             page <= math.ceil((places[-1] if places else 0) / (family.page_size or _PAGE_SIZE)) + _EXTRA_PAGES
@@ -363,6 +379,7 @@ class Tracker:
                 if item is None:
                     continue
                 seen_mass += unseen.pop(summary.task_id, (0, 0.0))[1]
+                waited -= waits.get(summary.task_id, 0.0)
                 item.swept_at = now
                 if summary.status == COMPLETED:
                     # The list has no URLs: fetch the detail now (once, however many sweeps see it).
@@ -380,8 +397,9 @@ class Tracker:
             elif len(listed) > family.page_size:
                 family.page_size = len(listed)
             if len(listed) < (family.page_size or _PAGE_SIZE):
-                return  # the end of the list: whoever is missing gets checks of its own
-            if total - seen_mass < _DEEPER_PAGE:
+                ended = True  # the end of the list: nobody deeper is on it
+                break
+            if total - seen_mass < _DEEPER_PAGE and waited < _SWEEP_WAIT:
                 break
             page += 1
         if completions is None:
@@ -390,8 +408,10 @@ class Tracker:
         # next sweep weighs them again); a task missing from a page that was read where it should have
         # been gets status requests of its own.
         size = family.page_size or _PAGE_SIZE
+        deepest = max(read, default=0)
         for task_id, (place, _) in unseen.items():
-            if math.ceil(place / size) not in read:
+            page = math.ceil(place / size)
+            if page not in read and (page < deepest or not ended):
                 family.items[task_id].swept_at = now
 
 

@@ -11,7 +11,7 @@ import msgspec
 import pytest
 
 from kling_async import KlingClient, OmniRequest, PollPolicy, TaskTimeoutError
-from kling_async._polling import Completions
+from kling_async._polling import Completions, Timings
 from kling_async.testing import FakeClock, Faults, MockRequest, MockTransport, Response, Simulator
 
 pytestmark = pytest.mark.anyio
@@ -128,3 +128,13 @@ def test_a_task_running_past_every_learned_time_is_expected_within_as_long_again
     assert completions.finished(20.0, 30.0) == pytest.approx(0.5)
     assert completions.finished(20.0, 40.0) == 1.0
     assert 0.0 < completions.waited(20.0, 30.0) < completions.waited(20.0, 40.0)
+
+
+def test_a_task_seen_finished_by_a_sweep_is_learned_at_the_middle_of_its_window() -> None:
+    timings = Timings()
+    for _ in range(8):
+        timings.record((FAMILY, "kling-v3-omni-std", "5"), 20.0)
+        timings.bracket(FAMILY, 10.0, 20.0)
+    completions = timings.completions(FAMILY)
+    assert completions is not None
+    assert completions.median == 15.0
