@@ -411,8 +411,9 @@ class Tracker:
         deepest = max(read, default=0)
         for task_id, (place, _) in unseen.items():
             page = math.ceil(place / size)
-            if page not in read and (page < deepest or not ended):
-                family.items[task_id].swept_at = now
+            item = family.items.get(task_id)  # it may have finished while the pages were read
+            if item is not None and page not in read and (page < deepest or not ended):
+                item.swept_at = now
 
 
 def _error_of(handle: TaskHandle) -> KlingError | None:

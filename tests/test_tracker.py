@@ -10,7 +10,7 @@ import anyio
 import msgspec
 import pytest
 
-from kling_async import KlingClient, OmniRequest, PollPolicy, TaskTimeoutError
+from kling_async import KlingClient, OmniRequest, PollPolicy, TaskStatus, TaskTimeoutError
 from kling_async._polling import Completions, Timings
 from kling_async.testing import FakeClock, Faults, MockRequest, MockTransport, Response, Simulator
 
@@ -91,6 +91,41 @@ async def test_a_task_missing_from_the_list_gets_status_requests_of_its_own() ->
     missing = account.ids[0]
     assert account.status_gets.get(missing, 0) >= 2
     assert set(account.status_gets) == {missing}
+
+
+async def test_a_task_that_finishes_while_a_sweep_reads_its_pages_ends_as_its_own_outcome() -> None:
+    account = Account(ignore_page_size=True)
+    clock = FakeClock()
+    holder: list[KlingClient] = []
+    answer = account.__call__
+
+    def handler(request: MockRequest) -> Response:
+        if request.url == FAMILY and request.params["page"] == "3":
+            # The oldest task (on page 3) is listed; the newest (on page 1, skipped as too young to have
+            # finished) finishes meanwhile, as a webhook would say.
+            newest = account.ids[-1]
+            holder[0]._registry.observe(
+                TaskStatus(task_id=newest, status="COMPLETED", generated=["https://cdn.example/v.mp4"])
+            )
+        return answer(request)
+
+    async with KlingClient(api_key="k", clock=clock, transport=MockTransport(handler), poll=POLL) as client:
+        holder.append(client)
+        for _ in range(8):  # tasks of this family take 100 s: none of the new ones is likely finished
+            client._registry.timings.bracket(FAMILY, 100.0, 100.0)
+        outcomes = []
+        async with anyio.create_task_group() as tg:
+
+            async def run() -> None:
+                async for outcome in client.map(prompts(50)):
+                    outcomes.append(outcome)
+
+            tg.start_soon(run)
+            for _ in range(60):
+                await clock.advance(1.0)
+            tg.cancel_scope.cancel()
+    assert (3, 20) in account.pages
+    assert [o.task_id for o in outcomes if o.ok] == [account.ids[-1]]
 
 
 async def test_with_page_size_ignored_sweeps_still_watch_every_task_of_a_batch() -> None:
