@@ -105,7 +105,7 @@ async def test_a_task_that_finishes_while_a_sweep_reads_its_pages_ends_as_its_ow
             # finished) finishes meanwhile, as a webhook would say.
             newest = account.ids[-1]
             holder[0]._registry.observe(
-                TaskStatus(task_id=newest, status="COMPLETED", generated=["https://cdn.example/v.mp4"])
+                TaskStatus(task_id=newest, status="COMPLETED", generated=("https://cdn.example/v.mp4",))
             )
         return answer(request)
 
