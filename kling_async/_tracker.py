@@ -58,8 +58,8 @@ _PLAN_STEP = 1.15
 # Planning reads at most this many tracked tasks (evenly spread) and scales the sum up.
 _PLAN_SAMPLE = 256
 # A deeper page is read only while the unseen tasks hold this many expected finished ones (one pays for
-# the page) or their expected wait is worth a sweep; a page whose tasks (by their place in the list)
-# hold less than _SKIP_PAGE is skipped.
+# the page; the others get checks of their own); a page whose tasks (by their place in the list) hold
+# less than _SKIP_PAGE is skipped, and its tasks stay with the sweeps.
 _DEEPER_PAGE = 1.0
 _SKIP_PAGE = 0.05
 # Before enough tasks have finished, a sweep every sixth of the longest poll wait.
@@ -284,8 +284,11 @@ class Tracker:
         poll = self._registry.poll
         if self._registry.safety_net:
             return now + poll.safety_interval
-        # Tasks known finished (their detail is on the way) need no sweep.
-        items = [item for item in family.items.values() if not item.urgent]
+        # Tasks known finished (detail on the way) need no sweep, nor do those the last sweep left to
+        # checks of their own.
+        items = [
+            item for item in family.items.values() if not item.urgent and item.swept_at >= family.last_sweep
+        ]
         completions = self._completions(family)
         if completions is None or not items:
             # Nothing learned: a sweep every sixth of the longest poll wait, the first one just before the
@@ -344,10 +347,6 @@ class Tracker:
         ranked = sorted(family.items.values(), key=lambda item: -item.seq)
         places = [family.added - item.seq for item in ranked]
         chance = [self._finished_chance(item, completions, now) for item in ranked]
-        # And how long each has waited unnoticed: a deeper page is read for many likely finished tasks,
-        # or for the wait that made this sweep due (else the next sweep would come at once for them).
-        waits = {item.handle.task_id: self._waited(item, completions, now) for item in ranked}
-        waited = sum(waits.values())
         up_to = list(itertools.accumulate(chance))
         unseen = {
             item.handle.task_id: (place, p) for item, place, p in zip(ranked, places, chance, strict=True)
@@ -355,7 +354,6 @@ class Tracker:
         total = up_to[-1] if up_to else 0.0
         seen_mass = 0.0
         read: set[int] = set()
-        ended = False
         page = 1
         while (
             page <= math.ceil((places[-1] if places else 0) / (family.page_size or _PAGE_SIZE)) + _EXTRA_PAGES
@@ -379,7 +377,6 @@ class Tracker:
                 if item is None:
                     continue
                 seen_mass += unseen.pop(summary.task_id, (0, 0.0))[1]
-                waited -= waits.get(summary.task_id, 0.0)
                 item.swept_at = now
                 if summary.status == COMPLETED:
                     # The list has no URLs: fetch the detail now (once, however many sweeps see it).
@@ -397,22 +394,21 @@ class Tracker:
             elif len(listed) > family.page_size:
                 family.page_size = len(listed)
             if len(listed) < (family.page_size or _PAGE_SIZE):
-                ended = True  # the end of the list: nobody deeper is on it
-                break
-            if total - seen_mass < _DEEPER_PAGE and waited < _SWEEP_WAIT:
+                break  # the end of the list
+            if total - seen_mass < _DEEPER_PAGE:
                 break
             page += 1
         if completions is None:
             return
-        # Tasks on pages left unread because they were unlikely to have finished stay with the sweeps (the
-        # next sweep weighs them again); a task missing from a page that was read where it should have
-        # been gets status requests of its own.
+        # Tasks on pages skipped because they were unlikely to have finished stay with the sweeps (the next
+        # sweep weighs them again). Tasks deeper than the last page read, or missing from a page read
+        # where they should have been, get status requests of their own.
         size = family.page_size or _PAGE_SIZE
         deepest = max(read, default=0)
         for task_id, (place, _) in unseen.items():
             page = math.ceil(place / size)
             item = family.items.get(task_id)  # it may have finished while the pages were read
-            if item is not None and page not in read and (page < deepest or not ended):
+            if item is not None and page not in read and page < deepest:
                 item.swept_at = now
 
 
