@@ -29,8 +29,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
+import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import anyio
@@ -224,14 +225,73 @@ def _spread(requests: list[float], delays: list[float]) -> tuple[str, str]:
     )
 
 
+def sweep_floor(n: int = 300, span: float = 300.0, seed: int = 1) -> list[tuple[str, float, float]]:
+    """The best any list-sweeping client can do on the uniform mix, with no latency and perfect knowledge.
+
+    The workload of the 30-120 s batch rows (``n`` tasks arriving evenly over ``span`` simulated seconds,
+    2 s queued, generations uniform in 30-120 s), swept at chosen instants; each task is noticed at the
+    first sweep after it finished and costs its one detail GET (the list has no URLs) plus its share of
+    the sweeps. Two schedules: sweeps every ``d`` seconds, and sweeps each time the tasks' expected
+    unnoticed wait (as a share of generation, summed) reaches ``c``, the rule that minimises delay for
+    a number of sweeps. Returns (schedule, list requests per task, mean delay %).
+    """
+    rng = random.Random(seed)
+    low, high, queue, step = 30.0, 120.0, 2.0, 0.1
+    arrivals = [span * i / n for i in range(n)]
+    generations = [rng.uniform(low, high) for _ in range(n)]
+    finishes = [a + queue + g for a, g in zip(arrivals, generations, strict=True)]
+
+    def run(next_sweep: Callable[[float, list[float | None]], float]) -> tuple[float, float]:
+        known: list[float | None] = [None] * n
+        now, sweeps = 0.0, 0
+        while any(k is None for k in known):
+            now = next_sweep(now, known)
+            sweeps += 1
+            for i in range(n):
+                if known[i] is None and finishes[i] <= now:
+                    known[i] = now
+        delay = mean(((k or 0.0) - f) / g for k, f, g in zip(known, finishes, generations, strict=True))
+        return sweeps / n, 100.0 * delay
+
+    def by_wait(c: float) -> Callable[[float, list[float | None]], float]:
+        def next_sweep(last: float, known: list[float | None]) -> float:
+            now, waited = last, 0.0
+            while waited < c and now - last < high:
+                now += step
+                for i, a in enumerate(arrivals):
+                    if a > now or known[i] is not None:
+                        continue
+                    seen, elapsed = max(low, last - a - queue), now - a - queue
+                    if low <= elapsed and seen < high:
+                        # The chance it finished since the last sweep, weighted by 1 / generation.
+                        waited += step * (min(elapsed, high) - seen) / (high - seen) / max(elapsed, low)
+            return now
+
+        return next_sweep
+
+    def every(d: float) -> Callable[[float, list[float | None]], float]:
+        return lambda now, _: now + d
+
+    rows = [(f"every {d:g} s", *run(every(d))) for d in (5.0, 7.0, 10.0, 13.0)]
+    rows += [(f"by expected wait {c:g}", *run(by_wait(c))) for c in (0.1, 0.2, 0.4, 0.8)]
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--quick", action="store_true", help="60 tasks per run, time scale 0.005")
+    parser.add_argument(
+        "--floor", action="store_true", help="print the best any sweeping client can do (no network)"
+    )
     parser.add_argument("--runs", type=int, help="runs of each mode, medians shown (default 3; quick: 1)")
     parser.add_argument("--json", action="store_true", help="print result rows as JSON (for run.py)")
     args = parser.parse_args()
+    if args.floor:
+        for schedule, lists, delay in sweep_floor():
+            print(f"{schedule:22s} status req/task {1 + lists:.2f}  mean delay {delay:.1f}%")
+        return
     log("bench_requests: status requests per task and detection delay")
     runs = args.runs if args.runs is not None else 1 if args.quick else 3
     finish(asyncio.run(measure(args.quick, runs)), args.json)
