@@ -91,6 +91,8 @@ class PollPolicy:
 
 # What makes tasks take alike times: (family path, model, requested duration).
 TaskKind = tuple[str, str, str | None]
+# The kinds seen so far (a handful per process), so that handles share them.
+_KINDS: dict[TaskKind, TaskKind] = {}
 
 
 class Timings:
@@ -251,7 +253,8 @@ class TaskHandle:
         self._status = status
         self._urls = urls
         self._started = started
-        self._kind = kind
+        # One tuple per kind, not per handle: 10,000 handles of one kind share it.
+        self._kind = _KINDS.setdefault(kind, kind)
         self._done: anyio.Event | None = None
 
     def __repr__(self) -> str:

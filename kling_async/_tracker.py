@@ -81,7 +81,7 @@ class Tracked:
     seen: float = -math.inf
     checks: int = 0
     swept_at: float = -math.inf
-    # Only the heap entry carrying the current token is live; rescheduling makes older ones stale.
+    # The token of its live heap entry.
     token: int = 0
     # A sweep showed the task COMPLETED: its detail is fetched at once, and only once.
     urgent: bool = False
@@ -123,18 +123,19 @@ class Tracker:
         self._clock = registry.clock
         self._group = group
         self._finish = finish
-        self._heap: list[tuple[float, int, int, Tracked]] = []
-        self._seq = itertools.count()
-        self._items: dict[str, Tracked] = {}
+        # (due, token, item): only the entry whose token is the item's current one is live; rescheduling
+        # makes older ones stale. The token also orders entries due at the same time.
+        self._heap: list[tuple[float, int, Tracked]] = []
+        self._tokens = itertools.count()
         self._families: dict[str, _Family] = {}
         self._wake = anyio.Event()
         self._checks = anyio.Semaphore(max(4, pipeline.limiter.max_concurrency * 2))
 
     def __len__(self) -> int:
-        return len(self._items)
+        return sum(len(family.items) for family in self._families.values())
 
     def __repr__(self) -> str:
-        return f"<Tracker tracked={len(self._items)} due={len(self._heap)}>"
+        return f"<Tracker tracked={len(self)} due={len(self._heap)}>"
 
     def add(
         self, index: int, key: str, handle: TaskHandle, deadline: float | None, *, check_now: bool
@@ -146,7 +147,6 @@ class Tracker:
             self._finish(item, _error_of(handle))
             return
         task_id = handle.task_id
-        self._items[task_id] = item
         endpoint = handle._endpoint
         family = self._families.get(endpoint.family_path)
         if family is None:
@@ -163,7 +163,7 @@ class Tracker:
     def status_changed(self, handle: TaskHandle, previous: str | None) -> None:
         """A registry subscriber: a tracked task that finished leaves the heap and goes to ``finish``."""
         if handle.done:
-            item = self._forget(handle.task_id)
+            item = self._forget(handle)
             if item is not None:
                 started = handle._started
                 if started is not None and handle.status == COMPLETED:
@@ -182,19 +182,21 @@ class Tracker:
         self._push(item, due)
 
     def _push(self, item: Tracked, due: float) -> None:
-        item.token += 1
-        heapq.heappush(self._heap, (due, next(self._seq), item.token, item))
+        item.token = next(self._tokens)
+        heapq.heappush(self._heap, (due, item.token, item))
         self._wake.set()
 
-    def _forget(self, task_id: str) -> Tracked | None:
+    def _tracked(self, item: Tracked) -> bool:
+        family = self._families[item.handle._endpoint.family_path]
+        return family.items.get(item.handle.task_id) is item
+
+    def _forget(self, handle: TaskHandle) -> Tracked | None:
         """Stop tracking a task; its item, or None when it was not tracked (any more)."""
-        item = self._items.pop(task_id, None)
-        if item is not None:
-            self._families[item.handle._endpoint.family_path].items.pop(task_id, None)
-        return item
+        family = self._families.get(handle._endpoint.family_path)
+        return family.items.pop(handle.task_id, None) if family is not None else None
 
     def _drop(self, item: Tracked, error: KlingError) -> None:
-        if self._forget(item.handle.task_id) is not None:
+        if self._forget(item.handle) is not None:
             self._finish(item, error)
 
     async def run(self) -> None:
@@ -204,8 +206,8 @@ class Tracker:
             now = clock.now()
             self._sweep_due(now)
             while self._heap and self._heap[0][0] <= now:
-                _, _, token, item = heapq.heappop(self._heap)
-                if token != item.token or item.handle.task_id not in self._items:
+                _, token, item = heapq.heappop(self._heap)
+                if token != item.token or not self._tracked(item):
                     continue
                 if item.deadline is not None and now >= item.deadline:
                     self._drop(item, self._timeout(item))
@@ -250,7 +252,7 @@ class Tracker:
         finally:
             self._checks.release()
             item.urgent = False
-        if item.handle.task_id in self._items:
+        if self._tracked(item):
             item.checks += 1
             self._schedule(item)
 
