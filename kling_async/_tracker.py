@@ -11,10 +11,10 @@ that is its pages. Once enough tasks of a family have finished, their times to c
 each tracked task finished since it was last seen, and how long it has probably waited unnoticed: a
 sweep is due when that expected wait, summed over the tracked tasks as a share of their generation times,
 is worth a request (``_SWEEP_WAIT``), so sweeps come often while many tasks are likely finishing and
-rarely while none can be. A sweep skips pages holding no task likely finished and stops reading deeper
-pages when the tasks it has not seen yet are unlikely to have finished; those keep their own status
-checks, the fallback for anything a sweep misses. The server's page size is judged by what it returned:
-a server that ignores ``page_size`` (20 a page) is read 20 tasks a page.
+rarely while none can be. A sweep skips pages holding no task likely finished (their tasks stay with the
+sweeps) and stops reading deeper pages when the tasks it has not seen yet are unlikely to have finished;
+those keep their own status checks, the fallback for anything a sweep misses. The server's page size is
+judged by what it returned: a server that ignores ``page_size`` (20 a page) is read 20 tasks a page.
 """
 
 from __future__ import annotations
