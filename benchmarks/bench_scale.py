@@ -153,8 +153,8 @@ async def measure(quick: bool) -> list[Row]:
             f"memory/task in flight, tracemalloc, N={large:,}",
             "KB",
             in_flight_kb,
-            target="< 3 KB",
-            met=in_flight_kb < 3.0,
+            target="<= 1 KB",
+            met=in_flight_kb <= 1.0,
         ),
         Row(
             bench,

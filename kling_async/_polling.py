@@ -30,7 +30,7 @@ from ._models import COMPLETED, FAILURE_STATUSES, TERMINAL_STATUSES, TaskResult,
 if TYPE_CHECKING:
     from ._endpoints import Endpoint
 
-__all__ = ["HandleOwner", "PollPolicy", "TaskHandle", "Timings"]
+__all__ = ["Completions", "HandleOwner", "PollPolicy", "TaskHandle", "Timings"]
 
 _SAMPLES = 64
 # Learned checks sit at equal-probability quantiles of past completion times: with 7 of them, tasks whose
@@ -91,6 +91,8 @@ class PollPolicy:
 
 # What makes tasks take alike times: (family path, model, requested duration).
 TaskKind = tuple[str, str, str | None]
+# The kinds seen so far (a handful per process), so that handles share them.
+_KINDS: dict[TaskKind, TaskKind] = {}
 
 
 class Timings:
@@ -98,28 +100,44 @@ class Timings:
 
     def __init__(self) -> None:
         self._samples: dict[TaskKind, deque[float]] = {}
-        # Both derived from the samples, cached until the next sample: the batch tracker asks for them
-        # on every status check it schedules.
+        # Derived from the samples, cached until the next sample: the batch tracker asks for them on every
+        # status check it schedules and every sweep it plans.
         self._sorted: dict[TaskKind, list[float]] = {}
-        self._typical: dict[str, float] = {}
+        self._completions: dict[str, Completions] = {}
+        # Per family: the middle of the window in which each tracked task finished (see ``bracket``).
+        self._middles: dict[str, deque[float]] = {}
 
     def record(self, kind: TaskKind, seconds: float) -> None:
         """Remember that a task of this kind was seen finished ``seconds`` after its submission."""
         samples = self._samples.setdefault(kind, deque(maxlen=_SAMPLES))
         samples.append(seconds)
         self._sorted.pop(kind, None)
-        self._typical.pop(kind[0], None)
+        self._completions.pop(kind[0], None)
 
-    def typical(self, family: str) -> float | None:
-        """The median time to completion over every kind of task in a family; None while unknown."""
-        cached = self._typical.get(family)
+    def bracket(self, family: str, running: float, finished: float) -> None:
+        """Remember that a task of the family was seen running ``running`` seconds after its submission
+        and finished ``finished`` seconds after it.
+
+        A task is seen finished up to a whole wait between two looks after it finished; learning that
+        late time would make the next waits longer, and the times later still. The middle of the window
+        is as often early as late.
+        """
+        middles = self._middles.setdefault(family, deque(maxlen=_SAMPLES))
+        middles.append((running + finished) / 2)
+        self._completions.pop(family, None)
+
+    def completions(self, family: str) -> Completions | None:
+        """The learned times to completion over a family (None below ``MIN_COMPLETIONS`` of them)."""
+        cached = self._completions.get(family)
         if cached is not None:
             return cached
-        samples = sorted(x for kind, seen in self._samples.items() if kind[0] == family for x in seen)
-        if not samples:
+        samples = list(self._middles.get(family, ()))
+        if len(samples) < MIN_COMPLETIONS:
+            samples = [x for kind, seen in self._samples.items() if kind[0] == family for x in seen]
+        if len(samples) < MIN_COMPLETIONS:
             return None
-        self._typical[family] = median = samples[len(samples) // 2]
-        return median
+        self._completions[family] = completions = Completions(samples)
+        return completions
 
     def checkpoints(self, kind: TaskKind) -> list[float]:
         """The learned check times for this kind, ascending; empty while nothing is known."""
@@ -139,6 +157,64 @@ class Timings:
                 points.append(point)
         self._sorted[kind] = points
         return points
+
+
+# Fewer finished tasks than this say too little about how long the others take.
+MIN_COMPLETIONS = 3
+# A task running past every learned time finishes, as far as anyone knows, within as long again: while
+# the first tasks finish, the learned times are only the short ones, and most tasks are past them.
+_LATE_SPAN = 1.0
+
+
+class Completions:
+    """An empirical distribution of times to completion (seconds since submission).
+
+    It answers two questions about a task still running: how likely it finished since it was last seen
+    running, and how long it has probably waited unnoticed, as a share of its generation time.
+    """
+
+    __slots__ = ("_inverse", "_times")
+
+    def __init__(self, samples: list[float]) -> None:
+        self._times = sorted(max(x, 1e-3) for x in samples)
+        # _inverse[k]: the sum of 1 / t over the k shortest times.
+        self._inverse = [0.0]
+        for x in self._times:
+            self._inverse.append(self._inverse[-1] + 1.0 / x)
+
+    def __repr__(self) -> str:
+        return f"<Completions n={len(self._times)} median={self.median:.3g}s>"
+
+    @property
+    def median(self) -> float:
+        """The median time to completion."""
+        return self._times[len(self._times) // 2]
+
+    def finished(self, seen: float, now: float) -> float:
+        """The chance that a task seen running ``seen`` seconds after submission finished by ``now``."""
+        times = self._times
+        low = bisect.bisect_right(times, seen)
+        if low == len(times):
+            return min(1.0, (now - seen) / self._late_span(seen))
+        return (bisect.bisect_right(times, now) - low) / (len(times) - low)
+
+    def waited(self, seen: float, now: float) -> float:
+        """For a task seen running ``seen`` seconds after submission: the expected time it has waited
+        unnoticed by ``now`` (0 while running), as a share of its time to completion."""
+        times = self._times
+        low = bisect.bisect_right(times, seen)
+        if low == len(times):
+            # Past every learned time: assume it finishes evenly over the next late span.
+            span = self._late_span(seen)
+            gone = min(now - seen, span)
+            return gone * (now - seen - gone / 2) / (span * seen)
+        high = bisect.bisect_right(times, now)
+        inverse = self._inverse
+        return (now * (inverse[high] - inverse[low]) - (high - low)) / (len(times) - low)
+
+    @staticmethod
+    def _late_span(seen: float) -> float:
+        return max(_LATE_SPAN * seen, 1e-3)
 
 
 class TaskHandle:
@@ -177,7 +253,8 @@ class TaskHandle:
         self._status = status
         self._urls = urls
         self._started = started
-        self._kind = kind
+        # One tuple per kind, not per handle: 10,000 handles of one kind share it.
+        self._kind = _KINDS.setdefault(kind, kind)
         self._done: anyio.Event | None = None
 
     def __repr__(self) -> str:

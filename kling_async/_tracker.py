@@ -1,14 +1,25 @@
-"""Following many tasks at once: one heap of due checks, and list sweeps that cover 100 tasks a request.
+"""Following many tasks at once: one heap of due checks, and list sweeps that cover a page of tasks a request.
 
 The tracker checks the status of a batch's tasks from a heap of due times instead of a coroutine per
 task (10,000 waiting tasks cost a heap entry each), and sweeps a family's list endpoint when many of its
 tasks are tracked, fetching the detail only of tasks that the sweep shows COMPLETED. It hears every
 status change through the registry's fan-out, whoever saw it (its own checks, a sweep, a webhook), and
 hands each finished task to ``finish``.
+
+Every finished task costs one detail request (the list has no result URLs), so what a sweep costs beyond
+that is its pages. Once enough tasks of a family have finished, their times to completion say how likely
+each tracked task finished since it was last seen, and how long it has probably waited unnoticed: a
+sweep is due when that expected wait, summed over the tracked tasks as a share of their generation times,
+is worth a request (``_SWEEP_WAIT``), so sweeps come often while many tasks are likely finishing and
+rarely while none can be. A sweep skips pages holding no task likely finished (their tasks stay with the
+sweeps) and stops reading deeper pages when the tasks it has not seen yet are unlikely to have finished;
+those keep their own status checks, the fallback for anything a sweep misses. The server's page size is
+judged by what it returned: a server that ignores ``page_size`` (20 a page) is read 20 tasks a page.
 """
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import itertools
 import logging
@@ -23,23 +34,36 @@ from ._endpoints import Endpoint
 from ._errors import KlingError, NotFoundError, TaskTimeoutError
 from ._models import COMPLETED, TaskStatus
 from ._pipeline import Pipeline
-from ._polling import TaskHandle
+from ._polling import Completions, TaskHandle
 from ._registry import TaskRegistry
 
 __all__ = ["SWEEP_MIN_TASKS", "Tracked", "Tracker"]
 
 log = logging.getLogger("kling_async")
 
-# A family is swept through its list endpoint once this many of its tasks are tracked.
+# A family is swept through its list endpoint once this many of its tasks are tracked, and until fewer
+# than _SWEEP_STOP_TASKS are (a sweep of two tasks costs no more than checking each).
 SWEEP_MIN_TASKS = 8
+_SWEEP_STOP_TASKS = 3
 _PAGE_SIZE = 100
-# Extra pages read past the number needed to cover the tracked tasks (other tasks of the account
-# are listed too, newest first).
+# Extra pages read past the deepest tracked task (other tasks of the account are listed too, newest first).
 _EXTRA_PAGES = 2
-_SWEEPS_PER_GENERATION = 15
-_DEEPER_PAGE_MIN = 10
-# A task seen by a sweep within this many sweep intervals needs no status request of its own.
-_SWEEP_COVERS = 3
+# A sweep is due once the tracked tasks have waited unnoticed this long in expectation, summed over tasks
+# as shares of their generation times, per page to read: 0.2 is 4% of a generation for each of five
+# tasks, bought with one request. Less buys shorter delays with more list requests (bench_requests).
+_SWEEP_WAIT = 0.2
+# The next sweep is planned on a grid of waits from 1% of the median generation up to PollPolicy.maximum.
+_PLAN_SHORTEST = 0.01
+_PLAN_STEP = 1.15
+# Planning reads at most this many tracked tasks (evenly spread) and scales the sum up.
+_PLAN_SAMPLE = 256
+# A deeper page is read only while the unseen tasks hold this many expected finished ones (one pays for
+# the page; the others get checks of their own); a page whose tasks (by their place in the list) hold
+# less than _SKIP_PAGE is skipped, and its tasks stay with the sweeps.
+_DEEPER_PAGE = 1.0
+_SKIP_PAGE = 0.05
+# Before enough tasks have finished, a sweep every sixth of the longest poll wait.
+_UNLEARNED_SWEEPS = 6
 
 
 @dataclass(slots=True, eq=False)
@@ -51,15 +75,36 @@ class Tracked:
     handle: TaskHandle
     deadline: float | None
     added: float
+    # Its place among the tasks the tracker added to its family (the list shows newest first).
+    seq: int = 0
+    # When it was last known to be running (submission, a check or a sweep).
+    seen: float = -math.inf
     checks: int = 0
     swept_at: float = -math.inf
-    # Only the heap entry carrying the current token is live; rescheduling makes older ones stale.
+    # The token of its live heap entry.
     token: int = 0
     # A sweep showed the task COMPLETED: its detail is fetched at once, and only once.
     urgent: bool = False
 
 
 Finish = Callable[[Tracked, "KlingError | None"], None]
+
+
+class _Family:
+    """The tracked tasks of one family (one list endpoint) and the state of its sweeps."""
+
+    __slots__ = ("active", "added", "endpoint", "items", "last_sweep", "next_sweep", "page_size", "sweeping")
+
+    def __init__(self, endpoint: Endpoint) -> None:
+        self.endpoint = endpoint
+        self.items: dict[str, Tracked] = {}
+        self.added = 0
+        # The server's page size once known (it may ignore the one asked for).
+        self.page_size: int | None = None
+        self.sweeping = False
+        self.active = False
+        self.last_sweep = -math.inf
+        self.next_sweep = math.inf
 
 
 class Tracker:
@@ -78,44 +123,53 @@ class Tracker:
         self._clock = registry.clock
         self._group = group
         self._finish = finish
-        self._heap: list[tuple[float, int, int, Tracked]] = []
-        self._seq = itertools.count()
-        self._items: dict[str, Tracked] = {}
-        self._by_family: dict[str, dict[str, Tracked]] = {}
-        self._endpoints: dict[str, Endpoint] = {}
+        # (due, token, item): only the entry whose token is the item's current one is live; rescheduling
+        # makes older ones stale. The token also orders entries due at the same time.
+        self._heap: list[tuple[float, int, Tracked]] = []
+        self._tokens = itertools.count()
+        self._families: dict[str, _Family] = {}
         self._wake = anyio.Event()
         self._checks = anyio.Semaphore(max(4, pipeline.limiter.max_concurrency * 2))
-        self._last_sweep: dict[str, float] = {}
 
     def __len__(self) -> int:
-        return len(self._items)
+        return sum(len(family.items) for family in self._families.values())
 
     def __repr__(self) -> str:
-        return f"<Tracker tracked={len(self._items)} due={len(self._heap)}>"
+        return f"<Tracker tracked={len(self)} due={len(self._heap)}>"
 
     def add(
         self, index: int, key: str, handle: TaskHandle, deadline: float | None, *, check_now: bool
     ) -> None:
         """Follow ``handle`` until it finishes or ``deadline`` passes; ``finish`` hears either."""
-        item = Tracked(index, key, handle, deadline, added=self._clock.now())
+        now = self._clock.now()
+        item = Tracked(index, key, handle, deadline, added=now)
         if handle.done:
             self._finish(item, _error_of(handle))
             return
         task_id = handle.task_id
-        self._items[task_id] = item
-        family = handle._endpoint.family_path
-        self._by_family.setdefault(family, {})[task_id] = item
-        self._endpoints.setdefault(family, handle._endpoint)
+        endpoint = handle._endpoint
+        family = self._families.get(endpoint.family_path)
+        if family is None:
+            family = self._families[endpoint.family_path] = _Family(endpoint)
+        item.seq = family.added
+        family.added += 1
+        item.seen = handle._started if handle._started is not None else now
+        family.items[task_id] = item
         if check_now:
-            self._push(item, self._clock.now())
+            self._push(item, now)
         else:
             self._schedule(item)
 
     def status_changed(self, handle: TaskHandle, previous: str | None) -> None:
         """A registry subscriber: a tracked task that finished leaves the heap and goes to ``finish``."""
         if handle.done:
-            item = self._forget(handle.task_id)
+            item = self._forget(handle)
             if item is not None:
+                started = handle._started
+                if started is not None and handle.status == COMPLETED:
+                    now = self._clock.now()
+                    family = handle._endpoint.family_path
+                    self._registry.timings.bracket(family, item.seen - started, now - started)
                 self._finish(item, _error_of(handle))
 
     def _schedule(self, item: Tracked) -> None:
@@ -128,19 +182,21 @@ class Tracker:
         self._push(item, due)
 
     def _push(self, item: Tracked, due: float) -> None:
-        item.token += 1
-        heapq.heappush(self._heap, (due, next(self._seq), item.token, item))
+        item.token = next(self._tokens)
+        heapq.heappush(self._heap, (due, item.token, item))
         self._wake.set()
 
-    def _forget(self, task_id: str) -> Tracked | None:
+    def _tracked(self, item: Tracked) -> bool:
+        family = self._families[item.handle._endpoint.family_path]
+        return family.items.get(item.handle.task_id) is item
+
+    def _forget(self, handle: TaskHandle) -> Tracked | None:
         """Stop tracking a task; its item, or None when it was not tracked (any more)."""
-        item = self._items.pop(task_id, None)
-        if item is not None:
-            self._by_family[item.handle._endpoint.family_path].pop(task_id, None)
-        return item
+        family = self._families.get(handle._endpoint.family_path)
+        return family.items.pop(handle.task_id, None) if family is not None else None
 
     def _drop(self, item: Tracked, error: KlingError) -> None:
-        if self._forget(item.handle.task_id) is not None:
+        if self._forget(item.handle) is not None:
             self._finish(item, error)
 
     async def run(self) -> None:
@@ -150,14 +206,13 @@ class Tracker:
             now = clock.now()
             self._sweep_due(now)
             while self._heap and self._heap[0][0] <= now:
-                _, _, token, item = heapq.heappop(self._heap)
-                if token != item.token or item.handle.task_id not in self._items:
+                _, token, item = heapq.heappop(self._heap)
+                if token != item.token or not self._tracked(item):
                     continue
                 if item.deadline is not None and now >= item.deadline:
                     self._drop(item, self._timeout(item))
                     continue
-                family = item.handle._endpoint.family_path
-                if not item.urgent and item.swept_at > now - _SWEEP_COVERS * self._sweep_interval(family):
+                if not item.urgent and self._covered(item, now):
                     item.checks += 1
                     self._schedule(item)
                     continue
@@ -168,6 +223,16 @@ class Tracker:
             wait = min(wait, self._next_sweep_in(clock.now()))
             with clock.move_on_after(max(wait, 0.0)):
                 await self._wake.wait()
+
+    def _covered(self, item: Tracked, now: float) -> bool:
+        """Whether the sweeps of the item's family watch it, so that it needs no status request of its own:
+        the last sweep saw it, and the next one is not overdue."""
+        family = self._families[item.handle._endpoint.family_path]
+        if family.active:
+            return True  # the sweep under way will see it, or leave it to checks of its own
+        if not family.sweeping or item.swept_at < family.last_sweep:
+            return False
+        return now < family.next_sweep + self._registry.poll.maximum
 
     def _timeout(self, item: Tracked) -> TaskTimeoutError:
         handle = item.handle
@@ -182,62 +247,138 @@ class Tracker:
         except KlingError as exc:
             # The task still exists server-side: keep checking until its deadline.
             log.warning("status check for %s failed, will check again: %s", item.handle.task_id, exc)
+        else:
+            item.seen = self._clock.now()
         finally:
             self._checks.release()
             item.urgent = False
-        if item.handle.task_id in self._items:
+        if self._tracked(item):
             item.checks += 1
             self._schedule(item)
 
     # -- list sweeping -------------------------------------------------------------------------------------
 
-    def _sweep_interval(self, family: str) -> float:
-        """Time between sweeps: a fifteenth of a typical generation (a sixth of the longest poll wait
-        while nothing is known), so sweeping costs ~0.15 list requests per task and notices a finished
-        task within a few percent of its generation time."""
+    def _completions(self, family: _Family) -> Completions | None:
+        if self._registry.safety_net:
+            return None
+        return self._registry.timings.completions(family.endpoint.family_path)
+
+    def _finished_chance(self, item: Tracked, completions: Completions | None, now: float) -> float:
+        """How likely the item finished since it was last seen running (1 when nothing says otherwise)."""
+        started = item.handle._started
+        if item.urgent:
+            return 0.0  # known finished: its detail is on the way
+        if completions is None or started is None:
+            return 1.0
+        return completions.finished(item.seen - started, now - started)
+
+    def _waited(self, item: Tracked, completions: Completions | None, now: float) -> float:
+        """How long the item has probably waited unnoticed, as a share of its generation time."""
+        started = item.handle._started
+        if item.urgent or completions is None:
+            return 0.0
+        if started is None:
+            return (now - item.seen) / completions.median
+        return completions.waited(item.seen - started, now - started)
+
+    def _plan(self, family: _Family, now: float) -> float:
+        """When the family's next sweep is due (see the module docs)."""
         poll = self._registry.poll
         if self._registry.safety_net:
-            return poll.safety_interval
-        typical = self._registry.timings.typical(family)
-        if typical is None:
-            return poll.maximum / 6
-        return min(poll.maximum, typical / _SWEEPS_PER_GENERATION)
+            return now + poll.safety_interval
+        # Tasks known finished (detail on the way) need no sweep, nor do those the last sweep left to
+        # checks of their own.
+        items = [
+            item for item in family.items.values() if not item.urgent and item.swept_at >= family.last_sweep
+        ]
+        completions = self._completions(family)
+        if completions is None or not items:
+            # Nothing learned: a sweep every sixth of the longest poll wait, the first one just before the
+            # oldest task's first check could come.
+            oldest = min((item.added for item in items), default=now)
+            first = oldest + poll.initial * (1.0 - poll.jitter)
+            return max(first, now + poll.maximum / _UNLEARNED_SWEEPS)
+        stride = max(1, len(items) // _PLAN_SAMPLE)
+        sample = items[::stride]
+        scale = len(items) / len(sample)
+        pages = math.ceil(len(items) / (family.page_size or _PAGE_SIZE))
+        budget = _SWEEP_WAIT * pages / scale
+        wait = completions.median * _PLAN_SHORTEST
+        while wait < poll.maximum:
+            due = now + wait
+            if sum(self._waited(item, completions, due) for item in sample) >= budget:
+                return due
+            wait *= _PLAN_STEP
+        return now + poll.maximum
 
     def _next_sweep_in(self, now: float) -> float:
         waits = [
-            self._last_sweep.get(family, -math.inf) + self._sweep_interval(family) - now
-            for family, items in self._by_family.items()
-            if len(items) >= SWEEP_MIN_TASKS
+            family.next_sweep - now
+            for family in self._families.values()
+            if family.sweeping and not family.active
         ]
         return max(0.0, min(waits)) if waits else math.inf
 
     def _sweep_due(self, now: float) -> None:
-        for family, items in self._by_family.items():
-            if len(items) < SWEEP_MIN_TASKS:
-                continue
-            if now - self._last_sweep.get(family, -math.inf) < self._sweep_interval(family):
-                continue
-            self._last_sweep[family] = now
-            self._group.start_soon(self._sweep, family)
+        for family in self._families.values():
+            tracked = len(family.items)
+            if not family.sweeping and tracked >= SWEEP_MIN_TASKS:
+                family.sweeping = True
+                family.next_sweep = self._plan(family, now)
+            elif family.sweeping and tracked < _SWEEP_STOP_TASKS:
+                family.sweeping = False
+            if family.sweeping and not family.active and now >= family.next_sweep:
+                family.active = True
+                self._group.start_soon(self._sweep, family)
 
-    async def _sweep(self, family: str) -> None:
-        """List the family's tasks page by page until every tracked one was seen (or a page bound)."""
-        tracked = self._by_family.get(family, {})
-        pages = (len(tracked) + _PAGE_SIZE - 1) // _PAGE_SIZE + _EXTRA_PAGES
-        unseen = set(tracked)
-        now = self._clock.now()
-        endpoint = self._endpoints[family]
-        for page in range(1, pages + 1):
+    async def _sweep(self, family: _Family) -> None:
+        """List the family's tasks page by page (see the module docs), then plan the next sweep."""
+        started = self._clock.now()
+        try:
+            await self._read_pages(family, started)
+            family.last_sweep = started
+        finally:
+            family.active = False
+            family.next_sweep = self._plan(family, self._clock.now())
+            self._wake.set()
+
+    async def _read_pages(self, family: _Family, now: float) -> None:
+        completions = self._completions(family)
+        # The tracked tasks by their place in the list as far as this tracker knows (1: the newest; other
+        # tasks of the account may sit above them), with the chance that each finished unseen.
+        ranked = sorted(family.items.values(), key=lambda item: -item.seq)
+        places = [family.added - item.seq for item in ranked]
+        chance = [self._finished_chance(item, completions, now) for item in ranked]
+        up_to = list(itertools.accumulate(chance))
+        unseen = {
+            item.handle.task_id: (place, p) for item, place, p in zip(ranked, places, chance, strict=True)
+        }
+        total = up_to[-1] if up_to else 0.0
+        seen_mass = 0.0
+        read: set[int] = set()
+        page = 1
+        while (
+            page <= math.ceil((places[-1] if places else 0) / (family.page_size or _PAGE_SIZE)) + _EXTRA_PAGES
+        ):
+            size = family.page_size or _PAGE_SIZE
+            if family.page_size is not None and completions is not None:
+                # Skip a page unless unseen tasks likely finished may sit on it (or above it and shifted
+                # down by tasks this tracker does not know).
+                last = bisect.bisect_right(places, page * size)
+                if last < len(places) and (up_to[last - 1] if last else 0.0) - seen_mass < _SKIP_PAGE:
+                    page += 1
+                    continue
             try:
-                listed = await self._pipeline.list_page(endpoint, page=page, page_size=_PAGE_SIZE)
+                listed = await self._pipeline.list_page(family.endpoint, page=page, page_size=_PAGE_SIZE)
             except KlingError as exc:
-                log.warning("list sweep of %s failed; per-task checks go on: %s", family, exc)
+                log.warning("list sweep of %s failed; per-task checks go on: %s", family.endpoint, exc)
                 return
+            read.add(page)
             for summary in listed:
-                item = tracked.get(summary.task_id)
+                item = family.items.get(summary.task_id)
                 if item is None:
                     continue
-                unseen.discard(summary.task_id)
+                seen_mass += unseen.pop(summary.task_id, (0, 0.0))[1]
                 item.swept_at = now
                 if summary.status == COMPLETED:
                     # The list has no URLs: fetch the detail now (once, however many sweeps see it).
@@ -245,12 +386,32 @@ class Tracker:
                         item.urgent = True
                         self._push(item, now)
                 else:
+                    item.seen = now
                     # Failures need no detail; other statuses only update what we show.
                     item.handle._observe(TaskStatus(task_id=summary.task_id, status=summary.status))
-            # A deeper page pays only for many unseen tasks; a few stragglers get status requests of
-            # their own (they are not marked as swept).
-            if len(unseen) < _DEEPER_PAGE_MIN or len(listed) < _PAGE_SIZE:
-                return
+            if family.page_size is None:
+                if len(listed) >= _PAGE_SIZE or (listed and family.added > len(listed)):
+                    # A page shorter than asked while more tasks exist: the server has its own page size.
+                    family.page_size = len(listed)
+            elif len(listed) > family.page_size:
+                family.page_size = len(listed)
+            if len(listed) < (family.page_size or _PAGE_SIZE):
+                break  # the end of the list
+            if total - seen_mass < _DEEPER_PAGE:
+                break
+            page += 1
+        if completions is None:
+            return
+        # Tasks on pages skipped because they were unlikely to have finished stay with the sweeps (the next
+        # sweep weighs them again). Tasks deeper than the last page read, or missing from a page read
+        # where they should have been, get status requests of their own.
+        size = family.page_size or _PAGE_SIZE
+        deepest = max(read, default=0)
+        for task_id, (place, _) in unseen.items():
+            page = math.ceil(place / size)
+            item = family.items.get(task_id)  # it may have finished while the pages were read
+            if item is not None and page not in read and page < deepest:
+                item.swept_at = now
 
 
 def _error_of(handle: TaskHandle) -> KlingError | None:

@@ -1,0 +1,175 @@
+"""The batch tracker's list sweeps: which pages they read, whom they leave to checks of their own, and
+the learned completion times that decide when they come."""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+
+import anyio
+import msgspec
+import pytest
+
+from kling_async import KlingClient, OmniRequest, PollPolicy, TaskStatus, TaskTimeoutError
+from kling_async._polling import Completions, Timings
+from kling_async.testing import FakeClock, Faults, MockRequest, MockTransport, Response, Simulator
+
+pytestmark = pytest.mark.anyio
+
+FAMILY = "/v1/ai/video/kling-v3-omni"
+POLL = PollPolicy(initial=15.0, maximum=30.0, timeout=None, jitter=0.1)
+
+
+def prompts(n: int, prefix: str = "clip") -> list[OmniRequest]:
+    return [OmniRequest(prompt=f"{prefix} {i}", duration="5") for i in range(n)]
+
+
+class Account:
+    """A server's tasks for a MockTransport: every task runs forever; lists answer ``page_size`` tasks a
+    page (newest first), or always 20 when it ignores the parameter, and may leave some tasks out."""
+
+    def __init__(self, *, ignore_page_size: bool = False, unlisted: int = 0) -> None:
+        self.ids: list[str] = []
+        self.ignore_page_size = ignore_page_size
+        # How many of the first tasks created never show in a list.
+        self.unlisted = unlisted
+        self.pages: list[tuple[int, int]] = []  # (page, page size answered) per list request
+        self.status_gets: dict[str, int] = {}
+        self._numbers = itertools.count()
+
+    def __call__(self, request: MockRequest) -> Response:
+        if request.method == "POST":
+            task_id = str(uuid.UUID(int=next(self._numbers)))
+            self.ids.append(task_id)
+            return _json({"data": {"task_id": task_id, "status": "CREATED", "generated": []}})
+        if request.url == FAMILY:
+            page = int(request.params["page"])
+            size = 20 if self.ignore_page_size else int(request.params["page_size"])
+            listed = [i for i in reversed(self.ids) if self.ids.index(i) >= self.unlisted]
+            chunk = listed[(page - 1) * size : page * size]
+            self.pages.append((page, size))
+            return _json({"data": [{"task_id": i, "status": "IN_PROGRESS"} for i in chunk]})
+        task_id = request.url.rsplit("/", 1)[1]
+        self.status_gets[task_id] = self.status_gets.get(task_id, 0) + 1
+        return _json({"data": {"task_id": task_id, "status": "IN_PROGRESS", "generated": []}})
+
+
+def _json(body: object) -> Response:
+    return Response(200, {"Content-Type": "application/json"}, msgspec.json.encode(body))
+
+
+async def _track_for(account: Account, n: int, seconds: float) -> None:
+    """Submit ``n`` never-ending tasks in one batch and let ``seconds`` of fake time pass."""
+    clock = FakeClock()
+    transport = MockTransport(account)
+    async with (
+        KlingClient(api_key="k", clock=clock, transport=transport, poll=POLL) as client,
+        anyio.create_task_group() as tg,
+    ):
+
+        async def run() -> None:
+            await client.gather(prompts(n))
+
+        tg.start_soon(run)
+        for _ in range(int(seconds)):
+            await clock.advance(1.0)
+        tg.cancel_scope.cancel()
+
+
+async def test_a_sweep_reads_20_task_pages_when_the_server_ignores_page_size() -> None:
+    account = Account(ignore_page_size=True)
+    await _track_for(account, 50, seconds=60)
+    first_sweep = [page for page, _ in account.pages[:3]]
+    assert first_sweep == [1, 2, 3]
+    # Every task was seen by the sweeps, so none needed a status request of its own.
+    assert account.status_gets == {}
+
+
+async def test_a_task_missing_from_the_list_gets_status_requests_of_its_own() -> None:
+    account = Account(unlisted=1)
+    await _track_for(account, 30, seconds=60)
+    missing = account.ids[0]
+    assert account.status_gets.get(missing, 0) >= 2
+    assert set(account.status_gets) == {missing}
+
+
+async def test_a_task_that_finishes_while_a_sweep_reads_its_pages_ends_as_its_own_outcome() -> None:
+    account = Account(ignore_page_size=True)
+    clock = FakeClock()
+    holder: list[KlingClient] = []
+    answer = account.__call__
+
+    def handler(request: MockRequest) -> Response:
+        if request.url == FAMILY and request.params["page"] == "3":
+            # The oldest task (on page 3) is listed; the newest (on page 1, skipped as too young to have
+            # finished) finishes meanwhile, as a webhook would say.
+            newest = account.ids[-1]
+            holder[0]._registry.observe(
+                TaskStatus(task_id=newest, status="COMPLETED", generated=("https://cdn.example/v.mp4",))
+            )
+        return answer(request)
+
+    async with KlingClient(api_key="k", clock=clock, transport=MockTransport(handler), poll=POLL) as client:
+        holder.append(client)
+        for _ in range(8):  # tasks of this family take 100 s: none of the new ones is likely finished
+            client._registry.timings.bracket(FAMILY, 100.0, 100.0)
+        outcomes = []
+        async with anyio.create_task_group() as tg:
+
+            async def run() -> None:
+                async for outcome in client.map(prompts(50)):
+                    outcomes.append(outcome)
+
+            tg.start_soon(run)
+            for _ in range(60):
+                await clock.advance(1.0)
+            tg.cancel_scope.cancel()
+    assert (3, 20) in account.pages
+    assert [o.task_id for o in outcomes if o.ok] == [account.ids[-1]]
+
+
+async def test_with_page_size_ignored_sweeps_still_watch_every_task_of_a_batch() -> None:
+    n = 50
+    poll = PollPolicy(initial=0.1, maximum=0.3, timeout=None)
+    async with (
+        Simulator(time_scale=0.01, faults=Faults(ignore_page_size=True)) as sim,
+        KlingClient(api_key="sim-key", base_url=sim.url, poll=poll) as client,
+    ):
+        outcomes = await client.gather(prompts(n, "[never] clip"), timeout=1.5)
+    assert all(isinstance(o.error, TaskTimeoutError) for o in outcomes)
+    assert sim.counters.lists > 0
+    # Polled one by one, 50 tasks would cost about 6 requests each here; swept 20 a page, a handful.
+    assert sim.counters.status_gets <= n // 10, sim.counters.gets_by_task
+
+
+def test_the_chance_a_task_finished_follows_the_learned_times() -> None:
+    completions = Completions([float(x) for x in range(10, 101)])  # 10, 11, ..., 100 s
+    assert completions.finished(5.0, 9.0) == 0.0
+    assert completions.finished(5.0, 55.0) == pytest.approx(46 / 91)
+    # Seen running at 90 s: of the 10 learned times past 90 s, 5 are at most 95 s.
+    assert completions.finished(90.0, 95.0) == pytest.approx(0.5)
+    assert completions.finished(5.0, 100.0) == 1.0
+
+
+def test_the_expected_unnoticed_wait_is_a_share_of_the_generation_time() -> None:
+    completions = Completions([10.0] * 8)
+    assert completions.waited(5.0, 9.0) == 0.0
+    # Every task finished at 10 s: by 15 s each has waited 5 s, half its generation.
+    assert completions.waited(5.0, 15.0) == pytest.approx(0.5)
+
+
+def test_a_task_running_past_every_learned_time_is_expected_within_as_long_again() -> None:
+    completions = Completions([10.0] * 8)
+    assert completions.finished(20.0, 30.0) == pytest.approx(0.5)
+    assert completions.finished(20.0, 40.0) == 1.0
+    assert 0.0 < completions.waited(20.0, 30.0) < completions.waited(20.0, 40.0)
+
+
+def test_a_task_seen_finished_by_a_sweep_is_learned_at_the_middle_of_its_window() -> None:
+    timings = Timings()
+    for _ in range(8):
+        timings.record((FAMILY, "kling-v3-omni-std", "5"), 20.0)
+        timings.bracket(FAMILY, 10.0, 20.0)
+    completions = timings.completions(FAMILY)
+    assert completions is not None
+    assert completions.median == 15.0
