@@ -139,3 +139,22 @@ def test_pytest_without_anyios_plugin_still_runs_and_loads_the_plugin(tmp_path: 
         """
     )
     assert _passed(_pytest(tmp_path, code, "-p", "no:anyio")) == 2
+
+
+def test_a_marker_with_a_positional_argument_is_an_error_that_says_so(tmp_path: Path) -> None:
+    """Simulator options are keyword-only: a positional one fails the test's setup, naming the rule."""
+    code = textwrap.dedent(
+        """
+        import pytest
+
+
+        @pytest.mark.anyio
+        @pytest.mark.kling_simulator(0.5)
+        async def test_marked(kling_simulator):
+            pass
+        """
+    )
+    done = _pytest(tmp_path, code)
+    assert done.returncode == 1
+    assert "1 error" in done.stdout
+    assert "@pytest.mark.kling_simulator: takes Simulator options by keyword only" in done.stdout
