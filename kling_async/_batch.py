@@ -30,7 +30,7 @@ import anyio
 from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectSendStream
 
-from ._endpoints import endpoint_for, resolve
+from ._endpoints import ModelName, endpoint_for, resolve
 from ._errors import (
     AuthenticationError,
     InvalidRequestError,
@@ -67,7 +67,7 @@ class Job:
 
     request: Request
     id: str | None = field(default=None, kw_only=True)
-    model: str | None = field(default=None, kw_only=True)
+    model: ModelName | None = field(default=None, kw_only=True)
 
 
 @dataclass(frozen=True, slots=True)

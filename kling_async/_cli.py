@@ -161,7 +161,7 @@ def _to_job(fields: dict[str, Any], default_model: str, *, strict: bool = True) 
     model = str(fields.pop("model", None) or default_model)
     endpoint = endpoint_for(model)
     request = request_from_dict(fields, endpoint.request_type, strict=strict)
-    return Job(request, id=str(job_id) if job_id is not None else None, model=model)
+    return Job(request, id=str(job_id) if job_id is not None else None, model=endpoint.model)
 
 
 def load_jobs(path: Path, default_model: str) -> tuple[list[_Row], list[_RowError]]:
@@ -752,7 +752,7 @@ def generate(
 
     async def run() -> Path:
         async with _client(simulate, poll=poll) as client, _retries_shown(client):
-            result = await client.generate(job.request, model=model)
+            result = await client.generate(job.request, model=job.model)
             return await client.download(result, f"{out}{os.sep}")  # --out is always a folder
 
     _echo_result(run, needs_key=not simulate)

@@ -24,7 +24,7 @@ from anyio.streams.memory import MemoryObjectSendStream
 from ._batch import Batch, BatchOptions, BatchRun, Job, Outcome
 from ._clock import SYSTEM_CLOCK, Clock
 from ._download import download_file, safe_file_name
-from ._endpoints import endpoint_for, resolve
+from ._endpoints import ModelName, endpoint_for, resolve
 from ._errors import InvalidRequestError, KlingError
 from ._events import EventHub, EventStream
 from ._journal import BatchJournal, Journal
@@ -274,7 +274,7 @@ class KlingClient:
             return with_webhook(request, self._webhooks.url)
         return request
 
-    async def submit(self, request: Request, *, model: str | None = None) -> TaskHandle:
+    async def submit(self, request: Request, *, model: ModelName | None = None) -> TaskHandle:
         """Create one task (one POST) and return its handle at once.
 
         Once the POST may have left, cancelling the caller does not lose the task: it is registered,
@@ -329,7 +329,7 @@ class KlingClient:
         return self._registry.attach(endpoint, task_id, None, started=None, request=None)
 
     async def generate(
-        self, request: Request, *, model: str | None = None, timeout: float | None = None
+        self, request: Request, *, model: ModelName | None = None, timeout: float | None = None
     ) -> TaskResult:
         """Submit a request and wait for its result."""
         handle = await self.submit(request, model=model)

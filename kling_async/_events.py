@@ -53,10 +53,15 @@ class RequestRetried(msgspec.Struct, frozen=True, tag="retry"):
 
 
 class RateLimited(msgspec.Struct, frozen=True, tag="rate_limited"):
-    """The server answered 429; ``rate`` is the client's pace after it (None: not paced)."""
+    """The server answered 429; ``rate`` is the client's pace after it (None: not paced).
+
+    ``headers`` are the answer's rate-limit headers (``Retry-After``, ``RateLimit-*``, ``X-RateLimit-*``)
+    as the server spelt them; empty when it sent none.
+    """
 
     retry_after: float | None
     rate: float | None
+    headers: dict[str, str] = msgspec.field(default_factory=dict)
 
 
 Event = TaskSubmitted | StatusChanged | RequestRetried | RateLimited

@@ -41,12 +41,13 @@ from __future__ import annotations
 import enum
 import math
 from collections import deque
+from collections.abc import Mapping
 
 import anyio
 
 from ._clock import SYSTEM_CLOCK, Clock
 
-__all__ = ["Lane", "Limiter"]
+__all__ = ["Lane", "Limiter", "rate_limit_headers"]
 
 DECREASE = 0.8
 _DECREASE_SPACING = 1.0  # seconds: the longest a 429 event lasts
@@ -65,6 +66,24 @@ _HORIZON = 30.0  # seconds: the longest
 _DECREASES = 8  # the times of the last few cuts, where windows for a bound start
 _WINDOW = 32  # send times kept to measure the rate being sent
 _ACCEPTED_WINDOW = 8192  # answer times kept to bound the rate the server accepts
+# A hostile server could send hundreds of such headers, or 8 KB values: events and reprs keep this much.
+_MAX_RATE_HEADERS = 16
+_MAX_RATE_HEADER_VALUE = 200
+
+
+def rate_limit_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """The rate-limit headers among ``headers``: ``Retry-After``, ``RateLimit*`` and ``X-RateLimit*``.
+
+    Names are kept as the server spelt them; at most 16 headers, each value cut to 200 characters.
+    """
+    found: dict[str, str] = {}
+    for name, value in headers.items():
+        lower = name.lower()
+        if lower == "retry-after" or lower.startswith(("ratelimit", "x-ratelimit")):
+            found[str(name)] = value[:_MAX_RATE_HEADER_VALUE]
+            if len(found) == _MAX_RATE_HEADERS:
+                break
+    return found
 
 
 class _Slot:
@@ -136,11 +155,22 @@ class Limiter:
         self._lanes = {lane: anyio.Lock(fast_acquire=True) for lane in Lane}
         self._bucket = anyio.Lock(fast_acquire=True)
         self.rate_limited = 0
+        # The rate-limit headers of the last 429 that carried any, for the repr (and whoever debugs).
+        self.last_rate_limit_headers: dict[str, str] = {}
 
     def __repr__(self) -> str:
         rate = "unpaced" if self._rate is None else f"{self._rate:.2f}/s"
         on_wire = self.max_concurrency - self._wire.value
-        return f"<Limiter rate={rate} on_wire={on_wire}/{self.max_concurrency} 429s={self.rate_limited}>"
+        told = f" headers={self.last_rate_limit_headers}" if self.last_rate_limit_headers else ""
+        wire = f"{on_wire}/{self.max_concurrency}"
+        return f"<Limiter rate={rate} on_wire={wire} 429s={self.rate_limited}{told}>"
+
+    def note_rate_limit_headers(self, headers: Mapping[str, str]) -> dict[str, str]:
+        """Keep the rate-limit headers of a 429 answer (when it has any) and return them."""
+        found = rate_limit_headers(headers)
+        if found:
+            self.last_rate_limit_headers = found
+        return found
 
     @property
     def rate(self) -> float | None:

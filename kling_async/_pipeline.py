@@ -101,9 +101,12 @@ class Pipeline:
             response.status, response.body, task_id=task_id, retry_after=retry_after, headers=response.headers
         )
         if isinstance(error, RateLimitError):
+            told = self.limiter.note_rate_limit_headers(response.headers)
             self.limiter.on_rate_limited(error.retry_after)
             if self._events.active:
-                self._events.publish(RateLimited(retry_after=error.retry_after, rate=self.limiter.rate))
+                self._events.publish(
+                    RateLimited(retry_after=error.retry_after, rate=self.limiter.rate, headers=told)
+                )
         raise error
 
     def retry_delay(

@@ -77,6 +77,16 @@ async def everything() -> None:
         del status, fresh, url, urls, again, ok, index, key, outcomes, path, seen, verified
 
 
+async def misspelt_models(client: KlingClient, omni: OmniRequest) -> None:
+    """The public verbs that take a model name reject a misspelt one (runtime strings: task, list_tasks)."""
+    await client.submit(omni, model="kling-v3-omni-sdt")  # type: ignore[arg-type]
+    await client.generate(omni, model="kling-v3-omni-sdt")  # type: ignore[arg-type]
+    Job(omni, model="kling-v3-omni-sdt")  # type: ignore[arg-type]
+    runtime: str = "kling-v3-omni-pro"
+    client.task("t-1", model=runtime)
+    await client.list_tasks(model=runtime)
+
+
 def misspelt() -> None:
     """Each line is a typo mypy must reject: warn_unused_ignores fails the check if one is accepted."""
     model: ModelName = "kling-v3-omni-sdt"  # type: ignore[assignment]
