@@ -1,7 +1,8 @@
 """Scale: N tasks in flight at once in one client process (the simulator in another process).
 
-``client.gather`` over a lazy stream of N requests; every generation takes ``GENERATION`` real seconds
-(fixed), longer than submitting all N takes, so all N are in flight together.
+``client.gather`` over a lazy stream of N requests; every generation takes a fixed time, longer than
+submitting all N takes, so all N are in flight together (``MEMORY_GENERATION`` for the memory run,
+whose snapshot needs every task still in flight; ``GENERATION`` for the timing runs).
 
 Memory, two ways, each in its own fresh process:
   * tracemalloc: Python allocations made after the client opened, measured at the moment all N tasks are
@@ -44,10 +45,13 @@ from ._common import (
     sim_process,
 )
 
-# Simulated 60 s generations at time scale 0.5: 30 real seconds each, far longer than submitting 10,000
-# (which takes 4-18 s on a loaded 2-core machine with tracemalloc on).
+# Simulated 60 s generations at time scale 0.5: 30 real seconds each, longer than submitting 10,000
+# without tracemalloc (4-24 s on a loaded 2-core machine).
 SCALE = 0.5
 GENERATION = "60"
+# The memory run's generations: 120 real seconds. With tracemalloc on, submitting 10,000 took 39-63 s at
+# load 4-7, so 30 s generations finished before the snapshot (2,020 of 10,000 still in flight).
+MEMORY_GENERATION = "240"
 SETTLE = 1.0
 
 
@@ -117,9 +121,10 @@ async def worker_time(url: str, control: str, n: int, scale: float) -> dict[str,
 
 async def measure(quick: bool) -> list[Row]:
     small, large = (100, 1000) if quick else (1000, 10_000)
-    scale, generation = (0.1, "30") if quick else (SCALE, GENERATION)
+    scale = 0.1 if quick else SCALE
     results: dict[str, dict[str, Any]] = {}
     for kind, n in (("memory", large), ("time", small), ("time", large)):
+        generation = "30" if quick else MEMORY_GENERATION if kind == "memory" else GENERATION
         async with sim_process(time_scale=scale, generation=generation, queue_seconds=0.0) as sim:
             result = await run_worker(
                 "benchmarks.bench_scale",
