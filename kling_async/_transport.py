@@ -16,6 +16,7 @@ import os
 import re
 import socket
 import sys
+import urllib.request
 from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
@@ -182,7 +183,9 @@ class AiohttpTransport:
         connection_limit: connections open at once, API and files together.
         max_body: the largest API answer read, in bytes.
         proxy: a proxy URL for every request; None: from the environment when ``trust_env``.
-        trust_env: honour ``HTTPS_PROXY``, ``HTTP_PROXY``, ``NO_PROXY`` (and ``~/.netrc``), as httpx does.
+        trust_env: honour ``HTTPS_PROXY``, ``HTTP_PROXY``, ``NO_PROXY``, as httpx does (read when the
+            transport opens, then decided once per host: aiohttp's own ``trust_env`` would rescan the
+            environment and ``~/.netrc`` in a worker thread on every request).
         default_headers: extra headers on every API request (validated by ``check_headers``).
         trace_configs: aiohttp ``TraceConfig``s given to the session (OpenTelemetry hooks in here).
     """
@@ -216,6 +219,8 @@ class AiohttpTransport:
         self._max_body = max_body
         self._proxy = proxy
         self._trust_env = trust_env
+        self._env_proxies: dict[str, str] = {}
+        self._proxy_by_origin: dict[tuple[str, str, int | None], str | None] = {}
         self._trace_configs = list(trace_configs or ())
         self._session: aiohttp.ClientSession | None = None
 
@@ -225,15 +230,33 @@ class AiohttpTransport:
     async def open(self) -> None:
         """Create the session; must run inside the event loop that will use it."""
         connector = aiohttp.TCPConnector(limit=self._connection_limit, limit_per_host=0)
+        if self._trust_env and self._proxy is None:
+            self._env_proxies = urllib.request.getproxies_environment()
         self._session = aiohttp.ClientSession(
             connector=connector,
             timeout=self._timeout,
             headers={"User-Agent": USER_AGENT},
             raise_for_status=False,
-            proxy=self._proxy,
-            trust_env=self._trust_env,
+            trust_env=False,
             trace_configs=self._trace_configs or None,
         )
+
+    def _proxy_for(self, url: URL) -> str | None:
+        """The proxy for a URL: the explicit one, else the environment's for its scheme unless NO_PROXY
+        names its host; decided once per origin."""
+        if self._proxy is not None or not self._env_proxies:
+            return self._proxy
+        origin = (url.scheme, url.host or "", url.port)
+        if origin not in self._proxy_by_origin:
+            proxy = self._env_proxies.get(url.scheme)
+            # proxy_bypass_environment is stdlib (NO_PROXY's rules), but missing from typeshed.
+            bypass = urllib.request.proxy_bypass_environment  # type: ignore[attr-defined]
+            if proxy is not None and bypass(
+                f"{url.host}:{url.port}" if url.port else (url.host or ""), self._env_proxies
+            ):
+                proxy = None
+            self._proxy_by_origin[origin] = proxy
+        return self._proxy_by_origin[origin]
 
     async def close(self) -> None:
         """Close the session and its connections."""
@@ -269,7 +292,7 @@ class AiohttpTransport:
             url = url.extend_query(params)
         try:
             async with session.request(
-                method, url, data=body, headers=headers, allow_redirects=False
+                method, url, data=body, headers=headers, allow_redirects=False, proxy=self._proxy_for(url)
             ) as resp:
                 data = await self._read_capped(resp)
                 _log_response(method, str(url), resp)
@@ -305,7 +328,11 @@ class AiohttpTransport:
         try:
             target = URL(url)
             response = await session.get(
-                target, headers=dict(headers or {}), allow_redirects=False, timeout=self._file_timeout
+                target,
+                headers=dict(headers or {}),
+                allow_redirects=False,
+                timeout=self._file_timeout,
+                proxy=self._proxy_for(target),
             )
         except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
             raise TransportError(f"{where}: {_connect_failure(exc, target)}", request_sent=False) from exc
