@@ -60,6 +60,18 @@ class Created:
     record_error: JournalError | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class _Submission:
+    """What one create POST is about: where it goes, what it sends, and who records it."""
+
+    endpoint: Endpoint
+    request: Request
+    body: bytes
+    key: str | None
+    ticket: Ticket
+    recorder: Recorder | None
+
+
 class _Try:
     """One POST try handed from the caller to the client's task: the answer comes back through here."""
 
@@ -123,6 +135,7 @@ class Creator:
         group = self._group
         if group is None:
             raise RuntimeError("the client is not open")
+        submission = _Submission(endpoint, request, body, key, ticket, recorder)
         attempts = self._pipeline.attempts()
         while True:
             attempts.start()
@@ -132,7 +145,7 @@ class Creator:
             if self._on_wire == 0:
                 self._idle = anyio.Event()
             self._on_wire += 1
-            group.start_soon(self._send, attempt, endpoint, request, body, key, ticket, recorder)
+            group.start_soon(self._send, attempt, submission)
             try:
                 await attempt.done.wait()
             except BaseException:
@@ -152,18 +165,9 @@ class Creator:
             assert attempt.result is not None
             return attempt.result
 
-    async def _send(
-        self,
-        attempt: _Try,
-        endpoint: Endpoint,
-        request: Request,
-        body: bytes,
-        key: str | None,
-        ticket: Ticket,
-        recorder: Recorder | None,
-    ) -> None:
+    async def _send(self, attempt: _Try, submission: _Submission) -> None:
         try:
-            attempt.settle(await self._try_once(attempt, endpoint, request, body, key, ticket, recorder))
+            attempt.settle(await self._try_once(attempt, submission))
         except BaseException as exc:
             attempt.settle(error=exc)
             if not isinstance(exc, Exception):
@@ -173,17 +177,9 @@ class Creator:
             if self._on_wire == 0:
                 self._idle.set()
 
-    async def _try_once(
-        self,
-        attempt: _Try,
-        endpoint: Endpoint,
-        request: Request,
-        body: bytes,
-        key: str | None,
-        ticket: Ticket,
-        recorder: Recorder | None,
-    ) -> Created:
+    async def _try_once(self, attempt: _Try, submission: _Submission) -> Created:
         pipeline = self._pipeline
+        endpoint, key, recorder = submission.endpoint, submission.key, submission.recorder
         if recorder is not None:
             try:
                 await recorder.sending()
@@ -191,7 +187,7 @@ class Creator:
                 pipeline.limiter.release()
                 raise
         try:
-            answer = await pipeline.exchange("POST", endpoint.create_path, body=body)
+            answer = await pipeline.exchange("POST", endpoint.create_path, body=submission.body)
         except KlingError as error:
             if post_created_nothing(error):
                 if recorder is not None:
@@ -214,19 +210,11 @@ class Creator:
                 key,
                 recorder,
             ) from exc
-        return await self._created(attempt, endpoint, request, status, key, ticket, recorder)
+        return await self._created(attempt, submission, status)
 
-    async def _created(
-        self,
-        attempt: _Try,
-        endpoint: Endpoint,
-        request: Request,
-        status: TaskStatus,
-        key: str | None,
-        ticket: Ticket,
-        recorder: Recorder | None,
-    ) -> Created:
+    async def _created(self, attempt: _Try, submission: _Submission, status: TaskStatus) -> Created:
         registry = self._registry
+        endpoint, key, recorder = submission.endpoint, submission.key, submission.recorder
         if registry.get(status.task_id) is not None:
             # A new POST must create a new task; an id we already follow cannot be told apart.
             clash = await self._uncertain(
@@ -244,10 +232,10 @@ class Creator:
             status.task_id,
             status.status,
             started=self._pipeline.clock.now(),
-            request=request,
+            request=submission.request,
             urls=status.generated,
         )
-        registry.follow(handle, ticket)
+        registry.follow(handle, submission.ticket)
         record_error: JournalError | None = None
         if recorder is not None:
             try:
