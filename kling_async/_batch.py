@@ -523,7 +523,7 @@ class _Engine:
     """The batch's background run. Kept apart from ``Batch`` so that it holds no reference to it: a
     ``Batch`` dropped without ``aclose()`` is then collected, and its ``__del__`` stops this run."""
 
-    __slots__ = ("failure", "finished", "run", "scope", "send")
+    __slots__ = ("failure", "finished", "run", "running", "scope", "send")
 
     def __init__(
         self,
@@ -535,8 +535,10 @@ class _Engine:
         self.scope = anyio.CancelScope()
         self.finished = anyio.Event()
         self.failure: Exception | None = None
+        self.running = False
 
     async def __call__(self) -> None:
+        self.running = True
         try:
             with self.scope:
                 await self.run(self.send)
@@ -599,6 +601,7 @@ class Batch:
         # The engine catches its own failures, so the group ends cleanly; what left the block (an
         # exception of the caller's, a cancellation) then propagates as it was, never as a group.
         await self._group.__aexit__(None, None, None)
+        self._engine.send.close()  # an engine cancelled before its first step never closed it
         return None
 
     def __aiter__(self) -> Self:
@@ -619,8 +622,8 @@ class Batch:
         """Stop the batch: nothing more is submitted or checked; created tasks stay reachable by id."""
         self._engine.scope.cancel()
         self._receive.close()
-        if not self._started:
-            self._engine.send.close()
+        if not self._engine.running:
+            self._engine.send.close()  # it never ran (or never will: its scope is cancelled)
         elif self._group is None:
             with anyio.CancelScope(shield=True):
                 await self._engine.finished.wait()

@@ -718,6 +718,7 @@ class SQLiteJournal:
         self._writes: collections.deque[_Write] = collections.deque()
         self._waiting: collections.Counter[str] = collections.Counter()  # key -> its writes not committed
         self._jobs: MemoryObjectSendStream[_Job] | None = None
+        self._queue: MemoryObjectReceiveStream[_Job] | None = None
         self._tg: anyio.abc.TaskGroup | None = None
         self._depth = 0  # nested ``async with`` blocks: the outermost one opens and closes
         self._closed = False
@@ -745,7 +746,7 @@ class SQLiteJournal:
             raise JournalError("closed; open the file again", path=self._path)
         self._limiter = anyio.CapacityLimiter(1)
         send, receive = anyio.create_memory_object_stream[_Job](math.inf)
-        self._jobs = send
+        self._jobs, self._queue = send, receive
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
         self._tg.start_soon(self._work, receive)
@@ -788,6 +789,9 @@ class SQLiteJournal:
                     log.warning("%s", exc)
         self._jobs.close()  # the worker ends once the queue is empty
         await self._tg.__aexit__(None, None, None)
+        # The worker closes it when it ran; a worker cancelled before its first step never did.
+        assert self._queue is not None
+        self._queue.close()
 
     def _open(self) -> None:
         self._journal = Journal(

@@ -217,6 +217,7 @@ class PostgresJournal:
         self._offered: dict[str, int] = {}
         self._conn: psycopg.AsyncConnection[TupleRow] | None = None
         self._jobs: MemoryObjectSendStream[_Job] | None = None
+        self._queue: MemoryObjectReceiveStream[_Job] | None = None
         self._tg: anyio.abc.TaskGroup | None = None
         self._depth = 0
         self._closed = False
@@ -245,7 +246,7 @@ class PostgresJournal:
         if self._closed:
             raise JournalError("closed; open the database again", path=self._path)
         send, receive = anyio.create_memory_object_stream[_Job](math.inf)
-        self._jobs = send
+        self._jobs, self._queue = send, receive
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
         self._tg.start_soon(self._work, receive)
@@ -283,6 +284,9 @@ class PostgresJournal:
                     log.warning("%s; %d buffered writes are lost", exc, len(writes))
         self._jobs.close()  # the connection's task closes the connection once the queue is empty
         await self._tg.__aexit__(None, None, None)
+        # The worker closes it when it ran; a worker cancelled before its first step never did.
+        assert self._queue is not None
+        self._queue.close()
 
     async def _connect(self) -> psycopg.AsyncConnection[TupleRow]:
         try:
