@@ -72,7 +72,9 @@ class Pipeline:
             try:
                 return await self.exchange(method, path, params=params, task_id=task_id)
             except KlingError as error:
-                delay = self.retry_delay(attempts, error, is_retryable, method=method, path=path)
+                delay = self.retry_delay(
+                    attempts, error, is_retryable, method=method, path=path, task_id=task_id
+                )
             await self.clock.sleep(delay)
 
     async def exchange(
@@ -117,6 +119,7 @@ class Pipeline:
         *,
         method: str,
         path: str,
+        task_id: str | None = None,
     ) -> float:
         """The wait before trying again after ``error``; raises ``error`` when no try is left.
 
@@ -135,7 +138,13 @@ class Pipeline:
             error,
             attempts.number,
             delay,
-            extra={"method": method, "attempt": attempts.number, "delay": delay},
+            extra={
+                "method": method,
+                "attempt": attempts.number,
+                "delay": delay,
+                "task_id": task_id,
+                "status": getattr(error, "status", None),
+            },
         )
         if self._events.active:
             self._events.publish(

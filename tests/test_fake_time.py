@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import anyio
 import pytest
@@ -103,3 +104,27 @@ async def test_retry_after_holds_every_request_until_it_has_passed() -> None:
         assert len(transport.requests) == 1
         await clock.advance(0.2)
         assert len(transport.requests) == 2
+
+
+async def test_a_retried_status_request_logs_a_debug_line_with_its_task_attempt_and_status(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Retries are logged at DEBUG with extra= fields a log pipeline can index (task_id, attempt, status)."""
+    answers = [Response(503, {}, b'{"message": "busy"}')]
+
+    def handler(request: MockRequest) -> Response:
+        return answers.pop(0) if answers else _task("IN_PROGRESS")
+
+    clock = FakeClock()
+    retry = RetryPolicy(attempts=3, initial=0.0, maximum=0.0)
+    caplog.set_level(logging.DEBUG, logger="kling_async")
+    async with KlingClient(api_key="k", retry=retry, clock=clock, transport=MockTransport(handler)) as client:
+        await client.task(TASK).refresh()
+    [record] = [r for r in caplog.records if r.getMessage().startswith("retrying")]
+    assert record.levelno == logging.DEBUG
+    fields = (
+        getattr(record, "task_id", None),
+        getattr(record, "attempt", None),
+        getattr(record, "status", None),
+    )
+    assert fields == (TASK, 1, 503)
