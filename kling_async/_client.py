@@ -12,6 +12,7 @@ import math
 import os
 import re
 from collections.abc import AsyncIterable, Iterable, Mapping
+from contextlib import AbstractAsyncContextManager, nullcontext
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -28,7 +29,7 @@ from ._endpoints import ModelName, endpoint_for, resolve
 from ._errors import InvalidRequestError, KlingError
 from ._events import EventHub, EventStream
 from ._journal import BatchJournal, Journal
-from ._journals import open_journal
+from ._journals import open_journal, postgres_url
 from ._limits import Limiter
 from ._models import Request, TaskResult, TaskSummary, encode_request, with_webhook
 from ._pipeline import Pipeline
@@ -36,6 +37,7 @@ from ._polling import PollPolicy, TaskHandle
 from ._registry import Slots, TaskRegistry
 from ._retry import RetryPolicy
 from ._secret import Secret
+from ._shared import Sharing
 from ._submit import Creator
 from ._transport import AiohttpTransport, Timeouts, TraceConfigs, Transport
 from ._webhooks import WebhookReceiver
@@ -107,6 +109,10 @@ class KlingClient:
         trace_configs: aiohttp ``TraceConfig``s for the client's session (OpenTelemetry and the like).
         transport: for tests and advanced use: what sends the requests, instead of the aiohttp
             transport built from the options above (``kling_async.testing.MockTransport``).
+        shared: a ``postgresql://`` URL of a database this client shares with other workers using the
+            same API key (the ``postgres`` extra): they pace their requests by one rate for the key,
+            and a 429 any of them gets slows them all once. Batches whose journal is a PostgreSQL URL
+            share through it for their duration anyway. See the guide "Many workers".
 
     Raises:
         KlingError: no API key was given or found.
@@ -135,6 +141,7 @@ class KlingClient:
         default_headers: Mapping[str, str] | None = None,
         trace_configs: TraceConfigs | None = None,
         transport: Transport | None = None,
+        shared: str | None = None,
     ) -> None:
         key = api_key or next((os.environ[v] for v in KEY_VARIABLES if os.environ.get(v)), None)
         if not key:
@@ -156,6 +163,8 @@ class KlingClient:
         )
         if not _TOKEN.fullmatch(header):
             raise ValueError(f"api_key_header: a header name (letters, digits, '-', ...) (got {header!r})")
+        if shared is not None and postgres_url(shared) is None:
+            raise ValueError("shared: a postgresql:// URL (got another kind of value)")
         timeouts = timeouts or Timeouts()
         self.base_url = url
         self._poll = poll or PollPolicy()
@@ -205,6 +214,9 @@ class KlingClient:
             safety_net=webhooks is not None,
         )
         self._creator = Creator(pipeline=self._pipeline, registry=self._registry, events=self._events)
+        self._requests_per_second = requests_per_second
+        self._burst = burst
+        self._sharing = self._share(shared) if shared is not None else None
         self._task_group: TaskGroup
         self._state = "new"
 
@@ -214,6 +226,8 @@ class KlingClient:
     async def __aenter__(self) -> Self:
         if self._state != "new":
             raise RuntimeError(f"a KlingClient can be opened once; this one is {self._state}")
+        if self._sharing is not None:
+            await self._sharing.__aenter__()
         if self._webhooks is not None:
             if self._webhooks.serve and not self._webhooks.running:
                 await self._webhooks.__aenter__()
@@ -257,6 +271,25 @@ class KlingClient:
                     self._webhooks.remove_listener(self._registry.observe)
                     if self._owns_receiver:
                         await self._webhooks.__aexit__(None, None, None)
+                if self._sharing is not None:
+                    await self._sharing.__aexit__(None, None, None)
+
+    def _share(self, url: str) -> Sharing:
+        return Sharing(
+            url,
+            api_key=self._api_key,
+            limiter=self._limiter,
+            requests_per_second=self._requests_per_second,
+            burst=self._burst,
+            max_pause=self._retry.deadline,
+        )
+
+    def _batch_sharing(self, journal: object) -> AbstractAsyncContextManager[object]:
+        """A batch with a PostgreSQL journal shares through it, unless the client already shares."""
+        url = postgres_url(journal)
+        if url is None or self._sharing is not None:
+            return nullcontext()
+        return self._share(url)
 
     def _require_open(self) -> None:
         if self._state != "open":
@@ -447,7 +480,7 @@ class KlingClient:
             if journal is None:
                 await self._run_batch(requests, send, options, None)
                 return
-            async with open_journal(journal, clock=self._clock) as opened:
+            async with open_journal(journal, clock=self._clock) as opened, self._batch_sharing(journal):
                 await self._run_batch(requests, send, options, opened)
 
         return Batch(run, background=self._task_group, buffer=self._limiter.max_concurrency)

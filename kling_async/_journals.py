@@ -12,10 +12,19 @@ from ._clock import Clock
 from ._errors import JournalError
 from ._journal import BatchJournal, Journal, SQLiteJournal
 
-__all__ = ["open_journal"]
+__all__ = ["open_journal", "postgres_url"]
 
 _URL = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
 _POSTGRES_SCHEMES = frozenset({"postgresql", "postgres"})
+
+
+def postgres_url(spec: object) -> str | None:
+    """``spec`` when it is a ``postgresql://`` (or ``postgres://``) URL, else None."""
+    if isinstance(spec, str):
+        url = _URL.match(spec)
+        if url is not None and url[1].lower() in _POSTGRES_SCHEMES:
+            return spec
+    return None
 
 
 def open_journal(
@@ -38,11 +47,11 @@ def open_journal(
     if isinstance(spec, str | os.PathLike):
         path = os.fspath(spec)
         url = _URL.match(path)
-        if url is not None and url[1].lower() in _POSTGRES_SCHEMES:
+        if postgres_url(path) is not None:
             try:
                 from ._journal_pg import PostgresJournal  # psycopg is an optional extra
             except ImportError as exc:
-                raise JournalError(f"{exc}", path=f"{url[1]}://...") from None
+                raise JournalError(f"{exc}", path=f"{url[1] if url else 'postgresql'}://...") from None
             return PostgresJournal(path, clock=clock)
         if url is not None:
             raise JournalError(

@@ -39,15 +39,22 @@ Three things are limited here:
 from __future__ import annotations
 
 import enum
+import logging
 import math
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Protocol
 
 import anyio
 
 from ._clock import SYSTEM_CLOCK, Clock
+from ._errors import JournalError
 
-__all__ = ["Lane", "Limiter", "rate_limit_headers"]
+__all__ = ["Lane", "Limiter", "Pace", "SharedPace", "rate_limit_headers"]
+
+log = logging.getLogger("kling_async")
 
 DECREASE = 0.8
 _DECREASE_SPACING = 1.0  # seconds: the longest a 429 event lasts
@@ -84,6 +91,92 @@ def rate_limit_headers(headers: Mapping[str, str]) -> dict[str, str]:
             if len(found) == _MAX_RATE_HEADERS:
                 break
     return found
+
+
+@dataclass(slots=True)
+class Pace:
+    """The rate requests are sent at, and how it moves: down after a 429, back up while nothing is refused.
+
+    One rule for both the client's own limiter and the rate workers share through PostgreSQL
+    (``_rate_pg``), which keeps these fields in a row. ``rate`` None: not paced (no rate given, no 429 yet).
+    """
+
+    ceiling: float | None  # a rate the user gave: never exceeded
+    rate: float | None
+    target: float | None  # where the rate recovers to quickly after a cut; None: no such rate is known
+    searching: bool = False  # no bound on the server's rate yet: the rate doubles every second
+    probe: float = _PROBE  # the growth per second above a bound
+    bound: float | None = None  # the last lower bound on the server's rate
+
+    def grow(self, elapsed: float) -> None:
+        """Raise the rate after a cut: fast towards the target, doubling while searching, else slowly."""
+        if self.rate is None or elapsed <= 0:
+            return
+        target = self.target
+        if target is not None and self.rate < target:
+            closer = self.rate + (target - self.rate) * min(1.0, _RECOVER * elapsed)
+            self.rate = min(closer, self.rate * _SEARCH**elapsed)
+            if target - self.rate < 0.01 * target:
+                self.rate = target
+        elif self.searching:
+            self.rate *= _SEARCH**elapsed
+        else:
+            self.rate *= 1.0 + self.probe * elapsed
+        if self.ceiling is not None:
+            self.rate = min(self.rate, self.ceiling)
+
+    def after_429(self, *, paced: float | None, bound: float | None, paused: bool, start: float) -> None:
+        """Set the rate after a 429 drawn at ``paced`` (None: unknown), given a lower bound on the server's
+        rate (None: none yet); ``start`` is where an unpaced sender begins (the server's burst, likely)."""
+        self.rate = self._next_rate(paced, bound, paused, start)
+
+    def _next_rate(self, paced: float | None, bound: float | None, paused: bool, start: float) -> float:
+        ceiling = self.ceiling
+        if bound is not None:
+            self.searching = False
+            drew = paced if paced is not None else bound
+            steady = self.bound is not None and abs(bound - self.bound) <= (1 - _CONFIRM) * self.bound
+            self.bound = bound
+            if steady or bound >= _CONFIRM * drew:
+                # The same bound twice, or a 429 right at it: that is the server's rate. Sit at it and
+                # probe above it more slowly each time.
+                self.probe = max(_MIN_PROBE, self.probe / 4)
+                self.target = None
+                rate = min(bound, drew)
+            else:
+                # The server's rate lies between the bound and the rate that drew the 429; return quickly
+                # to part of the way, so the next 429 (if any) comes from a pace close to the limit.
+                self.probe = _PROBE
+                self.target = bound + (drew - bound) * _BISECT
+                rate = bound
+            if ceiling is None or rate < _CONFIRM * ceiling:
+                return max(_MIN_RATE, rate)
+        if ceiling is not None:
+            # A given rate is kept: one 429 is jitter at the server, or its burst spent twice. Without a
+            # pause its bucket stays empty, so pace a little under the rate while it refills.
+            self.target = ceiling
+            return ceiling if paused else _TOLD_DIP * ceiling
+        if self.rate is None:
+            # Unpaced until now: start from what the server accepted (its burst, most likely) and double
+            # from there until a second 429 bounds the server's rate.
+            self.searching = True
+            return max(_MIN_RATE, min(start, paced or start) * DECREASE)
+        # No bound: a plain multiplicative cut, with nothing to return to.
+        self.target = None
+        return max(_MIN_RATE, self.rate * DECREASE)
+
+
+class SharedPace(Protocol):
+    """A rate shared with other workers (``_rate_pg.SharedRate``): while the limiter shares it, every
+    request takes a slot of its schedule instead of a token of the limiter's own bucket."""
+
+    async def take(self) -> float:
+        """Reserve a slot; the seconds to wait before sending. Raises ``JournalError``."""
+        ...
+
+    async def throttled(self, retry_after: float | None) -> None:
+        """A request was answered 429. Raises ``JournalError``."""
+        ...
 
 
 class _Slot:
@@ -126,8 +219,7 @@ class Limiter:
         if max_concurrency < 1:
             raise ValueError("max_concurrency: at least 1")
         self._clock = clock
-        self._ceiling = requests_per_second
-        self._rate = requests_per_second
+        self._pace = Pace(ceiling=requests_per_second, rate=requests_per_second, target=requests_per_second)
         self._burst = float(burst if burst is not None else 1)
         self._tokens = self._burst
         self._stamp = clock.now()
@@ -135,12 +227,7 @@ class Limiter:
         # A Retry-After longer than this pauses the client only this long (a hostile or broken server
         # must not freeze every request for a day; the request that got it fails instead).
         self._max_pause = max_pause
-        # Where the rate recovers to quickly after a cut; None: no such rate is known.
-        self._target = requests_per_second
-        self._searching = False
-        self._probe = _PROBE
         self._server_burst: float | None = None
-        self._bound: float | None = None
         self._burst_unsettled = 0
         self._last_decrease = -math.inf
         self._decreases: deque[float] = deque(maxlen=_DECREASES)
@@ -155,11 +242,15 @@ class Limiter:
         self._lanes = {lane: anyio.Lock(fast_acquire=True) for lane in Lane}
         self._bucket = anyio.Lock(fast_acquire=True)
         self.rate_limited = 0
+        # Shared rates in use (a batch each), the latest first; a failing one leaves the own bucket in charge.
+        self._shared: list[SharedPace] = []
+        self._shared_failing = False
         # The rate-limit headers of the last 429 that carried any, for the repr (and whoever debugs).
         self.last_rate_limit_headers: dict[str, str] = {}
 
     def __repr__(self) -> str:
-        rate = "unpaced" if self._rate is None else f"{self._rate:.2f}/s"
+        pace = self._pace.rate
+        rate = "unpaced" if pace is None else f"{pace:.2f}/s"
         on_wire = self.max_concurrency - self._wire.value
         told = f" headers={self.last_rate_limit_headers}" if self.last_rate_limit_headers else ""
         wire = f"{on_wire}/{self.max_concurrency}"
@@ -175,7 +266,7 @@ class Limiter:
     @property
     def rate(self) -> float | None:
         """The current pace in requests per second, or None while unpaced."""
-        return self._rate
+        return self._pace.rate
 
     def slot(self, lane: Lane) -> _Slot:
         """``async with limiter.slot(lane):`` holds one place on the wire, entered once the rate allows."""
@@ -195,47 +286,78 @@ class Limiter:
         """Give back the place on the wire."""
         self._wire.release()
 
+    @contextmanager
+    def sharing(self, shared: SharedPace) -> Iterator[None]:
+        """Within the block, pace requests by ``shared`` (a rate other workers use too); the cap on
+        requests on the wire and the lanes stay this client's. If the shared rate fails (its database is
+        down), requests are paced by this limiter's own bucket until it answers again."""
+        self._shared.append(shared)
+        try:
+            yield
+        finally:
+            self._shared.remove(shared)
+
     async def _take_token(self) -> None:
+        if self._shared and await self._take_shared(self._shared[-1]):
+            return
         while True:
             now = self._clock.now()
             if now < self._blocked_until:
                 await self._clock.sleep(self._blocked_until - now)
                 continue
-            if self._rate is None:
+            rate = self._refill(now)
+            if rate is None:
                 break
-            self._refill(now)
             # A hair under a whole token counts: float time cannot always advance by what is missing.
             if self._tokens >= 1.0 - 1e-9:
                 self._tokens = max(0.0, self._tokens - 1.0)
                 break
-            await self._clock.sleep((1.0 - self._tokens) / self._rate)
+            await self._clock.sleep((1.0 - self._tokens) / rate)
         self._sent.append(self._clock.now())
 
-    def _refill(self, now: float) -> None:
-        assert self._rate is not None
+    async def _take_shared(self, shared: SharedPace) -> bool:
+        """Wait for a slot of the shared rate; False when it cannot be had (then the own bucket paces)."""
+        try:
+            wait = await shared.take()
+        except JournalError as exc:
+            self._shared_failed(exc)
+            return False
+        if self._shared_failing:
+            self._shared_failing = False
+            log.warning("the shared rate answers again; requests follow it")
+        # A Retry-After this client saw holds it at once, before the other workers' reach the row.
+        wait = max(wait, self._blocked_until - self._clock.now())
+        if wait > 0:
+            await self._clock.sleep(wait)
+        self._sent.append(self._clock.now())
+        return True
+
+    def _shared_failed(self, exc: JournalError) -> None:
+        if not self._shared_failing:
+            self._shared_failing = True
+            log.warning("the shared rate cannot be used; this client paces its own requests: %s", exc)
+
+    async def refused(self, retry_after: float | None) -> None:
+        """A request got 429: adapt this limiter (``on_rate_limited``) and the shared rate, if any."""
+        self.on_rate_limited(retry_after)
+        if self._shared:
+            try:
+                await self._shared[-1].throttled(retry_after)
+            except JournalError as exc:
+                self._shared_failed(exc)
+
+    def _refill(self, now: float) -> float | None:
+        """Add the tokens earned since the last call and let the rate grow; the rate now (None: unpaced)."""
+        rate = self._pace.rate
+        if rate is None:
+            return None
         elapsed = max(0.0, now - self._stamp)
         self._stamp = now
         # Up to _SLACK of a token more than the burst: a wake-up that comes late (a busy event loop) is
         # made up for by the next request, instead of lowering the rate actually sent.
-        self._tokens = min(self._burst + _SLACK, self._tokens + elapsed * self._rate)
-        self._grow(elapsed)
-
-    def _grow(self, elapsed: float) -> None:
-        """Raise the rate after a cut: fast towards the target, doubling while searching, else slowly."""
-        if self._rate is None or elapsed <= 0:
-            return
-        target = self._target
-        if target is not None and self._rate < target:
-            closer = self._rate + (target - self._rate) * min(1.0, _RECOVER * elapsed)
-            self._rate = min(closer, self._rate * _SEARCH**elapsed)
-            if target - self._rate < 0.01 * target:
-                self._rate = target
-        elif self._searching:
-            self._rate *= _SEARCH**elapsed
-        else:
-            self._rate *= 1.0 + self._probe * elapsed
-        if self._ceiling is not None:
-            self._rate = min(self._rate, self._ceiling)
+        self._tokens = min(self._burst + _SLACK, self._tokens + elapsed * rate)
+        self._pace.grow(elapsed)
+        return self._pace.rate
 
     def sending_rate(self) -> float | None:
         """The rate of the last few requests, measured; None until there are enough."""
@@ -303,7 +425,7 @@ class Limiter:
         if since < _MIN_GROUP:
             self._resumed = max(self._resumed, resumed)
             return
-        paced = self._rate if self._rate is not None else self.sending_rate()
+        paced = self._pace.rate if self._pace.rate is not None else self.sending_rate()
         bound = self.accepted_rate()
         if self._server_burst is None:
             # What the server let through in the second before its first 429 bounds its burst (its
@@ -321,42 +443,7 @@ class Limiter:
         # server's bucket each time, and then any jitter draws a 429.
         self._burst = 1.0
         self._tokens = min(self._tokens, 1.0)
-        self._rate = self._next_rate(paced, bound, retry_after is not None)
-
-    def _next_rate(self, paced: float | None, bound: float | None, paused: bool) -> float:
-        """The rate after a 429 drawn at ``paced`` (None: unknown), given a bound on the server's rate."""
-        ceiling = self._ceiling
-        if bound is not None:
-            self._searching = False
-            drew = paced if paced is not None else bound
-            steady = self._bound is not None and abs(bound - self._bound) <= (1 - _CONFIRM) * self._bound
-            self._bound = bound
-            if steady or bound >= _CONFIRM * drew:
-                # The same bound twice, or a 429 right at it: that is the server's rate. Sit at it and
-                # probe above it more slowly each time.
-                self._probe = max(_MIN_PROBE, self._probe / 4)
-                self._target = None
-                rate = min(bound, drew)
-            else:
-                # The server's rate lies between the bound and the rate that drew the 429; return quickly
-                # to part of the way, so the next 429 (if any) comes from a pace close to the limit.
-                self._probe = _PROBE
-                self._target = bound + (drew - bound) * _BISECT
-                rate = bound
-            if ceiling is None or rate < _CONFIRM * ceiling:
-                return max(_MIN_RATE, rate)
-        if ceiling is not None:
-            # A given rate is kept: one 429 is jitter at the server, or its burst spent twice. Without a
-            # pause its bucket stays empty, so pace a little under the rate while it refills.
-            self._target = ceiling
-            return ceiling if paused else _TOLD_DIP * ceiling
-        if self._rate is None:
-            # Unpaced until now: start from what the server accepted in the last second (its burst,
-            # most likely) and double from there until a second 429 bounds the server's rate.
-            self._searching = True
-            # Those of the requests on the wire that were let through have not been heard of yet.
-            start = (self._server_burst or 0.0) + self._burst_unsettled or paced or 1.0
-            return max(_MIN_RATE, min(start, paced or start) * DECREASE)
-        # No bound: a plain multiplicative cut, with nothing to return to.
-        self._target = None
-        return max(_MIN_RATE, self._rate * DECREASE)
+        # Unpaced until now: what the server let through before the 429, and those of the requests on
+        # the wire that were let through but not heard of yet.
+        start = (self._server_burst or 0.0) + self._burst_unsettled or paced or 1.0
+        self._pace.after_429(paced=paced, bound=bound, paused=retry_after is not None, start=start)

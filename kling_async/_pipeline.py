@@ -104,7 +104,7 @@ class Pipeline:
         )
         if isinstance(error, RateLimitError):
             told = self.limiter.note_rate_limit_headers(response.headers)
-            self.limiter.on_rate_limited(error.retry_after)
+            await self.limiter.refused(error.retry_after)
             if self._events.active:
                 self._events.publish(
                     RateLimited(retry_after=error.retry_after, rate=self.limiter.rate, headers=told)

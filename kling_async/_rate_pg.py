@@ -1,81 +1,77 @@
-"""One request rate for an API key, shared by every worker through a PostgreSQL row (GCRA).
+"""One request rate for an API key, shared by every worker through a PostgreSQL row.
 
-Workers that share a database share one budget for the key: its row holds a token schedule (the generic
-cell rate algorithm's "theoretical arrival time", ``tat``), so each request a worker takes moves one
-schedule and N workers together stay within the rate. The row is keyed by a fingerprint of the key (a
-salted SHA-256), never the key. Times are the database's clock, so workers on machines whose clocks
-disagree still agree on the schedule.
+Workers that share a database share one budget for the key. Its row holds a token schedule (the generic
+cell rate algorithm's "theoretical arrival time", ``tat``): each request any worker sends takes the next
+slot, so N workers together send at the row's rate, never N times it. The row is keyed by a fingerprint of
+the key (a salted SHA-256), never the key. Times are the database's clock, so workers on machines whose
+clocks disagree still agree on the schedule.
 
-A 429 seen by any worker lowers the shared rate once, not once per worker: every permit carries the rate's
-``generation``, and only the first 429 under a generation halves the rate (and starts a new generation);
-every 429 pushes ``blocked_until`` to its Retry-After for all workers. The rate climbs back by a tenth of the
-ceiling every ``recover_after`` seconds without a 429. The per-process wire cap and lanes stay local.
+The rate itself moves by the same rule as a lone client's (``_limits.Pace``), with its state in the row:
 
-Not wired into the limiter yet: ``Limiter._take_token`` would call ``SharedRate.take()`` and sleep the
-returned ``Permit.wait``, and its 429 handling would call ``SharedRate.throttled(permit, retry_after)``.
+* a 429 seen by any worker lowers the rate once for everyone: the 429s that come within a second of a
+  cut (requests already on the wire then, at any worker) belong to the same event;
+* every 429 pushes ``blocked_until`` to its Retry-After for every worker;
+* what the server accepted is counted in the row (every slot taken, less the 429s), so a cut is set from
+  what all the workers together got through, as a lone client's is from its own answers.
+
+The per-process cap on requests on the wire, and the lanes, stay local (``_limits.Limiter``).
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, fields
 from types import TracebackType
 from typing import Self
 
+import anyio
 import psycopg
 from psycopg.rows import TupleRow
 
 from ._errors import JournalError
 from ._journal_pg import redact
+from ._limits import Pace
 
-__all__ = ["Permit", "SharedRate", "key_fingerprint"]
+__all__ = ["SharedRate", "key_fingerprint"]
+
+log = logging.getLogger("kling_async")
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS kling_rates (
+CREATE TABLE IF NOT EXISTS kling_key_rates (
     fingerprint   text PRIMARY KEY,
-    ceiling       double precision NOT NULL,  -- requests per second, at most
-    rate          double precision NOT NULL,  -- requests per second now (lowered by 429s)
-    burst         integer NOT NULL,
+    ceiling       double precision,           -- a rate a worker was given: never exceeded
+    rate          double precision,           -- requests per second now; NULL: not paced yet
+    target        double precision,           -- where the rate recovers to after a cut
+    searching     boolean NOT NULL,
+    probe         double precision NOT NULL,
+    bound         double precision,           -- the last lower bound on the server's rate
+    burst         double precision NOT NULL,  -- slots that may go at once after a quiet spell
     tat           double precision NOT NULL,  -- the schedule: the theoretical arrival time, epoch seconds
+    stamp         double precision NOT NULL,  -- when the rate last grew
     blocked_until double precision NOT NULL,  -- a Retry-After, for every worker
-    generation    integer NOT NULL,           -- bumped each time a 429 lowers the rate
-    lowered_at    double precision NOT NULL   -- when the rate last changed
+    cut_at        double precision,           -- the last 429 event
+    server_burst  double precision,           -- what the server let through before its first 429
+    window_at     double precision NOT NULL,  -- the window the accepted requests are counted over
+    window_empty  boolean NOT NULL,           -- it started at a 429 (the server's bucket was empty)
+    granted       integer NOT NULL,           -- slots taken in the window
+    refused       integer NOT NULL,           -- 429s in the window
+    prev_at       double precision,           -- the window before, and what it accepted
+    prev_accepted integer NOT NULL,
+    prev_empty    boolean NOT NULL
 )"""
 _SCHEMA_LOCK = 0x6B6C696E672D7274  # "kling-rt"
 _NOW = "extract(epoch from clock_timestamp())::double precision"
-
-# One statement: take the next slot of the schedule, after any Retry-After block, and climb back toward the
-# ceiling when no 429 came for a while. Returns how long to wait for the slot, and the rate's generation.
-_TAKE = f"""
-WITH now AS (SELECT {_NOW} AS t),
-recovered AS (
-    SELECT r.fingerprint,
-           CASE WHEN r.rate < r.ceiling AND now.t - r.lowered_at >= %(recover_after)s
-                THEN least(r.ceiling, r.rate + r.ceiling / 10) ELSE r.rate END AS rate,
-           CASE WHEN r.rate < r.ceiling AND now.t - r.lowered_at >= %(recover_after)s
-                THEN now.t ELSE r.lowered_at END AS lowered_at,
-           greatest(r.tat, now.t, r.blocked_until) AS start,
-           r.burst, r.blocked_until, now.t AS now
-    FROM kling_rates r, now WHERE r.fingerprint = %(fingerprint)s FOR UPDATE OF r
-)
-UPDATE kling_rates r SET
-    rate = c.rate,
-    lowered_at = c.lowered_at,
-    tat = c.start + 1 / c.rate
-FROM recovered c WHERE r.fingerprint = c.fingerprint
-RETURNING greatest(c.now, c.blocked_until, c.start + 1 / c.rate - c.burst / c.rate) - c.now, r.generation
-"""
-
-_THROTTLED = f"""
-UPDATE kling_rates SET
-    rate = CASE WHEN generation = %(generation)s THEN greatest(rate / 2, %(floor)s) ELSE rate END,
-    lowered_at = CASE WHEN generation = %(generation)s THEN {_NOW} ELSE lowered_at END,
-    generation = CASE WHEN generation = %(generation)s THEN generation + 1 ELSE generation END,
-    blocked_until = greatest(blocked_until, {_NOW} + %(retry_after)s)
-WHERE fingerprint = %(fingerprint)s
-RETURNING rate
-"""
+# As in _limits: the 429s of one event come within this long of its first; a bound on the server's rate
+# is taken over at least _MIN_SPAN seconds; counting windows slide every _WINDOW seconds.
+_EVENT = 1.0
+_MIN_SPAN = 0.5
+_WINDOW = 30.0
+# A statement sequence is not cancelled half-way (the connection would be left unusable), but neither may
+# a database that stopped answering hold the client: it fails after this long.
+_STATEMENT_DEADLINE = 10.0
 
 
 def key_fingerprint(api_key: str) -> str:
@@ -83,12 +79,135 @@ def key_fingerprint(api_key: str) -> str:
     return hashlib.sha256(b"kling-async shared rate\0" + api_key.encode()).hexdigest()[:32]
 
 
-@dataclass(frozen=True, slots=True)
-class Permit:
-    """A slot of the shared schedule: sleep ``wait`` seconds, then send; ``generation`` is the rate's then."""
+@dataclass(slots=True)
+class _Row:
+    """The key's row, read under its lock and written back."""
 
-    wait: float
-    generation: int
+    ceiling: float | None
+    rate: float | None
+    target: float | None
+    searching: bool
+    probe: float
+    bound: float | None
+    burst: float
+    tat: float
+    stamp: float
+    blocked_until: float
+    cut_at: float | None
+    server_burst: float | None
+    window_at: float
+    window_empty: bool
+    granted: int
+    refused: int
+    prev_at: float | None
+    prev_accepted: int
+    prev_empty: bool
+
+    @classmethod
+    def fresh(cls, now: float, ceiling: float | None, burst: int) -> _Row:
+        pace = Pace(ceiling=ceiling, rate=ceiling, target=ceiling)
+        return cls(
+            ceiling=ceiling,
+            rate=pace.rate,
+            target=pace.target,
+            searching=pace.searching,
+            probe=pace.probe,
+            bound=pace.bound,
+            burst=float(burst),
+            tat=now,
+            stamp=now,
+            blocked_until=0.0,
+            cut_at=None,
+            server_burst=None,
+            window_at=now,
+            window_empty=False,
+            granted=0,
+            refused=0,
+            prev_at=None,
+            prev_accepted=0,
+            prev_empty=False,
+        )
+
+    def pace(self) -> Pace:
+        return Pace(
+            ceiling=self.ceiling,
+            rate=self.rate,
+            target=self.target,
+            searching=self.searching,
+            probe=self.probe,
+            bound=self.bound,
+        )
+
+    def keep(self, pace: Pace) -> None:
+        self.rate, self.target, self.searching = pace.rate, pace.target, pace.searching
+        self.probe, self.bound = pace.probe, pace.bound
+
+    def take(self, now: float) -> float:
+        """Take the next slot of the schedule; the seconds to wait before sending."""
+        pace = self.pace()
+        pace.grow(now - self.stamp)
+        self.keep(pace)
+        self.stamp = now
+        if now - self.window_at > _WINDOW:
+            self.prev_at, self.prev_empty = self.window_at, self.window_empty
+            self.prev_accepted = self.granted - self.refused
+            self.window_at, self.window_empty, self.granted, self.refused = now, False, 0, 0
+        self.granted += 1
+        if self.rate is None:
+            return max(0.0, self.blocked_until - now)
+        interval = 1.0 / self.rate
+        start = max(self.tat, now, self.blocked_until)
+        self.tat = start + interval
+        return max(0.0, self.blocked_until - now, self.tat - self.burst * interval - now)
+
+    def accepted_rate(self, now: float) -> float | None:
+        """A lower bound on the server's rate from what every worker got through (see ``_limits``)."""
+        accepted = self.granted - self.refused
+        bounds = []
+        span = now - self.window_at
+        if self.window_empty and span >= _MIN_SPAN:
+            bounds.append(accepted / span)
+        if self.prev_at is not None and (self.prev_empty or self.server_burst is not None):
+            saved = 0.0 if self.prev_empty else (self.server_burst or 0.0)
+            bounds.append((self.prev_accepted + accepted - saved) / (now - self.prev_at))
+        best = max(bounds, default=0.0)
+        return best if best > 0 else None
+
+    def refuse(self, now: float, retry_after: float | None) -> bool:
+        """A request was answered 429; True when it starts a new event (the rate was cut)."""
+        if retry_after is not None:
+            self.blocked_until = max(self.blocked_until, now + retry_after)
+        self.refused += 1
+        if self.cut_at is not None and now - self.cut_at < _EVENT:
+            return False
+        span = max(now - self.window_at, 1e-3)
+        paced = self.rate if self.rate is not None else self.granted / span
+        bound = self.accepted_rate(now)
+        if self.server_burst is None:
+            self.server_burst = float(max(1, self.granted - self.refused))
+        pace = self.pace()
+        pace.after_429(paced=paced, bound=bound, paused=retry_after is not None, start=self.server_burst)
+        self.keep(pace)
+        self.cut_at = self.stamp = now
+        # The server's bucket is empty now: count what it accepts from here. The burst was spent once.
+        self.prev_at, self.prev_accepted, self.prev_empty = None, 0, False
+        self.window_at, self.window_empty, self.granted, self.refused = now, True, 0, 0
+        self.burst = 1.0
+        self.tat = max(self.tat, now)
+        return True
+
+
+_COLUMNS = [field.name for field in fields(_Row)]
+_SELECT = f"SELECT {_NOW}, {', '.join(_COLUMNS)} FROM kling_key_rates WHERE fingerprint = %s FOR UPDATE"
+_UPDATE = (
+    f"UPDATE kling_key_rates SET {', '.join(f'{name} = %({name})s' for name in _COLUMNS)}"
+    " WHERE fingerprint = %(fingerprint)s"
+)
+_INSERT = (
+    f"INSERT INTO kling_key_rates (fingerprint, {', '.join(_COLUMNS)})"
+    f" VALUES (%(fingerprint)s, {', '.join(f'%({name})s' for name in _COLUMNS)})"
+    " ON CONFLICT (fingerprint) DO NOTHING"
+)
 
 
 class SharedRate:
@@ -97,12 +216,13 @@ class SharedRate:
     Args:
         url: the database (the journal's, typically).
         api_key: the key whose budget this is; only its fingerprint is stored.
-        requests_per_second: the ceiling, set on the row when this creates it (the first worker's wins).
-        burst: requests that may go at once after a quiet spell.
-        recover_after: seconds without a 429 before the rate climbs a tenth of the ceiling back.
+        requests_per_second: a rate the account allows (never exceeded); None: find it from the 429s.
+            A worker given one sets it on the row for all.
+        burst: requests that may go at once after a quiet spell (the first worker's wins).
+        max_pause: the longest a Retry-After holds the workers.
 
     Raises:
-        ValueError: a rate, burst or recovery that is not positive.
+        ValueError: a rate or burst that is not positive.
     """
 
     def __init__(
@@ -110,43 +230,58 @@ class SharedRate:
         url: str,
         api_key: str,
         *,
-        requests_per_second: float,
+        requests_per_second: float | None = None,
         burst: int = 1,
-        recover_after: float = 10.0,
+        max_pause: float = 120.0,
     ) -> None:
-        if not 0 < requests_per_second < math.inf:
+        if requests_per_second is not None and not 0 < requests_per_second < math.inf:
             raise ValueError(f"requests_per_second: a positive number, got {requests_per_second!r}")
         if burst < 1:
             raise ValueError(f"burst: at least 1, got {burst!r}")
-        if not 0 < recover_after < math.inf:
-            raise ValueError(f"recover_after: a positive number of seconds, got {recover_after!r}")
         self._url = url
         self._path = redact(url)
         self.fingerprint = key_fingerprint(api_key)
         self._ceiling = requests_per_second
         self._burst = burst
-        self._recover_after = recover_after
+        self._max_pause = max_pause
         self._conn: psycopg.AsyncConnection[TupleRow] | None = None
+        # One statement sequence at a time on the connection (a take and a 429 may come together).
+        self._lock = anyio.Lock()
+        self.rate: float | None = requests_per_second
 
     def __repr__(self) -> str:
-        return f"<SharedRate {self._path!r} key={self.fingerprint[:8]}...>"
+        rate = "unpaced" if self.rate is None else f"{self.rate:.2f}/s"
+        return f"<SharedRate {self._path!r} key={self.fingerprint[:8]}... rate={rate}>"
 
     async def __aenter__(self) -> Self:
         try:
-            self._conn = await psycopg.AsyncConnection.connect(self._url, autocommit=True)
-            async with self._conn.transaction():
-                await self._conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
-                await self._conn.execute(_SCHEMA)
-                await self._conn.execute(
-                    "INSERT INTO kling_rates (fingerprint, ceiling, rate, burst, tat, blocked_until,"
-                    f" generation, lowered_at) VALUES (%s, %s, %s, %s, {_NOW}, 0, 0, {_NOW})"
-                    " ON CONFLICT (fingerprint) DO NOTHING",
-                    (self.fingerprint, self._ceiling, self._ceiling, self._burst),
-                )
-        except psycopg.Error as exc:
+            with anyio.fail_after(_STATEMENT_DEADLINE):
+                conn = await self._connect()
+                async with conn.transaction():
+                    await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
+                    await conn.execute(_SCHEMA)
+                    cursor = await conn.execute(f"SELECT {_NOW}")
+                    now_row = await cursor.fetchone()
+                    assert now_row is not None
+                    row = _Row.fresh(now_row[0], self._ceiling, self._burst)
+                    await conn.execute(_INSERT, {"fingerprint": self.fingerprint, **_fields(row)})
+                    if self._ceiling is not None:
+                        # The latest given rate is the account's: a redeploy with a new one takes effect.
+                        await conn.execute(
+                            "UPDATE kling_key_rates SET ceiling = %s, rate = least(coalesce(rate, %s), %s),"
+                            " target = least(coalesce(target, %s), %s) WHERE fingerprint = %s",
+                            (self._ceiling,) * 5 + (self.fingerprint,),
+                        )
+        except (psycopg.Error, TimeoutError) as exc:
             await self._close()
-            raise JournalError(f"shared rate: {exc}", path=self._path) from None
+            raise JournalError(f"shared rate: {exc or 'no answer'}", path=self._path) from None
         return self
+
+    async def _connect(self) -> psycopg.AsyncConnection[TupleRow]:
+        self._conn = await psycopg.AsyncConnection.connect(
+            self._url, autocommit=True, connect_timeout=int(_STATEMENT_DEADLINE)
+        )
+        return self._conn
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
@@ -155,44 +290,55 @@ class SharedRate:
 
     async def _close(self) -> None:
         if self._conn is not None:
-            await self._conn.close()
-            self._conn = None
+            conn, self._conn = self._conn, None
+            with anyio.CancelScope(shield=True):
+                await conn.close()
 
-    async def take(self) -> Permit:
-        """Reserve the next slot of the key's schedule (one request); the caller sleeps ``wait``, then sends.
-
-        Raises:
-            JournalError: the database cannot be used.
-        """
-        row = await self._one(_TAKE, {"fingerprint": self.fingerprint, "recover_after": self._recover_after})
-        return Permit(wait=max(0.0, row[0]), generation=row[1])
-
-    async def throttled(self, permit: Permit, retry_after: float | None) -> float:
-        """A request sent under ``permit`` was answered 429: block every worker for ``retry_after`` seconds
-        and halve the rate, once per generation however many workers saw it. Returns the rate now.
+    async def take(self) -> float:
+        """Reserve the next slot of the key's schedule (one request); the seconds to wait before sending.
 
         Raises:
             JournalError: the database cannot be used.
         """
-        params = {
-            "fingerprint": self.fingerprint,
-            "generation": permit.generation,
-            "retry_after": retry_after or 0.0,
-            "floor": self._ceiling / 64,
-        }
-        row = await self._one(_THROTTLED, params)
-        rate: float = row[0]
-        return rate
+        return await self._update(lambda row, now: row.take(now))
 
-    async def _one(self, sql: str, params: dict[str, object]) -> TupleRow:
+    async def throttled(self, retry_after: float | None) -> None:
+        """A request was answered 429: hold every worker for ``retry_after`` seconds (capped), and lower the
+        shared rate once per 429 event, however many workers saw it.
+
+        Raises:
+            JournalError: the database cannot be used.
+        """
+        pause = min(retry_after, self._max_pause) if retry_after is not None else None
+        if await self._update(lambda row, now: float(row.refuse(now, pause))):
+            log.info("a 429 lowered the shared rate of key %s... to %s", self.fingerprint[:8], self.rate)
+
+    async def _update(self, change: Callable[[_Row, float], float]) -> float:
+        """Read the row under its lock, ``change`` it and write it back, in one transaction that a
+        cancellation does not cut half-way."""
         if self._conn is None:
             raise JournalError("shared rate: not open: use it in `async with`", path=self._path)
         try:
-            async with self._conn.transaction():
-                cursor = await self._conn.execute(sql, params)
-                row = await cursor.fetchone()
-        except psycopg.Error as exc:
-            raise JournalError(f"shared rate: {exc}", path=self._path) from None
-        if row is None:
-            raise JournalError(f"shared rate: no row for key {self.fingerprint[:8]}...", path=self._path)
-        return row
+            async with self._lock:
+                with anyio.fail_after(_STATEMENT_DEADLINE, shield=True):
+                    conn = self._conn
+                    if conn.closed or conn.broken:
+                        conn = await self._connect()  # a restarted database, or a killed connection
+                    async with conn.transaction():
+                        cursor = await conn.execute(_SELECT, (self.fingerprint,))
+                        found = await cursor.fetchone()
+                        if found is None:
+                            raise JournalError(
+                                f"shared rate: no row for key {self.fingerprint[:8]}...", path=self._path
+                            )
+                        row = _Row(*found[1:])
+                        result = change(row, found[0])
+                        await conn.execute(_UPDATE, {"fingerprint": self.fingerprint, **_fields(row)})
+        except (psycopg.Error, TimeoutError) as exc:
+            raise JournalError(f"shared rate: {exc or 'no answer'}", path=self._path) from None
+        self.rate = row.rate
+        return result
+
+
+def _fields(row: _Row) -> dict[str, object]:
+    return {name: getattr(row, name) for name in _COLUMNS}

@@ -22,7 +22,7 @@ LAYERS: list[set[str]] = [
     {"_submit"},
     {"_registry"},
     {"_polling"},
-    {"_journals"},
+    {"_journals", "_shared"},
     {"_webhooks", "_rate_pg", "_download"},
     {"_journal_pg"},
     {"_journal"},

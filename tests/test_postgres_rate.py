@@ -1,43 +1,53 @@
 """One request rate for an API key, shared through a PostgreSQL row: workers draw from one schedule, a 429
-lowers the rate once however many workers saw it, and a Retry-After holds every worker."""
+lowers the rate once however many workers saw it, a Retry-After holds every worker, and three worker
+processes together use the key's rate with almost no 429s."""
 
 from __future__ import annotations
 
+import logging
+import sys
 import time
+from pathlib import Path
 
 import anyio
 import pytest
 
-from kling_async import JournalError
+from kling_async import JournalError, KlingClient
+from kling_async._limits import Lane, Limiter
 from kling_async._rate_pg import SharedRate, key_fingerprint
+from kling_async.testing import Simulator
 from tests.postgres import database, postgres_server  # noqa: F401  (fixtures)
 from tests.test_postgres_journal import peek
 
 pytestmark = pytest.mark.anyio
 
 KEY = "fpk-secret-key-1234"
+ROOT = Path(__file__).parent.parent
 # Waits are computed from the database's clock: between two calls it moves by at most the time they took
 # (measured here), give or take float rounding.
 EPSILON = 0.005
 
 
+def rate_of(dsn: str) -> float | None:
+    [(rate,)] = peek(dsn, "SELECT rate FROM kling_key_rates")
+    return rate  # type: ignore[no-any-return]
+
+
 async def test_only_a_fingerprint_of_the_key_is_stored(database: str) -> None:  # noqa: F811
     async with SharedRate(database, KEY, requests_per_second=10) as rate:
         await rate.take()
-    stored = peek(database, "SELECT fingerprint FROM kling_rates")
+    stored = peek(database, "SELECT fingerprint FROM kling_key_rates")
     assert stored == [(key_fingerprint(KEY),)]
-    assert KEY not in str(peek(database, "SELECT * FROM kling_rates"))
+    assert KEY not in str(peek(database, "SELECT * FROM kling_key_rates"))
     assert KEY not in repr(rate)
 
 
 async def test_a_burst_goes_at_once_then_requests_are_paced_at_the_rate(database: str) -> None:  # noqa: F811
     async with SharedRate(database, KEY, requests_per_second=10, burst=2) as rate:
         started = time.monotonic()
-        taken = [((await rate.take()).wait, time.monotonic() - started) for _ in range(6)]
+        taken = [(await rate.take(), time.monotonic() - started) for _ in range(6)]
     assert [wait for wait, _ in taken[:2]] == [0.0, 0.0]
-    for n, (wait, elapsed) in enumerate(
-        taken[2:], start=1
-    ):  # the n-th past the burst: n tenths from the first
+    for n, (wait, elapsed) in enumerate(taken[2:], start=1):  # the n-th past the burst: n tenths on
         assert n * 0.1 - elapsed - EPSILON <= wait <= n * 0.1 + EPSILON
 
 
@@ -47,7 +57,7 @@ async def test_two_workers_draw_from_one_schedule(database: str) -> None:  # noq
         SharedRate(database, KEY, requests_per_second=10) as second,
     ):
         started = time.monotonic()
-        waits = [(await (first if n % 2 else second).take()).wait for n in range(10)]
+        waits = [await (first if n % 2 else second).take() for n in range(10)]
         elapsed = time.monotonic() - started
     assert waits[0] == 0.0
     # Ten requests on one schedule: the last is 0.9 s after the first (less the time the calls took).
@@ -61,19 +71,48 @@ async def test_another_key_has_its_own_schedule(database: str) -> None:  # noqa:
     ):
         for _ in range(5):
             await first.take()
-        assert (await other.take()).wait == 0.0
+        assert await other.take() == 0.0
 
 
-async def test_a_429_seen_by_three_workers_lowers_the_rate_once(database: str) -> None:  # noqa: F811
-    workers = [SharedRate(database, KEY, requests_per_second=8) for _ in range(3)]
+async def test_429s_seen_by_three_workers_at_once_lower_the_rate_once(database: str) -> None:  # noqa: F811
+    workers = [SharedRate(database, KEY) for _ in range(3)]
     async with workers[0] as a, workers[1] as b, workers[2] as c:
-        permits = [await worker.take() for worker in (a, b, c)]
-        rates = [
-            await worker.throttled(permit, None) for worker, permit in zip((a, b, c), permits, strict=True)
-        ]
-        assert rates == [4.0, 4.0, 4.0]
-        later = await a.take()  # a 429 under the new generation lowers it again
-        assert await b.throttled(later, None) == 2.0
+        for _ in range(20):
+            await a.take()  # unpaced: no rate is known before a 429
+        assert rate_of(database) is None
+        await a.throttled(None)
+        lowered = rate_of(database)
+        assert lowered is not None
+        await b.throttled(None)  # the same event, seen by the others: no further cut
+        await c.throttled(None)
+        assert rate_of(database) == lowered
+
+
+async def test_a_429_event_a_second_later_lowers_the_rate_again(database: str) -> None:  # noqa: F811
+    async with SharedRate(database, KEY) as a, SharedRate(database, KEY) as b:
+        for _ in range(20):
+            await a.take()
+        await a.throttled(None)
+        first = rate_of(database)
+        assert first is not None
+        await anyio.sleep(1.1)
+        await b.throttled(None)
+        second = rate_of(database)
+        assert second is not None
+        assert second < first
+
+
+async def test_a_single_429_never_lowers_a_given_rate_for_long(database: str) -> None:  # noqa: F811
+    async with SharedRate(database, KEY, requests_per_second=10) as rate:
+        await rate.take()
+        await rate.throttled(None)
+        # A dip while the server's bucket refills, and back to the given rate within a few seconds.
+        assert rate_of(database) == pytest.approx(9.5)
+        await anyio.sleep(2.5)
+        await rate.take()
+        after = rate_of(database)
+    assert after is not None
+    assert after > 9.5
 
 
 async def test_a_retry_after_holds_every_worker(database: str) -> None:  # noqa: F811
@@ -81,22 +120,38 @@ async def test_a_retry_after_holds_every_worker(database: str) -> None:  # noqa:
         SharedRate(database, KEY, requests_per_second=100) as first,
         SharedRate(database, KEY, requests_per_second=100) as second,
     ):
-        permit = await first.take()
+        await first.take()
         started = time.monotonic()
-        await first.throttled(permit, 5.0)
-        wait = (await second.take()).wait
+        await first.throttled(5.0)
+        wait = await second.take()
         elapsed = time.monotonic() - started
     assert 5.0 - elapsed - EPSILON <= wait <= 5.0 + EPSILON
 
 
-async def test_the_rate_climbs_back_after_a_quiet_spell(database: str) -> None:  # noqa: F811
-    async with SharedRate(database, KEY, requests_per_second=10, recover_after=0.5) as rate:
-        assert await rate.throttled(await rate.take(), None) == 5.0
-        await rate.take()  # too soon: the rate stays lowered
-        assert peek(database, "SELECT rate FROM kling_rates") == [(5.0,)]
-        await anyio.sleep(0.6)
-        await rate.take()  # a quiet spell later: a tenth of the ceiling comes back
-    assert peek(database, "SELECT rate FROM kling_rates") == [(6.0,)]
+async def test_a_retry_after_holds_the_workers_no_longer_than_max_pause(database: str) -> None:  # noqa: F811
+    async with SharedRate(database, KEY, requests_per_second=100, max_pause=2.0) as rate:
+        await rate.throttled(86_400.0)
+        assert await rate.take() <= 2.0
+
+
+async def test_a_killed_connection_is_replaced_on_the_next_call(database: str) -> None:  # noqa: F811
+    async with SharedRate(database, KEY, requests_per_second=10) as rate:
+        await rate.take()
+        peek(
+            database,
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database()"
+            " AND pid <> pg_backend_pid()",
+        )
+        with pytest.raises(JournalError):
+            await rate.take()  # the call that finds the connection gone fails...
+        assert await rate.take() >= 0.0  # ...and the next one reconnects
+
+
+async def test_the_latest_given_rate_is_the_key_s(database: str) -> None:  # noqa: F811
+    async with SharedRate(database, KEY, requests_per_second=10):
+        pass
+    async with SharedRate(database, KEY, requests_per_second=4):
+        assert peek(database, "SELECT ceiling, rate FROM kling_key_rates") == [(4.0, 4.0)]
 
 
 async def test_a_bad_setting_is_refused_naming_it() -> None:
@@ -110,3 +165,117 @@ async def test_calls_outside_the_block_raise_a_journal_error(database: str) -> N
     rate = SharedRate(database, KEY, requests_per_second=1)
     with pytest.raises(JournalError, match="not open"):
         await rate.take()
+
+
+async def test_a_database_that_cannot_be_reached_is_a_journal_error_without_the_password() -> None:
+    rate = SharedRate("postgresql://kling:hunter2@127.0.0.1:1/nowhere", KEY)
+    with pytest.raises(JournalError) as caught:
+        await rate.__aenter__()
+    assert "hunter2" not in str(caught.value)
+
+
+class _Down:
+    """A shared rate whose database is down: every call fails as ``SharedRate``'s do."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def take(self) -> float:
+        self.calls += 1
+        raise JournalError("shared rate: connection refused", path="postgresql://...")
+
+    async def throttled(self, retry_after: float | None) -> None:
+        raise JournalError("shared rate: connection refused", path="postgresql://...")
+
+
+async def test_a_limiter_whose_shared_rate_is_down_paces_by_its_own_bucket(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    limiter = Limiter(requests_per_second=1000, max_concurrency=4)
+    down = _Down()
+    with caplog.at_level(logging.WARNING, logger="kling_async"), limiter.sharing(down):
+        for _ in range(3):
+            await limiter.acquire(Lane.STATUS)
+            limiter.release()
+        await limiter.refused(None)
+    assert down.calls == 3  # it was asked each time...
+    assert limiter.rate_limited == 1  # ...and the own bucket went on (and heard the 429)
+    warnings = [r.message for r in caplog.records if "shared rate cannot be used" in r.message]
+    assert len(warnings) == 1  # once per outage, not once per request
+
+
+async def test_a_client_told_to_share_an_unusable_database_fails_to_open() -> None:
+    client = KlingClient("sim-key", "http://127.0.0.1:1", shared="postgresql://k:pw@127.0.0.1:1/none")
+    with pytest.raises(JournalError):
+        await client.__aenter__()
+
+
+async def test_a_batch_whose_journal_is_postgresql_shares_the_key_s_rate_through_it(
+    database: str,  # noqa: F811
+) -> None:
+    from kling_async import OmniRequest, PollPolicy
+
+    async with (
+        Simulator(time_scale=0.001) as sim,
+        KlingClient("sim-key", sim.url, requests_per_second=50, poll=PollPolicy(initial=0.02)) as client,
+    ):
+        outcomes = await client.gather([OmniRequest(prompt=f"clip {n}") for n in range(3)], journal=database)
+        assert client._limiter._shared == []  # given back when the batch ended
+    assert all(outcome.ok for outcome in outcomes)
+    [(fingerprint, ceiling, granted)] = peek(
+        database, "SELECT fingerprint, ceiling, granted FROM kling_key_rates"
+    )
+    assert (fingerprint, ceiling) == (key_fingerprint("sim-key"), 50.0)
+    # Every request of the batch took a slot: three POSTs and at least one status check each.
+    assert granted >= 6
+
+
+def test_shared_must_be_a_postgresql_url() -> None:
+    with pytest.raises(ValueError, match="shared: a postgresql:// URL"):
+        KlingClient("sim-key", shared="run.db")
+
+
+# -- three worker processes ----------------------------------------------------------------------------------
+
+RATE = 10.0
+WINDOW = 8.0  # seconds measured, once all three workers are under way
+
+
+async def _run_three_workers(dsn: str, tmp_path: Path, told: float | None) -> tuple[float, float]:
+    """Three worker processes sharing ``dsn`` against a simulator allowing RATE requests a second; the
+    share of the rate they used over WINDOW seconds in full swing, and the share of 429s over the run."""
+    stop = tmp_path / "stop"
+    async with Simulator(rate_limit=RATE, generation_seconds=3600.0) as sim:
+        command = [sys.executable, "-m", "tests.scripts.rate_worker", sim.url, dsn, str(stop)]
+        if told is not None:
+            command.append(str(told))
+        workers = [await anyio.open_process(command, cwd=ROOT, stderr=None) for _ in range(3)]
+        try:
+            with anyio.fail_after(60):
+                for worker in workers:
+                    assert worker.stdout is not None
+                    said = b""
+                    while not said.endswith(b"ready\n"):
+                        said += await worker.stdout.receive()
+            await anyio.sleep(1.0)
+            before = sim.counters.responses_by_status[200]
+            await anyio.sleep(WINDOW)
+            used = (sim.counters.responses_by_status[200] - before) / (RATE * WINDOW)
+        finally:
+            stop.touch()
+            for worker in workers:
+                async with worker:
+                    with anyio.fail_after(30):
+                        assert await worker.wait() == 0
+        answers = sum(sim.counters.responses_by_status.values())
+        return used, sim.counters.rate_limited / answers
+
+
+@pytest.mark.slow
+async def test_three_workers_told_the_rate_use_it_together_with_almost_no_429s(
+    database: str,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    used, refused = await _run_three_workers(database, tmp_path, told=RATE)
+    assert used >= 0.9
+    assert refused <= 0.01
