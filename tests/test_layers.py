@@ -22,6 +22,7 @@ LAYERS: list[set[str]] = [
     {"_submit"},
     {"_registry"},
     {"_polling"},
+    {"_relay_pg"},
     {"_journals"},
     {"_webhooks", "_rate_pg", "_download"},
     {"_journal_pg"},
