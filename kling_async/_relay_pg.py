@@ -222,9 +222,7 @@ class StatusRelay:
             _Status(self.worker, status.task_id, status.status, tuple(status.generated))
         )
         if len(payload) > _MAX_PAYLOAD:
-            payload = _encoder.encode(
-                _Status(self.worker, status.task_id[:256], status.status[:64], brief=True)
-            )
+            payload = _encoder.encode(_Status(self.worker, status.task_id, status.status, brief=True))
         self._send(payload)
 
     def publish_sweep(self, family: str, tasks: Sequence[TaskSummary], next_in: float) -> None:
@@ -291,7 +289,7 @@ class StatusRelay:
                 await conn.execute(f"LISTEN {CHANNEL}")
                 self._first_try.set()
                 if failures:
-                    log.warning("status relay %s: listening again", self._path)
+                    log.info("status relay %s: listening again", self._path)
                 failures = 0
                 async for note in conn.notifies():
                     self._heard(note.payload)
@@ -372,7 +370,7 @@ class StatusRelay:
                     await self._clock.sleep(_backoff(failures))
                     continue
                 if failures:
-                    log.warning("status relay %s: the database is back", self._path)
+                    log.info("status relay %s: the database is back", self._path)
                 failures = 0
                 with self._clock.move_on_after(self._next_try()):
                     await self._wake.wait()
