@@ -311,3 +311,30 @@ async def test_a_webhook_delivered_to_worker_b_resolves_the_handle_worker_a_wait
     assert (receiver_a.accepted, receiver_b.accepted) == (0, sim.counters.webhooks_sent)
     assert receiver_b.accepted >= 1
     assert sim.counters.status_gets == 0  # A learned the end from B's delivery, not from a request
+
+
+async def test_a_worker_sweeps_itself_once_the_family_leader_is_gone(database: str) -> None:  # noqa: F811
+    requests = Requests()
+    outcomes: list[Outcome] = []
+    async with (
+        Simulator(time_scale=0.005, generation_seconds=(100.0, 200.0), queue_seconds=2.0) as sim,
+        shared_client(sim, requests) as client,
+        StatusRelay(database, retry=RETRY) as relay,
+    ):
+        relay.add_listener(client._registry.observe)
+
+        async def run() -> None:
+            outcomes.extend(await gather_shared(client, jobs("w"), relay))
+
+        async with anyio.create_task_group() as tg, StatusRelay(database, retry=RETRY) as leader:
+            assert await first_to_lead(leader) is leader  # a leader that never sweeps nor reports
+            tg.start_soon(run)
+            with anyio.fail_after(20):
+                while requests.kinds["status"] < TASKS:  # noqa: ASYNC110 - nothing signals a request
+                    await anyio.sleep(0.01)
+            # Its tasks are followed by checks of their own; it does not sweep the leader's family.
+            assert requests.kinds["list"] == 0
+        # The leader closed first (its lock went with its connection): the batch went on and swept itself.
+    assert requests.kinds["list"] > 0
+    assert len(outcomes) == TASKS
+    assert all(outcome.ok and outcome.result is not None and outcome.result.urls for outcome in outcomes)
