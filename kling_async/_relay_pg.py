@@ -128,8 +128,11 @@ class StatusRelay:
     ) -> None:
         try:
             params = psycopg.conninfo.conninfo_to_dict(url)
-        except psycopg.ProgrammingError as exc:
-            raise ValueError(f"url: not a PostgreSQL connection string ({redact(str(exc))})") from None
+        except psycopg.ProgrammingError:
+            # libpq's message may quote the URL, password and all: name it without.
+            raise ValueError(
+                f"url: not a PostgreSQL connection URL or conninfo string: {redact(url)!r}"
+            ) from None
         if not 0 < retry < math.inf:
             raise ValueError(f"retry: a positive number of seconds, got {retry!r}")
         if max_queued < 1:

@@ -134,6 +134,13 @@ async def test_forward_with_the_database_down_neither_raises_nor_grows(
     assert all("password" not in message for message in messages)
 
 
+def test_a_url_that_is_not_a_connection_string_is_refused_without_its_password() -> None:
+    with pytest.raises(ValueError, match=r"^url: not a PostgreSQL connection URL") as raised:
+        StatusRelay("http://kling:hunter2@db.internal/campaign")
+    assert "hunter2" not in str(raised.value)
+    assert "db.internal" in str(raised.value)
+
+
 async def first_to_lead(*relays: StatusRelay) -> StatusRelay:
     """The relay that leads FAMILY, once one does (asking each makes it try; nothing signals a lock)."""
     with anyio.fail_after(20):
