@@ -46,7 +46,7 @@ from ._pipeline import Pipeline
 from ._polling import TaskHandle
 from ._registry import Slots, TaskRegistry, Ticket
 from ._submit import Creator
-from ._tracker import Tracked, Tracker
+from ._tracker import SweepRelay, Tracked, Tracker
 
 __all__ = ["Batch", "BatchOptions", "BatchRun", "Job", "Outcome", "job_key", "legacy_job_key"]
 
@@ -226,8 +226,10 @@ class BatchRun:
         journal: BatchJournal | None,
         options: BatchOptions,
         settle_within: float,
+        relay: SweepRelay | None = None,
     ) -> None:
         self._registry = registry
+        self._relay = relay
         self._creator = creator
         self._pipeline = pipeline
         self._slots = slots
@@ -264,7 +266,11 @@ class BatchRun:
             async with self._send, anyio.create_task_group() as tg:
                 self._tg = tg
                 self._tracker = Tracker(
-                    registry=self._registry, pipeline=self._pipeline, group=tg, finish=self._finish
+                    registry=self._registry,
+                    pipeline=self._pipeline,
+                    group=tg,
+                    finish=self._finish,
+                    relay=self._relay,
                 )
                 unsubscribe.append(self._registry.subscribe(self._tracker.status_changed))
                 if self._journal is not None:

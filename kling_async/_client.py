@@ -110,9 +110,11 @@ class KlingClient:
         transport: for tests and advanced use: what sends the requests, instead of the aiohttp
             transport built from the options above (``kling_async.testing.MockTransport``).
         shared: a ``postgresql://`` URL of a database this client shares with other workers using the
-            same API key (the ``postgres`` extra): they pace their requests by one rate for the key,
-            and a 429 any of them gets slows them all once. Batches whose journal is a PostgreSQL URL
-            share through it for their duration anyway. See the guide "Many workers".
+            same API key (the ``postgres`` extra): they pace their requests by one rate for the key (a
+            429 any of them gets slows them all once), a webhook delivered to any of them resolves the
+            handle in the one that waits, and one of them sweeps each family's task list for all.
+            Batches whose journal is a PostgreSQL URL share through it for their duration anyway. See
+            the guide "Many workers".
 
     Raises:
         KlingError: no API key was given or found.
@@ -228,12 +230,17 @@ class KlingClient:
             raise RuntimeError(f"a KlingClient can be opened once; this one is {self._state}")
         if self._sharing is not None:
             await self._sharing.__aenter__()
-        if self._webhooks is not None:
-            if self._webhooks.serve and not self._webhooks.running:
-                await self._webhooks.__aenter__()
-                self._owns_receiver = True
-            self._webhooks.add_listener(self._registry.observe)
-        await self._transport.open()
+        try:
+            if self._webhooks is not None:
+                if self._webhooks.serve and not self._webhooks.running:
+                    await self._webhooks.__aenter__()
+                    self._owns_receiver = True
+                self._webhooks.add_listener(self._registry.observe)
+            await self._transport.open()
+        except BaseException:
+            if self._sharing is not None:
+                await self._sharing.__aexit__(None, None, None)
+            raise
         self._task_group = anyio.create_task_group()
         await self._task_group.__aenter__()
         self._creator.open(self._task_group)
@@ -271,8 +278,9 @@ class KlingClient:
                     self._webhooks.remove_listener(self._registry.observe)
                     if self._owns_receiver:
                         await self._webhooks.__aexit__(None, None, None)
-                if self._sharing is not None:
-                    await self._sharing.__aexit__(None, None, None)
+            if self._sharing is not None:
+                # Not shielded: the relay's task group was entered outside any such scope.
+                await self._sharing.__aexit__(None, None, None)
 
     def _share(self, url: str) -> Sharing:
         return Sharing(
@@ -282,13 +290,15 @@ class KlingClient:
             requests_per_second=self._requests_per_second,
             burst=self._burst,
             max_pause=self._retry.deadline,
+            observe=self._registry.observe,
+            webhooks=self._webhooks,
         )
 
-    def _batch_sharing(self, journal: object) -> AbstractAsyncContextManager[object]:
+    def _batch_sharing(self, journal: object) -> AbstractAsyncContextManager[Sharing | None]:
         """A batch with a PostgreSQL journal shares through it, unless the client already shares."""
         url = postgres_url(journal)
-        if url is None or self._sharing is not None:
-            return nullcontext()
+        if self._sharing is not None or url is None:
+            return nullcontext(self._sharing)
         return self._share(url)
 
     def _require_open(self) -> None:
@@ -478,10 +488,13 @@ class KlingClient:
             if options.download is not None:  # first: the journal often lives in the same folder
                 options.download.mkdir(parents=True, exist_ok=True)
             if journal is None:
-                await self._run_batch(requests, send, options, None)
+                await self._run_batch(requests, send, options, None, self._sharing)
                 return
-            async with open_journal(journal, clock=self._clock) as opened, self._batch_sharing(journal):
-                await self._run_batch(requests, send, options, opened)
+            async with (
+                open_journal(journal, clock=self._clock) as opened,
+                self._batch_sharing(journal) as sharing,
+            ):
+                await self._run_batch(requests, send, options, opened, sharing)
 
         return Batch(run, background=self._task_group, buffer=self._limiter.max_concurrency)
 
@@ -491,6 +504,7 @@ class KlingClient:
         send: MemoryObjectSendStream[Outcome],
         options: BatchOptions,
         journal: BatchJournal | None,
+        sharing: Sharing | None,
     ) -> None:
         run = BatchRun(
             registry=self._registry,
@@ -503,6 +517,7 @@ class KlingClient:
             journal=journal,
             options=options,
             settle_within=self._timeouts.total + _CLOSE_GRACE,
+            relay=sharing.relay if sharing is not None else None,
         )
         await run.run(requests, submitters=self._limiter.max_concurrency)
 

@@ -15,6 +15,13 @@ rarely while none can be. A sweep skips pages holding no task likely finished (t
 sweeps) and stops reading deeper pages when the tasks it has not seen yet are unlikely to have finished;
 those keep their own status checks, the fallback for anything a sweep misses. The server's page size is
 judged by what it returned: a server that ignores ``page_size`` (20 a page) is read 20 tasks a page.
+
+Workers that share a database share their sweeps through a ``SweepRelay`` (``StatusRelay`` in
+``_relay_pg``): one worker leads each family and sweeps it; it publishes every task its pages listed (the
+account's, not only its own) and when its next sweep is due, and the other workers' trackers take that in
+as if they had swept themselves: their tasks it listed are covered (no status request of their own), those
+it listed COMPLETED get their detail fetched, and the rest keep their own checks. A follower asks again
+whether it leads whenever the leader's next sweep is overdue, so a dead leader is replaced.
 """
 
 from __future__ import annotations
@@ -24,20 +31,21 @@ import heapq
 import itertools
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import anyio
 from anyio.abc import TaskGroup
 
 from ._endpoints import Endpoint
 from ._errors import KlingError, NotFoundError, TaskTimeoutError
-from ._models import COMPLETED, TaskStatus
+from ._models import COMPLETED, TaskStatus, TaskSummary
 from ._pipeline import Pipeline
 from ._polling import Completions, TaskHandle
 from ._registry import TaskRegistry
 
-__all__ = ["SWEEP_MIN_TASKS", "Tracked", "Tracker"]
+__all__ = ["SWEEP_MIN_TASKS", "SweepListener", "SweepRelay", "Tracked", "Tracker"]
 
 log = logging.getLogger("kling_async")
 
@@ -89,11 +97,52 @@ class Tracked:
 
 Finish = Callable[[Tracked, "KlingError | None"], None]
 
+SweepListener = Callable[[str | None, Sequence[TaskSummary], float | None], None]
+"""``(family, tasks, next_in)``: another worker's sweep of ``family`` listed ``tasks`` (a long sweep comes in
+parts; its last part has ``next_in``, the seconds until its next sweep). ``family`` None: statuses relayed
+without their detail, outside any sweep."""
+
+
+class SweepRelay(Protocol):
+    """What a tracker needs to share its sweeps with other workers: who sweeps a family, and what it saw."""
+
+    def leads(self, family: str) -> bool:
+        """Whether this worker sweeps ``family`` (asking makes it try to, cheaply and in the background)."""
+        ...
+
+    def resign(self, family: str) -> None:
+        """This worker no longer needs ``family`` swept: another may lead it."""
+        ...
+
+    def publish_sweep(self, family: str, tasks: Sequence[TaskSummary], next_in: float) -> None:
+        """Tell the other workers what a sweep listed and when the next one is due (never blocks)."""
+        ...
+
+    def add_sweep_listener(self, listener: SweepListener) -> None:
+        """Hear what other workers' sweeps listed."""
+        ...
+
+    def remove_sweep_listener(self, listener: SweepListener) -> None:
+        """Stop hearing them."""
+        ...
+
 
 class _Family:
     """The tracked tasks of one family (one list endpoint) and the state of its sweeps."""
 
-    __slots__ = ("active", "added", "endpoint", "items", "last_sweep", "next_sweep", "page_size", "sweeping")
+    __slots__ = (
+        "active",
+        "added",
+        "ask_at",
+        "endpoint",
+        "hearing",
+        "items",
+        "last_sweep",
+        "next_sweep",
+        "page_size",
+        "reported",
+        "sweeping",
+    )
 
     def __init__(self, endpoint: Endpoint) -> None:
         self.endpoint = endpoint
@@ -105,10 +154,23 @@ class _Family:
         self.active = False
         self.last_sweep = -math.inf
         self.next_sweep = math.inf
+        # Shared sweeps: another worker's sweep was heard (its times are then last_sweep and next_sweep);
+        # when the parts of the one being heard began to arrive; when to ask again whether this one leads.
+        self.reported = False
+        self.hearing: float | None = None
+        self.ask_at = -math.inf
 
 
 class Tracker:
-    """Checks the status of many tasks from one heap of due times, sweeping list endpoints when it pays."""
+    """Checks the status of many tasks from one heap of due times, sweeping list endpoints when it pays.
+
+    Args:
+        registry: the handles' registry (clock, poll policy, learned timings).
+        pipeline: where list requests go.
+        group: where checks and sweeps run.
+        finish: hears each tracked task that finished or timed out.
+        relay: shares sweeps with other workers; None: this tracker sweeps every family it needs.
+    """
 
     def __init__(
         self,
@@ -117,8 +179,10 @@ class Tracker:
         pipeline: Pipeline,
         group: TaskGroup,
         finish: Finish,
+        relay: SweepRelay | None = None,
     ) -> None:
         self._registry = registry
+        self._relay = relay
         self._pipeline = pipeline
         self._clock = registry.clock
         self._group = group
@@ -201,6 +265,19 @@ class Tracker:
 
     async def run(self) -> None:
         """Forever: start the checks that are due, sweep families, sleep until the next due time."""
+        relay = self._relay
+        if relay is None:
+            await self._run()
+            return
+        relay.add_sweep_listener(self._heard)
+        try:
+            await self._run()
+        finally:
+            relay.remove_sweep_listener(self._heard)
+            for path in self._families:
+                relay.resign(path)
+
+    async def _run(self) -> None:
         clock = self._clock
         while True:
             now = clock.now()
@@ -230,7 +307,7 @@ class Tracker:
         family = self._families[item.handle._endpoint.family_path]
         if family.active:
             return True  # the sweep under way will see it, or leave it to checks of its own
-        if not family.sweeping or item.swept_at < family.last_sweep:
+        if not (family.sweeping or family.reported) or item.swept_at < family.last_sweep:
             return False
         return now < family.next_sweep + self._registry.poll.maximum
 
@@ -313,36 +390,90 @@ class Tracker:
 
     def _next_sweep_in(self, now: float) -> float:
         waits = [
-            family.next_sweep - now
+            max(family.next_sweep, family.ask_at) - now
             for family in self._families.values()
             if family.sweeping and not family.active
         ]
         return max(0.0, min(waits)) if waits else math.inf
 
     def _sweep_due(self, now: float) -> None:
-        for family in self._families.values():
+        relay = self._relay
+        for path, family in self._families.items():
             tracked = len(family.items)
             if not family.sweeping and tracked >= SWEEP_MIN_TASKS:
                 family.sweeping = True
-                family.next_sweep = self._plan(family, now)
+                if not family.reported:
+                    family.next_sweep = self._plan(family, now)
+                if relay is not None:
+                    relay.leads(path)  # the lock is tried in the background before the first sweep
             elif family.sweeping and tracked < _SWEEP_STOP_TASKS:
                 family.sweeping = False
-            if family.sweeping and not family.active and now >= family.next_sweep:
+                if relay is not None:
+                    relay.resign(path)
+            if family.sweeping and not family.active and now >= max(family.next_sweep, family.ask_at):
+                if relay is not None and not relay.leads(path):
+                    # Another worker sweeps it (its reports move next_sweep), or its leader is gone and
+                    # the lock is being tried: ask again a little later.
+                    family.ask_at = now + self._registry.poll.maximum / _UNLEARNED_SWEEPS
+                    continue
                 family.active = True
                 self._group.start_soon(self._sweep, family)
 
     async def _sweep(self, family: _Family) -> None:
         """List the family's tasks page by page (see the module docs), then plan the next sweep."""
         started = self._clock.now()
+        listed: list[TaskSummary] = []
         try:
-            await self._read_pages(family, started)
+            await self._read_pages(family, started, listed)
             family.last_sweep = started
         finally:
             family.active = False
-            family.next_sweep = self._plan(family, self._clock.now())
+            now = self._clock.now()
+            family.next_sweep = self._plan(family, now)
+            if self._relay is not None:
+                self._relay.publish_sweep(family.endpoint.family_path, listed, family.next_sweep - now)
             self._wake.set()
 
-    async def _read_pages(self, family: _Family, now: float) -> None:
+    def _heard(self, path: str | None, tasks: Sequence[TaskSummary], next_in: float | None) -> None:
+        """A relay listener: what another worker's sweep listed, taken in as if this tracker had swept."""
+        now = self._clock.now()
+        if path is None:  # statuses without their detail: a COMPLETED one has its detail fetched
+            for summary in tasks:
+                for each in self._families.values():
+                    item = each.items.get(summary.task_id)
+                    if item is not None:
+                        self._saw(item, summary, now)
+            return
+        family = self._families.get(path)
+        if family is None:
+            return
+        if family.hearing is None:
+            family.hearing = now
+        for summary in tasks:
+            item = family.items.get(summary.task_id)
+            if item is not None:
+                item.swept_at = now
+                self._saw(item, summary, now)
+        if next_in is not None:  # the sweep's last part
+            family.last_sweep = family.hearing
+            family.hearing = None
+            family.next_sweep = now + next_in
+            family.reported = True
+            self._wake.set()
+
+    def _saw(self, item: Tracked, summary: TaskSummary, now: float) -> None:
+        """A list showed the item's status."""
+        if summary.status == COMPLETED:
+            # The list has no URLs: fetch the detail now (once, however many sweeps see it).
+            if not item.urgent:
+                item.urgent = True
+                self._push(item, now)
+        else:
+            item.seen = now
+            # Failures need no detail; other statuses only update what we show.
+            item.handle._observe(TaskStatus(task_id=summary.task_id, status=summary.status))
+
+    async def _read_pages(self, family: _Family, now: float, listed_all: list[TaskSummary]) -> None:
         completions = self._completions(family)
         # The tracked tasks by their place in the list as far as this tracker knows (1: the newest; other
         # tasks of the account may sit above them), with the chance that each finished unseen.
@@ -374,21 +505,14 @@ class Tracker:
                 log.warning("list sweep of %s failed; per-task checks go on: %s", family.endpoint, exc)
                 return
             read.add(page)
+            listed_all.extend(listed)
             for summary in listed:
                 item = family.items.get(summary.task_id)
                 if item is None:
                     continue
                 seen_mass += unseen.pop(summary.task_id, (0, 0.0))[1]
                 item.swept_at = now
-                if summary.status == COMPLETED:
-                    # The list has no URLs: fetch the detail now (once, however many sweeps see it).
-                    if not item.urgent:
-                        item.urgent = True
-                        self._push(item, now)
-                else:
-                    item.seen = now
-                    # Failures need no detail; other statuses only update what we show.
-                    item.handle._observe(TaskStatus(task_id=summary.task_id, status=summary.status))
+                self._saw(item, summary, now)
             if family.page_size is None:
                 if len(listed) >= _PAGE_SIZE or (listed and family.added > len(listed)):
                     # A page shorter than asked while more tasks exist: the server has its own page size.
