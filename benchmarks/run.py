@@ -22,7 +22,7 @@ import time
 
 from ._common import ROOT, Row, format_table, log
 
-BENCHMARKS = ("cpu", "requests", "rate", "finish", "scale", "webhooks", "journal")
+BENCHMARKS = ("cpu", "requests", "rate", "makespan", "scale", "webhooks", "journal")
 
 
 async def _run(name: str, quick: bool) -> list[Row]:
