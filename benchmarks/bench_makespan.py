@@ -83,6 +83,8 @@ Rates = list[tuple[float, float | None]]
 
 @dataclass(frozen=True, slots=True)
 class Contender:
+    """A client in the race: how it learns of results, and the rate it is told (None: not told)."""
+
     name: str
     style: Literal["polling", "webhooks", "fixed"]
     rps: float | None = None
@@ -115,7 +117,9 @@ class RequestLog:
         """An aiohttp hook that records each answer of a session."""
         config = aiohttp.TraceConfig()
 
-        async def on_end(_: aiohttp.ClientSession, __: SimpleNamespace, params: Any) -> None:
+        async def on_end(
+            _: aiohttp.ClientSession, __: SimpleNamespace, params: aiohttp.TraceRequestEndParams
+        ) -> None:
             self.add(params.method, params.url.path, params.response.status)
 
         config.on_request_end.append(on_end)
