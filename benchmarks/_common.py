@@ -1,4 +1,5 @@
-"""What every benchmark shares: the simulator process, result rows and the table, small statistics."""
+"""What every benchmark shares: the simulator (in another process or in this one) and a client scaled to
+it, result rows and the table, small statistics."""
 
 from __future__ import annotations
 
@@ -16,7 +17,10 @@ from typing import Any
 
 import aiohttp
 
-from kling_async import OmniRequest, PollPolicy
+from kling_async import KlingClient, OmniRequest, PollPolicy, WebhookReceiver
+from kling_async.testing import Simulator
+
+from ._server import ServerLimit
 
 ROOT = Path(__file__).resolve().parent.parent
 API_KEY = "sim-key"
@@ -56,6 +60,46 @@ def scaled_policy(scale: float) -> PollPolicy:
     )
 
 
+def scaled_client(
+    url: str,
+    scale: float,
+    *,
+    requests_per_second: float | None = None,
+    burst: int | None = None,
+    webhooks: WebhookReceiver | None = None,
+    trace_configs: Sequence[aiohttp.TraceConfig] = (),
+) -> KlingClient:
+    """Our client for a simulator at ``url``, its poll policy scaled like the simulator's time."""
+    return KlingClient(
+        api_key=API_KEY,
+        base_url=url,
+        poll=scaled_policy(scale),
+        requests_per_second=requests_per_second,
+        burst=burst,
+        webhooks=webhooks,
+        trace_configs=trace_configs,
+    )
+
+
+@contextlib.asynccontextmanager
+async def simulated(
+    limit: ServerLimit,
+    *,
+    scale: float,
+    generation: float | tuple[float, float],
+    seed: int,
+    requests_per_second: float | None = None,
+    burst: int | None = None,
+) -> AsyncIterator[tuple[Simulator, KlingClient]]:
+    """An in-process simulator enforcing ``limit``, and our client for it (told the given rate, if any)."""
+    options = limit.simulator_options()
+    async with (
+        Simulator(time_scale=scale, generation_seconds=generation, seed=seed, **options) as sim,
+        scaled_client(sim.url, scale, requests_per_second=requests_per_second, burst=burst) as client,
+    ):
+        yield sim, client
+
+
 # -- the simulator in another process ------------------------------------------------------------------
 
 
@@ -71,8 +115,8 @@ async def sim_process(
     time_scale: float,
     generation: str,
     queue_seconds: float = 2.0,
-    rate_limit: float | None = None,
-    retry_after: str = "seconds",
+    limit: ServerLimit | None = None,
+    webhook_secret: str | None = None,
     seed: int = 0,
 ) -> AsyncIterator[SimAddress]:
     """Start ``benchmarks._server`` and yield its addresses once it listens; stop it on exit."""
@@ -85,13 +129,12 @@ async def sim_process(
         generation,
         "--queue-seconds",
         str(queue_seconds),
-        "--retry-after",
-        retry_after,
         "--seed",
         str(seed),
+        *(limit or ServerLimit()).arguments(),
     ]
-    if rate_limit is not None:
-        args += ["--rate-limit", str(rate_limit)]
+    if webhook_secret is not None:
+        args += ["--webhook-secret", webhook_secret]
     proc = await asyncio.create_subprocess_exec(
         sys.executable, *args, cwd=ROOT, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
     )
@@ -117,6 +160,13 @@ async def fetch_counters(control: str) -> dict[str, Any]:
     async with aiohttp.ClientSession() as session, session.get(control + "/counters") as resp:
         data: dict[str, Any] = await resp.json()
         return data
+
+
+async def fetch_tasks(control: str) -> dict[str, tuple[float, float]]:
+    """The remote simulator's tasks: ``(created_at, finishes_at)`` by id, on ``time.monotonic()``."""
+    async with aiohttp.ClientSession() as session, session.get(control + "/tasks") as resp:
+        data: dict[str, list[float]] = await resp.json()
+        return {task_id: (times[0], times[1]) for task_id, times in data.items()}
 
 
 async def run_worker(module: str, *args: str) -> dict[str, Any]:

@@ -26,47 +26,35 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Literal
 
 import anyio
 
-from kling_async import KlingClient, OmniRequest
-from kling_async.testing import Simulator
+from kling_async import OmniRequest
 
-from ._common import API_KEY, Row, finish, log, request_for, scaled_policy
+from ._common import Row, finish, log, request_for, simulated
+from ._server import ServerLimit
 
 LIMIT = 10.0
 SCALE = 0.05
 
-
-@dataclass(frozen=True, slots=True)
-class Server:
-    name: str
-    burst: int | None = None
-    windows: tuple[tuple[float, float], ...] = ()
-
-    def simulator_options(self) -> dict[str, Any]:
-        if self.windows:
-            return {"rate_windows": self.windows}
-        return {"rate_limit": LIMIT, "burst": self.burst}
-
-
 SERVERS = (
-    Server("burst 3", burst=3),
-    Server("burst 10", burst=10),
-    Server("burst 30", burst=30),
-    Server("two windows", windows=((50.0, 0.5), (LIMIT, 12.0))),
+    ("burst 3", ServerLimit(LIMIT, burst=3)),
+    ("burst 10", ServerLimit(LIMIT, burst=10)),
+    ("burst 30", ServerLimit(LIMIT, burst=30)),
+    ("two windows", ServerLimit(windows=((50.0, 0.5), (LIMIT, 12.0)))),
 )
-CONFIGS: tuple[tuple[str, Server, float | None, bool | Literal["date"]], ...] = tuple(
-    (f"{server.name}, {'told' if told else 'not told'}", server, LIMIT if told else None, True)
-    for server in SERVERS
+# (name, the server's limit, the rate the client is told)
+CONFIGS: tuple[tuple[str, ServerLimit, float | None], ...] = tuple(
+    (f"{name}, {'told' if told else 'not told'}", limit, LIMIT if told else None)
+    for name, limit in SERVERS
     for told in (True, False)
 ) + tuple(
-    (f"burst 10, {label}, no Retry-After", SERVERS[1], rps, False)
+    (f"burst 10, {label}, no Retry-After", dataclasses.replace(SERVERS[1][1], retry_after=False), rps)
     for label, rps in (("told", LIMIT), ("not told", None))
 )
 
@@ -109,27 +97,11 @@ def _at(samples: list[Sample], t: float) -> Sample:
 
 
 async def run_config(
-    name: str,
-    server: Server,
-    rps: float | None,
-    retry_after: bool | Literal["date"],
-    *,
-    duration: float,
-    warm: float,
+    name: str, limit: ServerLimit, rps: float | None, *, duration: float, warm: float
 ) -> Result:
     samples: list[Sample] = []
-    async with (
-        Simulator(
-            time_scale=SCALE,
-            generation_seconds=(30.0, 120.0),
-            retry_after=retry_after,
-            **server.simulator_options(),
-            seed=2,
-        ) as sim,
-        KlingClient(
-            api_key=API_KEY, base_url=sim.url, poll=scaled_policy(SCALE), requests_per_second=rps
-        ) as client,
-    ):
+    pair = simulated(limit, scale=SCALE, generation=(30.0, 120.0), seed=2, requests_per_second=rps)
+    async with pair as (sim, client):
         start = time.monotonic()
 
         def sample(start: float) -> None:
@@ -189,8 +161,8 @@ async def measure(quick: bool) -> list[Row]:
     log(f"bench_rate: {len(CONFIGS)} configurations at once, {duration:.0f} s each, limit {LIMIT:.0f}/s")
     results: list[Result] = []
 
-    async def one(name: str, server: Server, rps: float | None, retry_after: bool | Literal["date"]) -> None:
-        results.append(await run_config(name, server, rps, retry_after, duration=duration, warm=warm))
+    async def one(name: str, limit: ServerLimit, rps: float | None) -> None:
+        results.append(await run_config(name, limit, rps, duration=duration, warm=warm))
 
     async with anyio.create_task_group() as tg:
         for config in CONFIGS:

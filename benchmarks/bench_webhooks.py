@@ -20,10 +20,10 @@ from dataclasses import dataclass
 
 import anyio
 
-from kling_async import KlingClient, WebhookReceiver
+from kling_async import WebhookReceiver
 from kling_async.testing import Simulator
 
-from ._common import API_KEY, Row, finish, log, mean, request_for, scaled_policy
+from ._common import Row, finish, log, mean, request_for, scaled_client
 
 SECRET = "whsec_YmVuY2htYXJrLXdlYmhvb2stc2VjcmV0"
 
@@ -41,7 +41,7 @@ async def run_mode(webhooks: bool, *, n: int, scale: float, span: float) -> Resu
     async with Simulator(time_scale=scale, generation_seconds=60.0, webhook_secret=SECRET, seed=2) as sim:
         receiver = WebhookReceiver(SECRET) if webhooks else None
         async with (
-            KlingClient(API_KEY, sim.url, poll=scaled_policy(scale), webhooks=receiver) as client,
+            scaled_client(sim.url, scale, webhooks=receiver) as client,
             anyio.create_task_group() as tg,
         ):
 

@@ -4,8 +4,8 @@
 
 Each benchmark runs in its own process (``python -m benchmarks.bench_NAME --json``), and starts its own
 simulator processes, so that one benchmark's garbage, threads or CPU load cannot leak into the next.
-Progress goes to stderr; the table goes to stdout. ``--quick`` is a smoke run of well under a minute;
-the full run takes 5.5-7 minutes on 2 cores.
+Progress goes to stderr; the table goes to stdout. ``--quick`` is a smoke run of 2-3 minutes; the full
+run takes over 20 minutes on 2 cores (``bench_makespan`` about 11, ``bench_requests`` about 8).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import time
 
 from ._common import ROOT, Row, format_table, log
 
-BENCHMARKS = ("cpu", "requests", "rate", "finish", "scale", "webhooks", "journal")
+BENCHMARKS = ("cpu", "requests", "rate", "makespan", "scale", "webhooks", "journal")
 
 
 async def _run(name: str, quick: bool) -> list[Row]:
@@ -41,7 +41,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run (< 1 min)")
+    parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run (2-3 min)")
     parser.add_argument("--only", nargs="+", choices=BENCHMARKS, help="run only these benchmarks")
     args = parser.parse_args()
     sniffio = importlib.util.find_spec("sniffio") is not None
