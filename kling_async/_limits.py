@@ -4,7 +4,8 @@ Three things are limited here:
 
 * the request **rate**, with a token bucket. A rate the user gives is a ceiling, and a single 429 does not
   lower it. Without a given rate the limiter does not pace at all until the first 429, and from then on
-  finds the server's limit by itself.
+  finds the server's limit by itself. A burst spent from a full bucket owes one interval at its end: the
+  server's bucket began refilling when the burst's first request reached it, a little after ours did.
 
   The server is taken to be a token bucket too: ``R`` requests a second, up to ``B`` saved up. What it
   accepted between two moments bounds ``R`` from below, and no guess is needed for it:
@@ -222,6 +223,10 @@ class Limiter:
         self._pace = Pace(ceiling=requests_per_second, rate=requests_per_second, target=requests_per_second)
         self._burst = float(burst if burst is not None else 1)
         self._tokens = self._burst
+        # A burst spent from a full bucket: the server's own bucket began refilling only when the first
+        # of it arrived, a little after this one began; the request that empties this bucket owes one
+        # more interval, so that the next does not reach the server before its token does.
+        self._from_full = False
         self._stamp = clock.now()
         self._blocked_until = 0.0
         # A Retry-After longer than this pauses the client only this long (a hostile or broken server
@@ -310,7 +315,12 @@ class Limiter:
                 break
             # A hair under a whole token counts: float time cannot always advance by what is missing.
             if self._tokens >= 1.0 - 1e-9:
+                if self._tokens >= self._burst > 1:
+                    self._from_full = True
                 self._tokens = max(0.0, self._tokens - 1.0)
+                if self._from_full and self._tokens < 1.0:
+                    self._from_full = False
+                    self._tokens -= 1.0
                 break
             await self._clock.sleep((1.0 - self._tokens) / rate)
         self._sent.append(self._clock.now())

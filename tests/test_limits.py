@@ -48,6 +48,15 @@ async def test_a_late_request_is_made_up_for_by_the_next_one() -> None:
     assert clock.now() - start == pytest.approx(0.05)
 
 
+async def test_a_burst_spent_from_a_full_bucket_owes_one_interval_at_its_end() -> None:
+    """The server's bucket began refilling when the burst's first request reached it, after ours did."""
+    clock = FakeClock()
+    limiter = Limiter(requests_per_second=10, burst=5, max_concurrency=8, clock=clock)
+    start = clock.now()
+    await _take(limiter, 6)
+    assert clock.now() - start == pytest.approx(0.2)  # five at once, the sixth two intervals later
+
+
 async def test_unpaced_limiter_never_waits() -> None:
     clock = FakeClock()
     limiter = Limiter(requests_per_second=None, max_concurrency=2, clock=clock)
