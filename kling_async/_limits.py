@@ -4,8 +4,9 @@ Three things are limited here:
 
 * the request **rate**, with a token bucket. A rate the user gives is a ceiling, and a single 429 does not
   lower it. Without a given rate the limiter does not pace at all until the first 429, and from then on
-  finds the server's limit by itself. A burst spent from a full bucket owes one interval at its end: the
-  server's bucket began refilling when the burst's first request reached it, a little after ours did.
+  finds the server's limit by itself. After a burst spent from a full bucket, the bucket refills from the
+  burst's first answer on: the server's began refilling when the burst's first request reached it, a
+  little after ours did.
 
   The server is taken to be a token bucket too: ``R`` requests a second, up to ``B`` saved up. What it
   accepted between two moments bounds ``R`` from below, and no guess is needed for it:
@@ -224,9 +225,11 @@ class Limiter:
         self._burst = float(burst if burst is not None else 1)
         self._tokens = self._burst
         # A burst spent from a full bucket: the server's own bucket began refilling only when the first
-        # of it arrived, a little after this one began; the request that empties this bucket owes one
-        # more interval, so that the next does not reach the server before its token does.
+        # of it arrived, a little after this one began. This bucket refills from the burst's first answer
+        # on (the server has seen a request by then), so that no request reaches the server before its
+        # token does.
         self._from_full = False
+        self._held = False
         self._stamp = clock.now()
         self._blocked_until = 0.0
         # A Retry-After longer than this pauses the client only this long (a hostile or broken server
@@ -320,7 +323,7 @@ class Limiter:
                 self._tokens = max(0.0, self._tokens - 1.0)
                 if self._from_full and self._tokens < 1.0:
                     self._from_full = False
-                    self._tokens -= 1.0
+                    self._held = True
                 break
             await self._clock.sleep((1.0 - self._tokens) / rate)
         self._sent.append(self._clock.now())
@@ -361,7 +364,7 @@ class Limiter:
         rate = self._pace.rate
         if rate is None:
             return None
-        elapsed = max(0.0, now - self._stamp)
+        elapsed = 0.0 if self._held else max(0.0, now - self._stamp)
         self._stamp = now
         # Up to _SLACK of a token more than the burst: a wake-up that comes late (a busy event loop) is
         # made up for by the next request, instead of lowering the rate actually sent.
@@ -378,7 +381,13 @@ class Limiter:
 
     def on_success(self) -> None:
         """A request was answered (not 429): what the server accepts is what the rate adapts to."""
-        self._accepted.append(self._clock.now())
+        now = self._clock.now()
+        self._accepted.append(now)
+        if self._held:
+            # From here on the server's bucket refills, from empty at best: so does this one.
+            self._held = False
+            self._stamp = now
+            self._tokens = min(self._tokens, 0.0)
         if self._unsettled:
             self._unsettled -= 1
             if self._burst_unsettled:
@@ -420,6 +429,7 @@ class Limiter:
         """A request got 429: pause for Retry-After when given, and set the rate from what was accepted."""
         self.rate_limited += 1
         now = self._clock.now()
+        self._held = False
         if retry_after is not None:
             self._blocked_until = max(self._blocked_until, now + min(retry_after, self._max_pause))
         # The server's bucket was empty now, and refills from the end of the pause on.

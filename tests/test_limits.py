@@ -10,6 +10,7 @@ import anyio
 import pytest
 
 from kling_async._limits import DECREASE, Lane, Limiter
+from kling_async.testing import FakeClock as ManualClock
 from kling_async.testing import Simulator
 from tests.fakes import FakeClock
 
@@ -48,13 +49,26 @@ async def test_a_late_request_is_made_up_for_by_the_next_one() -> None:
     assert clock.now() - start == pytest.approx(0.05)
 
 
-async def test_a_burst_spent_from_a_full_bucket_owes_one_interval_at_its_end() -> None:
+async def test_after_a_burst_from_a_full_bucket_the_refill_starts_at_the_first_answer() -> None:
     """The server's bucket began refilling when the burst's first request reached it, after ours did."""
-    clock = FakeClock()
+    clock = ManualClock()
     limiter = Limiter(requests_per_second=10, burst=5, max_concurrency=8, clock=clock)
-    start = clock.now()
-    await _take(limiter, 6)
-    assert clock.now() - start == pytest.approx(0.2)  # five at once, the sixth two intervals later
+    await _take(limiter, 5)  # the burst: at once
+    sent = anyio.Event()
+
+    async def sixth() -> None:
+        await _take(limiter, 1)
+        sent.set()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(sixth)
+        await clock.advance(0.5)
+        assert not sent.is_set()  # no answer yet: the server may not have begun to refill
+        limiter.on_success()  # the burst's first answer
+        await clock.advance(0.099)
+        assert not sent.is_set()
+        await clock.advance(0.002)  # a token's interval after the answer
+        assert sent.is_set()
 
 
 async def test_unpaced_limiter_never_waits() -> None:
