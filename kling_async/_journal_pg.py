@@ -23,7 +23,6 @@ The password in the URL never reaches a message, a log line or a repr: ``path`` 
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import dataclasses
 import logging
@@ -44,7 +43,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from ._clock import SYSTEM_CLOCK, Clock
 from ._errors import JournalError
-from ._journal import APPLICATION, JournalEntry, JournalState
+from ._journal import APPLICATION, JournalEntry, JournalState, WriteBuffer
 
 try:
     import psycopg
@@ -195,23 +194,17 @@ class PostgresJournal:
     ) -> None:
         if not 0 < lease < math.inf:
             raise ValueError(f"lease: a positive number of seconds, got {lease!r}")
-        if flush_every < 1:
-            raise ValueError(f"flush_every: at least 1, got {flush_every!r}")
-        if not 0 < flush_interval < math.inf:
-            raise ValueError(f"flush_interval: a positive number of seconds, got {flush_interval!r}")
         if not 0 < connect_timeout < math.inf:
             raise ValueError(f"connect_timeout: a positive number of seconds, got {connect_timeout!r}")
         self._url = url
         self._path = redact(url)
         self._lease = lease
-        self._flush_every = flush_every
-        self._flush_interval = flush_interval
         self._connect_timeout = connect_timeout
         self._clock = clock or SYSTEM_CLOCK
-        self._max_buffered = 50 * flush_every
+        self._writes = WriteBuffer[_Write](
+            self._path, flush_every=flush_every, flush_interval=flush_interval, clock=self._clock
+        )
         self.worker = f"{socket.gethostname()}/{os.getpid()}/{uuid.uuid4().hex[:12]}"
-        self._writes: collections.deque[_Write] = collections.deque()
-        self._waiting: collections.Counter[str] = collections.Counter()
         # Keys whose resubmittable entry lookup handed to the engine, with the row's claim count then: a
         # submitting on such a row is the engine's own decision only while nobody claimed it since.
         self._offered: dict[str, int] = {}
@@ -221,10 +214,6 @@ class PostgresJournal:
         self._tg: anyio.abc.TaskGroup | None = None
         self._depth = 0
         self._closed = False
-        self._due: anyio.Event | None = None
-        self._nap: anyio.CancelScope | None = None
-        self._failing = False
-        self._dropping = False
         self._heartbeat_failing = False
         self._registered = False  # this worker's row exists: its lease is given up on exit
 
@@ -255,7 +244,7 @@ class PostgresJournal:
         except BaseException:
             await self._shut()
             raise
-        self._tg.start_soon(self._timer)
+        self._tg.start_soon(self._writes.commit_on_time, self._commit_buffered)
         self._tg.start_soon(self._heartbeat)
         self._depth = 1
         return self
@@ -277,7 +266,7 @@ class PostgresJournal:
         self._tg.cancel_scope.cancel()  # the timer and heartbeat; the connection's task drains the queue
         with anyio.CancelScope(shield=True), self._clock.move_on_after(self._connect_timeout + self._lease):
             if self._registered:
-                writes = self._take(None)
+                writes = self._writes.take(None)
                 try:
                     await self._call(self._release, writes)
                 except JournalError as exc:
@@ -586,50 +575,7 @@ class PostgresJournal:
 
     def _buffer(self, write: _Write) -> None:
         self._check_open()
-        self._writes.append(write)
-        self._waiting[write.key] += 1
-        self._trim()
-        if self._due is not None:
-            self._due.set()
-        if len(self._writes) >= self._flush_every and self._nap is not None:
-            self._nap.cancel()
-
-    def _take(self, key: str | None) -> list[_Write]:
-        """Every buffered write when ``key`` is None or has writes waiting (its order must hold)."""
-        if key is not None and key not in self._waiting:
-            return []
-        writes = list(self._writes)
-        self._writes.clear()
-        return writes
-
-    def _settle(self, writes: list[_Write], committed: bool) -> None:
-        if committed:
-            for write in writes:
-                self._forget(write)
-            self._dropping = False
-        else:
-            self._writes.extendleft(reversed(writes))
-            self._trim()
-
-    def _forget(self, write: _Write) -> None:
-        self._waiting[write.key] -= 1
-        if not self._waiting[write.key]:
-            del self._waiting[write.key]
-
-    def _trim(self) -> None:
-        excess = len(self._writes) - self._max_buffered
-        if excess <= 0:
-            return
-        for _ in range(excess):
-            self._forget(self._writes.popleft())
-        if not self._dropping:
-            self._dropping = True
-            log.warning(
-                "journal %s: more than %d buffered writes wait for a commit; dropping the oldest (a re-run"
-                " asks the API again for what they said)",
-                self._path,
-                self._max_buffered,
-            )
+        self._writes.add(write)
 
     async def _commit(self, conn: psycopg.AsyncConnection[TupleRow], writes: list[_Write]) -> None:
         async with conn.transaction():
@@ -651,24 +597,8 @@ class PostgresJournal:
                     refusal = await self._refusal(conn, write.key, write.target)
                     log.warning("%s; the buffered write is dropped", refusal)
 
-    async def _timer(self) -> None:
-        """Commit the buffered writes ``flush_interval`` after the first of them, even if no call follows."""
-        while True:
-            self._due = anyio.Event()
-            if not self._writes:
-                await self._due.wait()
-            if len(self._writes) < self._flush_every:
-                with anyio.CancelScope() as self._nap:
-                    await self._clock.sleep(self._flush_interval)
-                self._nap = None
-            try:
-                await self._call(None, self._take(None))
-            except JournalError as exc:
-                if not self._failing:
-                    log.warning("%s; buffered writes are kept and retried", exc)
-                self._failing = True
-            else:
-                self._failing = False
+    async def _commit_buffered(self, writes: list[_Write]) -> None:
+        await self._call(None, writes)
 
     async def _heartbeat(self) -> None:
         """Renew this worker's lease every third of it; mark the claims of dead workers uncertain."""
@@ -721,7 +651,7 @@ class PostgresJournal:
         self, key: str, run: Callable[[psycopg.AsyncConnection[TupleRow]], Awaitable[Any]]
     ) -> Any:
         self._check_open()
-        return await self._call(run, self._take(key))
+        return await self._call(run, self._writes.take(key))
 
     def _check_open(self) -> None:
         if self._closed:
@@ -759,7 +689,7 @@ class PostgresJournal:
                     async for job in receive:
                         await self._run(job)
                         if job.writes:
-                            self._settle(job.writes, job.committed)
+                            self._writes.settle(job.writes, job.committed)
                         job.done.set()
             finally:
                 if self._conn is not None:
