@@ -14,9 +14,14 @@ worker that last claimed each item, so several processes (on several machines) c
   returns it, so the engine re-attaches to its task by id and follows it to its end.
 - **Writes.** The same durable/buffered split as SQLite: ``submitting``, ``created``, ``uncertain``,
   ``unsent`` and a failure before any task are committed before the call returns; statuses, results, task
-  failures and downloads are buffered and committed together by a timer. Every call runs in one task that
-  owns the connection, so a cancelled call still ends (committed or failed) before its caller sees the
-  cancellation, and the connection is never left half way through a transaction.
+  failures and downloads are buffered and committed together by a timer. A cancelled call still ends
+  (committed or failed) before its caller sees the cancellation, so a connection is never left half way
+  through a transaction.
+- **Connections.** Calls run on a small pool of connections (``connections``, 4 by default), so items do
+  not wait for each other's round trips; the calls for one key (its buffered writes included) still run one
+  after another, in the order they were made. A connection found dead (a failover, a killed backend) fails
+  the call it was serving; the pool then replaces every dead one, so the next call reconnects. The
+  heartbeat has a connection of its own: a busy pool never delays a lease.
 
 The password in the URL never reaches a message, a log line or a repr: ``path`` shows the URL without it.
 """
@@ -31,15 +36,15 @@ import os
 import re
 import socket
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
 from urllib.parse import urlsplit, urlunsplit
 
 import anyio
 import anyio.abc
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+import anyio.lowlevel
 
 from ._clock import SYSTEM_CLOCK, Clock
 from ._errors import JournalError
@@ -50,6 +55,7 @@ try:
     import psycopg.conninfo
     from psycopg.rows import TupleRow
     from psycopg.types.json import Jsonb
+    from psycopg_pool import AsyncConnectionPool, PoolTimeout
 except ImportError as exc:  # pragma: no cover - the extra is installed wherever the tests run
     raise ImportError("a postgresql:// journal needs psycopg 3: pip install 'kling-async[postgres]'") from exc
 
@@ -139,16 +145,7 @@ class _Write:
     columns: dict[str, Any]
 
 
-@dataclass(eq=False, slots=True)
-class _Job:
-    """One call for the connection's task: commit ``writes`` first (if any), then ``run`` (if any)."""
-
-    run: Callable[[psycopg.AsyncConnection[TupleRow]], Awaitable[Any]] | None
-    writes: list[_Write]
-    done: anyio.Event = field(default_factory=anyio.Event)
-    committed: bool = False
-    result: Any = None
-    error: Exception | None = None
+_Connection = psycopg.AsyncConnection[TupleRow]
 
 
 def redact(url: str) -> str:
@@ -176,10 +173,13 @@ class PostgresJournal:
         flush_every: commit the buffered writes as soon as this many wait.
         flush_interval: seconds a buffered write may wait for its commit.
         connect_timeout: seconds to wait for the database when connecting (unless the URL says).
+        connections: at most this many calls run at once, each on its own connection (the heartbeat has one
+            more); the pool opens them as calls need them.
         clock: the timer's clock, and the rows' timestamps.
 
     Raises:
-        ValueError: a bad ``lease``, ``flush_every``, ``flush_interval`` or ``connect_timeout``.
+        ValueError: a bad ``lease``, ``flush_every``, ``flush_interval``, ``connect_timeout`` or
+            ``connections``.
     """
 
     def __init__(
@@ -190,16 +190,20 @@ class PostgresJournal:
         flush_every: int = 200,
         flush_interval: float = 0.2,
         connect_timeout: float = 10.0,
+        connections: int = 4,
         clock: Clock | None = None,
     ) -> None:
         if not 0 < lease < math.inf:
             raise ValueError(f"lease: a positive number of seconds, got {lease!r}")
         if not 0 < connect_timeout < math.inf:
             raise ValueError(f"connect_timeout: a positive number of seconds, got {connect_timeout!r}")
+        if connections < 1:
+            raise ValueError(f"connections: at least 1, got {connections!r}")
         self._url = url
         self._path = redact(url)
         self._lease = lease
         self._connect_timeout = connect_timeout
+        self._connections = connections
         self._clock = clock or SYSTEM_CLOCK
         self._writes = WriteBuffer[_Write](
             self._path, flush_every=flush_every, flush_interval=flush_interval, clock=self._clock
@@ -208,9 +212,11 @@ class PostgresJournal:
         # Keys whose resubmittable entry lookup handed to the engine, with the row's claim count then: a
         # submitting on such a row is the engine's own decision only while nobody claimed it since.
         self._offered: dict[str, int] = {}
-        self._conn: psycopg.AsyncConnection[TupleRow] | None = None
-        self._jobs: MemoryObjectSendStream[_Job] | None = None
-        self._queue: MemoryObjectReceiveStream[_Job] | None = None
+        self._pool: AsyncConnectionPool[_Connection] | None = None
+        self._slots = anyio.Semaphore(connections)  # calls beyond the pool's size wait here, in order
+        # Per key, the end of its newest call: the key's next call waits for it (its order must hold).
+        self._last: dict[str, anyio.Event] = {}
+        self._running: set[anyio.Event] = set()  # the ends of the calls under way, waited for on exit
         self._tg: anyio.abc.TaskGroup | None = None
         self._depth = 0
         self._closed = False
@@ -234,18 +240,34 @@ class PostgresJournal:
             return self
         if self._closed:
             raise JournalError("closed; open the database again", path=self._path)
-        send, receive = anyio.create_memory_object_stream[_Job](math.inf)
-        self._jobs, self._queue = send, receive
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
-        self._tg.start_soon(self._work, receive)
         try:
-            await self._call(self._open)
+            # On a connection of its own, so that a database that cannot be reached fails here, saying why;
+            # it then serves the heartbeat. Shielded: a cancelled open still ends, registered or not.
+            with anyio.CancelScope(shield=True):
+                conn = await self._connect()
+                try:
+                    with self._database_errors():
+                        await self._open(conn)
+                except BaseException:
+                    await conn.close()
+                    raise
+            self._pool = AsyncConnectionPool(
+                self._url,
+                kwargs=self._options(),
+                min_size=1,
+                max_size=self._connections,
+                open=False,
+                name="kling-async journal",
+                timeout=self._connect_timeout,
+            )
+            await self._pool.open()
         except BaseException:
             await self._shut()
             raise
         self._tg.start_soon(self._writes.commit_on_time, self._commit_buffered)
-        self._tg.start_soon(self._heartbeat)
+        self._tg.start_soon(self._heartbeat, conn)
         self._depth = 1
         return self
 
@@ -259,35 +281,39 @@ class PostgresJournal:
         await self._shut()
 
     async def _shut(self) -> None:
-        """Commit what is buffered, give up the lease, close the connection, stop the tasks."""
-        assert self._jobs is not None
+        """Let the calls under way end, commit what is buffered, give up the lease, close the connections."""
         assert self._tg is not None
         self._closed = True
-        self._tg.cancel_scope.cancel()  # the timer and heartbeat; the connection's task drains the queue
-        with anyio.CancelScope(shield=True), self._clock.move_on_after(self._connect_timeout + self._lease):
-            if self._registered:
-                writes = self._writes.take(None)
-                try:
-                    await self._call(self._release, writes)
-                except JournalError as exc:
-                    log.warning("%s; %d buffered writes are lost", exc, len(writes))
-        self._jobs.close()  # the connection's task closes the connection once the queue is empty
+        self._tg.cancel_scope.cancel()  # the timer and the heartbeat (a commit under way still ends)
+        with anyio.CancelScope(shield=True):
+            with self._clock.move_on_after(self._connect_timeout + self._lease):
+                for running in list(self._running):
+                    await running.wait()
+                if self._registered:
+                    writes = self._writes.take(None)
+                    try:
+                        await self._call(self._release, writes)
+                    except JournalError as exc:
+                        log.warning("%s; %d buffered writes are lost", exc, len(writes))
+            if self._pool is not None:
+                await self._pool.close()
         await self._tg.__aexit__(None, None, None)
-        # The worker closes it when it ran; a worker cancelled before its first step never did.
-        assert self._queue is not None
-        self._queue.close()
 
-    async def _connect(self) -> psycopg.AsyncConnection[TupleRow]:
+    def _options(self) -> dict[str, Any]:
+        """What every connection is opened with, besides the URL."""
+        options: dict[str, Any] = {"autocommit": True}
+        if "connect_timeout" not in psycopg.conninfo.conninfo_to_dict(self._url):
+            options["connect_timeout"] = max(1, round(self._connect_timeout))
+        return options
+
+    async def _connect(self) -> _Connection:
         try:
-            options: dict[str, Any] = {}
-            if "connect_timeout" not in psycopg.conninfo.conninfo_to_dict(self._url):
-                options["connect_timeout"] = max(1, round(self._connect_timeout))
-            conn = await psycopg.AsyncConnection.connect(self._url, autocommit=True, **options)
+            conn = await psycopg.AsyncConnection.connect(self._url, **self._options())
         except psycopg.Error as exc:
             raise JournalError(f"cannot connect: {_reason(exc)}", path=self._path) from None
         return conn
 
-    async def _open(self, conn: psycopg.AsyncConnection[TupleRow]) -> None:
+    async def _open(self, conn: _Connection) -> None:
         async with conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
             tables = {
@@ -330,7 +356,7 @@ class PostgresJournal:
             )
         self._registered = True
 
-    async def _release(self, conn: psycopg.AsyncConnection[TupleRow]) -> None:
+    async def _release(self, conn: _Connection) -> None:
         """End the lease: this worker's created tasks are free to adopt at once."""
         await conn.execute(
             "UPDATE kling_workers SET lease_until = clock_timestamp() WHERE id = %s", (self.worker,)
@@ -345,7 +371,7 @@ class PostgresJournal:
         entry: JournalEntry | None = await self._durable(key, lambda conn: self._lookup(conn, key))
         return entry
 
-    async def _lookup(self, conn: psycopg.AsyncConnection[TupleRow], key: str) -> JournalEntry | None:
+    async def _lookup(self, conn: _Connection, key: str) -> JournalEntry | None:
         # Most keys of a new batch are not there: one statement says so, with no transaction around it.
         if await (await conn.execute("SELECT 1 FROM kling_items WHERE key = %s", (key,))).fetchone() is None:
             return None
@@ -381,9 +407,7 @@ class PostgresJournal:
         """
         await self._durable(key, lambda conn: self._claim(conn, key, model, request))
 
-    async def _claim(
-        self, conn: psycopg.AsyncConnection[TupleRow], key: str, model: str, request: bytes
-    ) -> None:
+    async def _claim(self, conn: _Connection, key: str, model: str, request: bytes) -> None:
         now = self._clock.wall()
         offered = self._offered.pop(key, None)
         # A new key is claimed by one statement (committed on its own); a known one is read and decided on
@@ -422,7 +446,7 @@ class PostgresJournal:
     async def created(self, key: str, task_id: str, status: str) -> None:
         """Record the task id the POST returned; committed before it returns."""
 
-        async def run(conn: psycopg.AsyncConnection[TupleRow]) -> None:
+        async def run(conn: _Connection) -> None:
             done = await self._guarded(
                 conn,
                 key,
@@ -481,7 +505,7 @@ class PostgresJournal:
     # -- reading and writing rows ----------------------------------------------------------------------------
 
     async def _row(
-        self, conn: psycopg.AsyncConnection[TupleRow], key: str, *, lock: bool
+        self, conn: _Connection, key: str, *, lock: bool
     ) -> tuple[JournalEntry, str, bool, int] | None:
         suffix = " FOR UPDATE OF i" if lock else ""
         cursor = await conn.execute(
@@ -492,12 +516,12 @@ class PostgresJournal:
             return None
         return _entry(row), row[9], row[10], row[11]
 
-    async def _set(self, conn: psycopg.AsyncConnection[TupleRow], key: str, **columns: Any) -> None:
+    async def _set(self, conn: _Connection, key: str, **columns: Any) -> None:
         await self._guarded(conn, key, "true", (), **columns)
 
     async def _guarded(
         self,
-        conn: psycopg.AsyncConnection[TupleRow],
+        conn: _Connection,
         key: str,
         condition: str,
         params: tuple[Any, ...],
@@ -509,7 +533,7 @@ class PostgresJournal:
 
     async def _update(
         self,
-        conn: psycopg.AsyncConnection[TupleRow],
+        conn: _Connection,
         key: str,
         condition: str,
         params: tuple[Any, ...],
@@ -526,7 +550,7 @@ class PostgresJournal:
     async def _own_claim(self, key: str, target: JournalState, sources: tuple[str, ...], error: str) -> None:
         """A durable write that only the claim's worker may make (it alone knows what its POST did)."""
 
-        async def run(conn: psycopg.AsyncConnection[TupleRow]) -> None:
+        async def run(conn: _Connection) -> None:
             done = await self._guarded(
                 conn,
                 key,
@@ -542,7 +566,7 @@ class PostgresJournal:
 
     async def _refusal(
         self,
-        conn: psycopg.AsyncConnection[TupleRow],
+        conn: _Connection,
         key: str,
         target: JournalState,
         *,
@@ -577,7 +601,7 @@ class PostgresJournal:
         self._check_open()
         self._writes.add(write)
 
-    async def _commit(self, conn: psycopg.AsyncConnection[TupleRow], writes: list[_Write]) -> None:
+    async def _commit(self, conn: _Connection, writes: list[_Write]) -> None:
         async with conn.transaction():
             # Pipelined: the updates go out together and their answers come back together (one round
             # trip, not one per write); a failing one aborts the transaction, and the writes are kept.
@@ -600,9 +624,8 @@ class PostgresJournal:
     async def _commit_buffered(self, writes: list[_Write]) -> None:
         await self._call(None, writes)
 
-    async def _heartbeat(self) -> None:
+    async def _heartbeat(self, conn: _Connection | None) -> None:
         """Renew this worker's lease every third of it; mark the claims of dead workers uncertain."""
-        conn: psycopg.AsyncConnection[TupleRow] | None = None
         try:
             while True:
                 await self._clock.sleep(self._lease / 3)
@@ -630,7 +653,7 @@ class PostgresJournal:
                 with anyio.CancelScope(shield=True):
                     await conn.close()
 
-    async def _beat(self, conn: psycopg.AsyncConnection[TupleRow]) -> None:
+    async def _beat(self, conn: _Connection) -> None:
         async with conn.transaction():
             await conn.execute(
                 "UPDATE kling_workers SET lease_until = clock_timestamp() + make_interval(secs => %s)"
@@ -645,13 +668,11 @@ class PostgresJournal:
                 (self._clock.wall(),),
             )
 
-    # -- the connection's task -------------------------------------------------------------------------------
+    # -- running calls --------------------------------------------------------------------------------------
 
-    async def _durable(
-        self, key: str, run: Callable[[psycopg.AsyncConnection[TupleRow]], Awaitable[Any]]
-    ) -> Any:
+    async def _durable(self, key: str, run: Callable[[_Connection], Awaitable[Any]]) -> Any:
         self._check_open()
-        return await self._call(run, self._writes.take(key))
+        return await self._call(run, self._writes.take(key), key)
 
     def _check_open(self) -> None:
         if self._closed:
@@ -661,61 +682,74 @@ class PostgresJournal:
 
     async def _call(
         self,
-        run: Callable[[psycopg.AsyncConnection[TupleRow]], Awaitable[Any]] | None,
-        writes: list[_Write] | None = None,
+        run: Callable[[_Connection], Awaitable[Any]] | None,
+        writes: list[_Write],
+        key: str | None = None,
     ) -> Any:
-        """Run ``run`` (after committing ``writes``) on the connection's task and return its result.
+        """Commit ``writes`` (if any), then run ``run`` (if any) on a pooled connection; return its result.
 
-        Cancelled, it still waits for the call to end before the cancellation goes on.
+        It first waits for the calls made earlier for ``key`` and for the keys of ``writes``, so each key's
+        calls keep their order while other keys' run at the same time. Cancelled, it still ends (committed
+        or failed) before the cancellation goes on.
         """
-        assert self._jobs is not None
-        job = _Job(run, writes or [])
-        self._jobs.send_nowait(job)
+        keys = {write.key for write in writes}
+        if key is not None:
+            keys.add(key)
+        done = anyio.Event()
+        earlier = {self._last[k] for k in keys if k in self._last}
+        for k in keys:
+            self._last[k] = done
+        self._running.add(done)
+        committed = False
         try:
-            await job.done.wait()
-        except BaseException:
-            with anyio.CancelScope(shield=True):
-                await job.done.wait()
-            raise
-        if job.error is not None:
-            raise job.error
-        return job.result
-
-    async def _work(self, receive: MemoryObjectReceiveStream[_Job]) -> None:
-        """Run the jobs one at a time, in order; shielded: a job always ends (closing the queue ends this)."""
-        with anyio.CancelScope(shield=True):
             try:
-                async with receive:
-                    async for job in receive:
-                        await self._run(job)
-                        if job.writes:
-                            self._writes.settle(job.writes, job.committed)
-                        job.done.set()
+                with anyio.CancelScope(shield=True):
+                    for event in earlier:
+                        await event.wait()
+                    if not writes and run is None:
+                        return None
+                    async with self._slots, self._connection() as conn:
+                        if writes:
+                            await self._commit(conn, writes)
+                            committed = True
+                        return None if run is None else await run(conn)
             finally:
-                if self._conn is not None:
-                    await self._conn.close()
-                    self._conn = None
+                if writes:
+                    self._writes.settle(writes, committed)
+                for k in keys:
+                    if self._last.get(k) is done:
+                        del self._last[k]
+                self._running.discard(done)
+                done.set()
+        finally:
+            await anyio.lowlevel.checkpoint_if_cancelled()  # the caller's cancellation, now that all is over
 
-    async def _run(self, job: _Job) -> None:
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[_Connection]:
+        """A pooled connection; the database's errors become JournalErrors."""
+        assert self._pool is not None
+        conn: _Connection | None = None
         try:
-            conn = self._conn
-            if conn is None or conn.closed:
-                self._conn = conn = await self._connect()
-            if job.writes:
-                await self._commit(conn, job.writes)
-                job.committed = True
-            if job.run is not None:
-                job.result = await job.run(conn)
-        except JournalError as exc:
-            job.error = exc
+            async with self._pool.connection() as conn:
+                with self._database_errors():
+                    yield conn
+        except PoolTimeout:
+            raise JournalError(
+                f"cannot connect: no connection within {self._connect_timeout:g} s", path=self._path
+            ) from None
+        finally:
+            if conn is not None and conn.broken:
+                # A failover or a killed backend leaves the pool's idle connections dead too: replace them
+                # now, so that only this call fails.
+                with self._clock.move_on_after(self._connect_timeout):
+                    await self._pool.check()
+
+    @contextlib.contextmanager
+    def _database_errors(self) -> Iterator[None]:
+        try:
+            yield
         except psycopg.Error as exc:
-            job.error = JournalError(f"database error: {_reason(exc)}", path=self._path)
-            if self._conn is not None and self._conn.broken:
-                with contextlib.suppress(psycopg.Error):
-                    await self._conn.close()
-                self._conn = None  # the next call connects again
-        except Exception as exc:  # a bug: the caller sees it, the queue goes on
-            job.error = exc
+            raise JournalError(f"database error: {_reason(exc)}", path=self._path) from None
 
 
 def _reason(exc: psycopg.Error) -> str:
