@@ -19,9 +19,11 @@ worker that last claimed each item, so several processes (on several machines) c
   through a transaction.
 - **Connections.** Calls run on a small pool of connections (``connections``, 4 by default), so items do
   not wait for each other's round trips; the calls for one key (its buffered writes included) still run one
-  after another, in the order they were made. A connection found dead (a failover, a killed backend) fails
-  the call it was serving; the pool then replaces every dead one, so the next call reconnects. The
-  heartbeat has a connection of its own: a busy pool never delays a lease.
+  after another, in the order they were made. The common calls that are ready while a connection is awaited
+  (new keys' lookups, new keys' claims, task ids) go to the server as one statement per kind, the way
+  SQLite's worker thread commits what queued up in one hop. A connection found dead (a failover, a killed
+  backend) fails the call it was serving; the pool then replaces every dead one, so the next call
+  reconnects. The heartbeat has a connection of its own: a busy pool never delays a lease.
 
 The password in the URL never reaches a message, a log line or a repr: ``path`` shows the URL without it.
 """
@@ -37,7 +39,7 @@ import re
 import socket
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Self
 from urllib.parse import urlsplit, urlunsplit
@@ -128,6 +130,37 @@ _RESUBMITTABLE = frozenset(
     {JournalState.SUBMITTING, JournalState.UNCERTAIN, JournalState.FAILED, JournalState.UNSENT}
 )
 
+# The common case of three calls, as one statement for every key whose call is ready while a connection is
+# awaited (as a batch's submitters make them): each returns the keys it settled; another key's call goes on
+# alone. "absent": lookup's new keys (None). "claim": submitting's new keys, inserted in key order, so that
+# workers claiming the same keys never wait for each other in a cycle. "created": the task ids of this
+# worker's claims (the guard of ``created``).
+_TOGETHER = {
+    "absent": "SELECT k FROM unnest(%s::text[]) AS k"
+    " WHERE NOT EXISTS (SELECT FROM kling_items WHERE key = k)",
+    "claim": "INSERT INTO kling_items (key, model, request, state, worker, created_at, updated_at)"
+    " SELECT v.key, v.model, v.request, 'submitting', %s, %s, %s"
+    " FROM unnest(%s::text[], %s::text[], %s::bytea[]) AS v (key, model, request) ORDER BY v.key"
+    " ON CONFLICT (key) DO NOTHING RETURNING key",
+    "created": "UPDATE kling_items i SET state = 'created', task_id = v.task_id, status = v.status,"
+    " error = NULL, updated_at = %s"
+    " FROM unnest(%s::text[], %s::text[], %s::text[]) AS v (key, task_id, status)"
+    " WHERE i.key = v.key AND (i.state = 'created' AND i.task_id = v.task_id"
+    " OR i.state IN ('submitting', 'uncertain') AND i.worker = %s) RETURNING i.key",
+}
+# At most this many calls share one statement.
+_TOGETHER_MAX = 64
+
+
+@dataclass(eq=False, slots=True)
+class _Batch:
+    """Calls of one kind that go to the database as one statement: what each brings, and what came back."""
+
+    rows: list[tuple[Any, ...]]  # one per call, its key first
+    done: anyio.Event = field(default_factory=anyio.Event)
+    settled: frozenset[str] = frozenset()
+    error: JournalError | None = None
+
 
 class ClaimedElsewhere(JournalError):
     """Another worker sharing the journal holds the item (its POST, or the task it follows), or took it
@@ -217,6 +250,7 @@ class PostgresJournal:
         # Per key, the end of its newest call: the key's next call waits for it (its order must hold).
         self._last: dict[str, anyio.Event] = {}
         self._running: set[anyio.Event] = set()  # the ends of the calls under way, waited for on exit
+        self._gathering: dict[str, _Batch] = {}  # per kind, the batch that calls may still join
         self._tg: anyio.abc.TaskGroup | None = None
         self._depth = 0
         self._closed = False
@@ -368,13 +402,14 @@ class PostgresJournal:
         """The key's entry for this worker: None when it was never submitted, is ``unsent``, or is held by
         another live worker (``submitting`` then raises ``ClaimedElsewhere``). A dead worker's claim on the
         wire is returned ``uncertain``; a dead worker's created task becomes this worker's (adopted)."""
-        entry: JournalEntry | None = await self._durable(key, lambda conn: self._lookup(conn, key))
+        # Most keys of a new batch are not there: one statement says so for all that ask together, with no
+        # transaction around it; a key that is there is read and decided on under its row lock.
+        entry: JournalEntry | None = await self._durable(
+            key, lambda conn: self._lookup(conn, key), together=("absent", (key,))
+        )
         return entry
 
     async def _lookup(self, conn: _Connection, key: str) -> JournalEntry | None:
-        # Most keys of a new batch are not there: one statement says so, with no transaction around it.
-        if await (await conn.execute("SELECT 1 FROM kling_items WHERE key = %s", (key,))).fetchone() is None:
-            return None
         async with conn.transaction():
             row = await self._row(conn, key, lock=True)
             if row is None:
@@ -405,20 +440,33 @@ class PostgresJournal:
             ClaimedElsewhere: another worker holds it, or claimed or finished it since ``lookup``.
             JournalError: the key was recorded with another request or model, or already has a task.
         """
-        await self._durable(key, lambda conn: self._claim(conn, key, model, request))
-
-    async def _claim(self, conn: _Connection, key: str, model: str, request: bytes) -> None:
-        now = self._clock.wall()
         offered = self._offered.pop(key, None)
-        # A new key is claimed by one statement (committed on its own); a known one is read and decided on
-        # under its row lock.
+        # A new key is claimed by one statement (committed on its own, with those of the keys claimed
+        # together); a known one is read and decided on under its row lock.
+        await self._durable(
+            key,
+            lambda conn: self._claim(conn, key, model, request, offered),
+            together=("claim", (key, model, request)),
+            otherwise=lambda conn: self._reclaim(conn, key, model, request, offered),
+        )
+
+    async def _claim(
+        self, conn: _Connection, key: str, model: str, request: bytes, offered: int | None
+    ) -> None:
+        now = self._clock.wall()
         inserted = await conn.execute(
             "INSERT INTO kling_items (key, model, request, state, worker, created_at, updated_at)"
             " VALUES (%s, %s, %s, 'submitting', %s, %s, %s) ON CONFLICT (key) DO NOTHING",
             (key, model, request, self.worker, now, now),
         )
-        if inserted.rowcount == 1:
-            return
+        if inserted.rowcount != 1:
+            await self._reclaim(conn, key, model, request, offered)
+
+    async def _reclaim(
+        self, conn: _Connection, key: str, model: str, request: bytes, offered: int | None
+    ) -> None:
+        """Claim a key that is already recorded, if this worker may."""
+        now = self._clock.wall()
         async with conn.transaction():
             row = await self._row(conn, key, lock=True)
             assert row is not None  # the conflict was on this key, and rows are never deleted
@@ -458,9 +506,12 @@ class PostgresJournal:
                 error=None,
             )
             if not done:
-                raise await self._refusal(conn, key, JournalState.CREATED, task_id=task_id)
+                await refuse(conn)
 
-        await self._durable(key, run)
+        async def refuse(conn: _Connection) -> None:
+            raise await self._refusal(conn, key, JournalState.CREATED, task_id=task_id)
+
+        await self._durable(key, run, together=("created", (key, task_id, status)), otherwise=refuse)
 
     async def uncertain(self, key: str, error: str) -> None:
         """Record a POST whose outcome is unknown; committed before it returns."""
@@ -670,9 +721,19 @@ class PostgresJournal:
 
     # -- running calls --------------------------------------------------------------------------------------
 
-    async def _durable(self, key: str, run: Callable[[_Connection], Awaitable[Any]]) -> Any:
+    async def _durable(
+        self,
+        key: str,
+        run: Callable[[_Connection], Awaitable[Any]],
+        *,
+        together: tuple[str, tuple[Any, ...]] | None = None,
+        otherwise: Callable[[_Connection], Awaitable[Any]] | None = None,
+    ) -> Any:
+        """Run a durable call for ``key``: ``run``, or, when the key has no buffered writes to commit first
+        and ``together`` is given (a kind of ``_TOGETHER`` and this call's row), that statement, gathered
+        with the calls of the same kind; then, unless it settled the key, ``otherwise`` (``run`` if None)."""
         self._check_open()
-        return await self._call(run, self._writes.take(key), key)
+        return await self._call(run, self._writes.take(key), key, together, otherwise or run)
 
     def _check_open(self) -> None:
         if self._closed:
@@ -685,6 +746,8 @@ class PostgresJournal:
         run: Callable[[_Connection], Awaitable[Any]] | None,
         writes: list[_Write],
         key: str | None = None,
+        together: tuple[str, tuple[Any, ...]] | None = None,
+        otherwise: Callable[[_Connection], Awaitable[Any]] | None = None,
     ) -> Any:
         """Commit ``writes`` (if any), then run ``run`` (if any) on a pooled connection; return its result.
 
@@ -706,6 +769,10 @@ class PostgresJournal:
                 with anyio.CancelScope(shield=True):
                     for event in earlier:
                         await event.wait()
+                    if together is not None and not writes:
+                        if await self._together(*together):
+                            return None
+                        run = otherwise
                     if not writes and run is None:
                         return None
                     async with self._slots, self._connection() as conn:
@@ -723,6 +790,40 @@ class PostgresJournal:
                 done.set()
         finally:
             await anyio.lowlevel.checkpoint_if_cancelled()  # the caller's cancellation, now that all is over
+
+    async def _together(self, kind: str, row: tuple[Any, ...]) -> bool:
+        """Whether the statement of ``kind`` settled ``row``'s key: run once for every call of that kind that
+        joined while the first one waited for a connection."""
+        batch = self._gathering.get(kind)
+        if batch is not None and len(batch.rows) < _TOGETHER_MAX:
+            batch.rows.append(row)
+            await batch.done.wait()
+        else:
+            batch = self._gathering[kind] = _Batch([row])
+            try:
+                async with self._slots, self._connection() as conn:
+                    if self._gathering.get(kind) is batch:  # closed: later calls gather in the next one
+                        del self._gathering[kind]
+                    cursor = await conn.execute(_TOGETHER[kind], self._together_params(kind, batch.rows))
+                    batch.settled = frozenset(found[0] for found in await cursor.fetchall())
+            except JournalError as exc:
+                batch.error = exc
+            finally:
+                if self._gathering.get(kind) is batch:
+                    del self._gathering[kind]
+                batch.done.set()
+        if batch.error is not None:
+            raise batch.error
+        return row[0] in batch.settled
+
+    def _together_params(self, kind: str, rows: list[tuple[Any, ...]]) -> tuple[Any, ...]:
+        columns = [list(column) for column in zip(*rows, strict=True)]
+        now = self._clock.wall()
+        if kind == "claim":
+            return (self.worker, now, now, *columns)
+        if kind == "created":
+            return (now, *columns, self.worker)
+        return tuple(columns)
 
     @contextlib.asynccontextmanager
     async def _connection(self) -> AsyncIterator[_Connection]:

@@ -4,6 +4,7 @@ a dead worker's task is adopted."""
 
 from __future__ import annotations
 
+import itertools
 import logging
 from typing import Any
 
@@ -13,6 +14,7 @@ import psycopg.conninfo
 import pytest
 
 from kling_async import JournalError, KlingClient
+from kling_async._clock import SystemClock
 from kling_async._journal import JournalEntry, JournalState
 from kling_async._journal_pg import ClaimedElsewhere, PostgresJournal, redact
 from kling_async._journals import open_journal
@@ -508,3 +510,68 @@ async def test_killed_pooled_connections_fail_one_call_and_are_all_replaced(data
 def test_a_pool_without_connections_is_refused() -> None:
     with pytest.raises(ValueError, match=r"^connections: at least 1, got 0$"):
         PostgresJournal("postgresql:///db", connections=0)
+
+
+class TickingClock(SystemClock):
+    """The system clock, but each timestamp one second after the one before: a statement's rows share one."""
+
+    def __init__(self) -> None:
+        self._ticks = itertools.count(1)
+
+    def wall(self) -> float:
+        return float(next(self._ticks))
+
+
+async def test_created_calls_ready_together_go_to_the_server_as_one_statement(database: str) -> None:  # noqa: F811
+    keys = ["a", "b", "c"]
+    async with PostgresJournal(lock_bounded(database), connections=1, clock=TickingClock()) as journal:
+        await record(journal, "x")
+        for key in keys:
+            await journal.submitting(key, MODEL, REQUEST)
+        async with anyio.create_task_group() as tg:
+            with RowLock(database, ["x"]):
+                tg.start_soon(journal.lookup, "x")  # holds the only connection until the lock goes
+                await waiting_on_locks(database, 1)
+                for key in keys:
+                    tg.start_soon(journal.created, key, f"t-{key}", "CREATED")
+                await anyio.wait_all_tasks_blocked()
+    assert peek(database, "SELECT count(DISTINCT updated_at) FROM kling_items WHERE key = ANY(%s)", keys) == [
+        (1,)
+    ]
+    assert peek(
+        database, "SELECT key, state, task_id FROM kling_items WHERE key = ANY(%s) ORDER BY key", keys
+    ) == [(key, "created", f"t-{key}") for key in keys]
+
+
+async def test_workers_claiming_the_same_keys_in_opposite_orders_claim_each_once(database: str) -> None:  # noqa: F811
+    keys = [f"k{i:02d}" for i in range(60)]
+    claimed: list[str] = []
+
+    async def claim(journal: PostgresJournal, key: str) -> None:
+        try:
+            await journal.submitting(key, MODEL, REQUEST)
+        except ClaimedElsewhere:
+            return
+        claimed.append(key)
+
+    async with PostgresJournal(database):  # the tables
+        pass
+    with psycopg.connect(database) as conn:
+        # Each new row takes the server 2 ms: the two workers' statements, each claiming most of the keys
+        # at once, are on the server at the same time.
+        conn.execute(
+            "CREATE FUNCTION slow_insert() RETURNS trigger LANGUAGE plpgsql"
+            " AS $$ BEGIN PERFORM pg_sleep(0.002); RETURN NEW; END $$"
+        )
+        conn.execute(
+            "CREATE TRIGGER slow BEFORE INSERT ON kling_items FOR EACH ROW EXECUTE FUNCTION slow_insert()"
+        )
+    async with (
+        PostgresJournal(lock_bounded(database), connections=1) as first,
+        PostgresJournal(lock_bounded(database), connections=1) as second,
+        anyio.create_task_group() as tg,
+    ):
+        for key, reverse in zip(keys, reversed(keys), strict=True):
+            tg.start_soon(claim, first, key)
+            tg.start_soon(claim, second, reverse)
+    assert sorted(claimed) == keys
