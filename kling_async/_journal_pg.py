@@ -134,7 +134,7 @@ _RESUBMITTABLE = frozenset(
 # awaited (as a batch's submitters make them): each returns the keys it settled; another key's call goes on
 # alone. "absent": lookup's new keys (None). "claim": submitting's new keys, inserted in key order, so that
 # workers claiming the same keys never wait for each other in a cycle. "created": the task ids of this
-# worker's claims (the guard of ``created``).
+# worker's claims (the guard of ``created``). A call alone takes the plain statement (no arrays to build).
 _TOGETHER = {
     "absent": "SELECT k FROM unnest(%s::text[]) AS k"
     " WHERE NOT EXISTS (SELECT FROM kling_items WHERE key = k)",
@@ -147,6 +147,15 @@ _TOGETHER = {
     " FROM unnest(%s::text[], %s::text[], %s::text[]) AS v (key, task_id, status)"
     " WHERE i.key = v.key AND (i.state = 'created' AND i.task_id = v.task_id"
     " OR i.state IN ('submitting', 'uncertain') AND i.worker = %s) RETURNING i.key",
+}
+_ALONE = {
+    "absent": "SELECT v.k FROM (SELECT %s::text AS k) AS v"
+    " WHERE NOT EXISTS (SELECT FROM kling_items WHERE key = v.k)",
+    "claim": "INSERT INTO kling_items (key, model, request, state, worker, created_at, updated_at)"
+    " VALUES (%s, %s, %s, 'submitting', %s, %s, %s) ON CONFLICT (key) DO NOTHING RETURNING key",
+    "created": "UPDATE kling_items SET state = 'created', task_id = %s, status = %s, error = NULL,"
+    " updated_at = %s WHERE key = %s AND (state = 'created' AND task_id = %s"
+    " OR state IN ('submitting', 'uncertain') AND worker = %s) RETURNING key",
 }
 # At most this many calls share one statement.
 _TOGETHER_MAX = 64
@@ -804,7 +813,7 @@ class PostgresJournal:
                 async with self._slots, self._connection() as conn:
                     if self._gathering.get(kind) is batch:  # closed: later calls gather in the next one
                         del self._gathering[kind]
-                    cursor = await conn.execute(_TOGETHER[kind], self._together_params(kind, batch.rows))
+                    cursor = await conn.execute(*self._together_statement(kind, batch.rows))
                     batch.settled = frozenset(found[0] for found in await cursor.fetchall())
             except JournalError as exc:
                 batch.error = exc
@@ -816,14 +825,22 @@ class PostgresJournal:
             raise batch.error
         return row[0] in batch.settled
 
-    def _together_params(self, kind: str, rows: list[tuple[Any, ...]]) -> tuple[Any, ...]:
-        columns = [list(column) for column in zip(*rows, strict=True)]
+    def _together_statement(self, kind: str, rows: list[tuple[Any, ...]]) -> tuple[str, tuple[Any, ...]]:
         now = self._clock.wall()
+        if len(rows) == 1:
+            row = rows[0]
+            if kind == "claim":
+                return _ALONE[kind], (*row, self.worker, now, now)
+            if kind == "created":
+                key, task_id, status = row
+                return _ALONE[kind], (task_id, status, now, key, task_id, self.worker)
+            return _ALONE[kind], row
+        columns = [list(column) for column in zip(*rows, strict=True)]
         if kind == "claim":
-            return (self.worker, now, now, *columns)
+            return _TOGETHER[kind], (self.worker, now, now, *columns)
         if kind == "created":
-            return (now, *columns, self.worker)
-        return tuple(columns)
+            return _TOGETHER[kind], (now, *columns, self.worker)
+        return _TOGETHER[kind], tuple(columns)
 
     @contextlib.asynccontextmanager
     async def _connection(self) -> AsyncIterator[_Connection]:
