@@ -57,6 +57,7 @@ __all__ = [
     "JournalEntry",
     "JournalError",
     "JournalState",
+    "Lifecycle",
     "SQLiteJournal",
     "WriteBuffer",
 ]
@@ -650,6 +651,63 @@ class BatchJournal(Protocol):
         ...
 
 
+class Lifecycle:
+    """The ``async with`` life of a batch journal: not open yet, open (blocks counted), closed for good.
+
+    A journal derives from it and provides ``_start`` (open the store, start its tasks) and ``_shut`` (stop
+    them, close the store, set ``_closed``; also run when ``_start`` failed half way). Only the outermost
+    block starts and shuts; every call checks ``_check_open`` first.
+
+    Args:
+        path: the journal, for messages.
+    """
+
+    _STORE = "store"  # what reopening means to the user, in the message of a closed journal
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._depth = 0
+        self._closed = False
+
+    def _life(self) -> str:
+        return "closed" if self._closed else "open" if self._depth else "not open"
+
+    async def __aenter__(self) -> Self:
+        if self._depth:
+            self._depth += 1
+            return self
+        if self._closed:
+            raise JournalError(f"closed; open the {self._STORE} again", path=self._path)
+        try:
+            await self._start()
+        except BaseException:
+            await self._shut()
+            raise
+        self._depth = 1
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._depth > 1:
+            self._depth -= 1
+            return
+        self._depth = 0
+        await self._shut()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise JournalError("closed", path=self._path)
+        if not self._depth:
+            raise JournalError("not open: use it in `async with journal:`", path=self._path)
+
+    async def _start(self) -> None:
+        raise NotImplementedError
+
+    async def _shut(self) -> None:
+        raise NotImplementedError
+
+
 class _Keyed(Protocol):
     @property
     def key(self) -> str: ...
@@ -788,7 +846,7 @@ class _Job:
     error: Exception | None = None
 
 
-class SQLiteJournal:
+class SQLiteJournal(Lifecycle):
     """``BatchJournal`` on an SQLite file, without ever blocking the event loop.
 
     Every SQLite call (opening, lookups, commits, and the waits for a lock another process holds, up to 5 s)
@@ -822,19 +880,17 @@ class SQLiteJournal:
         if isinstance(spec, Journal):
             self._journal: Journal | None = spec
             self._owned = False
-            self._path = spec.path
+            super().__init__(spec.path)
         else:
             self._journal = None
             self._owned = True
-            self._path = os.fspath(spec)
+            super().__init__(os.fspath(spec))
         self._writes = WriteBuffer[_Write](
             self._path, flush_every=flush_every, flush_interval=flush_interval, clock=self._clock
         )
         self._jobs: MemoryObjectSendStream[_Job] | None = None
         self._queue: MemoryObjectReceiveStream[_Job] | None = None
         self._tg: anyio.abc.TaskGroup | None = None
-        self._depth = 0  # nested ``async with`` blocks: the outermost one opens and closes
-        self._closed = False
 
     @property
     def path(self) -> str:
@@ -842,41 +898,22 @@ class SQLiteJournal:
         return self._path
 
     def __repr__(self) -> str:
-        state = "closed" if self._closed else "open" if self._depth else "not open"
-        return f"<SQLiteJournal {self._path!r} {state} buffered={len(self._writes)}>"
+        return f"<SQLiteJournal {self._path!r} {self._life()} buffered={len(self._writes)}>"
 
     # -- lifecycle -------------------------------------------------------------------------------------------
 
-    async def __aenter__(self) -> Self:
-        if self._depth:
-            self._depth += 1
-            return self
-        if self._closed:
-            raise JournalError("closed; open the file again", path=self._path)
+    _STORE = "file"
+
+    async def _start(self) -> None:
         self._limiter = anyio.CapacityLimiter(1)
         send, receive = anyio.create_memory_object_stream[_Job](math.inf)
         self._jobs, self._queue = send, receive
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
         self._tg.start_soon(self._work, receive)
-        try:
-            if self._journal is None:
-                await self._call(self._open)
-        except BaseException:
-            await self._shut()
-            raise
+        if self._journal is None:
+            await self._call(self._open)
         self._tg.start_soon(self._writes.commit_on_time, self._commit_buffered)
-        self._depth = 1
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        if self._depth > 1:
-            self._depth -= 1
-            return
-        self._depth = 0
-        await self._shut()
 
     async def _shut(self) -> None:
         """Commit what is buffered, close the file (if this opened it), then stop the worker and the timer."""
@@ -980,12 +1017,6 @@ class SQLiteJournal:
         self._check_open()
         # Through the instance, so a Journal subclass given to open_journal keeps its overrides.
         return await self._call(lambda: getattr(self._live(), method.__name__)(*args), self._writes.take(key))
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise JournalError("closed", path=self._path)
-        if not self._depth:
-            raise JournalError("not open: use it in `async with journal:`", path=self._path)
 
     async def _call(self, run: Callable[[], Any] | None, writes: list[_Write] | None = None) -> Any:
         """Run ``run`` (after committing ``writes``) in the worker thread and return its result.

@@ -40,8 +40,7 @@ import socket
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import anyio
@@ -50,7 +49,7 @@ import anyio.lowlevel
 
 from ._clock import SYSTEM_CLOCK, Clock
 from ._errors import JournalError
-from ._journal import APPLICATION, JournalEntry, JournalState, WriteBuffer
+from ._journal import APPLICATION, JournalEntry, JournalState, Lifecycle, WriteBuffer
 
 try:
     import psycopg
@@ -204,7 +203,7 @@ def redact(url: str) -> str:
     return re.sub(r"password\s*=\s*('(?:[^'\\]|\\.)*'|\S+)", "password=***", url)
 
 
-class PostgresJournal:
+class PostgresJournal(Lifecycle):
     """``BatchJournal`` in a PostgreSQL database that many workers share (see the module docs).
 
     Args:
@@ -241,8 +240,8 @@ class PostgresJournal:
             raise ValueError(f"connect_timeout: a positive number of seconds, got {connect_timeout!r}")
         if connections < 1:
             raise ValueError(f"connections: at least 1, got {connections!r}")
+        super().__init__(redact(url))
         self._url = url
-        self._path = redact(url)
         self._lease = lease
         self._connect_timeout = connect_timeout
         self._connections = connections
@@ -261,8 +260,6 @@ class PostgresJournal:
         self._running: set[anyio.Event] = set()  # the ends of the calls under way, waited for on exit
         self._gathering: dict[str, _Batch] = {}  # per kind, the batch that calls may still join
         self._tg: anyio.abc.TaskGroup | None = None
-        self._depth = 0
-        self._closed = False
         self._heartbeat_failing = False
         self._registered = False  # this worker's row exists: its lease is given up on exit
 
@@ -272,56 +269,38 @@ class PostgresJournal:
         return self._path
 
     def __repr__(self) -> str:
-        state = "closed" if self._closed else "open" if self._depth else "not open"
-        return f"<PostgresJournal {self._path!r} {state} worker={self.worker!r} buffered={len(self._writes)}>"
+        buffered = len(self._writes)
+        return f"<PostgresJournal {self._path!r} {self._life()} worker={self.worker!r} buffered={buffered}>"
 
     # -- lifecycle -------------------------------------------------------------------------------------------
 
-    async def __aenter__(self) -> Self:
-        if self._depth:
-            self._depth += 1
-            return self
-        if self._closed:
-            raise JournalError("closed; open the database again", path=self._path)
+    _STORE = "database"
+
+    async def _start(self) -> None:
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
-        try:
-            # On a connection of its own, so that a database that cannot be reached fails here, saying why;
-            # it then serves the heartbeat. Shielded: a cancelled open still ends, registered or not.
-            with anyio.CancelScope(shield=True):
-                conn = await self._connect()
-                try:
-                    with self._database_errors():
-                        await self._open(conn)
-                except BaseException:
-                    await conn.close()
-                    raise
-            self._pool = AsyncConnectionPool(
-                self._url,
-                kwargs=self._options(),
-                min_size=1,
-                max_size=self._connections,
-                open=False,
-                name="kling-async journal",
-                timeout=self._connect_timeout,
-            )
-            await self._pool.open()
-        except BaseException:
-            await self._shut()
-            raise
+        # On a connection of its own, so that a database that cannot be reached fails here, saying why;
+        # it then serves the heartbeat. Shielded: a cancelled open still ends, registered or not.
+        with anyio.CancelScope(shield=True):
+            conn = await self._connect()
+            try:
+                with self._database_errors():
+                    await self._open(conn)
+            except BaseException:
+                await conn.close()
+                raise
+        self._pool = AsyncConnectionPool(
+            self._url,
+            kwargs=self._options(),
+            min_size=1,
+            max_size=self._connections,
+            open=False,
+            name="kling-async journal",
+            timeout=self._connect_timeout,
+        )
+        await self._pool.open()
         self._tg.start_soon(self._writes.commit_on_time, self._commit_buffered)
         self._tg.start_soon(self._heartbeat, conn)
-        self._depth = 1
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        if self._depth > 1:
-            self._depth -= 1
-            return
-        self._depth = 0
-        await self._shut()
 
     async def _shut(self) -> None:
         """Let the calls under way end, commit what is buffered, give up the lease, close the connections."""
@@ -743,12 +722,6 @@ class PostgresJournal:
         with the calls of the same kind; then, unless it settled the key, ``otherwise`` (``run`` if None)."""
         self._check_open()
         return await self._call(run, self._writes.take(key), key, together, otherwise or run)
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise JournalError("closed", path=self._path)
-        if not self._depth:
-            raise JournalError("not open: use it in `async with journal:`", path=self._path)
 
     async def _call(
         self,
