@@ -38,7 +38,7 @@ import os
 import re
 import socket
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -284,11 +284,13 @@ class PostgresJournal(Lifecycle):
         with anyio.CancelScope(shield=True):
             conn = await self._connect()
             try:
-                with self._database_errors():
-                    await self._open(conn)
-            except BaseException:
-                await conn.close()
-                raise
+                await self._open(conn)
+            except psycopg.Error as exc:
+                raise JournalError(f"database error: {_reason(exc)}", path=self._path) from None
+            finally:
+                if not self._registered:
+                    await conn.close()
+        self._tg.start_soon(self._heartbeat, conn)  # closes it in the end
         self._pool = AsyncConnectionPool(
             self._url,
             kwargs=self._options(),
@@ -300,7 +302,6 @@ class PostgresJournal(Lifecycle):
         )
         await self._pool.open()
         self._tg.start_soon(self._writes.commit_on_time, self._commit_buffered)
-        self._tg.start_soon(self._heartbeat, conn)
 
     async def _shut(self) -> None:
         """Let the calls under way end, commit what is buffered, give up the lease, close the connections."""
@@ -822,25 +823,19 @@ class PostgresJournal(Lifecycle):
         conn: _Connection | None = None
         try:
             async with self._pool.connection() as conn:
-                with self._database_errors():
-                    yield conn
+                yield conn
         except PoolTimeout:
             raise JournalError(
                 f"cannot connect: no connection within {self._connect_timeout:g} s", path=self._path
             ) from None
+        except psycopg.Error as exc:
+            raise JournalError(f"database error: {_reason(exc)}", path=self._path) from None
         finally:
             if conn is not None and conn.broken:
                 # A failover or a killed backend leaves the pool's idle connections dead too: replace them
                 # now, so that only this call fails.
                 with self._clock.move_on_after(self._connect_timeout):
                     await self._pool.check()
-
-    @contextlib.contextmanager
-    def _database_errors(self) -> Iterator[None]:
-        try:
-            yield
-        except psycopg.Error as exc:
-            raise JournalError(f"database error: {_reason(exc)}", path=self._path) from None
 
 
 def _reason(exc: psycopg.Error) -> str:
