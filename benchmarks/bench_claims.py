@@ -79,17 +79,16 @@ async def measure(quick: bool) -> list[Row]:
                     walls[store, shape].append(wall)
                     log(f"  {store:8s} {shape:10s} {1e6 * wall / n:7.0f} us/item")
     bench = f"claims ({n} items, median of {reps})"
-    return [
-        Row(
-            bench,
-            f"lookup + claim + created per item, {shape}",
-            "us",
-            1e6 * median(walls["postgres", shape]) / n,
-            "SQLite journal",
-            1e6 * median(walls["sqlite", shape]) / n,
-        )
-        for shape in SHAPES
-    ]
+    rows = []
+    for shape in SHAPES:
+        ours = 1e6 * median(walls["postgres", shape]) / n
+        base = 1e6 * median(walls["sqlite", shape]) / n
+        metric = f"lookup + claim + created per item, {shape}"
+        if shape == "concurrent":  # as a batch's submitters run: the pool and the shared statements count
+            rows.append(Row(bench, metric, "us", ours, "SQLite journal", base, "<= 1.3x", ours <= 1.3 * base))
+        else:
+            rows.append(Row(bench, metric, "us", ours, "SQLite journal", base))
+    return rows
 
 
 def main() -> None:
