@@ -13,19 +13,16 @@ Run alone: ``python -m benchmarks.bench_claims [--quick]``.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
 import tempfile
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
-import psycopg
 
 from kling_async._journal import BatchJournal, SQLiteJournal
 from kling_async._journal_pg import PostgresJournal
+from tests.postgres import fresh_database
+from tests.postgres import server as postgres_server
 
 from ._common import Row, finish, log, median
 
@@ -61,37 +58,11 @@ async def _items(journal: BatchJournal, n: int, width: int) -> float:
         return time.perf_counter() - started
 
 
-@contextlib.contextmanager
-def _server() -> Iterator[str]:
-    given = os.environ.get("KLING_TEST_POSTGRES_DSN")
-    if given:
-        yield given
-        return
-    from tests.postgres import throwaway_server
-
-    with throwaway_server() as dsn:
-        yield dsn
-
-
-@contextlib.contextmanager
-def _fresh_database(server: str) -> Iterator[str]:
-    from tests.postgres import with_database
-
-    name = f"kling_bench_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(server, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield with_database(server, name)
-    finally:
-        with psycopg.connect(server, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-
-
 async def _run(store: str, server: str, n: int, width: int) -> float:
     if store == "sqlite":
         with tempfile.TemporaryDirectory() as folder:
             return await _items(SQLiteJournal(Path(folder) / "run.db"), n, width)
-    with _fresh_database(server) as dsn:
+    with fresh_database(server, "kling_bench") as dsn:
         return await _items(PostgresJournal(dsn), n, width)
 
 
@@ -99,7 +70,7 @@ async def measure(quick: bool) -> list[Row]:
     n = 200 if quick else 1000
     reps = 1 if quick else 5
     walls: dict[tuple[str, str], list[float]] = {(s, shape): [] for s in STORES for shape in SHAPES}
-    with _server() as server:
+    with postgres_server() as server:
         for rep in range(reps):
             order = STORES if rep % 2 == 0 else STORES[::-1]  # alternate, so neither always runs first
             for shape, width in SHAPES.items():
@@ -108,17 +79,16 @@ async def measure(quick: bool) -> list[Row]:
                     walls[store, shape].append(wall)
                     log(f"  {store:8s} {shape:10s} {1e6 * wall / n:7.0f} us/item")
     bench = f"claims ({n} items, median of {reps})"
-    return [
-        Row(
-            bench,
-            f"lookup + claim + created per item, {shape}",
-            "us",
-            1e6 * median(walls["postgres", shape]) / n,
-            "SQLite journal",
-            1e6 * median(walls["sqlite", shape]) / n,
-        )
-        for shape in SHAPES
-    ]
+    rows = []
+    for shape in SHAPES:
+        ours = 1e6 * median(walls["postgres", shape]) / n
+        base = 1e6 * median(walls["sqlite", shape]) / n
+        metric = f"lookup + claim + created per item, {shape}"
+        if shape == "concurrent":  # as a batch's submitters run: the pool and the shared statements count
+            rows.append(Row(bench, metric, "us", ours, "SQLite journal", base, "<= 1.3x", ours <= 1.3 * base))
+        else:
+            rows.append(Row(bench, metric, "us", ours, "SQLite journal", base))
+    return rows
 
 
 def main() -> None:

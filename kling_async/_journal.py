@@ -35,11 +35,11 @@ import math
 import os
 import sqlite3
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from types import TracebackType
-from typing import Any, NamedTuple, Protocol, Self
+from typing import Any, Generic, NamedTuple, Protocol, Self, TypeVar
 
 import anyio
 import anyio.abc
@@ -57,7 +57,9 @@ __all__ = [
     "JournalEntry",
     "JournalError",
     "JournalState",
+    "Lifecycle",
     "SQLiteJournal",
+    "WriteBuffer",
 ]
 
 log = logging.getLogger("kling_async")
@@ -649,6 +651,181 @@ class BatchJournal(Protocol):
         ...
 
 
+class Lifecycle:
+    """The ``async with`` life of a batch journal: not open yet, open (blocks counted), closed for good.
+
+    A journal derives from it and provides ``_start`` (open the store, start its tasks) and ``_shut`` (stop
+    them, close the store, set ``_closed``; also run when ``_start`` failed half way). Only the outermost
+    block starts and shuts; every call checks ``_check_open`` first.
+
+    Args:
+        path: the journal, for messages.
+    """
+
+    _STORE = "store"  # what reopening means to the user, in the message of a closed journal
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._depth = 0
+        self._closed = False
+
+    def _life(self) -> str:
+        return "closed" if self._closed else "open" if self._depth else "not open"
+
+    async def __aenter__(self) -> Self:
+        if self._depth:
+            self._depth += 1
+            return self
+        if self._closed:
+            raise JournalError(f"closed; open the {self._STORE} again", path=self._path)
+        try:
+            await self._start()
+        except BaseException:
+            await self._shut()
+            raise
+        self._depth = 1
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._depth > 1:
+            self._depth -= 1
+            return
+        self._depth = 0
+        await self._shut()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise JournalError("closed", path=self._path)
+        if not self._depth:
+            raise JournalError("not open: use it in `async with journal:`", path=self._path)
+
+    async def _start(self) -> None:
+        raise NotImplementedError
+
+    async def _shut(self) -> None:
+        raise NotImplementedError
+
+
+class _Keyed(Protocol):
+    @property
+    def key(self) -> str: ...
+
+
+_W = TypeVar("_W", bound=_Keyed)
+
+
+class WriteBuffer(Generic[_W]):
+    """A journal's buffered writes, waiting in memory for their commit, and the timer that commits them.
+
+    Each journal keeps its own kind of write (anything with a ``key``) and says how to commit a list of them;
+    this keeps their order, which keys have writes waiting, and the bound: at most ``50 * flush_every``
+    wait, beyond that the oldest are dropped and logged (a lost buffered write costs a re-run one status
+    request or download, never a task).
+
+    Args:
+        path: the journal, for log lines.
+        flush_every: commit as soon as this many writes wait.
+        flush_interval: seconds a buffered write may wait for its commit.
+        clock: the timer's clock.
+
+    Raises:
+        ValueError: ``flush_every`` is below 1, or ``flush_interval`` is not a positive number of seconds.
+    """
+
+    def __init__(self, path: str, *, flush_every: int, flush_interval: float, clock: Clock) -> None:
+        if flush_every < 1:
+            raise ValueError(f"flush_every: at least 1, got {flush_every!r}")
+        if not 0 < flush_interval < math.inf:
+            raise ValueError(f"flush_interval: a positive number of seconds, got {flush_interval!r}")
+        self._path = path
+        self._flush_every = flush_every
+        self._flush_interval = flush_interval
+        self._clock = clock
+        self._max = 50 * flush_every
+        self._writes: collections.deque[_W] = collections.deque()
+        self._waiting: collections.Counter[str] = collections.Counter()  # key -> its writes not committed
+        self._due: anyio.Event | None = None  # set when a write is added: wakes the timer
+        self._nap: anyio.CancelScope | None = None  # the timer's wait; cancelled when flush_every writes wait
+        self._failing = False  # the last timed commit failed (logged once until one succeeds)
+        self._dropping = False  # writes are being dropped (logged once until a commit succeeds)
+
+    def __len__(self) -> int:
+        return len(self._writes)
+
+    def add(self, write: _W) -> None:
+        """Keep a write for the next commit; wake the timer, at once when ``flush_every`` writes wait."""
+        self._writes.append(write)
+        self._waiting[write.key] += 1
+        self._trim()
+        if self._due is not None:
+            self._due.set()
+        if len(self._writes) >= self._flush_every and self._nap is not None:
+            self._nap.cancel()
+
+    def take(self, key: str | None) -> list[_W]:
+        """Every buffered write, for the next commit: all of them when ``key`` is None or has writes waiting
+        (a key's writes are committed before its next read or durable write, in the order they were made).
+        Hand them back to ``settle`` once the commit is over."""
+        if key is not None and key not in self._waiting:
+            return []
+        writes = list(self._writes)
+        self._writes.clear()
+        return writes
+
+    def settle(self, writes: list[_W], committed: bool) -> None:
+        """The commit of ``writes`` (from ``take``) is over: forget them, or put them back for the next."""
+        if committed:
+            for write in writes:
+                self._forget(write)
+            self._dropping = False
+        else:  # back to the front, in order, for the next commit
+            self._writes.extendleft(reversed(writes))
+            self._trim()
+
+    def _forget(self, write: _W) -> None:
+        self._waiting[write.key] -= 1
+        if not self._waiting[write.key]:
+            del self._waiting[write.key]
+
+    def _trim(self) -> None:
+        excess = len(self._writes) - self._max
+        if excess <= 0:
+            return
+        for _ in range(excess):
+            self._forget(self._writes.popleft())
+        if not self._dropping:
+            self._dropping = True
+            log.warning(
+                "journal %s: more than %d buffered writes wait for a commit; dropping the oldest (a re-run"
+                " asks the API again for what they said)",
+                self._path,
+                self._max,
+            )
+
+    async def commit_on_time(self, commit: Callable[[list[_W]], Awaitable[None]]) -> None:
+        """Run the timer (until cancelled): ``commit`` the writes ``flush_interval`` after the first of them,
+        even if no call follows. ``commit`` settles them; a JournalError from it leaves them in the buffer,
+        and the next round tries again."""
+        while True:
+            self._due = anyio.Event()
+            if not self._writes:
+                await self._due.wait()
+            if len(self._writes) < self._flush_every:
+                with anyio.CancelScope() as self._nap:
+                    await self._clock.sleep(self._flush_interval)
+                self._nap = None
+            try:
+                await commit(self.take(None))
+            except JournalError as exc:
+                if not self._failing:
+                    log.warning("%s; buffered writes are kept and retried", exc)
+                self._failing = True
+            else:
+                self._failing = False
+
+
 class _Write(NamedTuple):
     """A buffered write, waiting in memory for its commit: ``method(journal, key, *args)``."""
 
@@ -669,7 +846,7 @@ class _Job:
     error: Exception | None = None
 
 
-class SQLiteJournal:
+class SQLiteJournal(Lifecycle):
     """``BatchJournal`` on an SQLite file, without ever blocking the event loop.
 
     Every SQLite call (opening, lookups, commits, and the waits for a lock another process holds, up to 5 s)
@@ -699,33 +876,21 @@ class SQLiteJournal:
         flush_interval: float = 0.2,
         clock: Clock | None = None,
     ) -> None:
-        if flush_every < 1:
-            raise ValueError(f"flush_every: at least 1, got {flush_every!r}")
-        if not 0 < flush_interval < math.inf:
-            raise ValueError(f"flush_interval: a positive number of seconds, got {flush_interval!r}")
         self._clock = clock or SYSTEM_CLOCK
-        self._flush_every = flush_every
-        self._flush_interval = flush_interval
-        self._max_buffered = 50 * flush_every
         if isinstance(spec, Journal):
             self._journal: Journal | None = spec
             self._owned = False
-            self._path = spec.path
+            super().__init__(spec.path)
         else:
             self._journal = None
             self._owned = True
-            self._path = os.fspath(spec)
-        self._writes: collections.deque[_Write] = collections.deque()
-        self._waiting: collections.Counter[str] = collections.Counter()  # key -> its writes not committed
+            super().__init__(os.fspath(spec))
+        self._writes = WriteBuffer[_Write](
+            self._path, flush_every=flush_every, flush_interval=flush_interval, clock=self._clock
+        )
         self._jobs: MemoryObjectSendStream[_Job] | None = None
         self._queue: MemoryObjectReceiveStream[_Job] | None = None
         self._tg: anyio.abc.TaskGroup | None = None
-        self._depth = 0  # nested ``async with`` blocks: the outermost one opens and closes
-        self._closed = False
-        self._due: anyio.Event | None = None  # set when a write is buffered: wakes the timer
-        self._nap: anyio.CancelScope | None = None  # the timer's wait; cancelled when flush_every writes wait
-        self._failing = False  # the last timed commit failed (logged once until one succeeds)
-        self._dropping = False  # buffered writes are being dropped (logged once until a commit succeeds)
 
     @property
     def path(self) -> str:
@@ -733,41 +898,22 @@ class SQLiteJournal:
         return self._path
 
     def __repr__(self) -> str:
-        state = "closed" if self._closed else "open" if self._depth else "not open"
-        return f"<SQLiteJournal {self._path!r} {state} buffered={len(self._writes)}>"
+        return f"<SQLiteJournal {self._path!r} {self._life()} buffered={len(self._writes)}>"
 
     # -- lifecycle -------------------------------------------------------------------------------------------
 
-    async def __aenter__(self) -> Self:
-        if self._depth:
-            self._depth += 1
-            return self
-        if self._closed:
-            raise JournalError("closed; open the file again", path=self._path)
+    _STORE = "file"
+
+    async def _start(self) -> None:
         self._limiter = anyio.CapacityLimiter(1)
         send, receive = anyio.create_memory_object_stream[_Job](math.inf)
         self._jobs, self._queue = send, receive
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
         self._tg.start_soon(self._work, receive)
-        try:
-            if self._journal is None:
-                await self._call(self._open)
-        except BaseException:
-            await self._shut()
-            raise
-        self._tg.start_soon(self._timer)
-        self._depth = 1
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        if self._depth > 1:
-            self._depth -= 1
-            return
-        self._depth = 0
-        await self._shut()
+        if self._journal is None:
+            await self._call(self._open)
+        self._tg.start_soon(self._writes.commit_on_time, self._commit_buffered)
 
     async def _shut(self) -> None:
         """Commit what is buffered, close the file (if this opened it), then stop the worker and the timer."""
@@ -778,7 +924,7 @@ class SQLiteJournal:
         with anyio.CancelScope(shield=True):  # bounded: a commit waits for a lock at most the busy timeout
             if self._journal is not None:
                 await self._call(None)  # the calls queued before (a timed commit among them) settle first
-                writes = self._take(None)
+                writes = self._writes.take(None)
                 try:
                     await self._call(None, writes)
                 except JournalError as exc:
@@ -860,83 +1006,17 @@ class SQLiteJournal:
         """Keep a write for the next commit. A write that no longer fits its entry when committed (a late
         status of a finished task) is dropped then, and logged: it was already harmless."""
         self._check_open()
-        self._writes.append(_Write(key, method, args))
-        self._waiting[key] += 1
-        self._trim()
-        if self._due is not None:
-            self._due.set()
-        if len(self._writes) >= self._flush_every and self._nap is not None:
-            self._nap.cancel()
+        self._writes.add(_Write(key, method, args))
 
-    def _take(self, key: str | None) -> list[_Write]:
-        """Every buffered write, for the next job: all of them when ``key`` is None or has writes waiting
-        (a key's writes are committed before its next read or durable write, in the order they were made)."""
-        if key is not None and key not in self._waiting:
-            return []
-        writes = list(self._writes)
-        self._writes.clear()
-        return writes
-
-    def _settle(self, writes: list[_Write], committed: bool) -> None:
-        if committed:
-            for write in writes:
-                self._forget(write)
-            self._dropping = False
-        else:  # back to the front, in order, for the next commit
-            self._writes.extendleft(reversed(writes))
-            self._trim()
-
-    def _forget(self, write: _Write) -> None:
-        self._waiting[write.key] -= 1
-        if not self._waiting[write.key]:
-            del self._waiting[write.key]
-
-    def _trim(self) -> None:
-        excess = len(self._writes) - self._max_buffered
-        if excess <= 0:
-            return
-        for _ in range(excess):
-            self._forget(self._writes.popleft())
-        if not self._dropping:
-            self._dropping = True
-            log.warning(
-                "journal %s: more than %d buffered writes wait for a commit; dropping the oldest (a re-run"
-                " asks the API again for what they said)",
-                self._path,
-                self._max_buffered,
-            )
-
-    async def _timer(self) -> None:
-        """Commit the buffered writes ``flush_interval`` after the first of them, even if no call follows."""
-        while True:
-            self._due = anyio.Event()
-            if not self._writes:
-                await self._due.wait()
-            if len(self._writes) < self._flush_every:
-                with anyio.CancelScope() as self._nap:
-                    await self._clock.sleep(self._flush_interval)
-                self._nap = None
-            try:
-                await self._call(None, self._take(None))
-            except JournalError as exc:  # the writes are back in the buffer; the next round tries again
-                if not self._failing:
-                    log.warning("%s; buffered writes are kept and retried", exc)
-                self._failing = True
-            else:
-                self._failing = False
+    async def _commit_buffered(self, writes: list[_Write]) -> None:
+        await self._call(None, writes)
 
     # -- the worker thread -----------------------------------------------------------------------------------
 
     async def _durable(self, key: str, method: Callable[..., Any], *args: Any) -> Any:
         self._check_open()
         # Through the instance, so a Journal subclass given to open_journal keeps its overrides.
-        return await self._call(lambda: getattr(self._live(), method.__name__)(*args), self._take(key))
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise JournalError("closed", path=self._path)
-        if not self._depth:
-            raise JournalError("not open: use it in `async with journal:`", path=self._path)
+        return await self._call(lambda: getattr(self._live(), method.__name__)(*args), self._writes.take(key))
 
     async def _call(self, run: Callable[[], Any] | None, writes: list[_Write] | None = None) -> Any:
         """Run ``run`` (after committing ``writes``) in the worker thread and return its result.
@@ -971,7 +1051,7 @@ class SQLiteJournal:
                     await anyio.to_thread.run_sync(self._run, jobs, limiter=self._limiter)
                     for job in jobs:
                         if job.writes:
-                            self._settle(job.writes, job.committed)
+                            self._writes.settle(job.writes, job.committed)
                         job.done.set()
 
     def _run(self, jobs: list[_Job]) -> None:

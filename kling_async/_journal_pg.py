@@ -14,9 +14,16 @@ worker that last claimed each item, so several processes (on several machines) c
   returns it, so the engine re-attaches to its task by id and follows it to its end.
 - **Writes.** The same durable/buffered split as SQLite: ``submitting``, ``created``, ``uncertain``,
   ``unsent`` and a failure before any task are committed before the call returns; statuses, results, task
-  failures and downloads are buffered and committed together by a timer. Every call runs in one task that
-  owns the connection, so a cancelled call still ends (committed or failed) before its caller sees the
-  cancellation, and the connection is never left half way through a transaction.
+  failures and downloads are buffered and committed together by a timer. A cancelled call still ends
+  (committed or failed) before its caller sees the cancellation, so a connection is never left half way
+  through a transaction.
+- **Connections.** Calls run on a small pool of connections (``connections``, 4 by default), so items do
+  not wait for each other's round trips; the calls for one key (its buffered writes included) still run one
+  after another, in the order they were made. The common calls that are ready while a connection is awaited
+  (new keys' lookups, new keys' claims, task ids) go to the server as one statement per kind, the way
+  SQLite's worker thread commits what queued up in one hop. A connection found dead (a failover, a killed
+  backend) fails the call it was serving; the pool then replaces every dead one, so the next call
+  reconnects. The heartbeat has a connection of its own: a busy pool never delays a lease.
 
 The password in the URL never reaches a message, a log line or a repr: ``path`` shows the URL without it.
 """
@@ -32,25 +39,25 @@ import os
 import re
 import socket
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import anyio
 import anyio.abc
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+import anyio.lowlevel
 
 from ._clock import SYSTEM_CLOCK, Clock
 from ._errors import JournalError
-from ._journal import APPLICATION, JournalEntry, JournalState
+from ._journal import APPLICATION, JournalEntry, JournalState, Lifecycle, WriteBuffer
 
 try:
     import psycopg
     import psycopg.conninfo
     from psycopg.rows import TupleRow
     from psycopg.types.json import Jsonb
+    from psycopg_pool import AsyncConnectionPool, PoolTimeout
 except ImportError as exc:  # pragma: no cover - the extra is installed wherever the tests run
     raise ImportError("a postgresql:// journal needs psycopg 3: pip install 'kling-async[postgres]'") from exc
 
@@ -123,6 +130,73 @@ _RESUBMITTABLE = frozenset(
     {JournalState.SUBMITTING, JournalState.UNCERTAIN, JournalState.FAILED, JournalState.UNSENT}
 )
 
+# The common case of three calls, as one statement for every key whose call is ready while a connection is
+# awaited (as a batch's submitters make them): each returns the keys it settled; another key's call goes on
+# alone. "absent": lookup's new keys (None). "claim": submitting's new keys, inserted in key order, so that
+# workers claiming the same keys never wait for each other in a cycle. "created": the task ids of this
+# worker's claims (the guard of ``created``). A call alone takes the plain statement (no arrays to build).
+_TOGETHER = {
+    "absent": "SELECT k FROM unnest(%s::text[]) AS k"
+    " WHERE NOT EXISTS (SELECT FROM kling_items WHERE key = k)",
+    "claim": "INSERT INTO kling_items (key, model, request, state, worker, created_at, updated_at)"
+    " SELECT v.key, v.model, v.request, 'submitting', %s, %s, %s"
+    " FROM unnest(%s::text[], %s::text[], %s::bytea[]) AS v (key, model, request) ORDER BY v.key"
+    " ON CONFLICT (key) DO NOTHING RETURNING key",
+    "created": "UPDATE kling_items i SET state = 'created', task_id = v.task_id, status = v.status,"
+    " error = NULL, updated_at = %s"
+    " FROM unnest(%s::text[], %s::text[], %s::text[]) AS v (key, task_id, status)"
+    " WHERE i.key = v.key AND (i.state = 'created' AND i.task_id = v.task_id"
+    " OR i.state IN ('submitting', 'uncertain') AND i.worker = %s) RETURNING i.key",
+}
+_ALONE = {
+    "absent": "SELECT v.k FROM (SELECT %s::text AS k) AS v"
+    " WHERE NOT EXISTS (SELECT FROM kling_items WHERE key = v.k)",
+    "claim": "INSERT INTO kling_items (key, model, request, state, worker, created_at, updated_at)"
+    " VALUES (%s, %s, %s, 'submitting', %s, %s, %s) ON CONFLICT (key) DO NOTHING RETURNING key",
+    "created": "UPDATE kling_items SET state = 'created', task_id = %s, status = %s, error = NULL,"
+    " updated_at = %s WHERE key = %s AND (state = 'created' AND task_id = %s"
+    " OR state IN ('submitting', 'uncertain') AND worker = %s) RETURNING key",
+}
+# At most this many calls share one statement.
+_TOGETHER_MAX = 64
+
+
+@dataclass(eq=False, slots=True)
+class _Batch:
+    """Calls of one kind that go to the database as one statement: what each brings, and what came back."""
+
+    rows: list[tuple[Any, ...]]  # one per call, its key first
+    done: anyio.Event = field(default_factory=anyio.Event)
+    settled: frozenset[str] = frozenset()
+    error: JournalError | None = None
+
+
+class _Slots:
+    """At most ``size`` calls on the pool at once, the others waiting in the order they came.
+
+    A free slot is taken without a trip through the event loop (anyio's Semaphore yields first, which a
+    call made one at a time pays for three times per item). Waiters are never cancelled: every call that
+    takes a slot waits shielded.
+    """
+
+    def __init__(self, size: int) -> None:
+        self._free = size
+        self._waiters: collections.deque[anyio.Event] = collections.deque()
+
+    async def __aenter__(self) -> None:
+        if self._free and not self._waiters:
+            self._free -= 1
+            return
+        handed = anyio.Event()
+        self._waiters.append(handed)
+        await handed.wait()  # the slot of the call that set it
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._waiters:
+            self._waiters.popleft().set()
+        else:
+            self._free += 1
+
 
 class ClaimedElsewhere(JournalError):
     """Another worker sharing the journal holds the item (its POST, or the task it follows), or took it
@@ -140,16 +214,7 @@ class _Write:
     columns: dict[str, Any]
 
 
-@dataclass(eq=False, slots=True)
-class _Job:
-    """One call for the connection's task: commit ``writes`` first (if any), then ``run`` (if any)."""
-
-    run: Callable[[psycopg.AsyncConnection[TupleRow]], Awaitable[Any]] | None
-    writes: list[_Write]
-    done: anyio.Event = field(default_factory=anyio.Event)
-    committed: bool = False
-    result: Any = None
-    error: Exception | None = None
+_Connection = psycopg.AsyncConnection[TupleRow]
 
 
 def redact(url: str) -> str:
@@ -166,7 +231,7 @@ def redact(url: str) -> str:
     return re.sub(r"password\s*=\s*('(?:[^'\\]|\\.)*'|\S+)", "password=***", url)
 
 
-class PostgresJournal:
+class PostgresJournal(Lifecycle):
     """``BatchJournal`` in a PostgreSQL database that many workers share (see the module docs).
 
     Args:
@@ -177,10 +242,13 @@ class PostgresJournal:
         flush_every: commit the buffered writes as soon as this many wait.
         flush_interval: seconds a buffered write may wait for its commit.
         connect_timeout: seconds to wait for the database when connecting (unless the URL says).
+        connections: at most this many calls run at once, each on its own connection (the heartbeat has one
+            more); the pool opens them as calls need them.
         clock: the timer's clock, and the rows' timestamps.
 
     Raises:
-        ValueError: a bad ``lease``, ``flush_every``, ``flush_interval`` or ``connect_timeout``.
+        ValueError: a bad ``lease``, ``flush_every``, ``flush_interval``, ``connect_timeout`` or
+            ``connections``.
     """
 
     def __init__(
@@ -191,40 +259,35 @@ class PostgresJournal:
         flush_every: int = 200,
         flush_interval: float = 0.2,
         connect_timeout: float = 10.0,
+        connections: int = 4,
         clock: Clock | None = None,
     ) -> None:
         if not 0 < lease < math.inf:
             raise ValueError(f"lease: a positive number of seconds, got {lease!r}")
-        if flush_every < 1:
-            raise ValueError(f"flush_every: at least 1, got {flush_every!r}")
-        if not 0 < flush_interval < math.inf:
-            raise ValueError(f"flush_interval: a positive number of seconds, got {flush_interval!r}")
         if not 0 < connect_timeout < math.inf:
             raise ValueError(f"connect_timeout: a positive number of seconds, got {connect_timeout!r}")
+        if connections < 1:
+            raise ValueError(f"connections: at least 1, got {connections!r}")
+        super().__init__(redact(url))
         self._url = url
-        self._path = redact(url)
         self._lease = lease
-        self._flush_every = flush_every
-        self._flush_interval = flush_interval
         self._connect_timeout = connect_timeout
+        self._connections = connections
         self._clock = clock or SYSTEM_CLOCK
-        self._max_buffered = 50 * flush_every
+        self._writes = WriteBuffer[_Write](
+            self._path, flush_every=flush_every, flush_interval=flush_interval, clock=self._clock
+        )
         self.worker = f"{socket.gethostname()}/{os.getpid()}/{uuid.uuid4().hex[:12]}"
-        self._writes: collections.deque[_Write] = collections.deque()
-        self._waiting: collections.Counter[str] = collections.Counter()
         # Keys whose resubmittable entry lookup handed to the engine, with the row's claim count then: a
         # submitting on such a row is the engine's own decision only while nobody claimed it since.
         self._offered: dict[str, int] = {}
-        self._conn: psycopg.AsyncConnection[TupleRow] | None = None
-        self._jobs: MemoryObjectSendStream[_Job] | None = None
-        self._queue: MemoryObjectReceiveStream[_Job] | None = None
+        self._pool: AsyncConnectionPool[_Connection] | None = None
+        self._slots = _Slots(connections)  # calls beyond the pool's size wait here, in order
+        # Per key, the end of its newest call: the key's next call waits for it (its order must hold).
+        self._last: dict[str, anyio.Event] = {}
+        self._running: set[anyio.Event] = set()  # the ends of the calls under way, waited for on exit
+        self._gathering: dict[str, _Batch] = {}  # per kind, the batch that calls may still join
         self._tg: anyio.abc.TaskGroup | None = None
-        self._depth = 0
-        self._closed = False
-        self._due: anyio.Event | None = None
-        self._nap: anyio.CancelScope | None = None
-        self._failing = False
-        self._dropping = False
         self._heartbeat_failing = False
         self._registered = False  # this worker's row exists: its lease is given up on exit
 
@@ -234,71 +297,74 @@ class PostgresJournal:
         return self._path
 
     def __repr__(self) -> str:
-        state = "closed" if self._closed else "open" if self._depth else "not open"
-        return f"<PostgresJournal {self._path!r} {state} worker={self.worker!r} buffered={len(self._writes)}>"
+        buffered = len(self._writes)
+        return f"<PostgresJournal {self._path!r} {self._life()} worker={self.worker!r} buffered={buffered}>"
 
     # -- lifecycle -------------------------------------------------------------------------------------------
 
-    async def __aenter__(self) -> Self:
-        if self._depth:
-            self._depth += 1
-            return self
-        if self._closed:
-            raise JournalError("closed; open the database again", path=self._path)
-        send, receive = anyio.create_memory_object_stream[_Job](math.inf)
-        self._jobs, self._queue = send, receive
+    _STORE = "database"
+
+    async def _start(self) -> None:
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
-        self._tg.start_soon(self._work, receive)
-        try:
-            await self._call(self._open)
-        except BaseException:
-            await self._shut()
-            raise
-        self._tg.start_soon(self._timer)
-        self._tg.start_soon(self._heartbeat)
-        self._depth = 1
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        if self._depth > 1:
-            self._depth -= 1
-            return
-        self._depth = 0
-        await self._shut()
+        # On a connection of its own, so that a database that cannot be reached fails here, saying why;
+        # it then serves the heartbeat. Shielded: a cancelled open still ends, registered or not.
+        with anyio.CancelScope(shield=True):
+            conn = await self._connect()
+            try:
+                await self._open(conn)
+            except psycopg.Error as exc:
+                raise JournalError(f"database error: {_reason(exc)}", path=self._path) from None
+            finally:
+                if not self._registered:
+                    await conn.close()
+        self._tg.start_soon(self._heartbeat, conn)  # closes it in the end
+        self._pool = AsyncConnectionPool(
+            self._url,
+            kwargs=self._options(),
+            min_size=1,
+            max_size=self._connections,
+            open=False,
+            name="kling-async journal",
+            timeout=self._connect_timeout,
+        )
+        await self._pool.open()
+        self._tg.start_soon(self._writes.commit_on_time, self._commit_buffered)
 
     async def _shut(self) -> None:
-        """Commit what is buffered, give up the lease, close the connection, stop the tasks."""
-        assert self._jobs is not None
+        """Let the calls under way end, commit what is buffered, give up the lease, close the connections."""
         assert self._tg is not None
         self._closed = True
-        self._tg.cancel_scope.cancel()  # the timer and heartbeat; the connection's task drains the queue
-        with anyio.CancelScope(shield=True), self._clock.move_on_after(self._connect_timeout + self._lease):
-            if self._registered:
-                writes = self._take(None)
-                try:
-                    await self._call(self._release, writes)
-                except JournalError as exc:
-                    log.warning("%s; %d buffered writes are lost", exc, len(writes))
-        self._jobs.close()  # the connection's task closes the connection once the queue is empty
+        self._tg.cancel_scope.cancel()  # the timer and the heartbeat (a commit under way still ends)
+        with anyio.CancelScope(shield=True):
+            with self._clock.move_on_after(self._connect_timeout + self._lease):
+                for running in list(self._running):
+                    await running.wait()
+                if self._registered:
+                    writes = self._writes.take(None)
+                    try:
+                        await self._call(self._release, writes)
+                    except JournalError as exc:
+                        log.warning("%s; %d buffered writes are lost", exc, len(writes))
+            if self._pool is not None:
+                await self._pool.close()
         await self._tg.__aexit__(None, None, None)
-        # The worker closes it when it ran; a worker cancelled before its first step never did.
-        assert self._queue is not None
-        self._queue.close()
 
-    async def _connect(self) -> psycopg.AsyncConnection[TupleRow]:
+    def _options(self) -> dict[str, Any]:
+        """What every connection is opened with, besides the URL."""
+        options: dict[str, Any] = {"autocommit": True}
+        if "connect_timeout" not in psycopg.conninfo.conninfo_to_dict(self._url):
+            options["connect_timeout"] = max(1, round(self._connect_timeout))
+        return options
+
+    async def _connect(self) -> _Connection:
         try:
-            options: dict[str, Any] = {}
-            if "connect_timeout" not in psycopg.conninfo.conninfo_to_dict(self._url):
-                options["connect_timeout"] = max(1, round(self._connect_timeout))
-            conn = await psycopg.AsyncConnection.connect(self._url, autocommit=True, **options)
+            conn = await psycopg.AsyncConnection.connect(self._url, **self._options())
         except psycopg.Error as exc:
             raise JournalError(f"cannot connect: {_reason(exc)}", path=self._path) from None
         return conn
 
-    async def _open(self, conn: psycopg.AsyncConnection[TupleRow]) -> None:
+    async def _open(self, conn: _Connection) -> None:
         async with conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
             tables = {
@@ -341,7 +407,7 @@ class PostgresJournal:
             )
         self._registered = True
 
-    async def _release(self, conn: psycopg.AsyncConnection[TupleRow]) -> None:
+    async def _release(self, conn: _Connection) -> None:
         """End the lease: this worker's created tasks are free to adopt at once."""
         await conn.execute(
             "UPDATE kling_workers SET lease_until = clock_timestamp() WHERE id = %s", (self.worker,)
@@ -353,13 +419,14 @@ class PostgresJournal:
         """The key's entry for this worker: None when it was never submitted, is ``unsent``, or is held by
         another live worker (``submitting`` then raises ``ClaimedElsewhere``). A dead worker's claim on the
         wire is returned ``uncertain``; a dead worker's created task becomes this worker's (adopted)."""
-        entry: JournalEntry | None = await self._durable(key, lambda conn: self._lookup(conn, key))
+        # Most keys of a new batch are not there: one statement says so for all that ask together, with no
+        # transaction around it; a key that is there is read and decided on under its row lock.
+        entry: JournalEntry | None = await self._durable(
+            key, lambda conn: self._lookup(conn, key), together=("absent", (key,))
+        )
         return entry
 
-    async def _lookup(self, conn: psycopg.AsyncConnection[TupleRow], key: str) -> JournalEntry | None:
-        # Most keys of a new batch are not there: one statement says so, with no transaction around it.
-        if await (await conn.execute("SELECT 1 FROM kling_items WHERE key = %s", (key,))).fetchone() is None:
-            return None
+    async def _lookup(self, conn: _Connection, key: str) -> JournalEntry | None:
         async with conn.transaction():
             row = await self._row(conn, key, lock=True)
             if row is None:
@@ -390,22 +457,33 @@ class PostgresJournal:
             ClaimedElsewhere: another worker holds it, or claimed or finished it since ``lookup``.
             JournalError: the key was recorded with another request or model, or already has a task.
         """
-        await self._durable(key, lambda conn: self._claim(conn, key, model, request))
+        offered = self._offered.pop(key, None)
+        # A new key is claimed by one statement (committed on its own, with those of the keys claimed
+        # together); a known one is read and decided on under its row lock.
+        await self._durable(
+            key,
+            lambda conn: self._claim(conn, key, model, request, offered),
+            together=("claim", (key, model, request)),
+            otherwise=lambda conn: self._reclaim(conn, key, model, request, offered),
+        )
 
     async def _claim(
-        self, conn: psycopg.AsyncConnection[TupleRow], key: str, model: str, request: bytes
+        self, conn: _Connection, key: str, model: str, request: bytes, offered: int | None
     ) -> None:
         now = self._clock.wall()
-        offered = self._offered.pop(key, None)
-        # A new key is claimed by one statement (committed on its own); a known one is read and decided on
-        # under its row lock.
         inserted = await conn.execute(
             "INSERT INTO kling_items (key, model, request, state, worker, created_at, updated_at)"
             " VALUES (%s, %s, %s, 'submitting', %s, %s, %s) ON CONFLICT (key) DO NOTHING",
             (key, model, request, self.worker, now, now),
         )
-        if inserted.rowcount == 1:
-            return
+        if inserted.rowcount != 1:
+            await self._reclaim(conn, key, model, request, offered)
+
+    async def _reclaim(
+        self, conn: _Connection, key: str, model: str, request: bytes, offered: int | None
+    ) -> None:
+        """Claim a key that is already recorded, if this worker may."""
+        now = self._clock.wall()
         async with conn.transaction():
             row = await self._row(conn, key, lock=True)
             assert row is not None  # the conflict was on this key, and rows are never deleted
@@ -433,7 +511,7 @@ class PostgresJournal:
     async def created(self, key: str, task_id: str, status: str) -> None:
         """Record the task id the POST returned; committed before it returns."""
 
-        async def run(conn: psycopg.AsyncConnection[TupleRow]) -> None:
+        async def run(conn: _Connection) -> None:
             done = await self._guarded(
                 conn,
                 key,
@@ -445,9 +523,12 @@ class PostgresJournal:
                 error=None,
             )
             if not done:
-                raise await self._refusal(conn, key, JournalState.CREATED, task_id=task_id)
+                await refuse(conn)
 
-        await self._durable(key, run)
+        async def refuse(conn: _Connection) -> None:
+            raise await self._refusal(conn, key, JournalState.CREATED, task_id=task_id)
+
+        await self._durable(key, run, together=("created", (key, task_id, status)), otherwise=refuse)
 
     async def uncertain(self, key: str, error: str) -> None:
         """Record a POST whose outcome is unknown; committed before it returns."""
@@ -492,7 +573,7 @@ class PostgresJournal:
     # -- reading and writing rows ----------------------------------------------------------------------------
 
     async def _row(
-        self, conn: psycopg.AsyncConnection[TupleRow], key: str, *, lock: bool
+        self, conn: _Connection, key: str, *, lock: bool
     ) -> tuple[JournalEntry, str, bool, int] | None:
         suffix = " FOR UPDATE OF i" if lock else ""
         cursor = await conn.execute(
@@ -503,12 +584,12 @@ class PostgresJournal:
             return None
         return _entry(row), row[9], row[10], row[11]
 
-    async def _set(self, conn: psycopg.AsyncConnection[TupleRow], key: str, **columns: Any) -> None:
+    async def _set(self, conn: _Connection, key: str, **columns: Any) -> None:
         await self._guarded(conn, key, "true", (), **columns)
 
     async def _guarded(
         self,
-        conn: psycopg.AsyncConnection[TupleRow],
+        conn: _Connection,
         key: str,
         condition: str,
         params: tuple[Any, ...],
@@ -520,7 +601,7 @@ class PostgresJournal:
 
     async def _update(
         self,
-        conn: psycopg.AsyncConnection[TupleRow],
+        conn: _Connection,
         key: str,
         condition: str,
         params: tuple[Any, ...],
@@ -537,7 +618,7 @@ class PostgresJournal:
     async def _own_claim(self, key: str, target: JournalState, sources: tuple[str, ...], error: str) -> None:
         """A durable write that only the claim's worker may make (it alone knows what its POST did)."""
 
-        async def run(conn: psycopg.AsyncConnection[TupleRow]) -> None:
+        async def run(conn: _Connection) -> None:
             done = await self._guarded(
                 conn,
                 key,
@@ -553,7 +634,7 @@ class PostgresJournal:
 
     async def _refusal(
         self,
-        conn: psycopg.AsyncConnection[TupleRow],
+        conn: _Connection,
         key: str,
         target: JournalState,
         *,
@@ -586,52 +667,9 @@ class PostgresJournal:
 
     def _buffer(self, write: _Write) -> None:
         self._check_open()
-        self._writes.append(write)
-        self._waiting[write.key] += 1
-        self._trim()
-        if self._due is not None:
-            self._due.set()
-        if len(self._writes) >= self._flush_every and self._nap is not None:
-            self._nap.cancel()
+        self._writes.add(write)
 
-    def _take(self, key: str | None) -> list[_Write]:
-        """Every buffered write when ``key`` is None or has writes waiting (its order must hold)."""
-        if key is not None and key not in self._waiting:
-            return []
-        writes = list(self._writes)
-        self._writes.clear()
-        return writes
-
-    def _settle(self, writes: list[_Write], committed: bool) -> None:
-        if committed:
-            for write in writes:
-                self._forget(write)
-            self._dropping = False
-        else:
-            self._writes.extendleft(reversed(writes))
-            self._trim()
-
-    def _forget(self, write: _Write) -> None:
-        self._waiting[write.key] -= 1
-        if not self._waiting[write.key]:
-            del self._waiting[write.key]
-
-    def _trim(self) -> None:
-        excess = len(self._writes) - self._max_buffered
-        if excess <= 0:
-            return
-        for _ in range(excess):
-            self._forget(self._writes.popleft())
-        if not self._dropping:
-            self._dropping = True
-            log.warning(
-                "journal %s: more than %d buffered writes wait for a commit; dropping the oldest (a re-run"
-                " asks the API again for what they said)",
-                self._path,
-                self._max_buffered,
-            )
-
-    async def _commit(self, conn: psycopg.AsyncConnection[TupleRow], writes: list[_Write]) -> None:
+    async def _commit(self, conn: _Connection, writes: list[_Write]) -> None:
         async with conn.transaction():
             # Pipelined: the updates go out together and their answers come back together (one round
             # trip, not one per write); a failing one aborts the transaction, and the writes are kept.
@@ -651,28 +689,11 @@ class PostgresJournal:
                     refusal = await self._refusal(conn, write.key, write.target)
                     log.warning("%s; the buffered write is dropped", refusal)
 
-    async def _timer(self) -> None:
-        """Commit the buffered writes ``flush_interval`` after the first of them, even if no call follows."""
-        while True:
-            self._due = anyio.Event()
-            if not self._writes:
-                await self._due.wait()
-            if len(self._writes) < self._flush_every:
-                with anyio.CancelScope() as self._nap:
-                    await self._clock.sleep(self._flush_interval)
-                self._nap = None
-            try:
-                await self._call(None, self._take(None))
-            except JournalError as exc:
-                if not self._failing:
-                    log.warning("%s; buffered writes are kept and retried", exc)
-                self._failing = True
-            else:
-                self._failing = False
+    async def _commit_buffered(self, writes: list[_Write]) -> None:
+        await self._call(None, writes)
 
-    async def _heartbeat(self) -> None:
+    async def _heartbeat(self, conn: _Connection | None) -> None:
         """Renew this worker's lease every third of it; mark the claims of dead workers uncertain."""
-        conn: psycopg.AsyncConnection[TupleRow] | None = None
         try:
             while True:
                 await self._clock.sleep(self._lease / 3)
@@ -700,7 +721,7 @@ class PostgresJournal:
                 with anyio.CancelScope(shield=True):
                     await conn.close()
 
-    async def _beat(self, conn: psycopg.AsyncConnection[TupleRow]) -> None:
+    async def _beat(self, conn: _Connection) -> None:
         async with conn.transaction():
             await conn.execute(
                 "UPDATE kling_workers SET lease_until = clock_timestamp() + make_interval(secs => %s)"
@@ -715,77 +736,138 @@ class PostgresJournal:
                 (self._clock.wall(),),
             )
 
-    # -- the connection's task -------------------------------------------------------------------------------
+    # -- running calls --------------------------------------------------------------------------------------
 
     async def _durable(
-        self, key: str, run: Callable[[psycopg.AsyncConnection[TupleRow]], Awaitable[Any]]
+        self,
+        key: str,
+        run: Callable[[_Connection], Awaitable[Any]],
+        *,
+        together: tuple[str, tuple[Any, ...]] | None = None,
+        otherwise: Callable[[_Connection], Awaitable[Any]] | None = None,
     ) -> Any:
+        """Run a durable call for ``key``: ``run``, or, when the key has no buffered writes to commit first
+        and ``together`` is given (a kind of ``_TOGETHER`` and this call's row), that statement, gathered
+        with the calls of the same kind; then, unless it settled the key, ``otherwise`` (``run`` if None)."""
         self._check_open()
-        return await self._call(run, self._take(key))
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise JournalError("closed", path=self._path)
-        if not self._depth:
-            raise JournalError("not open: use it in `async with journal:`", path=self._path)
+        return await self._call(run, self._writes.take(key), key, together, otherwise or run)
 
     async def _call(
         self,
-        run: Callable[[psycopg.AsyncConnection[TupleRow]], Awaitable[Any]] | None,
-        writes: list[_Write] | None = None,
+        run: Callable[[_Connection], Awaitable[Any]] | None,
+        writes: list[_Write],
+        key: str | None = None,
+        together: tuple[str, tuple[Any, ...]] | None = None,
+        otherwise: Callable[[_Connection], Awaitable[Any]] | None = None,
     ) -> Any:
-        """Run ``run`` (after committing ``writes``) on the connection's task and return its result.
+        """Commit ``writes`` (if any), then run ``run`` (if any) on a pooled connection; return its result.
 
-        Cancelled, it still waits for the call to end before the cancellation goes on.
+        It first waits for the calls made earlier for ``key`` and for the keys of ``writes``, so each key's
+        calls keep their order while other keys' run at the same time. Cancelled, it still ends (committed
+        or failed) before the cancellation goes on.
         """
-        assert self._jobs is not None
-        job = _Job(run, writes or [])
-        self._jobs.send_nowait(job)
+        keys = {write.key for write in writes}
+        if key is not None:
+            keys.add(key)
+        done = anyio.Event()
+        earlier = {self._last[k] for k in keys if k in self._last}
+        for k in keys:
+            self._last[k] = done
+        self._running.add(done)
+        committed = False
         try:
-            await job.done.wait()
-        except BaseException:
-            with anyio.CancelScope(shield=True):
-                await job.done.wait()
-            raise
-        if job.error is not None:
-            raise job.error
-        return job.result
-
-    async def _work(self, receive: MemoryObjectReceiveStream[_Job]) -> None:
-        """Run the jobs one at a time, in order; shielded: a job always ends (closing the queue ends this)."""
-        with anyio.CancelScope(shield=True):
             try:
-                async with receive:
-                    async for job in receive:
-                        await self._run(job)
-                        if job.writes:
-                            self._settle(job.writes, job.committed)
-                        job.done.set()
+                with anyio.CancelScope(shield=True):
+                    for event in earlier:
+                        await event.wait()
+                    if together is not None and not writes:
+                        if await self._together(*together):
+                            return None
+                        run = otherwise
+                    if not writes and run is None:
+                        return None
+                    async with self._slots, self._connection() as conn:
+                        if writes:
+                            await self._commit(conn, writes)
+                            committed = True
+                        return None if run is None else await run(conn)
             finally:
-                if self._conn is not None:
-                    await self._conn.close()
-                    self._conn = None
+                if writes:
+                    self._writes.settle(writes, committed)
+                for k in keys:
+                    if self._last.get(k) is done:
+                        del self._last[k]
+                self._running.discard(done)
+                done.set()
+        finally:
+            await anyio.lowlevel.checkpoint_if_cancelled()  # the caller's cancellation, now that all is over
 
-    async def _run(self, job: _Job) -> None:
+    async def _together(self, kind: str, row: tuple[Any, ...]) -> bool:
+        """Whether the statement of ``kind`` settled ``row``'s key: run once for every call of that kind that
+        joined while the first one waited for a connection."""
+        batch = self._gathering.get(kind)
+        if batch is not None and len(batch.rows) < _TOGETHER_MAX:
+            batch.rows.append(row)
+            await batch.done.wait()
+        else:
+            batch = self._gathering[kind] = _Batch([row])
+            try:
+                if len(self._running) > 1:
+                    # Other calls are under way: let those that are ready join before the statement goes.
+                    # Alone (one item after another), nobody would: no trip through the event loop then.
+                    await anyio.lowlevel.checkpoint()
+                async with self._slots, self._connection() as conn:
+                    if self._gathering.get(kind) is batch:  # closed: later calls gather in the next one
+                        del self._gathering[kind]
+                    cursor = await conn.execute(*self._together_statement(kind, batch.rows))
+                    batch.settled = frozenset(found[0] for found in await cursor.fetchall())
+            except JournalError as exc:
+                batch.error = exc
+            finally:
+                if self._gathering.get(kind) is batch:
+                    del self._gathering[kind]
+                batch.done.set()
+        if batch.error is not None:
+            raise batch.error
+        return row[0] in batch.settled
+
+    def _together_statement(self, kind: str, rows: list[tuple[Any, ...]]) -> tuple[str, tuple[Any, ...]]:
+        now = self._clock.wall()
+        if len(rows) == 1:
+            row = rows[0]
+            if kind == "claim":
+                return _ALONE[kind], (*row, self.worker, now, now)
+            if kind == "created":
+                key, task_id, status = row
+                return _ALONE[kind], (task_id, status, now, key, task_id, self.worker)
+            return _ALONE[kind], row
+        columns = [list(column) for column in zip(*rows, strict=True)]
+        if kind == "claim":
+            return _TOGETHER[kind], (self.worker, now, now, *columns)
+        if kind == "created":
+            return _TOGETHER[kind], (now, *columns, self.worker)
+        return _TOGETHER[kind], tuple(columns)
+
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[_Connection]:
+        """A pooled connection; the database's errors become JournalErrors."""
+        assert self._pool is not None
+        conn: _Connection | None = None
         try:
-            conn = self._conn
-            if conn is None or conn.closed:
-                self._conn = conn = await self._connect()
-            if job.writes:
-                await self._commit(conn, job.writes)
-                job.committed = True
-            if job.run is not None:
-                job.result = await job.run(conn)
-        except JournalError as exc:
-            job.error = exc
+            async with self._pool.connection() as conn:
+                yield conn
+        except PoolTimeout:
+            raise JournalError(
+                f"cannot connect: no connection within {self._connect_timeout:g} s", path=self._path
+            ) from None
         except psycopg.Error as exc:
-            job.error = JournalError(f"database error: {_reason(exc)}", path=self._path)
-            if self._conn is not None and self._conn.broken:
-                with contextlib.suppress(psycopg.Error):
-                    await self._conn.close()
-                self._conn = None  # the next call connects again
-        except Exception as exc:  # a bug: the caller sees it, the queue goes on
-            job.error = exc
+            raise JournalError(f"database error: {_reason(exc)}", path=self._path) from None
+        finally:
+            if conn is not None and conn.broken:
+                # A failover or a killed backend leaves the pool's idle connections dead too: replace them
+                # now, so that only this call fails.
+                with self._clock.move_on_after(self._connect_timeout):
+                    await self._pool.check()
 
 
 def _reason(exc: psycopg.Error) -> str:

@@ -87,9 +87,10 @@ def _run(command: list[str]) -> None:
         )
 
 
-@pytest.fixture(scope="session")
-def postgres_server() -> Iterator[str]:
-    """The DSN of a PostgreSQL server for this session: CI's, or one started here."""
+@contextlib.contextmanager
+def server() -> Iterator[str]:
+    """The DSN of a PostgreSQL server: CI's (``KLING_TEST_POSTGRES_DSN``), or a throwaway one started here
+    and stopped on exit. The benchmarks use it too."""
     given = os.environ.get(DSN_VARIABLE)
     if given:
         yield given
@@ -98,17 +99,31 @@ def postgres_server() -> Iterator[str]:
         yield dsn
 
 
+@contextlib.contextmanager
+def fresh_database(server: str, prefix: str = "kling_test") -> Iterator[str]:
+    """A new, empty database on ``server``, dropped (its sessions ended) on exit: its DSN."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(server, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield with_database(server, name)
+    finally:
+        with psycopg.connect(server, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    """The DSN of a PostgreSQL server for this session: CI's, or one started here."""
+    with server() as dsn:
+        yield dsn
+
+
 @pytest.fixture
 def database(postgres_server: str) -> Iterator[str]:
     """A fresh, empty database on the session's server, dropped after the test: its DSN."""
-    name = f"kling_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(postgres_server, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield with_database(postgres_server, name)
-    finally:
-        with psycopg.connect(postgres_server, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+    with fresh_database(postgres_server) as dsn:
+        yield dsn
 
 
 def with_database(url: str, name: str) -> str:

@@ -4,15 +4,18 @@ a dead worker's task is adopted."""
 
 from __future__ import annotations
 
+import itertools
 import logging
 from typing import Any
 
 import anyio
 import psycopg
+import psycopg.conninfo
 import pytest
 
 from kling_async import JournalError, KlingClient
-from kling_async._journal import JournalState
+from kling_async._clock import SystemClock
+from kling_async._journal import JournalEntry, JournalState
 from kling_async._journal_pg import ClaimedElsewhere, PostgresJournal, redact
 from kling_async._journals import open_journal
 from kling_async.testing import Simulator
@@ -396,3 +399,179 @@ async def test_a_database_that_is_down_sends_no_post(tmp_path: Any) -> None:
                 pass
         assert sim.counters.posts == 0
     assert "s3cret" not in str(caught.value)
+
+
+# -- the connection pool ------------------------------------------------------------------------------------
+
+
+class RowLock:
+    """Another session holding the row locks of ``keys`` until the block ends: calls that need them wait."""
+
+    def __init__(self, dsn: str, keys: list[str]) -> None:
+        self._conn = psycopg.connect(dsn)
+        self._conn.execute("SELECT 1 FROM kling_items WHERE key = ANY(%s) FOR UPDATE", (keys,))
+
+    def __enter__(self) -> RowLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._conn.rollback()
+        self._conn.close()
+
+
+def lock_bounded(dsn: str) -> str:
+    """The DSN with a lock timeout: a test whose journal waits for a lock fails instead of hanging."""
+    return psycopg.conninfo.make_conninfo(dsn, options="-c lock_timeout=10s")
+
+
+async def waiting_on_locks(dsn: str, count: int) -> None:
+    """Return once ``count`` sessions of the database wait for a lock (the server says so)."""
+    sql = (
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+        " AND wait_event_type = 'Lock'"
+    )
+    with anyio.fail_after(10):
+        while peek(dsn, sql) != [(count,)]:  # noqa: ASYNC110
+            await anyio.sleep(0.01)
+
+
+async def record(journal: PostgresJournal, *keys: str) -> None:
+    for key in keys:
+        await journal.submitting(key, MODEL, REQUEST)
+        await journal.created(key, f"t-{key}", "CREATED")
+
+
+async def test_calls_for_different_keys_run_on_the_server_at_the_same_time(database: str) -> None:  # noqa: F811
+    keys = ["a", "b", "c", "d"]
+    found: list[str] = []
+
+    async def look(key: str) -> None:
+        entry = await journal.lookup(key)
+        assert entry is not None
+        found.append(entry.key)
+
+    async with PostgresJournal(lock_bounded(database), connections=4) as journal:
+        await record(journal, *keys)
+        async with anyio.create_task_group() as tg:
+            with RowLock(database, keys):  # released before the task group waits for the calls
+                for key in keys:
+                    tg.start_soon(look, key)
+                await waiting_on_locks(database, len(keys))  # one connection each, all inside the server
+                assert found == []
+    assert sorted(found) == keys
+
+
+async def test_a_keys_call_waits_for_its_buffered_write_while_other_keys_go_on(database: str) -> None:  # noqa: F811
+    async with PostgresJournal(lock_bounded(database), flush_interval=3600) as journal:
+        await record(journal, "a", "b")
+        await journal.status("a", "IN_PROGRESS")  # buffered
+        seen: list[JournalEntry | None] = []
+
+        async def look() -> None:
+            seen.append(await journal.lookup("a"))  # commits a's buffered status first: waits
+
+        async with anyio.create_task_group() as tg:
+            with RowLock(database, ["a"]):
+                tg.start_soon(look)
+                await waiting_on_locks(database, 1)
+                with anyio.fail_after(10):
+                    await journal.created("b", "t-b", "IN_PROGRESS")  # another key is not held up
+                    b = await journal.lookup("b")
+                assert b is not None
+                assert b.status == "IN_PROGRESS"
+                assert seen == []
+    assert len(seen) == 1
+    assert seen[0] is not None
+    assert seen[0].status == "IN_PROGRESS"
+
+
+async def test_killed_pooled_connections_fail_one_call_and_are_all_replaced(database: str) -> None:  # noqa: F811
+    keys = ["a", "b", "c"]
+    async with PostgresJournal(lock_bounded(database), connections=3) as journal:
+        await record(journal, *keys)
+        async with anyio.create_task_group() as tg:
+            with RowLock(database, keys):
+                for key in keys:
+                    tg.start_soon(journal.lookup, key)
+                await waiting_on_locks(database, 3)  # the pool holds three connections now
+        with psycopg.connect(database, autocommit=True) as admin:  # a failover, or an admin's kill
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        with pytest.raises(JournalError, match="database error"):
+            await journal.lookup("a")
+        for key in keys * 3:  # every pooled connection takes its turn: none is left dead
+            entry = await journal.lookup(key)
+            assert entry is not None
+            assert entry.task_id == f"t-{key}"
+
+
+def test_a_pool_without_connections_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"^connections: at least 1, got 0$"):
+        PostgresJournal("postgresql:///db", connections=0)
+
+
+class TickingClock(SystemClock):
+    """The system clock, but each timestamp one second after the one before: a statement's rows share one."""
+
+    def __init__(self) -> None:
+        self._ticks = itertools.count(1)
+
+    def wall(self) -> float:
+        return float(next(self._ticks))
+
+
+async def test_created_calls_ready_together_go_to_the_server_as_one_statement(database: str) -> None:  # noqa: F811
+    keys = ["a", "b", "c"]
+    async with PostgresJournal(lock_bounded(database), connections=1, clock=TickingClock()) as journal:
+        await record(journal, "x")
+        for key in keys:
+            await journal.submitting(key, MODEL, REQUEST)
+        async with anyio.create_task_group() as tg:
+            with RowLock(database, ["x"]):
+                tg.start_soon(journal.lookup, "x")  # holds the only connection until the lock goes
+                await waiting_on_locks(database, 1)
+                for key in keys:
+                    tg.start_soon(journal.created, key, f"t-{key}", "CREATED")
+                await anyio.wait_all_tasks_blocked()
+    assert peek(database, "SELECT count(DISTINCT updated_at) FROM kling_items WHERE key = ANY(%s)", keys) == [
+        (1,)
+    ]
+    assert peek(
+        database, "SELECT key, state, task_id FROM kling_items WHERE key = ANY(%s) ORDER BY key", keys
+    ) == [(key, "created", f"t-{key}") for key in keys]
+
+
+async def test_workers_claiming_the_same_keys_in_opposite_orders_claim_each_once(database: str) -> None:  # noqa: F811
+    keys = [f"k{i:02d}" for i in range(60)]
+    claimed: list[str] = []
+
+    async def claim(journal: PostgresJournal, key: str) -> None:
+        try:
+            await journal.submitting(key, MODEL, REQUEST)
+        except ClaimedElsewhere:
+            return
+        claimed.append(key)
+
+    async with PostgresJournal(database):  # the tables
+        pass
+    with psycopg.connect(database) as conn:
+        # Each new row takes the server 2 ms: the two workers' statements, each claiming most of the keys
+        # at once, are on the server at the same time.
+        conn.execute(
+            "CREATE FUNCTION slow_insert() RETURNS trigger LANGUAGE plpgsql"
+            " AS $$ BEGIN PERFORM pg_sleep(0.002); RETURN NEW; END $$"
+        )
+        conn.execute(
+            "CREATE TRIGGER slow BEFORE INSERT ON kling_items FOR EACH ROW EXECUTE FUNCTION slow_insert()"
+        )
+    async with (
+        PostgresJournal(lock_bounded(database), connections=1) as first,
+        PostgresJournal(lock_bounded(database), connections=1) as second,
+        anyio.create_task_group() as tg,
+    ):
+        for key, reverse in zip(keys, reversed(keys), strict=True):
+            tg.start_soon(claim, first, key)
+            tg.start_soon(claim, second, reverse)
+    assert sorted(claimed) == keys

@@ -99,6 +99,11 @@ async def test_a_worker_killed_with_posts_on_the_wire_leaves_them_uncertain_or_a
         for worker in survivors:
             async with worker:
                 assert await worker.wait() == 0
+        # Until its lease runs out, a killed worker is taken as live (its claims held): wait for that.
+        lapsed_sql = "SELECT 1 FROM kling_workers WHERE id = %s AND lease_until < clock_timestamp()"
+        with anyio.fail_after(30):
+            while not rows(database, lapsed_sql, victim_id):  # noqa: ASYNC110 - nothing signals a lapse
+                await anyio.sleep(0.02)
         # A later run with the same input: it adopts what the dead worker created, and reports the rest.
         async with KlingClient(
             api_key="sim-key", base_url=sim.url, poll=FAST_POLL, retry=FAST_RETRY
