@@ -38,6 +38,7 @@ from ._client import KEY_VARIABLES, KlingClient
 from ._clock import SYSTEM_CLOCK
 from ._endpoints import DEFAULT_MODEL, ENDPOINTS, endpoint_for
 from ._errors import (
+    ClaimedElsewhere,
     DownloadError,
     InvalidRequestError,
     JournalError,
@@ -57,6 +58,8 @@ from ._report import RunTimeline, write_reports
 __all__ = ["cli", "load_jobs", "main"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+# A row's report status when another worker sharing a PostgreSQL journal holds it.
+ELSEWHERE = "ELSEWHERE"
 
 _EVENT_ENCODER = msgspec.json.Encoder()
 
@@ -494,8 +497,11 @@ def batch(
         _fail(str(exc))
     if run.interrupted:
         sys.exit(EXIT_INTERRUPTED)
+    # A row another worker of a shared journal holds is that worker's to finish: not a failure here.
     every_row_done = (
-        not errors and len(run.outcomes) == len(rows) and all(o.ok for o in run.outcomes.values())
+        not errors
+        and len(run.outcomes) == len(rows)
+        and all(o.ok or isinstance(o.error, ClaimedElsewhere) for o in run.outcomes.values())
     )
     sys.exit(EXIT_OK if every_row_done else EXIT_FAILED)
 
@@ -671,6 +677,7 @@ def _status_of(outcome: Outcome) -> str:
     if isinstance(error, TaskFailedError):
         return error.status
     kinds: list[tuple[type[KlingError], str]] = [
+        (ClaimedElsewhere, ELSEWHERE),
         (SubmitUncertainError, "UNCERTAIN"),
         (TaskTimeoutError, "TIMEOUT"),
         (DownloadError, "DOWNLOAD_FAILED"),
@@ -688,10 +695,10 @@ def _summary(
     table.add_column("status")
     table.add_column("rows", justify="right")
     for status, count in sorted(by_status.items(), key=lambda item: (item[0] != "COMPLETED", item[0])):
-        style = "green" if status == "COMPLETED" else "red"
+        style = "green" if status == "COMPLETED" else "yellow" if status == ELSEWHERE else "red"
         table.add_row(f"[{style}]{status}[/{style}]", str(count))
     console.print(table)
-    problems = [record for record in records if record["status"] != "COMPLETED"]
+    problems = [record for record in records if record["status"] not in ("COMPLETED", ELSEWHERE)]
     for record in problems[:20]:
         name = f"line {record['line']}" + (f" ({record['id']})" if record["id"] is not None else "")
         console.print(f"  {name}: {record['error']}", highlight=False, markup=False)
@@ -701,6 +708,12 @@ def _summary(
         console.print(
             f"[yellow]interrupted: {by_status['NOT_RUN']} row(s) not run; run the same command again to"
             " resume[/yellow]"
+        )
+    if by_status[ELSEWHERE]:
+        console.print(
+            f"{by_status[ELSEWHERE]} row(s) held by another worker of the shared journal: theirs to finish;"
+            " the journal, or this command run again once they are done, shows how they end",
+            highlight=False,
         )
     failed = by_status["FAILED"]
     if failed:

@@ -16,6 +16,7 @@
     ├── TaskTimeoutError            our wait deadline passed; the task lives on and stays reachable by id
     ├── SubmitUncertainError        a POST may have created a task, but no answer came back; never resubmitted
     ├── JournalError                a journal file that is foreign, damaged, newer, or reused otherwise
+    │   └── ClaimedElsewhere        another worker sharing a PostgreSQL journal holds the item
     └── WebhookVerificationError    a webhook delivery unsigned, badly signed, stale, future or replayed
 
 Every error prints readably and carries its context as attributes; none ever contains the API key.
@@ -33,6 +34,7 @@ __all__ = [
     "APIError",
     "AuthenticationError",
     "BadRequestError",
+    "ClaimedElsewhere",
     "DownloadError",
     "InvalidParam",
     "InvalidRequestError",
@@ -242,6 +244,12 @@ class JournalError(KlingError):
         # The task the failed record was about: it exists server-side and is reachable by this id.
         self.task_id = task_id
         super().__init__(f"journal {path}: {problem}")
+
+
+class ClaimedElsewhere(JournalError):
+    """Another worker sharing the PostgreSQL journal holds the item (its POST, or the task it follows), or
+    took it since this worker looked. Nothing was sent for it here: it is that worker's to finish, and the
+    journal shows how it ends."""
 
 
 class WebhookVerificationError(KlingError):

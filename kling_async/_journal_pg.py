@@ -49,7 +49,7 @@ import anyio.abc
 import anyio.lowlevel
 
 from ._clock import SYSTEM_CLOCK, Clock
-from ._errors import JournalError
+from ._errors import ClaimedElsewhere, JournalError
 from ._journal import APPLICATION, JournalEntry, JournalState, Lifecycle, WriteBuffer
 
 try:
@@ -196,11 +196,6 @@ class _Slots:
             self._waiters.popleft().set()
         else:
             self._free += 1
-
-
-class ClaimedElsewhere(JournalError):
-    """Another worker sharing the journal holds the item (its POST, or the task it follows), or took it
-    since this worker looked: raised by ``submitting``, so nothing is sent for it here."""
 
 
 @dataclass(frozen=True, slots=True)

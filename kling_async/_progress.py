@@ -18,7 +18,7 @@ from rich.text import Text
 from ._batch import Outcome
 from ._client import KlingClient
 from ._clock import SYSTEM_CLOCK
-from ._errors import SubmitUncertainError
+from ._errors import ClaimedElsewhere, SubmitUncertainError
 from ._events import RateLimited, RequestRetried, TaskSubmitted
 
 __all__ = ["BatchProgress"]
@@ -27,7 +27,7 @@ _PLAIN_EVERY = 5.0
 
 
 class BatchProgress:
-    """Counts of queued / generating / done / failed / uncertain rows, request rate, 429s and ETA.
+    """Counts of queued / generating / done / failed / uncertain (/ elsewhere) rows, request rate, 429s, ETA.
 
     Args:
         console: where to draw (stderr).
@@ -43,6 +43,7 @@ class BatchProgress:
         self.failed = 0
         self.uncertain = 0
         self.rejected = 0
+        self.elsewhere = 0  # rows another worker sharing the journal holds
         self.generating: set[str] = set()
         self.rate_limited = 0
         self.retries = 0
@@ -55,9 +56,10 @@ class BatchProgress:
     def counts(self) -> str:
         """Where the rows stand, in one short line."""
         queued = max(self.total - self.finished_count - len(self.generating), 0)
+        elsewhere = f" · {self.elsewhere} elsewhere" if self.elsewhere else ""
         return (
             f"{self.done} done · {self.failed + self.rejected} failed · {self.uncertain} uncertain"
-            f" · {len(self.generating)} generating · {queued} queued"
+            f" · {len(self.generating)} generating · {queued} queued{elsewhere}"
         )
 
     def traffic(self) -> str:
@@ -77,7 +79,7 @@ class BatchProgress:
     @property
     def finished_count(self) -> int:
         """Items with an outcome."""
-        return self.done + self.failed + self.uncertain + self.rejected
+        return self.done + self.failed + self.uncertain + self.rejected + self.elsewhere
 
     @asynccontextmanager
     async def watching(self, client: KlingClient) -> AsyncIterator[None]:
@@ -133,6 +135,8 @@ class BatchProgress:
             self.done += 1
         elif isinstance(outcome.error, SubmitUncertainError):
             self.uncertain += 1
+        elif isinstance(outcome.error, ClaimedElsewhere):
+            self.elsewhere += 1
         elif outcome.task_id is None:
             self.rejected += 1
         else:

@@ -140,7 +140,8 @@ h1 { margin: 0 0 4px; font-size: 24px; } h2 { font-size: 18px; margin: 32px 0 12
 .counts li { border-radius: 999px; padding: 2px 12px; background: rgba(127,127,127,.15); }
 .badge { font-size: 12px; font-weight: 600; border-radius: 4px; padding: 1px 6px; color: #fff;
   background: var(--bad); }
-.badge.COMPLETED { background: var(--ok); } .badge.NOT_RUN, .badge.UNCERTAIN { background: var(--warn); }
+.badge.COMPLETED { background: var(--ok); }
+.badge.NOT_RUN, .badge.UNCERTAIN, .badge.ELSEWHERE { background: var(--warn); }
 .badge.INVALID { background: var(--mute); }
 .grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(260px, 1fr)); gap: 16px; }
 .clip { margin: 0; border-radius: 8px; overflow: hidden; background: rgba(127,127,127,.08); }

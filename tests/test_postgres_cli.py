@@ -7,8 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import anyio
 import psycopg
+import pytest
 
+from kling_async import OmniRequest
+from kling_async._journal_pg import PostgresJournal
+from kling_async._models import encode_request
 from tests.postgres import database, postgres_server  # noqa: F401  (fixtures)
 
 ROOT = Path(__file__).parent.parent
@@ -37,3 +42,26 @@ def test_an_unreachable_database_is_a_usage_error_without_the_password(tmp_path:
     assert f"--journal: journal postgresql://kling@/journal?host={tmp_path}: cannot connect" in done.stderr
     assert "s3cret" not in done.stderr + done.stdout
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.anyio
+async def test_a_row_another_worker_holds_is_reported_elsewhere_and_is_not_a_failure(
+    database: str,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text('{"id": "snow", "prompt": "a fox in snow"}\n{"id": "rain", "prompt": "a fox in rain"}\n')
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "kling_async", "batch", str(rows), "--out", str(out), "--simulate"]
+    async with PostgresJournal(database) as other:  # a live worker, its POST for "rain" on the wire
+        await other.submitting(
+            "rain", "kling-v3-omni-std", encode_request(OmniRequest(prompt="a fox in rain"))
+        )
+        done = await anyio.run_process([*command, "--journal", database], cwd=ROOT, check=False)
+    assert done.returncode == 0, done.stderr.decode()
+    report = (out / "report.json").read_text()
+    assert '"status": "ELSEWHERE"' in report
+    said = done.stderr.decode()
+    assert "1 row(s) held by another worker" in said
+    assert "0 failed" in said  # the progress line counts it apart, not as a failure
+    assert "1 elsewhere" in said
