@@ -468,7 +468,30 @@ class BatchRun:
         if live is not None:
             self._live_keys.discard(live.key)
             self._give_back(live.ticket)
-        self._tg.start_soon(self._complete, item, error)
+        if self._journal is not None or self._options.download is not None:
+            self._tg.start_soon(self._complete, item, error)
+            return
+        # Nothing to write or fetch: the outcome goes out at once, without starting a task for it unless
+        # the reader is behind (starting a task costs more CPU than the rest of finishing an item).
+        outcome = self._outcome(item, error)
+        try:
+            self._send.send_nowait(outcome)
+        except anyio.WouldBlock:
+            self._tg.start_soon(self._deliver, outcome)
+            return
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            pass  # the reader left: nobody will read it, and the batch is being stopped
+        self._delivered()
+
+    def _outcome(self, item: Tracked, error: KlingError | None) -> Outcome:
+        handle = item.handle
+        result: TaskResult | None = None
+        if error is None:
+            try:
+                result = handle.result()
+            except KlingError as exc:
+                error = exc
+        return Outcome(index=item.index, key=item.key, task_id=handle.task_id, result=result, error=error)
 
     async def _complete(self, item: Tracked, error: KlingError | None) -> None:
         handle = item.handle
@@ -514,6 +537,9 @@ class BatchRun:
 
     async def _deliver(self, outcome: Outcome) -> None:
         await self._send.send(outcome)
+        self._delivered()
+
+    def _delivered(self) -> None:
         self._pending -= 1
         if not self._submitting and self._pending == 0:
             self._drained.set()
