@@ -20,7 +20,7 @@ import hashlib
 import itertools
 import logging
 from collections import deque
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterable, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -121,13 +121,38 @@ def as_job(item: Job | Request) -> Job:
     return item if isinstance(item, Job) else Job(item)
 
 
-async def _iterate(items: Iterable[Job | Request] | AsyncIterable[Job | Request]) -> AsyncIterator[Job]:
+def _puller(
+    items: Iterable[Job | Request] | AsyncIterable[Job | Request],
+) -> Callable[[], Awaitable[Job | None]]:
+    """A function giving the input's next item as a Job, or None at its end; concurrent callers are
+    served one at a time.
+
+    A plain iterable is read without awaiting anything (so without a lock: nothing can interleave);
+    an async one under a lock, since an async iterator must not be advanced twice at once.
+    """
     if isinstance(items, AsyncIterable):
-        async for item in items:
-            yield as_job(item)
-    else:
-        for item in items:
-            yield as_job(item)
+        source = aiter(items)
+        lock = anyio.Lock()
+
+        async def pull_async() -> Job | None:
+            async with lock:
+                try:
+                    item = await anext(source)
+                except StopAsyncIteration:
+                    return None
+            return as_job(item)
+
+        return pull_async
+    iterator = iter(items)
+
+    async def pull() -> Job | None:
+        try:
+            item = next(iterator)
+        except StopIteration:
+            return None
+        return as_job(item)
+
+    return pull
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -271,19 +296,17 @@ class BatchRun:
                     unsubscribe.append(self._registry.subscribe(self._queue_status))
                     tg.start_soon(self._write_statuses)
                 tg.start_soon(self._tracker.run)
-                source = _iterate(items)
+                pull = _puller(items)
                 counter = itertools.count()
-                lock = anyio.Lock()
 
                 async def next_job() -> tuple[int, Job] | None:
-                    async with lock:
-                        if self._batch_deadline is not None and self._clock.now() >= self._batch_deadline:
-                            return None  # past the batch's deadline: take no more items
-                        job = await anext(source, None)
-                        if job is None:
-                            return None
-                        self._pending += 1
-                        return next(counter), job
+                    if self._batch_deadline is not None and self._clock.now() >= self._batch_deadline:
+                        return None  # past the batch's deadline: take no more items
+                    job = await pull()
+                    if job is None:
+                        return None
+                    self._pending += 1
+                    return next(counter), job
 
                 async def submitter() -> None:
                     # The in-flight slot comes first: an item is taken from the input only when it can
