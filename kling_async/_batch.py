@@ -102,10 +102,82 @@ def job_key(job: Job, model: str, occurrence: int) -> str:
     requests (0 for the first), so inserting, removing or fixing other items never changes it."""
     if job.id is not None:
         return job.id
-    digest = hashlib.sha256(
-        model.encode() + b"\0" + encode_request(job.request) + b"\0#" + str(occurrence).encode()
-    )
+    return _derived_key(model, encode_request(job.request), str(occurrence))
+
+
+def _derived_key(model: str, body: bytes, occurrence: str) -> str:
+    digest = hashlib.sha256(model.encode() + b"\0" + body + b"\0#" + occurrence.encode())
     return digest.hexdigest()[:20]
+
+
+# Identical requests of one input are counted exactly among this many distinct requests (a generation).
+_GENERATION = 65_536
+# Requests of earlier generations go into a Bloom filter: 1 MiB (made when the first generation ends),
+# four probes. It wrongly takes a new request for an earlier one about once in 70,000 at 131,072
+# distinct requests, once in 50 at a million, and nearly always past ten million.
+_SEEN_BITS = 1 << 23
+_SEEN_PROBES = 4
+
+
+class _Occurrences:
+    """Each request's occurrence among identical requests of one input, in memory bounded however long
+    the input runs.
+
+    ``next(digest)`` is ``"0"`` for the first request with that content, ``"1"`` for the second, ...: what
+    counting every request gives, as long as identical requests are fewer than ``generation`` distinct
+    requests apart. The counts then start again in a new generation; a request that the filter says an
+    earlier generation may have had is numbered ``"<generation>.<count>"``, which no earlier item can
+    have (a plain number for one content comes from a single generation). Such a number depends on where
+    the generations start, so editing items before it can change it.
+    """
+
+    __slots__ = ("_counts", "_generation", "_limit", "_seen")
+
+    def __init__(self, generation: int = _GENERATION) -> None:
+        # 56 bits of the content digest (a 32-byte int) -> the next count; negative: numbered by generation.
+        self._counts: dict[int, int] = {}
+        self._limit = generation
+        self._generation = 0
+        self._seen: bytearray | None = None
+
+    def __len__(self) -> int:
+        return len(self._counts)
+
+    def next(self, digest: bytes) -> str:
+        """The occurrence of the next request whose content has this digest (16 bytes or more)."""
+        fingerprint = int.from_bytes(digest[:7], "big")
+        counts = self._counts
+        count = counts.get(fingerprint)
+        if count is None:
+            if len(counts) >= self._limit:
+                self._next_generation()
+                counts = self._counts
+            count = -1 if self._seen is not None and self._maybe_seen(fingerprint) else 0
+        if count >= 0:
+            counts[fingerprint] = count + 1
+            return str(count)
+        counts[fingerprint] = count - 1
+        return f"{self._generation}.{-count - 1}"
+
+    def _probes(self, fingerprint: int) -> list[int]:
+        # Two halves of the fingerprint make the probes (double hashing).
+        first, step = fingerprint >> 28, (fingerprint & 0xFFFFFFF) | 1
+        return [(first + i * step) % _SEEN_BITS for i in range(_SEEN_PROBES)]
+
+    def _maybe_seen(self, fingerprint: int) -> bool:
+        seen = self._seen
+        assert seen is not None
+        return all(seen[bit >> 3] & (1 << (bit & 7)) for bit in self._probes(fingerprint))
+
+    def _next_generation(self) -> None:
+        seen = self._seen
+        if seen is None:
+            seen = self._seen = bytearray(_SEEN_BITS // 8)
+        for fingerprint in self._counts:
+            for bit in self._probes(fingerprint):
+                seen[bit >> 3] |= 1 << (bit & 7)
+        self._counts = {}
+        self._generation += 1
 
 
 def legacy_job_key(job: Job, model: str, index: int) -> str:
@@ -273,7 +345,7 @@ class BatchRun:
         self._live: dict[str, _Live] = {}  # task id -> the item following it
         self._live_keys: set[str] = set()  # keys of items not finished yet: two must never share one
         self._tickets: set[Ticket] = set()
-        self._occurrences: dict[bytes, int] = {}
+        self._occurrences = _Occurrences()
         self._refused: AuthenticationError | None = None
         self._statuses: deque[tuple[str, str]] = deque()
         self._statuses_queued = anyio.Event()
@@ -350,23 +422,21 @@ class BatchRun:
         ticket.release()
         self._tickets.discard(ticket)
 
-    def _key(self, job: Job, model: str) -> str:
+    def _key(self, job: Job, model: str, body: bytes) -> str:
         if job.id is not None:
             return job.id
-        content = hashlib.sha256(model.encode() + b"\0" + encode_request(job.request)).digest()[:16]
-        occurrence = self._occurrences.get(content, 0)
-        self._occurrences[content] = occurrence + 1
-        return job_key(job, model, occurrence)
+        content = hashlib.sha256(model.encode() + b"\0" + body).digest()
+        return _derived_key(model, body, self._occurrences.next(content))
 
     async def _start(self, index: int, job: Job, ticket: Ticket) -> None:
         """Submit one item, or pick it up where a previous run with the same journal left it."""
         key = job.id or f"item-{index}"
         try:
             endpoint = resolve(job.request, job.model)
-            key = self._key(job, endpoint.model)
+            journal_body = encode_request(job.request)
+            key = self._key(job, endpoint.model, journal_body)
             if key in self._live_keys:
                 raise InvalidRequestError.for_field("id", f"{key!r} is used by another item of this batch")
-            journal_body = encode_request(job.request)
             journal = self._journal
             if journal is not None:
                 entry = await journal.lookup(key)
@@ -395,7 +465,12 @@ class BatchRun:
             self._live_keys.add(key)
             try:
                 created = await self._creator.create(
-                    endpoint, request, encode_request(request), key=key, ticket=ticket, recorder=recorder
+                    endpoint,
+                    request,
+                    journal_body if request is job.request else encode_request(request),
+                    key=key,
+                    ticket=ticket,
+                    recorder=recorder,
                 )
             finally:
                 self._live_keys.discard(key)
