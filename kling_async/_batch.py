@@ -299,14 +299,6 @@ class _JournalRecorder:
             self._sends.end()
 
 
-@dataclass(slots=True, eq=False)
-class _Live:
-    """An item whose task the batch follows: its ticket comes back when it finishes or the batch ends."""
-
-    key: str
-    ticket: Ticket
-
-
 class BatchRun:
     """One run of ``map``: submitters, the tracker, the journal, and the outcomes they produce."""
 
@@ -342,7 +334,10 @@ class BatchRun:
         self._pending = 0
         self._submitting = True
         self._drained = anyio.Event()
-        self._live: dict[str, _Live] = {}  # task id -> the item following it
+        # Task id -> the key of the item following it, with a journal only: its status records go by key,
+        # and only a journal (a duplicate entry) can hand two items one task.
+        self._followed: dict[str, str] = {}
+        self._held: dict[str, Ticket] = {}  # task id -> its item's in-flight slot, while still held
         self._live_keys: set[str] = set()  # keys of items not finished yet: two must never share one
         self._tickets: set[Ticket] = set()
         self._occurrences = _Occurrences()
@@ -544,17 +539,21 @@ class BatchRun:
         return True
 
     def _track(self, index: int, key: str, handle: TaskHandle, ticket: Ticket, *, check_now: bool) -> None:
-        if handle.task_id in self._live:
-            # The same task for two items (a duplicate journal entry): the second cannot own it.
-            error = SubmitUncertainError(
-                f"item {key}: task {handle.task_id} is already followed for another item of this batch",
-                model=handle.model,
-                key=key,
-                task_id=handle.task_id,
-            )
-            self._tg.start_soon(self._end_early, Outcome(index=index, key=key, error=error), ticket)
-            return
-        self._live[handle.task_id] = _Live(key, ticket)
+        task_id = handle.task_id
+        if self._journal is not None:
+            if task_id in self._followed:
+                # The same task for two items (a duplicate journal entry): the second cannot own it.
+                error = SubmitUncertainError(
+                    f"item {key}: task {task_id} is already followed for another item of this batch",
+                    model=handle.model,
+                    key=key,
+                    task_id=task_id,
+                )
+                self._tg.start_soon(self._end_early, Outcome(index=index, key=key, error=error), ticket)
+                return
+            self._followed[task_id] = key
+        if not ticket.released:
+            self._held[task_id] = ticket
         self._live_keys.add(key)
         deadline = self._clock.now() + self._timeout if self._timeout is not None else None
         if self._batch_deadline is not None:
@@ -562,10 +561,12 @@ class BatchRun:
         self._tracker.add(index, key, handle, deadline, check_now=check_now)
 
     def _finish(self, item: Tracked, error: KlingError | None) -> None:
-        live = self._live.pop(item.handle.task_id, None)
-        if live is not None:
-            self._live_keys.discard(live.key)
-            self._give_back(live.ticket)
+        task_id = item.handle.task_id
+        self._followed.pop(task_id, None)
+        self._live_keys.discard(item.key)
+        ticket = self._held.pop(task_id, None)
+        if ticket is not None:
+            self._give_back(ticket)
         if self._journal is not None or self._options.download is not None:
             self._tg.start_soon(self._complete, item, error)
             return
@@ -616,9 +617,9 @@ class BatchRun:
 
     def _queue_status(self, handle: TaskHandle, previous: str | None) -> None:
         """A registry subscriber: statuses of this batch's running tasks go to the journal, in order."""
-        live = self._live.get(handle.task_id)
-        if live is not None and not handle.done:
-            self._statuses.append((live.key, handle.status or ""))
+        key = self._followed.get(handle.task_id)
+        if key is not None and not handle.done:
+            self._statuses.append((key, handle.status or ""))
             self._statuses_queued.set()
 
     async def _write_statuses(self) -> None:
