@@ -9,8 +9,9 @@ Memory, two ways, each in its own fresh process:
     in flight (the simulator says every task was created and none finished; the client has then held
     every task for at least ``SETTLE`` seconds), divided by N. Peak over the whole run is also shown
     (it includes the N outcomes gather returns).
-  * RSS: peak resident set (VmHWM, reset before the run) minus RSS before the run, divided by N; from the
-    timing runs, which run without tracemalloc.
+  * RSS: resident set when all N tasks are in flight (after the same ``SETTLE``), and the peak resident
+    set over the run (VmHWM, reset before it; it includes the N outcomes), each minus RSS before the
+    run, divided by N; from the timing runs, which run without tracemalloc.
 Time: wall and client CPU (``time.process_time()``) for N = 1,000 and N = 10,000; linear in N means
 CPU per task stays flat (the wall time is mostly the fixed generation time).
 Run alone: ``python -m benchmarks.bench_scale [--quick]``.
@@ -104,6 +105,10 @@ async def worker_time(url: str, control: str, n: int, scale: float) -> dict[str,
         with Stopwatch() as watch:
             created = await _wait_all_created(control, n)
             submit_wall = watch.elapsed()
+            # As the tracemalloc snapshot: the client has held every task for SETTLE seconds (it
+            # waits for the generations anyway, so the wall and CPU figures do not move).
+            await asyncio.sleep(SETTLE)
+            rss_in_flight = rss_bytes()
             outcomes = await run
         after = await fetch_counters(control)
         peak = peak_rss_bytes()
@@ -115,6 +120,7 @@ async def worker_time(url: str, control: str, n: int, scale: float) -> dict[str,
         "submit_wall": submit_wall,
         "max_in_flight": created["in_flight"],
         "rss_delta_bytes": peak - rss_before,
+        "rss_in_flight_bytes": rss_in_flight - rss_before,
         "status_requests": after["status_gets"] + after["lists"] - before["status_gets"] - before["lists"],
     }
 
@@ -151,6 +157,7 @@ async def measure(quick: bool) -> list[Row]:
     per_task_large = t_large["cpu"] / large * 1e6
     kb = 1024.0
     in_flight_kb = mem["in_flight_bytes"] / large / kb
+    rss_in_flight_kb = t_large["rss_in_flight_bytes"] / large / kb
     cpu_ratio = t_large["cpu"] / t_small["cpu"]
     return [
         Row(
@@ -166,6 +173,20 @@ async def measure(quick: bool) -> list[Row]:
             f"memory/task, tracemalloc peak incl. outcomes, N={large:,}",
             "KB",
             mem["peak_bytes"] / large / kb,
+        ),
+        Row(
+            bench,
+            f"memory/task in flight, RSS delta, N={large:,}",
+            "KB",
+            rss_in_flight_kb,
+            target="<= 1 KB",
+            met=rss_in_flight_kb <= 1.0,
+        ),
+        Row(
+            bench,
+            f"memory/task in flight, RSS, N={small:,} -> {large:,} (what each task adds)",
+            "KB",
+            (t_large["rss_in_flight_bytes"] - t_small["rss_in_flight_bytes"]) / (large - small) / kb,
         ),
         Row(
             bench, f"memory/task, peak RSS delta, N={large:,}", "KB", t_large["rss_delta_bytes"] / large / kb

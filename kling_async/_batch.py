@@ -16,11 +16,12 @@ The run lives in a task group of the caller's (``async with client.map(...)``) a
 
 from __future__ import annotations
 
+import array
 import hashlib
 import itertools
 import logging
 from collections import deque
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterable, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -102,10 +103,122 @@ def job_key(job: Job, model: str, occurrence: int) -> str:
     requests (0 for the first), so inserting, removing or fixing other items never changes it."""
     if job.id is not None:
         return job.id
-    digest = hashlib.sha256(
-        model.encode() + b"\0" + encode_request(job.request) + b"\0#" + str(occurrence).encode()
-    )
+    return _derived_key(model, encode_request(job.request), str(occurrence))
+
+
+def _derived_key(model: str, body: bytes, occurrence: str) -> str:
+    digest = hashlib.sha256(model.encode() + b"\0" + body + b"\0#" + occurrence.encode())
     return digest.hexdigest()[:20]
+
+
+# Identical requests of one input are counted exactly among this many distinct requests (a generation).
+_GENERATION = 65_536
+# Requests of earlier generations go into a Bloom filter: 1 MiB (made when the first generation ends),
+# four probes. It wrongly takes a new request for an earlier one about once in 70,000 at 131,072
+# distinct requests, once in 50 at a million, and nearly always past ten million.
+_SEEN_BITS = 1 << 23
+_SEEN_PROBES = 4
+
+
+class _Occurrences:
+    """Each request's occurrence among identical requests of one input, in memory bounded however long
+    the input runs.
+
+    ``next(digest)`` is ``"0"`` for the first request with that content, ``"1"`` for the second, ...: what
+    counting every request gives, as long as identical requests are fewer than ``generation`` distinct
+    requests apart. The counts then start again in a new generation; a request that the filter says an
+    earlier generation may have had is numbered ``"<generation>.<count>"``, which no earlier item can
+    have (a plain number for one content comes from a single generation). Such a number depends on where
+    the generations start, so editing items before it can change it.
+
+    A generation's contents are 56-bit fingerprints of their digests in an open-addressing table of
+    8-byte slots (16 to 32 bytes a content, where a dict of int objects took 62); the few contents seen
+    more than once, or numbered by generation, have their count in a dict beside it.
+    """
+
+    __slots__ = ("_counts", "_generation", "_limit", "_seen", "_size", "_slots")
+
+    def __init__(self, generation: int = _GENERATION) -> None:
+        self._limit = generation
+        self._generation = 0
+        self._seen: bytearray | None = None
+        self._slots = array.array("q", bytes(8 * 1024))  # 0: empty; fingerprints are never 0
+        self._size = 0
+        # fingerprint -> the next count, for contents past their first; negative: numbered by generation.
+        self._counts: dict[int, int] = {}
+
+    def __len__(self) -> int:
+        return self._size
+
+    def next(self, digest: bytes) -> str:
+        """The occurrence of the next request whose content has this digest (16 bytes or more)."""
+        fingerprint = int.from_bytes(digest[:7], "big") | 1
+        if self._add(fingerprint):
+            if self._seen is None or not self._maybe_seen(fingerprint):
+                return "0"  # the common case: a content new to the input, nothing else stored
+            count = -1
+        else:
+            count = self._counts.get(fingerprint, 1)
+        if count >= 0:
+            self._counts[fingerprint] = count + 1
+            return str(count)
+        self._counts[fingerprint] = count - 1
+        return f"{self._generation}.{-count - 1}"
+
+    def _add(self, fingerprint: int) -> bool:
+        """Put the fingerprint in this generation's table; False when it was there already."""
+        slots = self._slots
+        mask = len(slots) - 1
+        index = fingerprint & mask
+        while True:
+            held = slots[index]
+            if held == fingerprint:
+                return False
+            if held == 0:
+                break
+            index = (index + 1) & mask
+        if self._size >= self._limit:
+            self._next_generation()
+            return self._add(fingerprint)
+        slots[index] = fingerprint
+        self._size += 1
+        if self._size * 2 > len(slots):
+            self._grow()
+        return True
+
+    def _grow(self) -> None:
+        old = self._slots
+        slots = self._slots = array.array("q", bytes(16 * len(old)))
+        mask = len(slots) - 1
+        for fingerprint in old:
+            if fingerprint:
+                index = fingerprint & mask
+                while slots[index]:
+                    index = (index + 1) & mask
+                slots[index] = fingerprint
+
+    def _probes(self, fingerprint: int) -> list[int]:
+        # Two halves of the fingerprint make the probes (double hashing).
+        first, step = fingerprint >> 28, (fingerprint & 0xFFFFFFF) | 1
+        return [(first + i * step) % _SEEN_BITS for i in range(_SEEN_PROBES)]
+
+    def _maybe_seen(self, fingerprint: int) -> bool:
+        seen = self._seen
+        assert seen is not None
+        return all(seen[bit >> 3] & (1 << (bit & 7)) for bit in self._probes(fingerprint))
+
+    def _next_generation(self) -> None:
+        seen = self._seen
+        if seen is None:
+            seen = self._seen = bytearray(_SEEN_BITS // 8)
+        for fingerprint in self._slots:
+            if fingerprint:
+                for bit in self._probes(fingerprint):
+                    seen[bit >> 3] |= 1 << (bit & 7)
+        self._slots = array.array("q", bytes(8 * 1024))
+        self._size = 0
+        self._counts = {}
+        self._generation += 1
 
 
 def legacy_job_key(job: Job, model: str, index: int) -> str:
@@ -121,13 +234,38 @@ def as_job(item: Job | Request) -> Job:
     return item if isinstance(item, Job) else Job(item)
 
 
-async def _iterate(items: Iterable[Job | Request] | AsyncIterable[Job | Request]) -> AsyncIterator[Job]:
+def _puller(
+    items: Iterable[Job | Request] | AsyncIterable[Job | Request],
+) -> Callable[[], Awaitable[Job | None]]:
+    """A function giving the input's next item as a Job, or None at its end; concurrent callers are
+    served one at a time.
+
+    A plain iterable is read without awaiting anything (so without a lock: nothing can interleave);
+    an async one under a lock, since an async iterator must not be advanced twice at once.
+    """
     if isinstance(items, AsyncIterable):
-        async for item in items:
-            yield as_job(item)
-    else:
-        for item in items:
-            yield as_job(item)
+        source = aiter(items)
+        lock = anyio.Lock()
+
+        async def pull_async() -> Job | None:
+            async with lock:
+                try:
+                    item = await anext(source)
+                except StopAsyncIteration:
+                    return None
+            return as_job(item)
+
+        return pull_async
+    iterator = iter(items)
+
+    async def pull() -> Job | None:
+        try:
+            item = next(iterator)
+        except StopIteration:
+            return None
+        return as_job(item)
+
+    return pull
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -202,14 +340,6 @@ class _JournalRecorder:
             self._sends.end()
 
 
-@dataclass(slots=True, eq=False)
-class _Live:
-    """An item whose task the batch follows: its ticket comes back when it finishes or the batch ends."""
-
-    key: str
-    ticket: Ticket
-
-
 class BatchRun:
     """One run of ``map``: submitters, the tracker, the journal, and the outcomes they produce."""
 
@@ -247,10 +377,15 @@ class BatchRun:
         self._pending = 0
         self._submitting = True
         self._drained = anyio.Event()
-        self._live: dict[str, _Live] = {}  # task id -> the item following it
-        self._live_keys: set[str] = set()  # keys of items not finished yet: two must never share one
+        # Task id -> the key of the item following it, with a journal only: its status records go by key,
+        # and only a journal (a duplicate entry) can hand two items one task.
+        self._followed: dict[str, str] = {}
+        self._held: dict[str, Ticket] = {}  # task id -> its item's in-flight slot, while still held
+        # Keys of items not finished yet: two must never share one. A dict, not a set: at 10,000 keys its
+        # compact table takes about 40 bytes a key, a set's 52.
+        self._live_keys: dict[str, None] = {}
         self._tickets: set[Ticket] = set()
-        self._occurrences: dict[bytes, int] = {}
+        self._occurrences = _Occurrences()
         self._refused: AuthenticationError | None = None
         self._statuses: deque[tuple[str, str]] = deque()
         self._statuses_queued = anyio.Event()
@@ -277,19 +412,17 @@ class BatchRun:
                     unsubscribe.append(self._registry.subscribe(self._queue_status))
                     tg.start_soon(self._write_statuses)
                 tg.start_soon(self._tracker.run)
-                source = _iterate(items)
+                pull = _puller(items)
                 counter = itertools.count()
-                lock = anyio.Lock()
 
                 async def next_job() -> tuple[int, Job] | None:
-                    async with lock:
-                        if self._batch_deadline is not None and self._clock.now() >= self._batch_deadline:
-                            return None  # past the batch's deadline: take no more items
-                        job = await anext(source, None)
-                        if job is None:
-                            return None
-                        self._pending += 1
-                        return next(counter), job
+                    if self._batch_deadline is not None and self._clock.now() >= self._batch_deadline:
+                        return None  # past the batch's deadline: take no more items
+                    job = await pull()
+                    if job is None:
+                        return None
+                    self._pending += 1
+                    return next(counter), job
 
                 async def submitter() -> None:
                     # The in-flight slot comes first: an item is taken from the input only when it can
@@ -333,23 +466,21 @@ class BatchRun:
         ticket.release()
         self._tickets.discard(ticket)
 
-    def _key(self, job: Job, model: str) -> str:
+    def _key(self, job: Job, model: str, body: bytes) -> str:
         if job.id is not None:
             return job.id
-        content = hashlib.sha256(model.encode() + b"\0" + encode_request(job.request)).digest()[:16]
-        occurrence = self._occurrences.get(content, 0)
-        self._occurrences[content] = occurrence + 1
-        return job_key(job, model, occurrence)
+        content = hashlib.sha256(model.encode() + b"\0" + body).digest()
+        return _derived_key(model, body, self._occurrences.next(content))
 
     async def _start(self, index: int, job: Job, ticket: Ticket) -> None:
         """Submit one item, or pick it up where a previous run with the same journal left it."""
         key = job.id or f"item-{index}"
         try:
             endpoint = resolve(job.request, job.model)
-            key = self._key(job, endpoint.model)
+            journal_body = encode_request(job.request)
+            key = self._key(job, endpoint.model, journal_body)
             if key in self._live_keys:
                 raise InvalidRequestError.for_field("id", f"{key!r} is used by another item of this batch")
-            journal_body = encode_request(job.request)
             journal = self._journal
             if journal is not None:
                 entry = await journal.lookup(key)
@@ -375,13 +506,18 @@ class BatchRun:
                 if journal is not None
                 else None
             )
-            self._live_keys.add(key)
+            self._live_keys[key] = None
             try:
                 created = await self._creator.create(
-                    endpoint, request, encode_request(request), key=key, ticket=ticket, recorder=recorder
+                    endpoint,
+                    request,
+                    journal_body if request is job.request else encode_request(request),
+                    key=key,
+                    ticket=ticket,
+                    recorder=recorder,
                 )
             finally:
-                self._live_keys.discard(key)
+                self._live_keys.pop(key, None)
         except AuthenticationError as exc:
             # The account, not the item: no further POST can succeed, so none is sent.
             if self._refused is None:
@@ -452,29 +588,58 @@ class BatchRun:
         return True
 
     def _track(self, index: int, key: str, handle: TaskHandle, ticket: Ticket, *, check_now: bool) -> None:
-        if handle.task_id in self._live:
-            # The same task for two items (a duplicate journal entry): the second cannot own it.
-            error = SubmitUncertainError(
-                f"item {key}: task {handle.task_id} is already followed for another item of this batch",
-                model=handle.model,
-                key=key,
-                task_id=handle.task_id,
-            )
-            self._tg.start_soon(self._end_early, Outcome(index=index, key=key, error=error), ticket)
-            return
-        self._live[handle.task_id] = _Live(key, ticket)
-        self._live_keys.add(key)
+        task_id = handle.task_id
+        if self._journal is not None:
+            if task_id in self._followed:
+                # The same task for two items (a duplicate journal entry): the second cannot own it.
+                error = SubmitUncertainError(
+                    f"item {key}: task {task_id} is already followed for another item of this batch",
+                    model=handle.model,
+                    key=key,
+                    task_id=task_id,
+                )
+                self._tg.start_soon(self._end_early, Outcome(index=index, key=key, error=error), ticket)
+                return
+            self._followed[task_id] = key
+        if not ticket.released:
+            self._held[task_id] = ticket
+        self._live_keys[key] = None
         deadline = self._clock.now() + self._timeout if self._timeout is not None else None
         if self._batch_deadline is not None:
             deadline = self._batch_deadline if deadline is None else min(deadline, self._batch_deadline)
         self._tracker.add(index, key, handle, deadline, check_now=check_now)
 
     def _finish(self, item: Tracked, error: KlingError | None) -> None:
-        live = self._live.pop(item.handle.task_id, None)
-        if live is not None:
-            self._live_keys.discard(live.key)
-            self._give_back(live.ticket)
-        self._tg.start_soon(self._complete, item, error)
+        task_id = item.handle.task_id
+        self._followed.pop(task_id, None)
+        self._live_keys.pop(item.key, None)
+        ticket = self._held.pop(task_id, None)
+        if ticket is not None:
+            self._give_back(ticket)
+        if self._journal is not None or self._options.download is not None:
+            self._tg.start_soon(self._complete, item, error)
+            return
+        # Nothing to write or fetch: the outcome goes out at once, without starting a task for it unless
+        # the reader is behind (starting a task costs more CPU than the rest of finishing an item).
+        outcome = self._outcome(item, error)
+        try:
+            self._send.send_nowait(outcome)
+        except anyio.WouldBlock:
+            self._tg.start_soon(self._deliver, outcome)
+            return
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            pass  # the reader left: nobody will read it, and the batch is being stopped
+        self._delivered()
+
+    def _outcome(self, item: Tracked, error: KlingError | None) -> Outcome:
+        handle = item.handle
+        result: TaskResult | None = None
+        if error is None:
+            try:
+                result = handle.result()
+            except KlingError as exc:
+                error = exc
+        return Outcome(index=item.index, key=item.key, task_id=handle.task_id, result=result, error=error)
 
     async def _complete(self, item: Tracked, error: KlingError | None) -> None:
         handle = item.handle
@@ -501,9 +666,9 @@ class BatchRun:
 
     def _queue_status(self, handle: TaskHandle, previous: str | None) -> None:
         """A registry subscriber: statuses of this batch's running tasks go to the journal, in order."""
-        live = self._live.get(handle.task_id)
-        if live is not None and not handle.done:
-            self._statuses.append((live.key, handle.status or ""))
+        key = self._followed.get(handle.task_id)
+        if key is not None and not handle.done:
+            self._statuses.append((key, handle.status or ""))
             self._statuses_queued.set()
 
     async def _write_statuses(self) -> None:
@@ -520,6 +685,9 @@ class BatchRun:
 
     async def _deliver(self, outcome: Outcome) -> None:
         await self._send.send(outcome)
+        self._delivered()
+
+    def _delivered(self) -> None:
         self._pending -= 1
         if not self._submitting and self._pending == 0:
             self._drained.set()

@@ -2,16 +2,23 @@
 
 A submission's try has two halves. Waiting for the limiter (a token, a ``Retry-After`` pause) and the
 backoff between tries belong to the caller: cancelling them sends nothing. Once the limiter lets the
-POST go, the rest of the try runs in a task of the client's own task group: the ``sending`` record, the
-POST, and the recording of its answer (registry, then the caller's ``Recorder`` - a batch's journal -
-then the ``TaskSubmitted`` event). Whatever cancels the caller then (an ``asyncio.timeout``, a
-``TaskGroup`` sibling, an anyio scope), that task runs to its end, so the task id is known and kept
-before the caller sees its cancellation. Closing the client waits, bounded, for such POSTs.
+POST go, the rest of the try runs in one of the client's **sender** tasks (long-lived, in the client's
+task group): the ``sending`` record, the POST, and the recording of its answer (registry, then the
+caller's ``Recorder`` - a batch's journal - then the ``TaskSubmitted`` event). Whatever cancels the
+caller then (an ``asyncio.timeout``, a ``TaskGroup`` sibling, an anyio scope), the sender runs the try to
+its end, so the task id is known and kept before the caller sees its cancellation. Closing the client
+waits, bounded, for such POSTs.
+
+Senders are started as needed (one per try in progress at once) and wait for the next try when idle:
+handing a try to a waiting sender costs a future, where a task per POST cost anyio's start of a task
+(its handle, cancel scope, status event and done callback) for every POST.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections import deque
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -73,19 +80,30 @@ class _Submission:
 
 
 class _Try:
-    """One POST try handed from the caller to the client's task: the answer comes back through here."""
+    """One POST try handed from the caller to a sender: the answer comes back through ``answer``.
 
-    __slots__ = ("abandoned", "done", "error", "result")
+    ``answer`` is a bare asyncio future (aiohttp ties the client to asyncio): cancelling the caller that
+    awaits it cancels it, which tells the sender that nobody will read what it sends back.
+    """
 
-    def __init__(self) -> None:
-        self.done = anyio.Event()
-        self.result: Created | None = None
-        self.error: BaseException | None = None
-        self.abandoned = False
+    __slots__ = ("answer", "submission")
 
-    def settle(self, result: Created | None = None, error: BaseException | None = None) -> None:
-        self.result, self.error = result, error
-        self.done.set()
+    def __init__(self, submission: _Submission, answer: asyncio.Future[Created]) -> None:
+        self.submission = submission
+        self.answer = answer
+
+    @property
+    def abandoned(self) -> bool:
+        """Whether the caller stopped waiting (it was cancelled)."""
+        return self.answer.cancelled()
+
+    def succeed(self, result: Created) -> None:
+        if not self.answer.done():
+            self.answer.set_result(result)
+
+    def fail(self, error: BaseException) -> None:
+        if not self.answer.done():
+            self.answer.set_exception(error)
 
 
 class Creator:
@@ -96,23 +114,40 @@ class Creator:
         self._registry = registry
         self._events = events
         self._group: TaskGroup | None = None
+        self._tries: deque[_Try] = deque()  # handed over, not yet taken by a sender
+        self._waiting: list[asyncio.Future[None]] = []  # idle senders, each woken by its future
+        self._senders = 0
+        self._tasks: set[asyncio.Task[object]] = set()  # the senders' tasks, until they are done
+        self._closing = False
         self._on_wire = 0
         self._idle = anyio.Event()
         self._idle.set()
 
     def __repr__(self) -> str:
-        return f"<Creator on_wire={self._on_wire}>"
+        return f"<Creator on_wire={self._on_wire} senders={self._senders}>"
 
     def open(self, group: TaskGroup) -> None:
         """Run POSTs in ``group`` (the client's) from now on."""
         self._group = group
 
     async def drain(self, timeout: float) -> None:
-        """Wait until no POST is on the wire, at most ``timeout`` seconds."""
+        """Wait until no POST is on the wire, at most ``timeout`` seconds, then let idle senders end.
+
+        Senders still sending after that are cancelled with the client's group.
+        """
         with self._pipeline.clock.move_on_after(timeout):
             await self._idle.wait()
+        self._closing = True
+        waiting, self._waiting = self._waiting, []
+        for wake in waiting:
+            if not wake.done():
+                wake.set_result(None)
         if self._on_wire:
             log.warning("closing with %d create POSTs still unanswered", self._on_wire)
+        elif self._tasks:
+            # Idle senders end at their next step. Waiting for them to be done (not merely told) leaves
+            # the client's group without children when it closes, as it was before senders existed.
+            await asyncio.wait(self._tasks)
 
     async def create(
         self,
@@ -132,50 +167,102 @@ class Creator:
             TransportError: no connection could be opened, after the last try.
             JournalError: the ``sending`` record failed (nothing was sent).
         """
-        group = self._group
-        if group is None:
+        if self._group is None:
             raise RuntimeError("the client is not open")
         submission = _Submission(endpoint, request, body, key, ticket, recorder)
-        attempts = self._pipeline.attempts()
+        pipeline = self._pipeline
+        attempts = pipeline.attempts()
         while True:
             attempts.start()
-            await self._pipeline.limiter.acquire(Lane.SUBMIT)
-            attempt = _Try()
+            await pipeline.limiter.acquire(Lane.SUBMIT)
             # From here the POST may leave: the try belongs to the client, not to the caller.
-            if self._on_wire == 0:
-                self._idle = anyio.Event()
-            self._on_wire += 1
-            group.start_soon(self._send, attempt, submission)
+            attempt = _Try(submission, asyncio.get_running_loop().create_future())
+            self._hand_over(attempt)
             try:
-                await attempt.done.wait()
+                return await attempt.answer
+            except _NothingCreated as nothing:
+                error = nothing.error
             except BaseException:
-                attempt.abandoned = True
-                if attempt.result is not None:
-                    _log_abandoned(attempt.result.handle, key)
+                answer = attempt.answer
+                if answer.done() and not answer.cancelled() and answer.exception() is None:
+                    # Answered, but the caller was cancelled before it could take the handle.
+                    _log_abandoned(answer.result().handle, key)
                 raise
-            if attempt.error is not None:
-                if isinstance(attempt.error, _NothingCreated):
-                    error = attempt.error.error
-                    delay = self._pipeline.retry_delay(
-                        attempts, error, post_retryable, method="POST", path=endpoint.create_path
-                    )
-                    await self._pipeline.clock.sleep(delay)
-                    continue
-                raise attempt.error
-            assert attempt.result is not None
-            return attempt.result
+            delay = pipeline.retry_delay(
+                attempts, error, post_retryable, method="POST", path=endpoint.create_path
+            )
+            await pipeline.clock.sleep(delay)
 
-    async def _send(self, attempt: _Try, submission: _Submission) -> None:
+    def _hand_over(self, attempt: _Try) -> None:
+        """Give the try to an idle sender, or start one (from the caller's task: nothing here awaits)."""
+        if self._on_wire == 0:
+            self._idle = anyio.Event()
+        self._on_wire += 1
+        self._tries.append(attempt)
+        while self._waiting:
+            wake = self._waiting.pop()
+            if not wake.done():
+                wake.set_result(None)
+                return
+        assert self._group is not None
         try:
-            attempt.settle(await self._try_once(attempt, submission))
+            self._group.start_soon(self._sender)
+        except BaseException:  # the client's group is closed: nothing was sent
+            self._tries.remove(attempt)
+            self._sent()
+            self._pipeline.limiter.release()
+            raise
+        self._senders += 1
+
+    async def _sender(self) -> None:
+        """Run handed-over tries one after another; wait for the next one when there is none."""
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        tries, loop = self._tries, asyncio.get_running_loop()
+        attempt: _Try | None = None
+        try:
+            while True:
+                while tries:
+                    attempt = tries.popleft()
+                    await self._send(attempt)
+                    attempt = None
+                if self._closing:
+                    return
+                wake = loop.create_future()
+                self._waiting.append(wake)
+                await wake
         except BaseException as exc:
-            attempt.settle(error=exc)
-            if not isinstance(exc, Exception):
-                raise  # the client is closing: its scope is cancelled
+            # The client's group is cancelled: whoever still waits hears of it, and tries that no
+            # sender will take give their place on the wire back.
+            if attempt is not None:
+                attempt.fail(exc)
+            if self._senders == 1:
+                while tries:
+                    left = tries.popleft()
+                    left.fail(RuntimeError("the client closed before this POST was sent"))
+                    self._sent()
+                    self._pipeline.limiter.release()
+            raise
         finally:
-            self._on_wire -= 1
-            if self._on_wire == 0:
-                self._idle.set()
+            self._senders -= 1
+
+    async def _send(self, attempt: _Try) -> None:
+        try:
+            attempt.succeed(await self._try_once(attempt, attempt.submission))
+        except Exception as exc:
+            attempt.fail(exc)
+        except BaseException as exc:
+            attempt.fail(exc)
+            raise  # the client is closing: its scope is cancelled
+        finally:
+            self._sent()
+
+    def _sent(self) -> None:
+        self._on_wire -= 1
+        if self._on_wire == 0:
+            self._idle.set()
 
     async def _try_once(self, attempt: _Try, submission: _Submission) -> Created:
         pipeline = self._pipeline

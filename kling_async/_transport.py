@@ -206,7 +206,10 @@ class AiohttpTransport:
         self._base_url = base_url.rstrip("/")
         # A str whose repr is redacted: aiohttp's frames hold it as a local, and tracebacks show those.
         self._auth = {auth_header[0]: redacted_str(Secret(auth_header[1]))}
-        self._default_headers = check_headers(default_headers or {}, key_header=auth_header[0])
+        checked = check_headers(default_headers or {}, key_header=auth_header[0])
+        # Built once: aiohttp copies what it is given, so every request can pass the same dict.
+        self._get_headers = {**checked, **self._auth}
+        self._body_headers = {**self._get_headers, "Content-Type": "application/json"}
         self._timeout = aiohttp.ClientTimeout(
             total=timeouts.total, sock_connect=timeouts.connect, sock_read=timeouts.read
         )
@@ -284,22 +287,28 @@ class AiohttpTransport:
                 connection could not be opened, so the server cannot have seen the request.
         """
         session = self._require_session()
-        headers = {**self._default_headers, **self._auth}
-        if body is not None:
-            headers["Content-Type"] = "application/json"
-        url = URL(self._base_url + path)
+        url: str | URL = self._base_url + path
         if params:
-            url = url.extend_query(params)
+            url = URL(url).extend_query(params)
+        proxy = self._proxy
+        if proxy is None and self._env_proxies:
+            proxy = self._proxy_for(URL(url))
         try:
             async with session.request(
-                method, url, data=body, headers=headers, allow_redirects=False, proxy=self._proxy_for(url)
+                method,
+                url,
+                data=body,
+                headers=self._get_headers if body is None else self._body_headers,
+                allow_redirects=False,
+                proxy=proxy,
             ) as resp:
                 data = await self._read_capped(resp)
-                _log_response(method, str(url), resp)
+                if log.isEnabledFor(logging.INFO):
+                    _log_response(method, str(URL(url)), resp)
                 return Response(resp.status, resp.headers, data)
         except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
             raise TransportError(
-                f"{method} {path}: {_connect_failure(exc, url)}", request_sent=False
+                f"{method} {path}: {_connect_failure(exc, URL(url))}", request_sent=False
             ) from exc
         except TimeoutError as exc:
             raise TransportError(f"{method} {path}: timed out waiting for the answer") from exc
@@ -307,8 +316,12 @@ class AiohttpTransport:
             raise TransportError(f"{method} {path}: {_describe(exc)}") from exc
 
     async def _read_capped(self, resp: aiohttp.ClientResponse) -> bytes:
-        if resp.content_length is not None and resp.content_length > self._max_body:
-            raise TransportError(f"answer too large: {resp.content_length} bytes")
+        length = resp.content_length
+        if length is not None:
+            if length > self._max_body:
+                raise TransportError(f"answer too large: {length} bytes")
+            # A declared length is what aiohttp reads, no more: one read, not a loop over chunks.
+            return await resp.read()
         chunks: list[bytes] = []
         size = 0
         async for chunk in resp.content.iter_chunked(64 * 1024):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from kling_async import (
     TaskSubmitted,
     TaskTimeoutError,
 )
+from kling_async._batch import _Occurrences
 from kling_async._tracker import SWEEP_MIN_TASKS
 from kling_async.testing import Faults, Simulator
 from tests.conftest import FAST_POLL, FAST_RETRY, client_side_tasks
@@ -258,3 +260,40 @@ async def test_a_batch_deadline_ends_running_tasks_as_timeouts_and_takes_no_more
     assert len(outcomes) == pulled
     assert all(isinstance(o.error, TaskTimeoutError) for o in outcomes)
     assert {o.task_id for o in outcomes} == set(sim.tasks)
+
+
+# -- keys of identical requests in a long input ------------------------------------------------------------
+
+
+def _digest(n: int) -> bytes:
+    return hashlib.sha256(str(n).encode()).digest()
+
+
+def test_the_occurrence_counts_of_an_endless_input_stay_bounded() -> None:
+    """However many distinct requests an input brings, the batch keeps counts for at most one generation
+    of them (memory stays flat for an endless bare input)."""
+    occurrences = _Occurrences(generation=64)
+    for n in range(10 * 64):
+        occurrences.next(_digest(n))
+        assert len(occurrences) <= 64
+
+
+def test_a_request_repeated_after_its_generation_ended_gets_a_number_no_earlier_item_had() -> None:
+    """A request seen again once its count was dropped is numbered by its new generation: its key can
+    never be the key of the earlier identical item."""
+    occurrences = _Occurrences(generation=4)
+    first = [occurrences.next(_digest(0)), occurrences.next(_digest(0))]
+    for n in range(1, 8):
+        occurrences.next(_digest(n))
+    again = [occurrences.next(_digest(0)), occurrences.next(_digest(0))]
+    assert first == ["0", "1"]
+    assert len(set(first + again)) == 4
+
+
+def test_a_request_new_to_the_input_keeps_its_plain_number_in_any_generation() -> None:
+    """A content met for the first time is number 0 (and its repeats 1, 2, ...), however many distinct
+    requests came before it: its key does not depend on its position in the input."""
+    occurrences = _Occurrences(generation=4)
+    for n in range(1, 100):
+        occurrences.next(_digest(n))
+    assert [occurrences.next(_digest(0)) for _ in range(3)] == ["0", "1", "2"]

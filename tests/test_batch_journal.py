@@ -19,6 +19,7 @@ from kling_async import (
     TaskTimeoutError,
 )
 from kling_async._journal import Journal, JournalState
+from kling_async._models import encode_request
 from kling_async.testing import Faults, Simulator
 from tests.conftest import FAST_POLL, FAST_RETRY
 
@@ -189,3 +190,24 @@ async def test_a_batch_killed_mid_run_resumes_without_paying_twice(tmp_path: Pat
     videos = sorted(p.name for p in (tmp_path / "videos").iterdir())
     assert len([name for name in videos if name.endswith(".mp4")]) == count - len(uncertain)
     assert [name for name in videos if name.endswith(".part")] == []
+
+
+async def test_two_journal_entries_naming_one_task_end_the_second_item_with_an_error(tmp_path: Path) -> None:
+    """A journal that gives two items one task id: one item follows the task, the other ends at once
+    with a SubmitUncertainError naming the clash, and nothing is sent again."""
+    journal = tmp_path / "run.db"
+    async with Simulator(generation_seconds=600.0) as slow:  # the task runs all along
+        async with _client(slow) as client:
+            handle = await client.submit(OmniRequest(prompt="one"))
+        both = [Job(OmniRequest(prompt="one"), id="a"), Job(OmniRequest(prompt="two"), id="b")]
+        with Journal(journal) as opened:
+            for job in both:
+                assert job.id is not None
+                opened.submitting(job.id, "kling-v3-omni-std", encode_request(job.request))
+                opened.created(job.id, handle.task_id, "CREATED")
+        async with _client(slow) as client, client.map(both, journal=journal) as outcomes:
+            outcome = await anext(outcomes)
+        assert outcome.key in {"a", "b"}
+        assert isinstance(outcome.error, SubmitUncertainError)
+        assert f"task {handle.task_id} is already followed" in str(outcome.error)
+        assert slow.counters.posts == 1
