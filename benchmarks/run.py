@@ -5,7 +5,8 @@
 Each benchmark runs in its own process (``python -m benchmarks.bench_NAME --json``), and starts its own
 simulator processes, so that one benchmark's garbage, threads or CPU load cannot leak into the next.
 Progress goes to stderr; the table goes to stdout. ``--quick`` is a smoke run of 2-3 minutes; the full
-run takes over 20 minutes on 2 cores (``bench_makespan`` about 11, ``bench_requests`` about 8).
+run takes over 25 minutes on 2 cores (``bench_makespan`` about 11, ``bench_requests`` about 8,
+``bench_workers`` about 4).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import time
 
 from ._common import ROOT, Row, format_table, log
 
-BENCHMARKS = ("cpu", "requests", "rate", "makespan", "scale", "webhooks", "journal")
+BENCHMARKS = ("cpu", "requests", "rate", "makespan", "scale", "webhooks", "journal", "claims", "workers")
 
 
 async def _run(name: str, quick: bool) -> list[Row]:
