@@ -4,9 +4,9 @@ Three things are limited here:
 
 * the request **rate**, with a token bucket. A rate the user gives is a ceiling, and a single 429 does not
   lower it. Without a given rate the limiter does not pace at all until the first 429, and from then on
-  finds the server's limit by itself. After a burst spent from a full bucket, the bucket refills from the
-  burst's first answer on: the server's began refilling when the burst's first request reached it, a
-  little after ours did.
+  finds the server's limit by itself. A burst spent from a full bucket refills only from its first answer
+  on, and a token short: the server's bucket began refilling when the burst's first request reached it,
+  a little after ours would have, and a token ahead absorbs two requests the server handles together.
 
   The server is taken to be a token bucket too: ``R`` requests a second, up to ``B`` saved up. What it
   accepted between two moments bounds ``R`` from below, and no guess is needed for it:
@@ -69,6 +69,7 @@ _CONFIRM = 0.97  # a bound this close to the rate that drew the 429, or to the l
 _BISECT = 0.5  # after a bound below the rate that drew the 429, recover this share of the gap
 _TOLD_DIP = 0.95  # a 429 without Retry-After at a given rate: pace this much lower, then recover
 _MIN_RATE = 0.2
+_HOLD_MAX = 1.0  # seconds: the longest a burst's first answer is waited for before the bucket refills
 _SLACK = 0.5  # tokens
 _MIN_SPAN = 0.5  # seconds: the shortest window a bound is taken over
 _HORIZON = 30.0  # seconds: the longest
@@ -224,12 +225,12 @@ class Limiter:
         self._pace = Pace(ceiling=requests_per_second, rate=requests_per_second, target=requests_per_second)
         self._burst = float(burst if burst is not None else 1)
         self._tokens = self._burst
-        # A burst spent from a full bucket: the server's own bucket began refilling only when the first
-        # of it arrived, a little after this one began. This bucket refills from the burst's first answer
-        # on (the server has seen a request by then), so that no request reaches the server before its
-        # token does.
-        self._from_full = False
-        self._held = False
+        # A burst spent from a full bucket: the server's own bucket begins refilling only when the first
+        # of it arrives, a little after this one would. So this bucket refills from the burst's first
+        # answer on (the server has seen a request by then), a token short, so that the server stays a
+        # token ahead of what is sent: two requests its event loop handles together draw no 429. No
+        # answer within _HOLD_MAX (a server that does not answer) releases it all the same.
+        self._held_since: float | None = None
         self._stamp = clock.now()
         self._blocked_until = 0.0
         # A Retry-After longer than this pauses the client only this long (a hostile or broken server
@@ -318,12 +319,9 @@ class Limiter:
                 break
             # A hair under a whole token counts: float time cannot always advance by what is missing.
             if self._tokens >= 1.0 - 1e-9:
-                if self._tokens >= self._burst > 1:
-                    self._from_full = True
+                if self._tokens >= self._burst > 1 and self._held_since is None:
+                    self._held_since = now
                 self._tokens = max(0.0, self._tokens - 1.0)
-                if self._from_full and self._tokens < 1.0:
-                    self._from_full = False
-                    self._held = True
                 break
             await self._clock.sleep((1.0 - self._tokens) / rate)
         self._sent.append(self._clock.now())
@@ -364,13 +362,21 @@ class Limiter:
         rate = self._pace.rate
         if rate is None:
             return None
-        elapsed = 0.0 if self._held else max(0.0, now - self._stamp)
+        if self._held_since is not None and now - self._held_since >= _HOLD_MAX:
+            self._release(now)
+        elapsed = 0.0 if self._held_since is not None else max(0.0, now - self._stamp)
         self._stamp = now
         # Up to _SLACK of a token more than the burst: a wake-up that comes late (a busy event loop) is
         # made up for by the next request, instead of lowering the rate actually sent.
         self._tokens = min(self._burst + _SLACK, self._tokens + elapsed * rate)
         self._pace.grow(elapsed)
         return self._pace.rate
+
+    def _release(self, now: float) -> None:
+        """Refill again after a burst from a full bucket: from now on, a token short (see ``__init__``)."""
+        self._held_since = None
+        self._stamp = now
+        self._tokens -= 1.0
 
     def sending_rate(self) -> float | None:
         """The rate of the last few requests, measured; None until there are enough."""
@@ -383,11 +389,8 @@ class Limiter:
         """A request was answered (not 429): what the server accepts is what the rate adapts to."""
         now = self._clock.now()
         self._accepted.append(now)
-        if self._held:
-            # From here on the server's bucket refills, from empty at best: so does this one.
-            self._held = False
-            self._stamp = now
-            self._tokens = min(self._tokens, 0.0)
+        if self._held_since is not None:
+            self._release(now)
         if self._unsettled:
             self._unsettled -= 1
             if self._burst_unsettled:
@@ -429,7 +432,7 @@ class Limiter:
         """A request got 429: pause for Retry-After when given, and set the rate from what was accepted."""
         self.rate_limited += 1
         now = self._clock.now()
-        self._held = False
+        self._held_since = None
         if retry_after is not None:
             self._blocked_until = max(self._blocked_until, now + min(retry_after, self._max_pause))
         # The server's bucket was empty now, and refills from the end of the pause on.
