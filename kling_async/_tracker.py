@@ -193,7 +193,7 @@ class Tracker:
         self._tokens = itertools.count()
         self._families: dict[str, _Family] = {}
         self._wake = anyio.Event()
-        self._checks = anyio.Semaphore(max(4, pipeline.limiter.max_concurrency * 2))
+        self._checks = anyio.Semaphore(max(4, pipeline.limiter.max_concurrency * 2), fast_acquire=True)
 
     def __len__(self) -> int:
         return sum(len(family.items) for family in self._families.values())
