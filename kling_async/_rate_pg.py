@@ -22,10 +22,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 import anyio
 import psycopg
@@ -81,14 +81,9 @@ def key_fingerprint(api_key: str) -> str:
 
 @dataclass(slots=True)
 class _Row:
-    """The key's row, read under its lock and written back."""
+    """The key's row, read under its lock and written back: the rate's ``Pace``, and the schedule."""
 
-    ceiling: float | None
-    rate: float | None
-    target: float | None
-    searching: bool
-    probe: float
-    bound: float | None
+    pace: Pace
     burst: float
     tat: float
     stamp: float
@@ -105,14 +100,8 @@ class _Row:
 
     @classmethod
     def fresh(cls, now: float, ceiling: float | None, burst: int) -> _Row:
-        pace = Pace(ceiling=ceiling, rate=ceiling, target=ceiling)
         return cls(
-            ceiling=ceiling,
-            rate=pace.rate,
-            target=pace.target,
-            searching=pace.searching,
-            probe=pace.probe,
-            bound=pace.bound,
+            pace=Pace(ceiling=ceiling, rate=ceiling, target=ceiling),
             burst=float(burst),
             tat=now,
             stamp=now,
@@ -128,34 +117,31 @@ class _Row:
             prev_empty=False,
         )
 
-    def pace(self) -> Pace:
-        return Pace(
-            ceiling=self.ceiling,
-            rate=self.rate,
-            target=self.target,
-            searching=self.searching,
-            probe=self.probe,
-            bound=self.bound,
-        )
+    @classmethod
+    def read(cls, columns: Sequence[Any]) -> _Row:
+        """The row from its columns in ``_COLUMNS``' order."""
+        split = len(_PACE_COLUMNS)
+        return cls(Pace(*columns[:split]), *columns[split:])
 
-    def keep(self, pace: Pace) -> None:
-        self.rate, self.target, self.searching = pace.rate, pace.target, pace.searching
-        self.probe, self.bound = pace.probe, pace.bound
+    def columns(self) -> dict[str, object]:
+        """The row's columns by name, for ``_INSERT`` and ``_UPDATE``."""
+        return {name: getattr(self.pace, name) for name in _PACE_COLUMNS} | {
+            name: getattr(self, name) for name in _ROW_COLUMNS
+        }
 
     def take(self, now: float) -> float:
         """Take the next slot of the schedule; the seconds to wait before sending."""
-        pace = self.pace()
-        pace.grow(now - self.stamp)
-        self.keep(pace)
+        self.pace.grow(now - self.stamp)
         self.stamp = now
         if now - self.window_at > _WINDOW:
             self.prev_at, self.prev_empty = self.window_at, self.window_empty
             self.prev_accepted = self.granted - self.refused
             self.window_at, self.window_empty, self.granted, self.refused = now, False, 0, 0
         self.granted += 1
-        if self.rate is None:
+        rate = self.pace.rate
+        if rate is None:
             return max(0.0, self.blocked_until - now)
-        interval = 1.0 / self.rate
+        interval = 1.0 / rate
         start = max(self.tat, now, self.blocked_until)
         self.tat = start + interval
         return max(0.0, self.blocked_until - now, self.tat - self.burst * interval - now)
@@ -181,13 +167,11 @@ class _Row:
         if self.cut_at is not None and now - self.cut_at < _EVENT:
             return False
         span = max(now - self.window_at, 1e-3)
-        paced = self.rate if self.rate is not None else self.granted / span
+        paced = self.pace.rate if self.pace.rate is not None else self.granted / span
         bound = self.accepted_rate(now)
         if self.server_burst is None:
             self.server_burst = float(max(1, self.granted - self.refused))
-        pace = self.pace()
-        pace.after_429(paced=paced, bound=bound, paused=retry_after is not None, start=self.server_burst)
-        self.keep(pace)
+        self.pace.after_429(paced=paced, bound=bound, paused=retry_after is not None, start=self.server_burst)
         self.cut_at = self.stamp = now
         # The server's bucket is empty now: count what it accepts from here. The burst was spent once.
         self.prev_at, self.prev_accepted, self.prev_empty = None, 0, False
@@ -197,7 +181,9 @@ class _Row:
         return True
 
 
-_COLUMNS = [field.name for field in fields(_Row)]
+_PACE_COLUMNS = [field.name for field in fields(Pace)]
+_ROW_COLUMNS = [field.name for field in fields(_Row) if field.name != "pace"]
+_COLUMNS = _PACE_COLUMNS + _ROW_COLUMNS
 _SELECT = f"SELECT {_NOW}, {', '.join(_COLUMNS)} FROM kling_key_rates WHERE fingerprint = %s FOR UPDATE"
 _UPDATE = (
     f"UPDATE kling_key_rates SET {', '.join(f'{name} = %({name})s' for name in _COLUMNS)}"
@@ -264,7 +250,7 @@ class SharedRate:
                     now_row = await cursor.fetchone()
                     assert now_row is not None
                     row = _Row.fresh(now_row[0], self._ceiling, self._burst)
-                    await conn.execute(_INSERT, {"fingerprint": self.fingerprint, **_fields(row)})
+                    await conn.execute(_INSERT, {"fingerprint": self.fingerprint, **row.columns()})
                     if self._ceiling is not None:
                         # The latest given rate is the account's: a redeploy with a new one takes effect.
                         await conn.execute(
@@ -331,14 +317,10 @@ class SharedRate:
                             raise JournalError(
                                 f"shared rate: no row for key {self.fingerprint[:8]}...", path=self._path
                             )
-                        row = _Row(*found[1:])
+                        row = _Row.read(found[1:])
                         result = change(row, found[0])
-                        await conn.execute(_UPDATE, {"fingerprint": self.fingerprint, **_fields(row)})
+                        await conn.execute(_UPDATE, {"fingerprint": self.fingerprint, **row.columns()})
         except (psycopg.Error, TimeoutError) as exc:
             raise JournalError(f"shared rate: {exc or 'no answer'}", path=self._path) from None
-        self.rate = row.rate
+        self.rate = row.pace.rate
         return result
-
-
-def _fields(row: _Row) -> dict[str, object]:
-    return {name: getattr(row, name) for name in _COLUMNS}
