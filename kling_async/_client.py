@@ -39,6 +39,7 @@ from ._retry import RetryPolicy
 from ._secret import Secret
 from ._shared import Sharing
 from ._submit import Creator
+from ._tracker import SweepRelay
 from ._transport import AiohttpTransport, Timeouts, TraceConfigs, Transport
 from ._webhooks import WebhookReceiver
 
@@ -294,6 +295,10 @@ class KlingClient:
             webhooks=self._webhooks,
         )
 
+    @staticmethod
+    def _relay(sharing: Sharing | None) -> SweepRelay | None:
+        return sharing.relay if sharing is not None else None
+
     def _batch_sharing(self, journal: object) -> AbstractAsyncContextManager[Sharing | None]:
         """A batch with a PostgreSQL journal shares through it, unless the client already shares."""
         url = postgres_url(journal)
@@ -488,13 +493,13 @@ class KlingClient:
             if options.download is not None:  # first: the journal often lives in the same folder
                 options.download.mkdir(parents=True, exist_ok=True)
             if journal is None:
-                await self._run_batch(requests, send, options, None, self._sharing)
+                await self._run_batch(requests, send, options, None, self._relay(self._sharing))
                 return
             async with (
                 open_journal(journal, clock=self._clock) as opened,
                 self._batch_sharing(journal) as sharing,
             ):
-                await self._run_batch(requests, send, options, opened, sharing)
+                await self._run_batch(requests, send, options, opened, self._relay(sharing))
 
         return Batch(run, background=self._task_group, buffer=self._limiter.max_concurrency)
 
@@ -504,7 +509,7 @@ class KlingClient:
         send: MemoryObjectSendStream[Outcome],
         options: BatchOptions,
         journal: BatchJournal | None,
-        sharing: Sharing | None,
+        relay: SweepRelay | None,
     ) -> None:
         run = BatchRun(
             registry=self._registry,
@@ -517,7 +522,7 @@ class KlingClient:
             journal=journal,
             options=options,
             settle_within=self._timeouts.total + _CLOSE_GRACE,
-            relay=sharing.relay if sharing is not None else None,
+            relay=relay,
         )
         await run.run(requests, submitters=self._limiter.max_concurrency)
 

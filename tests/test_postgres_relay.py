@@ -3,7 +3,7 @@ sweeper's advisory lock) and the tracker that follows another worker's sweeps.
 
 The two-worker tests go through the public switch, ``KlingClient(shared=...)``. The test of a leader that
 never sweeps wires a relay by hand on a real client (private attributes: ``_registry``, ``_pipeline``...),
-with the lines ``shared=`` uses: ``relay.add_listener(registry.observe)`` and ``BatchRun(..., relay=relay)``.
+with the lines ``shared=`` uses: ``relay.add_listener(registry.observe)`` and a batch run with ``relay``.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import psycopg
 import pytest
 
 from kling_async import Job, KlingClient, OmniRequest, Outcome, PollPolicy, WebhookReceiver
-from kling_async._batch import BatchOptions, BatchRun
+from kling_async._batch import BatchOptions
 from kling_async._models import TaskStatus, TaskSummary
 from kling_async._relay_pg import StatusRelay
 from kling_async.testing import Simulator
@@ -219,24 +219,12 @@ def shared_client(sim: Simulator, requests: Requests, **options: Any) -> KlingCl
 
 
 async def gather_shared(client: KlingClient, jobs: list[Job], relay: StatusRelay | None) -> list[Outcome]:
-    """``client.gather(jobs)`` whose batch shares sweeps through ``relay``: the BatchRun that the client's
-    ``_run_batch`` builds, plus ``relay=relay``."""
+    """``client.gather(jobs)`` whose batch shares sweeps through ``relay``: the client's own batch
+    runner, given this relay."""
     send, receive = anyio.create_memory_object_stream[Outcome](math.inf)
-    run = BatchRun(
-        registry=client._registry,
-        creator=client._creator,
-        pipeline=client._pipeline,
-        slots=client._slots,
-        prepare=client._prepare,
-        download=client._download_item,
-        send=send,
-        journal=None,
-        options=BatchOptions(timeout=None, batch_timeout=None, download=None),
-        settle_within=5.0,
-        relay=relay,
-    )
+    options = BatchOptions(timeout=None, batch_timeout=None, download=None)
     async with anyio.create_task_group() as tg, receive:
-        tg.start_soon(lambda: run.run(jobs, submitters=8))
+        tg.start_soon(client._run_batch, jobs, send, options, None, relay)
         outcomes = [outcome async for outcome in receive]
     return sorted(outcomes, key=lambda outcome: outcome.index)
 
