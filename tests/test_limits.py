@@ -49,46 +49,45 @@ async def test_a_late_request_is_made_up_for_by_the_next_one() -> None:
     assert clock.now() - start == pytest.approx(0.05)
 
 
+class _AfterBurst:
+    """A limiter (10/s, a burst of 5) on a clock moved by hand, and a sixth request after its burst."""
+
+    def __init__(self) -> None:
+        self.clock = ManualClock()
+        self.limiter = Limiter(requests_per_second=10, burst=5, max_concurrency=8, clock=self.clock)
+        self.sent = anyio.Event()
+
+    async def sixth(self) -> None:
+        await _take(self.limiter, 1)
+        self.sent.set()
+
+
 async def test_after_a_burst_from_a_full_bucket_the_refill_starts_at_the_first_answer_a_token_short() -> None:
     """The server's bucket began refilling when the burst's first request reached it, after ours would
     have; a token kept in reserve absorbs two requests that it handles together."""
-    clock = ManualClock()
-    limiter = Limiter(requests_per_second=10, burst=5, max_concurrency=8, clock=clock)
-    await _take(limiter, 5)  # the burst: at once
-    sent = anyio.Event()
-
-    async def sixth() -> None:
-        await _take(limiter, 1)
-        sent.set()
-
+    after = _AfterBurst()
+    await _take(after.limiter, 5)  # the burst: at once
     async with anyio.create_task_group() as tg:
-        tg.start_soon(sixth)
-        await clock.advance(0.5)
-        assert not sent.is_set()  # no answer yet: the server may not have begun to refill
-        limiter.on_success()  # the burst's first answer
-        await clock.advance(0.199)
-        assert not sent.is_set()
-        await clock.advance(0.002)  # two intervals after it: one token is kept in reserve
-        assert sent.is_set()
+        tg.start_soon(after.sixth)
+        await after.clock.advance(0.5)
+        assert not after.sent.is_set()  # no answer yet: the server may not have begun to refill
+        after.limiter.on_success()  # the burst's first answer
+        await after.clock.advance(0.199)
+        assert not after.sent.is_set()
+        await after.clock.advance(0.002)  # two intervals after it: one token is kept in reserve
+        assert after.sent.is_set()
 
 
 async def test_a_burst_whose_answers_never_come_refills_after_a_second() -> None:
     """A server that does not answer (connections refused) must not stop the bucket for good."""
-    clock = ManualClock()
-    limiter = Limiter(requests_per_second=10, burst=5, max_concurrency=8, clock=clock)
-    await _take(limiter, 5)
-    sent = anyio.Event()
-
-    async def sixth() -> None:
-        await _take(limiter, 1)
-        sent.set()
-
+    after = _AfterBurst()
+    await _take(after.limiter, 5)
     async with anyio.create_task_group() as tg:
-        tg.start_soon(sixth)
-        await clock.advance(0.9)
-        assert not sent.is_set()
-        await clock.advance(0.6)  # released at 1 s, then two intervals
-        assert sent.is_set()
+        tg.start_soon(after.sixth)
+        await after.clock.advance(0.9)
+        assert not after.sent.is_set()
+        await after.clock.advance(0.6)  # released at 1 s, then two intervals
+        assert after.sent.is_set()
 
 
 async def test_unpaced_limiter_never_waits() -> None:
