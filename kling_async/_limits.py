@@ -111,6 +111,11 @@ class Pace:
     probe: float = _PROBE  # the growth per second above a bound
     bound: float | None = None  # the last lower bound on the server's rate
 
+    @classmethod
+    def given(cls, requests_per_second: float | None) -> Pace:
+        """The pace before any 429: the given rate, a ceiling to return to; None: not paced."""
+        return cls(ceiling=requests_per_second, rate=requests_per_second, target=requests_per_second)
+
     def grow(self, elapsed: float) -> None:
         """Raise the rate after a cut: fast towards the target, doubling while searching, else slowly."""
         if self.rate is None or elapsed <= 0:
@@ -222,7 +227,7 @@ class Limiter:
         if max_concurrency < 1:
             raise ValueError("max_concurrency: at least 1")
         self._clock = clock
-        self._pace = Pace(ceiling=requests_per_second, rate=requests_per_second, target=requests_per_second)
+        self._pace = Pace.given(requests_per_second)
         self._burst = float(burst if burst is not None else 1)
         self._tokens = self._burst
         # A burst spent from a full bucket: the server's own bucket begins refilling only when the first

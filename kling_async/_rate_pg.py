@@ -101,7 +101,7 @@ class _Row:
     @classmethod
     def fresh(cls, now: float, ceiling: float | None, burst: int) -> _Row:
         return cls(
-            pace=Pace(ceiling=ceiling, rate=ceiling, target=ceiling),
+            pace=Pace.given(ceiling),
             burst=float(burst),
             tat=now,
             stamp=now,
