@@ -26,11 +26,13 @@ whether it leads whenever the leader's next sweep is overdue, so a dead leader i
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import heapq
 import itertools
 import logging
 import math
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -194,6 +196,11 @@ class Tracker:
         self._families: dict[str, _Family] = {}
         self._wake = anyio.Event()
         self._checks = anyio.Semaphore(max(4, pipeline.limiter.max_concurrency * 2), fast_acquire=True)
+        # Due checks run in checker tasks started as needed (at most one per place in ``_checks``), which
+        # wait for the next check when idle: handing a check over costs a future, where a task per check
+        # cost anyio's start of a task (its cancel scope, status and done callback) for every check.
+        self._ready: deque[Tracked] = deque()
+        self._idle: list[asyncio.Future[None]] = []
 
     def __len__(self) -> int:
         return sum(len(family.items) for family in self._families.values())
@@ -294,7 +301,7 @@ class Tracker:
                     self._schedule(item)
                     continue
                 await self._checks.acquire()
-                self._group.start_soon(self._check, item)
+                self._hand_over(item)
             self._wake = anyio.Event()
             wait = self._heap[0][0] - clock.now() if self._heap else math.inf
             wait = min(wait, self._next_sweep_in(clock.now()))
@@ -315,6 +322,26 @@ class Tracker:
         handle = item.handle
         waited = item.deadline - item.added if item.deadline is not None else None
         return TaskTimeoutError(handle.task_id, last_status=handle.status, timeout=waited, model=handle.model)
+
+    def _hand_over(self, item: Tracked) -> None:
+        """Give a due check to an idle checker, or start one."""
+        self._ready.append(item)
+        while self._idle:
+            wake = self._idle.pop()
+            if not wake.done():
+                wake.set_result(None)
+                return
+        self._group.start_soon(self._checker)
+
+    async def _checker(self) -> None:
+        """Run handed-over checks one after another; wait for the next one when there is none."""
+        ready, loop = self._ready, asyncio.get_running_loop()
+        while True:
+            while ready:
+                await self._check(ready.popleft())
+            wake = loop.create_future()
+            self._idle.append(wake)
+            await wake
 
     async def _check(self, item: Tracked) -> None:
         try:
