@@ -376,15 +376,6 @@ class Tracker:
             return 1.0
         return completions.finished(item.seen - started, now - started)
 
-    def _waited(self, item: Tracked, completions: Completions | None, now: float) -> float:
-        """How long the item has probably waited unnoticed, as a share of its generation time."""
-        started = item.handle._started
-        if item.urgent or completions is None:
-            return 0.0
-        if started is None:
-            return (now - item.seen) / completions.median
-        return completions.waited(item.seen - started, now - started)
-
     def _plan(self, family: _Family, now: float) -> float:
         """When the family's next sweep is due (see the module docs)."""
         poll = self._registry.poll
@@ -407,10 +398,11 @@ class Tracker:
         scale = len(items) / len(sample)
         pages = math.ceil(len(items) / (family.page_size or _PAGE_SIZE))
         budget = _SWEEP_WAIT * pages / scale
+        total = completions.total_waited([(item.handle._started, item.seen) for item in sample])
         wait = completions.median * _PLAN_SHORTEST
         while wait < poll.maximum:
             due = now + wait
-            if sum(self._waited(item, completions, due) for item in sample) >= budget:
+            if total(due) >= budget:
                 return due
             wait *= _PLAN_STEP
         return now + poll.maximum
