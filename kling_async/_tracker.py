@@ -489,8 +489,11 @@ class Tracker:
                 self._push(item, now)
         else:
             item.seen = now
-            # Failures need no detail; other statuses only update what we show.
-            item.handle._observe(TaskStatus(task_id=summary.task_id, status=summary.status))
+            # Failures need no detail; other statuses only update what we show. A status the handle
+            # already has changes nothing, and most sweeps list most tasks as they were.
+            handle = item.handle
+            if summary.status != handle._status:
+                handle._observe(TaskStatus(task_id=summary.task_id, status=summary.status))
 
     async def _read_pages(self, family: _Family, now: float, listed_all: list[TaskSummary]) -> None:
         completions = self._completions(family)
