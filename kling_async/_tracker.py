@@ -195,6 +195,10 @@ class Tracker:
         self._tokens = itertools.count()
         self._families: dict[str, _Family] = {}
         self._wake = anyio.Event()
+        # When the sleeping loop wakes by itself (-inf while it runs): only a check due before then needs
+        # to wake it. Waking it for every rescheduled check cost a trip through the loop (a new event and
+        # a cancel scope) after nearly every status request.
+        self._wakes_at = -math.inf
         self._checks = anyio.Semaphore(max(4, pipeline.limiter.max_concurrency * 2), fast_acquire=True)
         # Due checks run in checker tasks started as needed (at most one per place in ``_checks``), which
         # wait for the next check when idle: handing a check over costs a future, where a task per check
@@ -224,6 +228,8 @@ class Tracker:
             family = self._families[endpoint.family_path] = _Family(endpoint)
         item.seq = family.added
         family.added += 1
+        if len(family.items) + 1 == SWEEP_MIN_TASKS:
+            self._wake.set()  # enough tasks to sweep: the loop starts the family's sweeps
         item.seen = handle._started if handle._started is not None else now
         family.items[task_id] = item
         if check_now:
@@ -255,7 +261,8 @@ class Tracker:
     def _push(self, item: Tracked, due: float) -> None:
         item.token = next(self._tokens)
         heapq.heappush(self._heap, (due, item.token, item))
-        self._wake.set()
+        if due < self._wakes_at:
+            self._wake.set()
 
     def _tracked(self, item: Tracked) -> bool:
         family = self._families[item.handle._endpoint.family_path]
@@ -303,10 +310,14 @@ class Tracker:
                 await self._checks.acquire()
                 self._hand_over(item)
             self._wake = anyio.Event()
-            wait = self._heap[0][0] - clock.now() if self._heap else math.inf
-            wait = min(wait, self._next_sweep_in(clock.now()))
-            with clock.move_on_after(max(wait, 0.0)):
-                await self._wake.wait()
+            now = clock.now()
+            wait = max(0.0, min(self._heap[0][0] - now if self._heap else math.inf, self._next_sweep_in(now)))
+            self._wakes_at = now + wait
+            try:
+                with clock.move_on_after(wait):
+                    await self._wake.wait()
+            finally:
+                self._wakes_at = -math.inf
 
     def _covered(self, item: Tracked, now: float) -> bool:
         """Whether the sweeps of the item's family watch it, so that it needs no status request of its own:
