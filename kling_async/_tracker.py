@@ -201,8 +201,11 @@ class Tracker:
         # to wake it. Waking it for every rescheduled check cost a trip through the loop (a new event and
         # a cancel scope) after nearly every status request.
         self._wakes_at = -math.inf
-        self._checks = anyio.Semaphore(max(4, pipeline.limiter.max_concurrency * 2), fast_acquire=True)
-        # Due checks run in checker tasks started as needed (at most one per place in ``_checks``), which
+        # Checks under way at most (a plain count: only the loop takes places, and it waits on a future
+        # when none is free).
+        self._free_checks = max(4, pipeline.limiter.max_concurrency * 2)
+        self._check_freed: asyncio.Future[None] | None = None
+        # Due checks run in checker tasks started as needed (at most one per check under way), which
         # wait for the next check when idle: handing a check over costs a future, where a task per check
         # cost anyio's start of a task (its cancel scope, status and done callback) for every check.
         self._ready: deque[Tracked] = deque()
@@ -308,7 +311,10 @@ class Tracker:
                 if not item.urgent and self._covered(item, now):
                     self._put_off(item, now)
                     continue
-                await self._checks.acquire()
+                if not self._free_checks:
+                    self._check_freed = asyncio.get_running_loop().create_future()
+                    await self._check_freed
+                self._free_checks -= 1
                 self._hand_over(item)
             self._wake = anyio.Event()
             now = clock.now()
@@ -389,7 +395,10 @@ class Tracker:
         else:
             item.seen = self._clock.now()
         finally:
-            self._checks.release()
+            self._free_checks += 1
+            freed = self._check_freed
+            if freed is not None and not freed.done():
+                freed.set_result(None)
             item.urgent = False
         if self._tracked(item):
             item.checks += 1
