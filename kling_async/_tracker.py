@@ -32,6 +32,7 @@ import heapq
 import itertools
 import logging
 import math
+import operator
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -100,6 +101,8 @@ class Tracked:
 
 
 Finish = Callable[[Tracked, "KlingError | None"], None]
+
+_BY_SEQ = operator.attrgetter("seq")
 
 SweepListener = Callable[[str | None, Sequence[TaskSummary], float | None], None]
 """``(family, tasks, next_in)``: another worker's sweep of ``family`` listed ``tasks`` (a long sweep comes in
@@ -547,7 +550,7 @@ class Tracker:
         completions = self._completions(family)
         # The tracked tasks by their place in the list as far as this tracker knows (1: the newest; other
         # tasks of the account may sit above them), with the chance that each finished unseen.
-        ranked = sorted(family.items.values(), key=lambda item: -item.seq)
+        ranked = sorted(family.items.values(), key=_BY_SEQ, reverse=True)
         places = [family.added - item.seq for item in ranked]
         chance = [self._finished_chance(item, completions, now) for item in ranked]
         up_to = list(itertools.accumulate(chance))
