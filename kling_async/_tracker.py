@@ -75,8 +75,6 @@ _DEEPER_PAGE = 1.0
 _SKIP_PAGE = 0.05
 # Before enough tasks have finished, a sweep every sixth of the longest poll wait.
 _UNLEARNED_SWEEPS = 6
-# The most checks of its own a covered task skips at once (a zero poll wait would never reach the sweep).
-_PUT_OFF_STEPS = 64
 
 
 @dataclass(slots=True, eq=False)
@@ -312,7 +310,8 @@ class Tracker:
                     self._drop(item, self._timeout(item))
                     continue
                 if not item.urgent and self._covered(item, now):
-                    self._put_off(item, now)
+                    item.checks += 1
+                    self._schedule(item)
                     continue
                 if not self._free_checks:
                     self._check_freed = asyncio.get_running_loop().create_future()
@@ -328,29 +327,6 @@ class Tracker:
                     await self._wake.wait()
             finally:
                 self._wakes_at = -math.inf
-
-    def _put_off(self, item: Tracked, now: float) -> None:
-        """Reschedule a covered item past the checks of its own that the sweeps make unneeded.
-
-        Nothing can end its cover before its family's next sweep begins (then the sweep decides), unless
-        the family stops sweeping (``_sweep_due`` reschedules those items) or another worker's sweeps
-        cover it (they move at any time): so every check of its own due before then is skipped here, in
-        one step, where each used to come round through the heap only to be skipped.
-        """
-        handle = item.handle
-        started = handle._started if handle._started is not None else now
-        poll = self._registry.poll
-        family = self._families[handle._endpoint.family_path]
-        until = family.next_sweep if self._relay is None else now
-        due = now
-        for _ in range(_PUT_OFF_STEPS):
-            item.checks += 1
-            due += handle._next_delay(poll, due - started, item.checks)
-            if due >= until:
-                break
-        if item.deadline is not None:
-            due = min(due, item.deadline)
-        self._push(item, due)
 
     def _covered(self, item: Tracked, now: float) -> bool:
         """Whether the sweeps of the item's family watch it, so that it needs no status request of its own:
@@ -474,10 +450,6 @@ class Tracker:
                     relay.leads(path)  # the lock is tried in the background before the first sweep
             elif family.sweeping and tracked < _SWEEP_STOP_TASKS:
                 family.sweeping = False
-                # Their own checks were put off while the sweeps covered them: due again from now on.
-                for item in family.items.values():
-                    if not item.urgent:
-                        self._schedule(item)
                 if relay is not None:
                     relay.resign(path)
             if family.sweeping and not family.active and now >= max(family.next_sweep, family.ask_at):
