@@ -255,8 +255,9 @@ class Tracker:
                     self._registry.timings.bracket(family, item.seen - started, now - started)
                 self._finish(item, _error_of(handle))
 
-    def _schedule(self, item: Tracked) -> None:
-        now = self._clock.now()
+    def _schedule(self, item: Tracked, now: float | None = None) -> None:
+        if now is None:
+            now = self._clock.now()
         handle = item.handle
         started = handle._started if handle._started is not None else now
         due = now + handle._next_delay(self._registry.poll, now - started, item.checks)
@@ -298,20 +299,24 @@ class Tracker:
                 relay.resign(path)
 
     async def _run(self) -> None:
-        clock = self._clock
+        clock, heap, families = self._clock, self._heap, self._families
         while True:
             now = clock.now()
             self._sweep_due(now)
-            while self._heap and self._heap[0][0] <= now:
-                _, token, item = heapq.heappop(self._heap)
-                if token != item.token or not self._tracked(item):
+            # Most due entries belong to tasks the sweeps cover, rescheduled at once: the family is looked
+            # up once for both questions, and the time is the loop's.
+            while heap and heap[0][0] <= now:
+                _, token, item = heapq.heappop(heap)
+                handle = item.handle
+                family = families[handle._endpoint.family_path]
+                if token != item.token or family.items.get(handle.task_id) is not item:
                     continue
                 if item.deadline is not None and now >= item.deadline:
                     self._drop(item, self._timeout(item))
                     continue
-                if not item.urgent and self._covered(item, now):
+                if not item.urgent and self._covered(family, item, now):
                     item.checks += 1
-                    self._schedule(item)
+                    self._schedule(item, now)
                     continue
                 if not self._free_checks:
                     self._check_freed = asyncio.get_running_loop().create_future()
@@ -328,10 +333,9 @@ class Tracker:
             finally:
                 self._wakes_at = -math.inf
 
-    def _covered(self, item: Tracked, now: float) -> bool:
+    def _covered(self, family: _Family, item: Tracked, now: float) -> bool:
         """Whether the sweeps of the item's family watch it, so that it needs no status request of its own:
         the last sweep saw it, and the next one is not overdue."""
-        family = self._families[item.handle._endpoint.family_path]
         if family.active:
             return True  # the sweep under way will see it, or leave it to checks of its own
         if not (family.sweeping or family.reported) or item.swept_at < family.last_sweep:
