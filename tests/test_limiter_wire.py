@@ -68,3 +68,12 @@ async def test_a_request_that_waited_for_the_wire_through_a_429_keeps_the_retry_
         limiter.on_rate_limited(retry_after=2.0)  # the request on the wire was refused, Retry-After 2 s
         limiter.release()
     assert sent_at == [pytest.approx(1002.0)]
+
+
+async def test_a_submission_whose_caller_is_already_cancelled_takes_no_place() -> None:
+    limiter = Limiter(requests_per_second=None, max_concurrency=1)
+    with anyio.CancelScope() as scope:
+        scope.cancel()
+        await limiter.acquire(Lane.SUBMIT)
+        pytest.fail("a cancelled caller was let through to send a POST")
+    assert "on_wire=0/1" in repr(limiter)
