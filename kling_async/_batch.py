@@ -29,6 +29,7 @@ from typing import Self
 
 import anyio
 from anyio.abc import TaskGroup
+from anyio.lowlevel import checkpoint_if_cancelled
 from anyio.streams.memory import MemoryObjectSendStream
 
 from ._endpoints import ModelName, endpoint_for, resolve
@@ -387,6 +388,7 @@ class BatchRun:
         self._tickets: set[Ticket] = set()
         self._occurrences = _Occurrences()
         self._refused: AuthenticationError | None = None
+        self._overflow: deque[Outcome] = deque()
         self._statuses: deque[tuple[str, str]] = deque()
         self._statuses_queued = anyio.Event()
         self._sends = _Sends()
@@ -619,17 +621,40 @@ class BatchRun:
         if self._journal is not None or self._options.download is not None:
             self._tg.start_soon(self._complete, item, error)
             return
-        # Nothing to write or fetch: the outcome goes out at once, without starting a task for it unless
-        # the reader is behind (starting a task costs more CPU than the rest of finishing an item).
+        # Nothing to write or fetch: the outcome goes out at once, without starting a task for it. While
+        # the reader is behind (its buffer full), outcomes wait in order in ``_overflow``, which one task
+        # drains: a task per outcome cost anyio's start of a task for most items of a large batch, whose
+        # outcomes come faster than a reader takes them (one per trip through the event loop).
         outcome = self._outcome(item, error)
-        try:
-            self._send.send_nowait(outcome)
-        except anyio.WouldBlock:
-            self._tg.start_soon(self._deliver, outcome)
-            return
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-            pass  # the reader left: nobody will read it, and the batch is being stopped
-        self._delivered()
+        overflow = self._overflow
+        if not overflow:
+            try:
+                self._send.send_nowait(outcome)
+            except anyio.WouldBlock:
+                pass
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                self._delivered()  # the reader left: nobody will read it, and the batch is being stopped
+                return
+            else:
+                self._delivered()
+                return
+        overflow.append(outcome)
+        if len(overflow) == 1:
+            self._tg.start_soon(self._drain_overflow)
+
+    async def _drain_overflow(self) -> None:
+        """Send the outcomes that found the reader's buffer full, in order, until none is left."""
+        overflow, send = self._overflow, self._send
+        while overflow:
+            try:
+                try:
+                    send.send_nowait(overflow[0])
+                except anyio.WouldBlock:
+                    await send.send(overflow[0])
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                pass  # the reader left, as in ``_finish``
+            overflow.popleft()
+            self._delivered()
 
     def _outcome(self, item: Tracked, error: KlingError | None) -> Outcome:
         handle = item.handle
@@ -785,7 +810,13 @@ class Batch:
         if not self._started:
             self._start(self._background)
         try:
-            return await self._receive.receive()
+            # An outcome already buffered is taken without a trip through the event loop (``receive``
+            # makes one for each): outcomes come in bursts, and a reader taking one per trip falls behind.
+            await checkpoint_if_cancelled()
+            try:
+                return self._receive.receive_nowait()
+            except anyio.WouldBlock:
+                return await self._receive.receive()
         except (anyio.EndOfStream, anyio.ClosedResourceError):
             failure, self._engine.failure = self._engine.failure, None
             if failure is not None:

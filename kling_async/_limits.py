@@ -40,6 +40,7 @@ Three things are limited here:
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import logging
 import math
@@ -50,6 +51,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import anyio
+from anyio.lowlevel import checkpoint_if_cancelled
 
 from ._clock import SYSTEM_CLOCK, Clock
 from ._errors import JournalError
@@ -210,6 +212,73 @@ class Lane(enum.Enum):
     STATUS = "status"
 
 
+_OTHER = {Lane.SUBMIT: Lane.STATUS, Lane.STATUS: Lane.SUBMIT}
+
+
+class _Wire:
+    """The places on the wire (``max_concurrency``): ``value`` are free, and waiters queue by lane.
+
+    A freed place goes straight to the next waiter (its future is set: one wake-up), the lanes taking
+    turns when both wait. Waiting through a lane lock, the bucket lock and a semaphore cost three
+    wake-ups a request whenever the wire was full, which it is most of the time in a large batch.
+    """
+
+    __slots__ = ("_turn", "_waiting", "queued", "value")
+
+    def __init__(self, places: int) -> None:
+        self.value = places
+        self.queued = 0
+        self._waiting: dict[Lane, deque[asyncio.Future[None]]] = {lane: deque() for lane in Lane}
+        self._turn = Lane.SUBMIT
+
+    async def take(self, lane: Lane) -> None:
+        """Wait for a place, after the waiters already queued.
+
+        A submission checks for cancellation first: a POST let go after its caller was cancelled would
+        still be sent. A status request does not (a GET sent for a cancelled caller is harmless, and the
+        caller is cancelled at its first wait for the answer): the check walks every cancel scope around
+        the task, the largest cost of a status request's way through the limiter.
+        """
+        if lane is Lane.SUBMIT:
+            await checkpoint_if_cancelled()
+        if self.value > 0 and not self.queued:
+            self.value -= 1
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        queue = self._waiting[lane]
+        queue.append(waiter)
+        if not self.queued:
+            self._turn = lane  # the first to wait goes first
+        self.queued += 1
+        try:
+            await waiter
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():
+                self.release()  # the place came as the wait was cancelled: it goes to the next waiter
+            else:
+                try:
+                    queue.remove(waiter)
+                    self.queued -= 1
+                except ValueError:
+                    pass  # ``release`` already dropped it
+            raise
+
+    def release(self) -> None:
+        """Give a place back: to the next waiter (the lanes take turns), or to the free ones."""
+        turn = self._turn
+        for lane in (turn, _OTHER[turn]):
+            queue = self._waiting[lane]
+            while queue:
+                waiter = queue.popleft()
+                self.queued -= 1
+                if waiter.done():
+                    continue  # cancelled: its task is leaving
+                waiter.set_result(None)
+                self._turn = _OTHER[lane]
+                return
+        self.value += 1
+
+
 class Limiter:
     """Token bucket with adaptive rate, a cap on requests on the wire, and two fair lanes."""
 
@@ -249,10 +318,10 @@ class Limiter:
         self._unsettled = 0  # answers still due to requests on the wire at the last cut
         self._sent: deque[float] = deque(maxlen=_WINDOW)
         self._accepted: deque[float] = deque(maxlen=_ACCEPTED_WINDOW)
+        self._wire = _Wire(max_concurrency)
+        self.max_concurrency = max_concurrency
         # fast_acquire: a free lock is taken without a trip through the event loop. Three such trips per
         # request were most of the client's CPU overhead over bare aiohttp.
-        self._wire = anyio.Semaphore(max_concurrency, fast_acquire=True)
-        self.max_concurrency = max_concurrency
         self._lanes = {lane: anyio.Lock(fast_acquire=True) for lane in Lane}
         self._bucket = anyio.Lock(fast_acquire=True)
         self.rate_limited = 0
@@ -288,12 +357,21 @@ class Limiter:
 
     async def acquire(self, lane: Lane) -> None:
         """Wait for a place on the wire and the rate's permission; pair with ``release``."""
+        wire = self._wire
+        if self._pace.rate is None and not self._shared:
+            # Unpaced: no token to wait for, so no bucket to queue for; the lanes take turns at the wire.
+            await wire.take(lane)
+            now = self._clock.now()
+            if self._pace.rate is None and not self._shared and now >= self._blocked_until:
+                self._sent.append(now)
+                return
+            wire.release()  # paced while it waited (a 429): the bucket decides, in turn
         async with self._lanes[lane], self._bucket:
-            await self._wire.acquire()
+            await wire.take(lane)
             try:
                 await self._take_token()
             except BaseException:
-                self._wire.release()
+                wire.release()
                 raise
 
     def release(self) -> None:

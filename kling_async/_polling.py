@@ -17,7 +17,7 @@ import bisect
 import math
 import random
 from collections import deque
-from collections.abc import Generator
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -225,6 +225,44 @@ class Completions:
         high = bisect.bisect_right(times, now)
         inverse = self._inverse
         return (now * (inverse[high] - inverse[low]) - (high - low)) / (len(times) - low)
+
+    def total_waited(self, tasks: Sequence[tuple[float | None, float]]) -> Callable[[float], float]:
+        """The sum of ``waited`` over tasks ``(started, seen)`` (absolute times; ``started`` None: the share
+        of the median since ``seen``), as a function of the absolute time ``now``.
+
+        Equal to summing ``waited`` task by task, in order, but what depends only on when each task was
+        seen running is worked out once: planning asks for this sum at many times.
+        """
+        times, inverse = self._times, self._inverse
+        count, median = len(times), self.median
+        # Per task: (kind, started, seen since start, low, inverse[low], tasks after low); kind 0: not
+        # started, 1: past every learned time, 2: within them.
+        prepared: list[tuple[int, float, float, int, float, int]] = []
+        for started, seen in tasks:
+            if started is None:
+                prepared.append((0, 0.0, seen, 0, 0.0, 0))
+                continue
+            since = seen - started
+            low = bisect.bisect_right(times, since)
+            if low == count:
+                prepared.append((1, started, since, low, 0.0, 0))
+            else:
+                prepared.append((2, started, since, low, inverse[low], count - low))
+
+        def total(now: float) -> float:
+            result = 0.0
+            for kind, started, since, low, inverse_low, after in prepared:
+                if kind == 2:
+                    elapsed = now - started
+                    high = bisect.bisect_right(times, elapsed)
+                    result += (elapsed * (inverse[high] - inverse_low) - (high - low)) / after
+                elif kind == 1:
+                    result += self.waited(since, now - started)
+                else:
+                    result += (now - since) / median
+            return result
+
+        return total
 
     @staticmethod
     def _late_span(seen: float) -> float:

@@ -26,11 +26,14 @@ whether it leads whenever the leader's next sweep is overdue, so a dead leader i
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import heapq
 import itertools
 import logging
 import math
+import operator
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -96,6 +99,8 @@ class Tracked:
 
 
 Finish = Callable[[Tracked, "KlingError | None"], None]
+
+_BY_SEQ = operator.attrgetter("seq")
 
 SweepListener = Callable[[str | None, Sequence[TaskSummary], float | None], None]
 """``(family, tasks, next_in)``: another worker's sweep of ``family`` listed ``tasks`` (a long sweep comes in
@@ -193,7 +198,19 @@ class Tracker:
         self._tokens = itertools.count()
         self._families: dict[str, _Family] = {}
         self._wake = anyio.Event()
-        self._checks = anyio.Semaphore(max(4, pipeline.limiter.max_concurrency * 2), fast_acquire=True)
+        # When the sleeping loop wakes by itself (-inf while it runs): only a check due before then needs
+        # to wake it. Waking it for every rescheduled check cost a trip through the loop (a new event and
+        # a cancel scope) after nearly every status request.
+        self._wakes_at = -math.inf
+        # Checks under way at most (a plain count: only the loop takes places, and it waits on a future
+        # when none is free).
+        self._free_checks = max(4, pipeline.limiter.max_concurrency * 2)
+        self._check_freed: asyncio.Future[None] | None = None
+        # Due checks run in checker tasks started as needed (at most one per check under way), which
+        # wait for the next check when idle: handing a check over costs a future, where a task per check
+        # cost anyio's start of a task (its cancel scope, status and done callback) for every check.
+        self._ready: deque[Tracked] = deque()
+        self._idle: list[asyncio.Future[None]] = []
 
     def __len__(self) -> int:
         return sum(len(family.items) for family in self._families.values())
@@ -217,6 +234,8 @@ class Tracker:
             family = self._families[endpoint.family_path] = _Family(endpoint)
         item.seq = family.added
         family.added += 1
+        if len(family.items) + 1 == SWEEP_MIN_TASKS:
+            self._wake.set()  # enough tasks to sweep: the loop starts the family's sweeps
         item.seen = handle._started if handle._started is not None else now
         family.items[task_id] = item
         if check_now:
@@ -236,8 +255,9 @@ class Tracker:
                     self._registry.timings.bracket(family, item.seen - started, now - started)
                 self._finish(item, _error_of(handle))
 
-    def _schedule(self, item: Tracked) -> None:
-        now = self._clock.now()
+    def _schedule(self, item: Tracked, now: float | None = None) -> None:
+        if now is None:
+            now = self._clock.now()
         handle = item.handle
         started = handle._started if handle._started is not None else now
         due = now + handle._next_delay(self._registry.poll, now - started, item.checks)
@@ -248,7 +268,8 @@ class Tracker:
     def _push(self, item: Tracked, due: float) -> None:
         item.token = next(self._tokens)
         heapq.heappush(self._heap, (due, item.token, item))
-        self._wake.set()
+        if due < self._wakes_at:
+            self._wake.set()
 
     def _tracked(self, item: Tracked) -> bool:
         family = self._families[item.handle._endpoint.family_path]
@@ -278,33 +299,43 @@ class Tracker:
                 relay.resign(path)
 
     async def _run(self) -> None:
-        clock = self._clock
+        clock, heap, families = self._clock, self._heap, self._families
         while True:
             now = clock.now()
             self._sweep_due(now)
-            while self._heap and self._heap[0][0] <= now:
-                _, token, item = heapq.heappop(self._heap)
-                if token != item.token or not self._tracked(item):
+            # Most due entries belong to tasks the sweeps cover, rescheduled at once: the family is looked
+            # up once for both questions, and the time is the loop's.
+            while heap and heap[0][0] <= now:
+                _, token, item = heapq.heappop(heap)
+                handle = item.handle
+                family = families[handle._endpoint.family_path]
+                if token != item.token or family.items.get(handle.task_id) is not item:
                     continue
                 if item.deadline is not None and now >= item.deadline:
                     self._drop(item, self._timeout(item))
                     continue
-                if not item.urgent and self._covered(item, now):
+                if not item.urgent and self._covered(family, item, now):
                     item.checks += 1
-                    self._schedule(item)
+                    self._schedule(item, now)
                     continue
-                await self._checks.acquire()
-                self._group.start_soon(self._check, item)
+                if not self._free_checks:
+                    self._check_freed = asyncio.get_running_loop().create_future()
+                    await self._check_freed
+                self._free_checks -= 1
+                self._hand_over(item)
             self._wake = anyio.Event()
-            wait = self._heap[0][0] - clock.now() if self._heap else math.inf
-            wait = min(wait, self._next_sweep_in(clock.now()))
-            with clock.move_on_after(max(wait, 0.0)):
-                await self._wake.wait()
+            now = clock.now()
+            wait = max(0.0, min(self._heap[0][0] - now if self._heap else math.inf, self._next_sweep_in(now)))
+            self._wakes_at = now + wait
+            try:
+                with clock.move_on_after(wait):
+                    await self._wake.wait()
+            finally:
+                self._wakes_at = -math.inf
 
-    def _covered(self, item: Tracked, now: float) -> bool:
+    def _covered(self, family: _Family, item: Tracked, now: float) -> bool:
         """Whether the sweeps of the item's family watch it, so that it needs no status request of its own:
         the last sweep saw it, and the next one is not overdue."""
-        family = self._families[item.handle._endpoint.family_path]
         if family.active:
             return True  # the sweep under way will see it, or leave it to checks of its own
         if not (family.sweeping or family.reported) or item.swept_at < family.last_sweep:
@@ -315,6 +346,26 @@ class Tracker:
         handle = item.handle
         waited = item.deadline - item.added if item.deadline is not None else None
         return TaskTimeoutError(handle.task_id, last_status=handle.status, timeout=waited, model=handle.model)
+
+    def _hand_over(self, item: Tracked) -> None:
+        """Give a due check to an idle checker, or start one."""
+        self._ready.append(item)
+        while self._idle:
+            wake = self._idle.pop()
+            if not wake.done():
+                wake.set_result(None)
+                return
+        self._group.start_soon(self._checker)
+
+    async def _checker(self) -> None:
+        """Run handed-over checks one after another; wait for the next one when there is none."""
+        ready, loop = self._ready, asyncio.get_running_loop()
+        while True:
+            while ready:
+                await self._check(ready.popleft())
+            wake = loop.create_future()
+            self._idle.append(wake)
+            await wake
 
     async def _check(self, item: Tracked) -> None:
         try:
@@ -327,7 +378,10 @@ class Tracker:
         else:
             item.seen = self._clock.now()
         finally:
-            self._checks.release()
+            self._free_checks += 1
+            freed = self._check_freed
+            if freed is not None and not freed.done():
+                freed.set_result(None)
             item.urgent = False
         if self._tracked(item):
             item.checks += 1
@@ -348,15 +402,6 @@ class Tracker:
         if completions is None or started is None:
             return 1.0
         return completions.finished(item.seen - started, now - started)
-
-    def _waited(self, item: Tracked, completions: Completions | None, now: float) -> float:
-        """How long the item has probably waited unnoticed, as a share of its generation time."""
-        started = item.handle._started
-        if item.urgent or completions is None:
-            return 0.0
-        if started is None:
-            return (now - item.seen) / completions.median
-        return completions.waited(item.seen - started, now - started)
 
     def _plan(self, family: _Family, now: float) -> float:
         """When the family's next sweep is due (see the module docs)."""
@@ -380,10 +425,11 @@ class Tracker:
         scale = len(items) / len(sample)
         pages = math.ceil(len(items) / (family.page_size or _PAGE_SIZE))
         budget = _SWEEP_WAIT * pages / scale
+        total = completions.total_waited([(item.handle._started, item.seen) for item in sample])
         wait = completions.median * _PLAN_SHORTEST
         while wait < poll.maximum:
             due = now + wait
-            if sum(self._waited(item, completions, due) for item in sample) >= budget:
+            if total(due) >= budget:
                 return due
             wait *= _PLAN_STEP
         return now + poll.maximum
@@ -470,14 +516,17 @@ class Tracker:
                 self._push(item, now)
         else:
             item.seen = now
-            # Failures need no detail; other statuses only update what we show.
-            item.handle._observe(TaskStatus(task_id=summary.task_id, status=summary.status))
+            # Failures need no detail; other statuses only update what we show. A status the handle
+            # already has changes nothing, and most sweeps list most tasks as they were.
+            handle = item.handle
+            if summary.status != handle._status:
+                handle._observe(TaskStatus(task_id=summary.task_id, status=summary.status))
 
     async def _read_pages(self, family: _Family, now: float, listed_all: list[TaskSummary]) -> None:
         completions = self._completions(family)
         # The tracked tasks by their place in the list as far as this tracker knows (1: the newest; other
         # tasks of the account may sit above them), with the chance that each finished unseen.
-        ranked = sorted(family.items.values(), key=lambda item: -item.seq)
+        ranked = sorted(family.items.values(), key=_BY_SEQ, reverse=True)
         places = [family.added - item.seq for item in ranked]
         chance = [self._finished_chance(item, completions, now) for item in ranked]
         up_to = list(itertools.accumulate(chance))

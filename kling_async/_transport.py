@@ -286,7 +286,9 @@ class AiohttpTransport:
             TransportError: no complete answer; ``request_sent`` is False only when the
                 connection could not be opened, so the server cannot have seen the request.
         """
-        session = self._require_session()
+        session = self._session
+        if session is None:
+            raise RuntimeError("the transport is closed")
         url: str | URL = self._base_url + path
         if params:
             url = URL(url).extend_query(params)
@@ -302,7 +304,12 @@ class AiohttpTransport:
                 allow_redirects=False,
                 proxy=proxy,
             ) as resp:
-                data = await self._read_capped(resp)
+                length = resp.content_length
+                if length is not None and length <= self._max_body:
+                    # A declared length is what aiohttp reads, no more: one read, not a loop over chunks.
+                    data = await resp.read()
+                else:
+                    data = await self._read_capped(resp)
                 if log.isEnabledFor(logging.INFO):
                     _log_response(method, str(URL(url)), resp)
                 return Response(resp.status, resp.headers, data)
@@ -316,12 +323,10 @@ class AiohttpTransport:
             raise TransportError(f"{method} {path}: {_describe(exc)}") from exc
 
     async def _read_capped(self, resp: aiohttp.ClientResponse) -> bytes:
+        """An answer whose length is not declared, read up to the cap (or a declared one over it)."""
         length = resp.content_length
         if length is not None:
-            if length > self._max_body:
-                raise TransportError(f"answer too large: {length} bytes")
-            # A declared length is what aiohttp reads, no more: one read, not a loop over chunks.
-            return await resp.read()
+            raise TransportError(f"answer too large: {length} bytes")
         chunks: list[bytes] = []
         size = 0
         async for chunk in resp.content.iter_chunked(64 * 1024):

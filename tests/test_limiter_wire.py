@@ -1,0 +1,79 @@
+"""The limiter's places on the wire: handed straight to the next waiter, in lane turns, never lost."""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+
+from kling_async._limits import Lane, Limiter
+from tests.fakes import FakeClock
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_unpaced_submissions_and_status_requests_take_turns_at_a_full_wire() -> None:
+    limiter = Limiter(requests_per_second=None, max_concurrency=1)
+    await limiter.acquire(Lane.STATUS)  # the only place is taken: everyone below queues
+    order: list[Lane] = []
+
+    async def one(lane: Lane) -> None:
+        async with limiter.slot(lane):
+            order.append(lane)
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(3):
+            tg.start_soon(one, Lane.STATUS)
+        for _ in range(3):
+            tg.start_soon(one, Lane.SUBMIT)
+        await anyio.wait_all_tasks_blocked()
+        limiter.release()
+    assert order == [Lane.STATUS, Lane.SUBMIT] * 3
+
+
+async def test_a_waiter_cancelled_just_before_a_place_frees_up_does_not_take_it_away() -> None:
+    limiter = Limiter(requests_per_second=None, max_concurrency=1)
+    await limiter.acquire(Lane.STATUS)
+    got: list[str] = []
+
+    async def wait(name: str, scope: anyio.CancelScope) -> None:
+        with scope:
+            async with limiter.slot(Lane.STATUS):
+                got.append(name)
+
+    first, second = anyio.CancelScope(), anyio.CancelScope()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(wait, "first", first)
+        await anyio.wait_all_tasks_blocked()
+        tg.start_soon(wait, "second", second)
+        await anyio.wait_all_tasks_blocked()
+        first.cancel()  # the first waiter is cancelled, and before it has run...
+        limiter.release()  # ...the place frees up: it goes to the second, not to the one leaving
+    assert got == ["second"]
+    assert "on_wire=0/1" in repr(limiter)
+
+
+async def test_a_request_that_waited_for_the_wire_through_a_429_keeps_the_retry_after_pause() -> None:
+    clock = FakeClock()
+    limiter = Limiter(requests_per_second=None, max_concurrency=1, clock=clock)
+    await limiter.acquire(Lane.STATUS)
+    sent_at: list[float] = []
+
+    async def one() -> None:
+        async with limiter.slot(Lane.SUBMIT):
+            sent_at.append(clock.now())
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(one)
+        await anyio.wait_all_tasks_blocked()
+        limiter.on_rate_limited(retry_after=2.0)  # the request on the wire was refused, Retry-After 2 s
+        limiter.release()
+    assert sent_at == [pytest.approx(1002.0)]
+
+
+async def test_a_submission_whose_caller_is_already_cancelled_takes_no_place() -> None:
+    limiter = Limiter(requests_per_second=None, max_concurrency=1)
+    with anyio.CancelScope() as scope:
+        scope.cancel()
+        await limiter.acquire(Lane.SUBMIT)
+        pytest.fail("a cancelled caller was let through to send a POST")
+    assert "on_wire=0/1" in repr(limiter)
