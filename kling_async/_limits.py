@@ -3,8 +3,10 @@
 Three things are limited here:
 
 * the request **rate**, with a token bucket. A rate the user gives is a ceiling, and a single 429 does not
-  lower it. Without a given rate the limiter does not pace at all until the first 429, and from then on
-  finds the server's limit by itself. A burst spent from a full bucket refills only from its first answer
+  lower it. Without a given rate the limiter opens at 50 requests a second and doubles the pace every
+  quarter second until the first 429 (past 20,000 a second it stops pacing), so that few requests are on
+  the wire to be refused when the server's bucket runs dry; from then on it finds the server's limit by
+  itself. A burst spent from a full bucket refills only from its first answer
   on, and a token short: the server's bucket began refilling when the burst's first request reached it,
   a little after ours would have, and a token ahead absorbs two requests the server handles together.
 
@@ -13,7 +15,9 @@ Three things are limited here:
 
   - since a 429 (the server's bucket was empty then): ``R >= accepted / elapsed``;
   - since any moment ``s`` (its bucket held at most ``B`` then): ``R >= (accepted - B) / elapsed``, where
-    ``B`` is bounded by what the server let through before its first 429.
+    ``B`` is bounded by what the server let through before its first 429, and more tightly, once ``R`` is
+    bounded, by the opening: for each earlier moment, ``B`` exceeds what was accepted since, plus the
+    refused request, less what ``R`` refilled meanwhile (the key idle before the opening).
 
   On a 429 the limiter takes the best such bound over windows of at least ``_MIN_SPAN`` seconds, reaching
   back to the latest earlier 429 at least that old (not further: a slower limit that has just begun to
@@ -71,6 +75,15 @@ _CONFIRM = 0.97  # a bound this close to the rate that drew the 429, or to the l
 _BISECT = 0.5  # after a bound below the rate that drew the 429, recover this share of the gap
 _TOLD_DIP = 0.95  # a 429 without Retry-After at a given rate: pace this much lower, then recover
 _MIN_RATE = 0.2
+# Not told the rate, a client opens at _OPEN requests a second and doubles every quarter second until the
+# first 429: paced from the first request, so that few requests are on the wire to be refused when the
+# server's bucket runs dry, yet a fast server is reached within a second or two. Past _OPEN_MAX it stops
+# pacing (no server limit in sight).
+_OPEN = 50.0
+_OPEN_GROWTH = 16.0  # per second
+_OPEN_SLICE = 0.05  # seconds: while opening, the bucket holds this long's worth of requests (if more)
+_OPEN_MAX = 20_000.0
+_MIN_WAIT = 1e-6  # seconds
 _HOLD_MAX = 1.0  # seconds: the longest a burst's first answer is waited for before the bucket refills
 _SLACK = 0.5  # tokens
 _MIN_SPAN = 0.5  # seconds: the shortest window a bound is taken over
@@ -297,6 +310,12 @@ class Limiter:
             raise ValueError("max_concurrency: at least 1")
         self._clock = clock
         self._pace = Pace.given(requests_per_second)
+        # Not told a rate: the opening pace, until the first 429 (None: over, or a rate was given).
+        self._opening: float | None = _OPEN if requests_per_second is None else None
+        self._opened_at: float | None = None  # the opening's first request
+        # The answers the server accepted from the opening's first request to its first 429 (times from
+        # that 429, all <= 0): with a bound on its rate, they bound its burst (``_burst_bound``).
+        self._opening_answers: tuple[float, ...] = ()
         self._burst = float(burst if burst is not None else 1)
         self._tokens = self._burst
         # A burst spent from a full bucket: the server's own bucket begins refilling only when the first
@@ -332,8 +351,10 @@ class Limiter:
         self.last_rate_limit_headers: dict[str, str] = {}
 
     def __repr__(self) -> str:
-        pace = self._pace.rate
+        pace = self.rate
         rate = "unpaced" if pace is None else f"{pace:.2f}/s"
+        if self._opening is not None:
+            rate += " (opening)"
         on_wire = self.max_concurrency - self._wire.value
         told = f" headers={self.last_rate_limit_headers}" if self.last_rate_limit_headers else ""
         wire = f"{on_wire}/{self.max_concurrency}"
@@ -348,8 +369,9 @@ class Limiter:
 
     @property
     def rate(self) -> float | None:
-        """The current pace in requests per second, or None while unpaced."""
-        return self._pace.rate
+        """The current pace in requests per second (the opening's before any 429), or None while unpaced."""
+        rate = self._pace.rate
+        return rate if rate is not None else self._opening
 
     def slot(self, lane: Lane) -> _Slot:
         """``async with limiter.slot(lane):`` holds one place on the wire, entered once the rate allows."""
@@ -406,7 +428,9 @@ class Limiter:
                     self._held_since = now
                 self._tokens = max(0.0, self._tokens - 1.0)
                 break
-            await self._clock.sleep((1.0 - self._tokens) / rate)
+            # At least a microsecond: at tens of thousands a second, what is missing can be a wait too
+            # short to move a float clock, and then no token would ever be earned.
+            await self._clock.sleep(max(_MIN_WAIT, (1.0 - self._tokens) / rate))
         self._sent.append(self._clock.now())
 
     async def _take_shared(self, shared: SharedPace) -> bool:
@@ -444,7 +468,7 @@ class Limiter:
         """Add the tokens earned since the last call and let the rate grow; the rate now (None: unpaced)."""
         rate = self._pace.rate
         if rate is None:
-            return None
+            return self._open(now)
         if self._held_since is not None and now - self._held_since >= _HOLD_MAX:
             self._release(now)
         elapsed = 0.0 if self._held_since is not None else max(0.0, now - self._stamp)
@@ -454,6 +478,22 @@ class Limiter:
         self._tokens = min(self._burst + _SLACK, self._tokens + elapsed * rate)
         self._pace.grow(elapsed)
         return self._pace.rate
+
+    def _open(self, now: float) -> float | None:
+        """The opening pace's refill (see ``_OPEN``); None once it is past ``_OPEN_MAX``."""
+        rate = self._opening
+        if rate is None:
+            return None
+        if self._opened_at is None:
+            self._opened_at = now
+        elapsed = max(0.0, now - self._stamp)
+        self._stamp = now
+        # The bucket holds a slice of time's worth: requests asked for together need no wait each.
+        room = max(self._burst + _SLACK, rate * _OPEN_SLICE)
+        self._tokens = min(room, self._tokens + elapsed * rate)
+        rate *= math.pow(_OPEN_GROWTH, elapsed)
+        self._opening = rate if rate < _OPEN_MAX else None
+        return rate
 
     def _release(self, now: float) -> None:
         """Refill again after a burst from a full bucket: from now on, a token short (see ``__init__``)."""
@@ -491,6 +531,37 @@ class Limiter:
         since = next((t for t in reversed(self._decreases) if now - t >= _MIN_SPAN), None)
         if since is None:
             return None
+        burst = self._server_burst
+        best = self._bound(now, since, burst)
+        # A tighter burst gives a higher bound, which gives a tighter burst: a few rounds settle it.
+        for _ in range(4):
+            if best is None or burst is None:
+                break
+            tighter = self._burst_bound(best)
+            if tighter is None or tighter >= burst - 0.5:
+                break
+            burst = tighter
+            best = max(best, self._bound(now, since, burst) or best)
+        return best
+
+    def _burst_bound(self, rate: float) -> float | None:
+        """An upper bound on the server's burst from the opening, given a lower bound on its rate.
+
+        The server accepted every request of the opening and refused the next one: for every earlier
+        moment ``a``, its bucket held at most ``burst`` then and gained ``rate * -a`` since, so
+        ``burst > accepted_since(a) + 1 - rate * -a`` for the ``a`` where it ran dry, and so for the
+        largest right-hand side. This holds if the key was idle before the opening (its bucket full).
+        None: no opening was seen.
+        """
+        answers = self._opening_answers
+        if not answers:
+            return None
+        # Walk back from the newest answer: `count` answers came after `a`.
+        return max(count + 1 + rate * a for count, a in enumerate(reversed(answers), start=1))
+
+    def _bound(self, now: float, since: float, burst: float | None) -> float | None:
+        """The best lower bound on the server's rate over windows after ``since`` (a cut), for a server
+        whose bucket held at most ``burst`` at the end of a pause; None: none."""
         emptied = since
         times = self._accepted
         if times and times[0] > since and len(times) == times.maxlen:
@@ -503,8 +574,8 @@ class Limiter:
                 break
             count += 1
             span = now - t
-            if span >= _MIN_SPAN and t >= self._resumed and self._server_burst is not None:
-                bound = (count - self._server_burst) / span
+            if span >= _MIN_SPAN and t >= self._resumed and burst is not None:
+                bound = (count - burst) / span
                 best = bound if best is None else max(best, bound)
         if since == emptied and now - since <= _HORIZON:
             bound = count / (now - since)
@@ -540,6 +611,9 @@ class Limiter:
             on_wire = self.max_concurrency - self._wire.value
             self._server_burst = float(sum(1 for t in self._accepted if t > now - 1.0))
             self._burst_unsettled = on_wire
+            if self._opening is not None and self._opened_at is not None:
+                opened = self._opened_at
+                self._opening_answers = tuple(t - now for t in self._accepted if t >= opened)
         self._last_decrease = now
         self._decreases.append(now)
         self._unsettled = self.max_concurrency - self._wire.value
@@ -549,6 +623,7 @@ class Limiter:
         # server's bucket each time, and then any jitter draws a 429.
         self._burst = 1.0
         self._tokens = min(self._tokens, 1.0)
+        self._opening = None
         # Unpaced until now: what the server let through before the 429, and those of the requests on
         # the wire that were let through but not heard of yet.
         start = (self._server_burst or 0.0) + self._burst_unsettled or paced or 1.0

@@ -90,11 +90,25 @@ async def test_a_burst_whose_answers_never_come_refills_after_a_second() -> None
         assert after.sent.is_set()
 
 
-async def test_unpaced_limiter_never_waits() -> None:
+async def test_a_limiter_not_told_the_rate_opens_paced_at_fifty_a_second() -> None:
+    """Not unpaced: when the server's bucket runs dry, few requests are on the wire to be refused."""
     clock = FakeClock()
     limiter = Limiter(requests_per_second=None, max_concurrency=2, clock=clock)
+    start = clock.now()
+    await _take(limiter, 6)
+    # Five intervals at 50/s would be 0.1 s; the pace grows sixteenfold a second meanwhile.
+    assert 0.07 <= clock.now() - start <= 0.1
+
+
+async def test_the_opening_pace_stops_pacing_within_seconds_when_no_429_comes() -> None:
+    clock = FakeClock()
+    limiter = Limiter(requests_per_second=None, max_concurrency=2, clock=clock)
+    start = clock.now()
+    await _take(limiter, 10000)
+    assert clock.now() - start < 3.0
+    waited = len(clock.slept)
     await _take(limiter, 100)
-    assert clock.slept == []
+    assert len(clock.slept) == waited
 
 
 async def test_retry_after_pauses_every_request() -> None:
@@ -137,7 +151,7 @@ async def test_rate_recovers_after_a_decrease_but_never_passes_the_ceiling() -> 
 
 
 async def test_max_concurrency_caps_requests_on_the_wire() -> None:
-    limiter = Limiter(requests_per_second=None, max_concurrency=3)
+    limiter = Limiter(requests_per_second=1000, burst=10, max_concurrency=3)
     holding = 0
     most = 0
     release = anyio.Event()
