@@ -380,11 +380,11 @@ class Limiter:
     async def acquire(self, lane: Lane) -> None:
         """Wait for a place on the wire and the rate's permission; pair with ``release``."""
         wire = self._wire
-        if self._pace.rate is None and not self._shared:
+        if self._unpaced():
             # Unpaced: no token to wait for, so no bucket to queue for; the lanes take turns at the wire.
             await wire.take(lane)
             now = self._clock.now()
-            if self._pace.rate is None and not self._shared and now >= self._blocked_until:
+            if self._unpaced() and now >= self._blocked_until:
                 self._sent.append(now)
                 return
             wire.release()  # paced while it waited (a 429): the bucket decides, in turn
@@ -395,6 +395,10 @@ class Limiter:
             except BaseException:
                 wire.release()
                 raise
+
+    def _unpaced(self) -> bool:
+        """No rate to keep: none given, past the opening with no 429, and no shared rate in use."""
+        return self._pace.rate is None and self._opening is None and not self._shared
 
     def release(self) -> None:
         """Give back the place on the wire."""

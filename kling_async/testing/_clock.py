@@ -23,6 +23,10 @@ class FakeClock:
             ...
             await clock.advance(30)   # 30 simulated seconds, no real waiting
 
+    The client's pace runs on this clock too: a client not told ``requests_per_second`` opens at 50
+    requests a second, so a second request right after a first waits until ``advance`` moves time on
+    (or tell the client a rate with a ``burst``).
+
     Args:
         start: the initial monotonic reading.
         wall: the initial Unix time (moves with ``now``).
