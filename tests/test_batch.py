@@ -177,7 +177,15 @@ async def test_a_429_storm_without_retry_after_is_survived() -> None:
 async def test_max_concurrency_holds_on_the_wire() -> None:
     async with (
         Simulator(time_scale=0.001, faults=Faults(latency=0.01)) as sim,
-        KlingClient(api_key="sim-key", base_url=sim.url, poll=FAST_POLL, max_concurrency=3) as client,
+        # Told a fast rate with a burst, so that the pace never holds requests back: the cap does.
+        KlingClient(
+            api_key="sim-key",
+            base_url=sim.url,
+            poll=FAST_POLL,
+            max_concurrency=3,
+            requests_per_second=1000,
+            burst=20,
+        ) as client,
     ):
         await client.gather(prompts(20))
     assert sim.counters.max_concurrent_requests == 3

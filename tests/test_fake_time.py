@@ -118,7 +118,15 @@ async def test_a_retried_status_request_logs_a_debug_line_with_its_task_attempt_
     clock = FakeClock()
     retry = RetryPolicy(attempts=3, initial=0.0, maximum=0.0)
     caplog.set_level(logging.DEBUG, logger="kling_async")
-    async with KlingClient(api_key="k", retry=retry, clock=clock, transport=MockTransport(handler)) as client:
+    # Told a rate with a burst: the retry leaves at once, as this clock moves only when advanced.
+    async with KlingClient(
+        api_key="k",
+        retry=retry,
+        clock=clock,
+        transport=MockTransport(handler),
+        requests_per_second=100,
+        burst=5,
+    ) as client:
         await client.task(TASK).refresh()
     [record] = [r for r in caplog.records if r.getMessage().startswith("retrying")]
     assert record.levelno == logging.DEBUG

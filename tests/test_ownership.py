@@ -382,7 +382,8 @@ async def test_a_journal_failing_during_list_sweeps_never_ends_the_batch(
 ) -> None:
     """Statuses seen by list sweeps cannot be journaled: every item still ends with its video."""
     with _StatusWritesFail(tmp_path / "run.db") as journal:
-        async with _client(sim) as client:
+        # Every POST at once (a told rate with a burst): the tasks run together, so sweeps watch them.
+        async with _client(sim, requests_per_second=1000, burst=SWEEP_MIN_TASKS + 4) as client:
             outcomes = await client.gather(_prompts(SWEEP_MIN_TASKS + 4), journal=journal)
     assert sim.counters.lists > 0  # the statuses did come from sweeps
     assert all(o.ok for o in outcomes)
