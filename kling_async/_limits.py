@@ -84,6 +84,7 @@ _OPEN_GROWTH = 16.0  # per second
 _OPEN_SLICE = 0.05  # seconds: while opening, the bucket holds this long's worth of requests (if more)
 _OPEN_MAX = 20_000.0
 _MIN_WAIT = 1e-6  # seconds
+_GROWTH_SPAN = 60.0  # seconds: the most idle time exponential growth counts (more would overflow a float)
 _HOLD_MAX = 1.0  # seconds: the longest a burst's first answer is waited for before the bucket refills
 _SLACK = 0.5  # tokens
 _MIN_SPAN = 0.5  # seconds: the shortest window a bound is taken over
@@ -135,6 +136,7 @@ class Pace:
         """Raise the rate after a cut: fast towards the target, doubling while searching, else slowly."""
         if self.rate is None or elapsed <= 0:
             return
+        elapsed = min(elapsed, _GROWTH_SPAN)
         target = self.target
         if target is not None and self.rate < target:
             closer = self.rate + (target - self.rate) * min(1.0, _RECOVER * elapsed)
@@ -495,7 +497,9 @@ class Limiter:
         # The bucket holds a slice of time's worth: requests asked for together need no wait each.
         room = max(self._burst + _SLACK, rate * _OPEN_SLICE)
         self._tokens = min(room, self._tokens + elapsed * rate)
-        rate *= math.pow(_OPEN_GROWTH, elapsed)
+        # The exponent is capped (an idle client's first request may come hours later): past the cap
+        # the opening is over anyway.
+        rate *= math.pow(_OPEN_GROWTH, min(elapsed, _GROWTH_SPAN))
         self._opening = rate if rate < _OPEN_MAX else None
         return rate
 

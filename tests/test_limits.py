@@ -9,7 +9,7 @@ import aiohttp
 import anyio
 import pytest
 
-from kling_async._limits import DECREASE, Lane, Limiter
+from kling_async._limits import DECREASE, Lane, Limiter, Pace
 from kling_async.testing import FakeClock as ManualClock
 from kling_async.testing import Simulator
 from tests.fakes import FakeClock
@@ -109,6 +109,21 @@ async def test_the_opening_pace_stops_pacing_within_seconds_when_no_429_comes() 
     waited = len(clock.slept)
     await _take(limiter, 100)
     assert len(clock.slept) == waited
+
+
+async def test_a_first_request_an_hour_after_the_limiter_was_made_is_sent_at_once() -> None:
+    """The opening's growth over a long idle spell must not overflow: the opening is simply over."""
+    clock = FakeClock()
+    limiter = Limiter(requests_per_second=None, max_concurrency=2, clock=clock)
+    clock.time += 3600.0
+    await _take(limiter, 3)
+    assert clock.slept == []
+
+
+async def test_a_searching_pace_idle_for_an_hour_grows_without_overflowing() -> None:
+    pace = Pace(ceiling=None, rate=10.0, target=None, searching=True)
+    pace.grow(3600.0)
+    assert pace.rate is not None and math.isfinite(pace.rate)
 
 
 async def test_retry_after_pauses_every_request() -> None:
