@@ -123,7 +123,8 @@ async def test_a_first_request_an_hour_after_the_limiter_was_made_is_sent_at_onc
 async def test_a_searching_pace_idle_for_an_hour_grows_without_overflowing() -> None:
     pace = Pace(ceiling=None, rate=10.0, target=None, searching=True)
     pace.grow(3600.0)
-    assert pace.rate is not None and math.isfinite(pace.rate)
+    assert pace.rate is not None
+    assert math.isfinite(pace.rate)
 
 
 async def test_retry_after_pauses_every_request() -> None:
