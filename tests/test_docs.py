@@ -52,28 +52,32 @@ TIME_SCALE = 0.002
 # Seconds of real time a sample may take before it counts as hung.
 SAMPLE_DEADLINE = 60.0
 
-# Run as `python -c HARNESS SPEED SCRIPT`: make the clock fast, then run SCRIPT as __main__.
+# Run as `python -c HARNESS SPEED SCRIPT`: make the library's clock fast, then run SCRIPT as __main__. Only
+# the library's waits (polling, backoff, pacing) run fast; HTTP timeouts stay in real seconds, so a loaded
+# machine cannot make a sample's request time out (at 50x, the 30 s read timeout was 0.6 s).
 HARNESS = textwrap.dedent(
     """
-    import asyncio, runpy, selectors, sys, time
+    import runpy, sys, time
+
+    import anyio
+
+    from kling_async._clock import SystemClock
 
     speed = float(sys.argv[1])
-    real_monotonic = time.monotonic
-    origin = real_monotonic()
+    origin = time.monotonic()
 
-    def fast_monotonic():
-        return origin + (real_monotonic() - origin) * speed
+    def fast_now(self):
+        return origin + (time.monotonic() - origin) * speed
 
-    class FastSelector(selectors.DefaultSelector):
-        def select(self, timeout=None):
-            return super().select(None if timeout is None else max(timeout, 0.0) / speed)
+    async def fast_sleep(self, seconds):
+        await anyio.sleep(max(0.0, seconds) / speed)
 
-    class FastPolicy(asyncio.DefaultEventLoopPolicy):
-        def new_event_loop(self):
-            return asyncio.SelectorEventLoop(FastSelector())
+    def fast_move_on_after(self, seconds):
+        return anyio.move_on_after(seconds / speed)
 
-    time.monotonic = fast_monotonic
-    asyncio.set_event_loop_policy(FastPolicy())
+    SystemClock.now = fast_now
+    SystemClock.sleep = fast_sleep
+    SystemClock.move_on_after = fast_move_on_after
     script = sys.argv[2]
     sys.argv = [script]
     runpy.run_path(script, run_name="__main__")
