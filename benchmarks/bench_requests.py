@@ -274,7 +274,48 @@ def sweep_floor(n: int = 300, span: float = 300.0, seed: int = 1) -> list[tuple[
 
     rows = [(f"every {d:g} s", *run(every(d))) for d in (5.0, 7.0, 10.0, 13.0)]
     rows += [(f"by expected wait {c:g}", *run(by_wait(c))) for c in (0.1, 0.2, 0.4, 0.8)]
+    least = clairvoyant_delays(finishes, generations, max_sweeps=n // 3)
+    for lists in (0.1, 0.2):
+        sweeps = round(lists * n)
+        rows.append((f"clairvoyant, {sweeps} sweeps", sweeps / n, least[sweeps]))
+    needed = next(k for k, delay in enumerate(least) if delay < DELAY_TARGET)
+    rows.append((f"clairvoyant, < {DELAY_TARGET:g}% delay", needed / n, least[needed]))
     return rows
+
+
+# The detection delay target of the uniform mix (issue 16 item 3), in % of generation.
+DELAY_TARGET = MIX_BATCH_TARGET[1]
+
+
+def clairvoyant_delays(finishes: list[float], generations: list[float], max_sweeps: int) -> list[float]:
+    """The least mean delay (% of generation) reachable with k sweeps, for k in 0..max_sweeps.
+
+    A client that knew every finish time in advance would place each sweep at some task's finish, and
+    a sweep notices every task finished since the one before: so k sweeps split the tasks, in finishing
+    order, into k runs, each noticed at its last task's finish. The best split is a dynamic programme
+    over prefixes. No client can do better, so this bounds from below what any sweeping schedule pays
+    for a delay (k = 0 is infinite: nothing is noticed).
+    """
+    order = sorted(range(len(finishes)), key=finishes.__getitem__)
+    f = [finishes[i] for i in order]
+    w = [1.0 / generations[i] for i in order]
+    n = len(f)
+    # Prefix sums of w and w * f: a run a..b (inclusive) swept at f[b] costs f[b] * W - WF.
+    pw, pwf = [0.0], [0.0]
+    for fi, wi in zip(f, w, strict=True):
+        pw.append(pw[-1] + wi)
+        pwf.append(pwf[-1] + wi * fi)
+    best = [math.inf] * (n + 1)  # best[b]: least cost covering the first b tasks with the sweeps so far
+    best[0] = 0.0
+    delays = [math.inf]
+    for _ in range(max_sweeps):
+        prev = best
+        best = [0.0]
+        for b in range(1, n + 1):
+            fb, wb, wfb = f[b - 1], pw[b], pwf[b]
+            best.append(min(prev[a] + fb * (wb - pw[a]) - (wfb - pwf[a]) for a in range(b)))
+        delays.append(100.0 * best[n] / n)
+    return delays
 
 
 def main() -> None:
