@@ -25,6 +25,9 @@ Three things are limited here:
 
   - when the bound is well below the rate that drew the 429, paces at the bound and returns quickly
     half-way (``_BISECT``) towards that rate: the server's rate lies between the two;
+  - when the bound rose from the previous one to within ``_NEAR`` of that rate, the search has closed in:
+    the limiter paces at the bound and probes above it slowly, since one more 429 to halve a gap of a
+    few percent would cost a ``Retry-After``'s pause of the whole client;
   - when the bound is close to that rate or to the previous bound (``_CONFIRM``), it is the server's
     rate: the limiter paces at it and probes above it slowly, ``_PROBE`` per second, quartered each time,
     because every 429 can pause the whole client for a ``Retry-After``;
@@ -72,6 +75,7 @@ _SEARCH = 2.0  # per second, the growth while no bound on the server's rate is k
 _PROBE = 0.004  # per second, the first growth above a bound; quartered by each 429 that confirms the bound
 _MIN_PROBE = 0.0002
 _CONFIRM = 0.97  # a bound this close to the rate that drew the 429, or to the last bound, confirms it
+_NEAR = 0.85  # a bound that rose this close to the rate that drew the 429 is kept, not bisected
 _BISECT = 0.5  # after a bound below the rate that drew the 429, recover this share of the gap
 _TOLD_DIP = 0.95  # a 429 without Retry-After at a given rate: pace this much lower, then recover
 _MIN_RATE = 0.2
@@ -161,8 +165,15 @@ class Pace:
             self.searching = False
             drew = paced if paced is not None else bound
             steady = self.bound is not None and abs(bound - self.bound) <= (1 - _CONFIRM) * self.bound
+            rose = self.bound is not None and bound > self.bound
             self.bound = bound
-            if steady or bound >= _CONFIRM * drew:
+            if rose and not steady and bound >= _NEAR * drew:
+                # A bound that rose to near the rate that drew the 429: the search has closed in on the
+                # server's rate, and one more 429 (a Retry-After's pause) would cost more than the gap.
+                self.probe = _PROBE / 4
+                self.target = None
+                rate = bound
+            elif steady or bound >= _CONFIRM * drew:
                 # The same bound twice, or a 429 right at it: that is the server's rate. Sit at it and
                 # probe above it more slowly each time.
                 self.probe = max(_MIN_PROBE, self.probe / 4)

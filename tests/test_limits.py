@@ -292,6 +292,33 @@ async def test_the_rate_is_back_near_the_servers_within_seconds_of_the_first_429
     assert 95 <= limiter.rate <= 102
 
 
+async def test_an_unpaced_client_draws_no_429_after_its_search_has_closed_in_on_the_servers_rate() -> None:
+    """A 429 pauses the whole client for a Retry-After: a bound that rose to within 15% of the rate that
+    drew the 429 is kept (probing slowly above it) rather than bisected, which would draw one more."""
+    clock = FakeClock()
+    server = _Server(clock, [(100, 20)])
+    limiter = Limiter(requests_per_second=None, max_concurrency=16, clock=clock)
+    start = clock.now()
+    await _drive(limiter, server, 25.0)
+    assert server.refused_between(start, start + 8) > 0
+    assert server.refused_between(start + 8, start + 25) == 0
+
+
+async def test_a_bound_that_rose_near_the_rate_that_drew_the_429_is_kept_without_bisecting() -> None:
+    pace = Pace(ceiling=None, rate=90.0, target=110.0, bound=75.0)
+    pace.after_429(paced=113.0, bound=99.0, paused=True, start=20.0)
+    assert pace.rate == 99.0
+    assert pace.target is None
+
+
+async def test_a_bound_that_fell_is_bisected_towards_the_rate_that_drew_the_429() -> None:
+    """A bound below the last one is no sign of closing in (a long window may have begun to bind)."""
+    pace = Pace(ceiling=None, rate=10.4, target=None, bound=10.1)
+    pace.after_429(paced=10.4, bound=9.3, paused=True, start=3.0)
+    assert pace.rate == 9.3
+    assert pace.target == pytest.approx(9.85)
+
+
 @pytest.mark.parametrize("burst", [5, 20, 60])
 async def test_an_unpaced_client_uses_the_rate_whatever_the_servers_burst(burst: int) -> None:
     clock = FakeClock()
