@@ -233,7 +233,10 @@ def sweep_floor(n: int = 300, span: float = 300.0, seed: int = 1) -> list[tuple[
     first sweep after it finished and costs its one detail GET (the list has no URLs) plus its share of
     the sweeps. Two schedules: sweeps every ``d`` seconds, and sweeps each time the tasks' expected
     unnoticed wait (as a share of generation, summed) reaches ``c``, the rule that minimises delay for
-    a number of sweeps. Returns (schedule, list requests per task, mean delay %).
+    a number of sweeps; the second again, a sweep costing every page that holds a task that could have
+    finished and is not known to have (``PAGE`` tasks a page, newest first, as the client asks); and a
+    client that knew every finish time in advance (``clairvoyant_delays``). Returns (schedule, list
+    requests per task, mean delay %).
     """
     rng = random.Random(seed)
     low, high, queue, step = 30.0, 120.0, 2.0, 0.1
@@ -241,12 +244,26 @@ def sweep_floor(n: int = 300, span: float = 300.0, seed: int = 1) -> list[tuple[
     generations = [rng.uniform(low, high) for _ in range(n)]
     finishes = [a + queue + g for a, g in zip(arrivals, generations, strict=True)]
 
-    def run(next_sweep: Callable[[float, list[float | None]], float]) -> tuple[float, float]:
+    def pages(now: float, known: list[float | None]) -> int:
+        """The pages a sweep must read: those holding a task not known finished that could have finished
+        (the list holds every task, newest first, ``PAGE`` a page)."""
+        arrived = sum(1 for a in arrivals if a <= now)
+        return len(
+            {
+                (arrived - i - 1) // PAGE
+                for i in range(arrived)
+                if known[i] is None and arrivals[i] <= now - low - queue
+            }
+        )
+
+    def run(
+        next_sweep: Callable[[float, list[float | None]], float], paged: bool = False
+    ) -> tuple[float, float]:
         known: list[float | None] = [None] * n
         now, sweeps = 0.0, 0
         while any(k is None for k in known):
             now = next_sweep(now, known)
-            sweeps += 1
+            sweeps += pages(now, known) if paged else 1
             for i in range(n):
                 if known[i] is None and finishes[i] <= now:
                     known[i] = now
@@ -274,6 +291,9 @@ def sweep_floor(n: int = 300, span: float = 300.0, seed: int = 1) -> list[tuple[
 
     rows = [(f"every {d:g} s", *run(every(d))) for d in (5.0, 7.0, 10.0, 13.0)]
     rows += [(f"by expected wait {c:g}", *run(by_wait(c))) for c in (0.1, 0.2, 0.4, 0.8)]
+    rows += [
+        (f"by expected wait {c:g}, {PAGE} a page", *run(by_wait(c), paged=True)) for c in (0.1, 0.2, 0.4)
+    ]
     least = clairvoyant_delays(finishes, generations, max_sweeps=n // 3)
     for lists in (0.1, 0.2):
         sweeps = round(lists * n)
@@ -283,6 +303,8 @@ def sweep_floor(n: int = 300, span: float = 300.0, seed: int = 1) -> list[tuple[
     return rows
 
 
+# Tasks a list page holds: what the client asks for (``_PAGE_SIZE`` in ``_tracker``).
+PAGE = 100
 # The detection delay target of the uniform mix (issue 16 item 3), in % of generation.
 DELAY_TARGET = MIX_BATCH_TARGET[1]
 
@@ -331,7 +353,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.floor:
         for schedule, lists, delay in sweep_floor():
-            print(f"{schedule:22s} status req/task {1 + lists:.2f}  mean delay {delay:.1f}%")
+            print(f"{schedule:34s} status req/task {1 + lists:.2f}  mean delay {delay:.1f}%")
         return
     log("bench_requests: status requests per task and detection delay")
     runs = args.runs if args.runs is not None else 1 if args.quick else 3
