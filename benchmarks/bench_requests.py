@@ -37,6 +37,7 @@ from dataclasses import dataclass
 import anyio
 
 from kling_async import KlingClient, OmniRequest
+from kling_async._tracker import _PAGE_SIZE
 from kling_async.testing import Faults, Simulator
 
 from ._common import API_KEY, Row, finish, log, mean, median, request_for, scaled_policy
@@ -55,6 +56,10 @@ MIX_MODES = ("per-task, burst", "batch, page_size ignored")
 # uniform mix's (issue 16), the fixed generations keep the earlier one.
 TARGETS = {"per-task": (4.0, 10.0), "batch": (1.3, 10.0), "per-task, burst": (4.0, 10.0)}
 MIX_BATCH_TARGET = (1.1, 5.0)
+# The detection delay target of the uniform mix (issue 16 item 3), in % of generation.
+DELAY_TARGET = MIX_BATCH_TARGET[1]
+# Tasks a list page holds in the floor's sweeps: what the client's sweeps ask for.
+PAGE = _PAGE_SIZE
 
 
 @dataclass(frozen=True, slots=True)
@@ -301,12 +306,6 @@ def sweep_floor(n: int = 300, span: float = 300.0, seed: int = 1) -> list[tuple[
     needed = next(k for k, delay in enumerate(least) if delay < DELAY_TARGET)
     rows.append((f"clairvoyant, < {DELAY_TARGET:g}% delay", needed / n, least[needed]))
     return rows
-
-
-# Tasks a list page holds: what the client asks for (``_PAGE_SIZE`` in ``_tracker``).
-PAGE = 100
-# The detection delay target of the uniform mix (issue 16 item 3), in % of generation.
-DELAY_TARGET = MIX_BATCH_TARGET[1]
 
 
 def clairvoyant_delays(finishes: list[float], generations: list[float], max_sweeps: int) -> list[float]:
