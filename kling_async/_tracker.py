@@ -26,6 +26,7 @@ whether it leads whenever the leader's next sweep is overdue, so a dead leader i
 
 from __future__ import annotations
 
+import array
 import asyncio
 import bisect
 import heapq
@@ -92,10 +93,16 @@ class Tracked:
     seen: float = -math.inf
     checks: int = 0
     swept_at: float = -math.inf
-    # The token of its live heap entry.
-    token: int = 0
+    # The due time of its live heap entry (NaN: none). An entry whose time is not this one is stale.
+    due: float = math.nan
+    # The number of the family's sweep that last counted it among the tasks its pages showed.
+    mark: int = 0
     # A sweep showed the task COMPLETED: its detail is fetched at once, and only once.
     urgent: bool = False
+
+    def __lt__(self, other: Tracked) -> bool:
+        """Heap entries due at the same time: the task added first goes first."""
+        return self.seq < other.seq
 
 
 Finish = Callable[[Tracked, "KlingError | None"], None]
@@ -147,6 +154,7 @@ class _Family:
         "page_size",
         "reported",
         "sweeping",
+        "sweeps",
     )
 
     def __init__(self, endpoint: Endpoint) -> None:
@@ -157,6 +165,7 @@ class _Family:
         self.page_size: int | None = None
         self.sweeping = False
         self.active = False
+        self.sweeps = 0  # sweeps begun (a sweep marks the tasks it saw with its number)
         self.last_sweep = -math.inf
         self.next_sweep = math.inf
         # Shared sweeps: another worker's sweep was heard (its times are then last_sweep and next_sweep);
@@ -192,10 +201,9 @@ class Tracker:
         self._clock = registry.clock
         self._group = group
         self._finish = finish
-        # (due, token, item): only the entry whose token is the item's current one is live; rescheduling
-        # makes older ones stale. The token also orders entries due at the same time.
-        self._heap: list[tuple[float, int, Tracked]] = []
-        self._tokens = itertools.count()
+        # (due, item): only the entry due at the item's ``due`` is live; rescheduling makes older ones
+        # stale. No sequence number beside the time: at 10,000 tasks that was 36 bytes a task.
+        self._heap: list[tuple[float, Tracked]] = []
         self._families: dict[str, _Family] = {}
         self._wake = anyio.Event()
         # When the sleeping loop wakes by itself (-inf while it runs): only a check due before then needs
@@ -223,7 +231,9 @@ class Tracker:
     ) -> None:
         """Follow ``handle`` until it finishes or ``deadline`` passes; ``finish`` hears either."""
         now = self._clock.now()
-        item = Tracked(index, key, handle, deadline, added=now)
+        # Followed from its creation (one float for both, where the handle knows it).
+        started = handle._started
+        item = Tracked(index, key, handle, deadline, added=started if started is not None else now)
         if handle.done:
             self._finish(item, _error_of(handle))
             return
@@ -236,7 +246,7 @@ class Tracker:
         family.added += 1
         if len(family.items) + 1 == SWEEP_MIN_TASKS:
             self._wake.set()  # enough tasks to sweep: the loop starts the family's sweeps
-        item.seen = handle._started if handle._started is not None else now
+        item.seen = item.added
         family.items[task_id] = item
         if check_now:
             self._push(item, now)
@@ -266,8 +276,8 @@ class Tracker:
         self._push(item, due)
 
     def _push(self, item: Tracked, due: float) -> None:
-        item.token = next(self._tokens)
-        heapq.heappush(self._heap, (due, item.token, item))
+        item.due = due
+        heapq.heappush(self._heap, (due, item))
         if due < self._wakes_at:
             self._wake.set()
 
@@ -306,11 +316,13 @@ class Tracker:
             # Most due entries belong to tasks the sweeps cover, rescheduled at once: the family is looked
             # up once for both questions, and the time is the loop's.
             while heap and heap[0][0] <= now:
-                _, token, item = heapq.heappop(heap)
+                due, item = heapq.heappop(heap)
                 handle = item.handle
                 family = families[handle._endpoint.family_path]
-                if token != item.token or family.items.get(handle.task_id) is not item:
+                if due != item.due or family.items.get(handle.task_id) is not item:
                     continue
+                # Taken: a stale entry due at the same time (a deadline scheduled twice) is not live too.
+                item.due = math.nan
                 if item.deadline is not None and now >= item.deadline:
                     self._drop(item, self._timeout(item))
                     continue
@@ -468,7 +480,9 @@ class Tracker:
     async def _sweep(self, family: _Family) -> None:
         """List the family's tasks page by page (see the module docs), then plan the next sweep."""
         started = self._clock.now()
-        listed: list[TaskSummary] = []
+        # What the pages listed is kept only for a relay to publish: at 10,000 tasks in flight, holding
+        # every page's tasks until the sweep ends cost about 140 bytes a task.
+        listed: list[TaskSummary] | None = [] if self._relay is not None else None
         try:
             await self._read_pages(family, started, listed)
             family.last_sweep = started
@@ -477,6 +491,7 @@ class Tracker:
             now = self._clock.now()
             family.next_sweep = self._plan(family, now)
             if self._relay is not None:
+                assert listed is not None
                 self._relay.publish_sweep(family.endpoint.family_path, listed, family.next_sweep - now)
             self._wake.set()
 
@@ -522,17 +537,20 @@ class Tracker:
             if summary.status != handle._status:
                 handle._observe(TaskStatus(task_id=summary.task_id, status=summary.status))
 
-    async def _read_pages(self, family: _Family, now: float, listed_all: list[TaskSummary]) -> None:
+    async def _read_pages(self, family: _Family, now: float, listed_all: list[TaskSummary] | None) -> None:
         completions = self._completions(family)
         # The tracked tasks by their place in the list as far as this tracker knows (1: the newest; other
-        # tasks of the account may sit above them), with the chance that each finished unseen.
+        # tasks of the account may sit above them), with the chance that each finished unseen, summed in
+        # that order. Arrays of machine numbers, not lists of Python ones (nor a dict of tuples): a sweep
+        # of 10,000 tasks in flight would otherwise hold about 250 bytes a task while it reads.
         ranked = sorted(family.items.values(), key=_BY_SEQ, reverse=True)
-        places = [family.added - item.seq for item in ranked]
-        chance = [self._finished_chance(item, completions, now) for item in ranked]
-        up_to = list(itertools.accumulate(chance))
-        unseen = {
-            item.handle.task_id: (place, p) for item, place, p in zip(ranked, places, chance, strict=True)
-        }
+        added = family.added
+        places = array.array("q", (added - item.seq for item in ranked))
+        chances = array.array("d", (self._finished_chance(item, completions, now) for item in ranked))
+        up_to = array.array("d", itertools.accumulate(chances))
+        # Each ranked task counts once towards what the pages showed: its mark is this sweep's number.
+        family.sweeps += 1
+        mark = family.sweeps
         total = up_to[-1] if up_to else 0.0
         seen_mass = 0.0
         read: set[int] = set()
@@ -554,12 +572,15 @@ class Tracker:
                 log.warning("list sweep of %s failed; per-task checks go on: %s", family.endpoint, exc)
                 return
             read.add(page)
-            listed_all.extend(listed)
+            if listed_all is not None:
+                listed_all.extend(listed)
             for summary in listed:
                 item = family.items.get(summary.task_id)
                 if item is None:
                     continue
-                seen_mass += unseen.pop(summary.task_id, (0, 0.0))[1]
+                if item.mark != mark and item.seq < added:  # ranked (not added since), not seen yet
+                    item.mark = mark
+                    seen_mass += chances[bisect.bisect_left(places, added - item.seq)]
                 item.swept_at = now
                 self._saw(item, summary, now)
             if family.page_size is None:
@@ -580,10 +601,12 @@ class Tracker:
         # where they should have been, get status requests of their own.
         size = family.page_size or _PAGE_SIZE
         deepest = max(read, default=0)
-        for task_id, (place, _) in unseen.items():
+        items = family.items
+        for item, place in zip(ranked, places, strict=True):
+            if item.mark == mark or items.get(item.handle.task_id) is not item:
+                continue  # seen, or finished while the pages were read
             page = math.ceil(place / size)
-            item = family.items.get(task_id)  # it may have finished while the pages were read
-            if item is not None and page not in read and page < deepest:
+            if page not in read and page < deepest:
                 item.swept_at = now
 
 
