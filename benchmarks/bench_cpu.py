@@ -10,6 +10,7 @@ Variants:
   ours-handles   ``KlingClient.submit`` + ``await handle`` for every task at once (per-task polling)
   A              bare aiohttp + json, geometric poll schedule (the floor)
   B              httpx + pydantic v2, the same requests as A
+  A-paced        A, its POSTs started at the pace of our limiter's opening (a diagnostic, see below)
 
 Generations are 30-120 s at time scale 0.01 (0.3-1.2 s), and every poll policy is scaled alike.
 Run alone: ``python -m benchmarks.bench_cpu [--quick] [--reps N] [--n N] [--opening-off]``.
@@ -17,7 +18,9 @@ Run alone: ``python -m benchmarks.bench_cpu [--quick] [--reps N] [--n N] [--open
 This simulator has no rate limit, and our clients are not told one, so the limiter's paced opening (50
 requests a second, doubling every quarter second until a 429) paces the first seconds of every run.
 ``--opening-off`` is a diagnostic: every client of ours starts past the opening (unpaced until a 429, as
-before the opening existed), to show what the opening costs here.
+before the opening existed), to show what the opening costs here. ``A-paced`` shows the other side: the
+same work spread over the same time costs the floor more CPU too (more event-loop wake-ups, colder
+caches), so it separates what the opening's pace costs from what our code costs.
 """
 
 from __future__ import annotations
@@ -25,9 +28,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import math
+import time
 from typing import Any
 
 from kling_async import KlingClient
+from kling_async._limits import _OPEN, _OPEN_GROWTH
 
 from ._common import (
     API_KEY,
@@ -44,7 +50,7 @@ from ._common import (
 )
 from .baselines import AiohttpJsonClient, HttpxPydanticClient, geometric_schedule
 
-VARIANTS = ("ours-gather", "ours-handles", "A", "B")
+VARIANTS = ("ours-gather", "ours-handles", "A", "B", "A-paced")
 SCALE = 0.01
 GENERATION = "30,120"
 WARM_UP = 32
@@ -68,6 +74,17 @@ async def _run_variant(variant: str, url: str, n: int, first: int) -> int:
             done = await asyncio.gather(*(one(i) for i in range(first, first + n)))
             return sum(done)
     baseline: AiohttpJsonClient | HttpxPydanticClient
+    if variant == "A-paced":
+        async with AiohttpJsonClient(url, geometric_schedule(policy)) as paced:
+            start = time.monotonic()
+
+            async def at_opening_pace(index: int) -> bool:
+                await asyncio.sleep(max(0.0, start + opening_send_time(index - first) - time.monotonic()))
+                finished = await paced.run_task(index)
+                return finished.status == "COMPLETED"
+
+            done = await asyncio.gather(*(at_opening_pace(i) for i in range(first, first + n)))
+            return sum(done)
     if variant == "A":
         baseline = AiohttpJsonClient(url, geometric_schedule(policy))
     elif variant == "B":
@@ -77,6 +94,13 @@ async def _run_variant(variant: str, url: str, n: int, first: int) -> int:
     async with baseline:
         finished = await asyncio.gather(*(baseline.run_task(i) for i in range(first, first + n)))
         return sum(f.status == "COMPLETED" for f in finished)
+
+
+def opening_send_time(k: int) -> float:
+    """When the limiter's opening lets the k-th request go: it sends ``_OPEN * _OPEN_GROWTH**t`` a second,
+    so ``_OPEN * (_OPEN_GROWTH**t - 1) / ln(_OPEN_GROWTH)`` by time t."""
+    growth = math.log(_OPEN_GROWTH)
+    return math.log1p(k * growth / _OPEN) / growth
 
 
 async def worker(variant: str, url: str, control: str, n: int) -> dict[str, Any]:
@@ -147,16 +171,16 @@ def summarize(results: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, f
     return summary
 
 
-def per_rep_ratios(results: dict[str, list[dict[str, Any]]], variant: str) -> list[float]:
-    """The variant's CPU over A's, within each repetition (the two ran minutes apart at most)."""
-    return [r["cpu"] / base["cpu"] for r, base in zip(results[variant], results["A"], strict=True)]
+def per_rep_ratios(results: dict[str, list[dict[str, Any]]], variant: str, base: str = "A") -> list[float]:
+    """The variant's CPU over the base's, within each repetition (the two ran minutes apart at most)."""
+    return [r["cpu"] / b["cpu"] for r, b in zip(results[variant], results[base], strict=True)]
 
 
 def rows_from(
     summary: dict[str, dict[str, float]], n: int, reps: int, ratios: dict[str, list[float]]
 ) -> list[Row]:
     bench = f"cpu ({n} tasks, median of {reps})"
-    g, h, a, b = (summary[v] for v in VARIANTS)
+    g, h, a, b, paced = (summary[v] for v in VARIANTS)
     ratio_a = g["cpu_per_task_us"] / a["cpu_per_task_us"]
     ratio_b = b["cpu_per_task_us"] / g["cpu_per_task_us"]
     # B saturates its core while submitting, so its first checks come late and it makes fewer requests
@@ -186,6 +210,22 @@ def rows_from(
         ),
         Row(
             bench,
+            "CPU/task, gather, vs A paced like our opening (diagnostic)",
+            "us",
+            g["cpu_per_task_us"],
+            "A-paced",
+            paced["cpu_per_task_us"],
+        ),
+        Row(
+            bench,
+            "CPU/task, A paced like our opening, over A (what the pace costs)",
+            "us",
+            paced["cpu_per_task_us"],
+            "A",
+            a["cpu_per_task_us"],
+        ),
+        Row(
+            bench,
             "CPU/task, gather, vs B estimated at A's requests/task",
             "us",
             g["cpu_per_task_us"],
@@ -202,6 +242,13 @@ def rows_from(
                 median(ratios[variant]),
             )
             for name, variant in (("gather", "ours-gather"), ("handles", "ours-handles"))
+        ),
+        Row(
+            bench,
+            "CPU/task over A-paced's in the same repetition, gather (range"
+            f" {min(ratios['paced']):.2f}-{max(ratios['paced']):.2f})",
+            "x",
+            median(ratios["paced"]),
         ),
         Row(bench, "CPU/task, handles", "us", h["cpu_per_task_us"], "A", a["cpu_per_task_us"]),
         Row(
@@ -273,6 +320,7 @@ def main() -> None:
     log(f"bench_cpu: {n} tasks x {len(VARIANTS)} variants x {reps} repetitions{opening}")
     results = asyncio.run(measure(n, reps, args.opening_off))
     ratios = {variant: per_rep_ratios(results, variant) for variant in ("ours-gather", "ours-handles")}
+    ratios["paced"] = per_rep_ratios(results, "ours-gather", base="A-paced")
     rows = rows_from(summarize(results), n, reps, ratios)
     if args.opening_off:
         for row in rows:
