@@ -76,6 +76,8 @@ _DEEPER_PAGE = 1.0
 _SKIP_PAGE = 0.05
 # Before enough tasks have finished, a sweep every sixth of the longest poll wait.
 _UNLEARNED_SWEEPS = 6
+# The loop sleeps this long or less without a way to be woken early (see ``_run``).
+_SHORT_WAIT = 0.001
 
 
 @dataclass(slots=True, eq=False)
@@ -335,9 +337,15 @@ class Tracker:
                     await self._check_freed
                 self._free_checks -= 1
                 self._hand_over(item)
-            self._wake = anyio.Event()
             now = clock.now()
             wait = max(0.0, min(self._heap[0][0] - now if self._heap else math.inf, self._next_sweep_in(now)))
+            if wait < _SHORT_WAIT:
+                # Due already, or within a millisecond (the time the round took): most waits in a busy
+                # batch are such, and a plain sleep costs less than an event and a cancel scope.
+                await clock.sleep(wait)
+                continue
+            if self._wake.is_set():
+                self._wake = anyio.Event()  # an unset one is kept: most long waits end by their time
             self._wakes_at = now + wait
             try:
                 with clock.move_on_after(wait):
