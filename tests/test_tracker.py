@@ -93,6 +93,37 @@ async def test_a_task_missing_from_the_list_gets_status_requests_of_its_own() ->
     assert set(account.status_gets) == {missing}
 
 
+async def test_a_task_listed_twice_in_one_sweep_counts_once_so_the_sweep_reads_on_to_the_oldest() -> None:
+    account = Account(ignore_page_size=True)  # 20 tasks a page
+    answer = account.__call__
+
+    def handler(request: MockRequest) -> Response:
+        response = answer(request)
+        if request.url == FAMILY and request.params["page"] == "1" and len(account.ids) == 50:
+            # Another client creates 12 tasks while the first sweep reads: the list (newest first) shifts
+            # down, so page 2 repeats the last 12 tasks of page 1, and the 2 oldest move to page 4.
+            account.ids.extend(str(uuid.UUID(int=10**6 + k)) for k in range(12))
+        return response
+
+    clock = FakeClock()
+    async with (
+        KlingClient(api_key="k", clock=clock, transport=MockTransport(handler), poll=POLL) as client,
+        anyio.create_task_group() as tg,
+    ):
+
+        async def run() -> None:
+            await client.gather(prompts(50))
+
+        tg.start_soon(run)
+        for _ in range(20):
+            await clock.advance(1.0)
+        tg.cancel_scope.cancel()
+    assert [page for page, _ in account.pages[:4]] == [1, 2, 3, 4]
+    # Counted twice, the repeated tasks would have ended the sweep at page 3, and the 2 oldest would have
+    # needed status requests of their own.
+    assert account.status_gets == {}
+
+
 async def test_a_task_that_finishes_while_a_sweep_reads_its_pages_ends_as_its_own_outcome() -> None:
     account = Account(ignore_page_size=True)
     clock = FakeClock()
