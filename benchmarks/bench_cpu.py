@@ -30,6 +30,7 @@ import asyncio
 import gc
 import math
 import time
+from collections.abc import Awaitable, Iterator
 from typing import Any
 
 from kling_async import KlingClient
@@ -48,7 +49,7 @@ from ._common import (
     scaled_policy,
     sim_process,
 )
-from .baselines import AiohttpJsonClient, HttpxPydanticClient, geometric_schedule
+from .baselines import AiohttpJsonClient, Finished, HttpxPydanticClient, geometric_schedule
 
 VARIANTS = ("ours-gather", "ours-handles", "A", "B", "A-paced")
 SCALE = 0.01
@@ -74,25 +75,23 @@ async def _run_variant(variant: str, url: str, n: int, first: int) -> int:
             done = await asyncio.gather(*(one(i) for i in range(first, first + n)))
             return sum(done)
     baseline: AiohttpJsonClient | HttpxPydanticClient
-    if variant == "A-paced":
-        async with AiohttpJsonClient(url, geometric_schedule(policy)) as paced:
-            start = time.monotonic()
-
-            async def at_opening_pace(index: int) -> bool:
-                await asyncio.sleep(max(0.0, start + opening_send_time(index - first) - time.monotonic()))
-                finished = await paced.run_task(index)
-                return finished.status == "COMPLETED"
-
-            done = await asyncio.gather(*(at_opening_pace(i) for i in range(first, first + n)))
-            return sum(done)
-    if variant == "A":
+    if variant in ("A", "A-paced"):
         baseline = AiohttpJsonClient(url, geometric_schedule(policy))
     elif variant == "B":
         baseline = HttpxPydanticClient(url, geometric_schedule(policy))
     else:
         raise ValueError(variant)
     async with baseline:
-        finished = await asyncio.gather(*(baseline.run_task(i) for i in range(first, first + n)))
+        runs: Iterator[Awaitable[Finished]] = (baseline.run_task(i) for i in range(first, first + n))
+        if variant == "A-paced":
+            start = time.monotonic()
+
+            async def at_opening_pace(index: int) -> Finished:
+                await asyncio.sleep(max(0.0, start + opening_send_time(index - first) - time.monotonic()))
+                return await baseline.run_task(index)
+
+            runs = (at_opening_pace(i) for i in range(first, first + n))
+        finished = await asyncio.gather(*runs)
         return sum(f.status == "COMPLETED" for f in finished)
 
 
