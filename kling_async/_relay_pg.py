@@ -103,9 +103,9 @@ def sweep_lock_key(family: str, scope: str = "") -> int:
 class StatusRelay:
     """Statuses and sweeps shared by the workers of one PostgreSQL database (see the module docs).
 
-    Use it as ``async with StatusRelay(url) as relay:``. Entering waits for the first try to listen (up
-    to ``connect_timeout``); when the database cannot be reached it logs a WARNING and keeps trying in
-    the background instead of failing.
+    Use it as ``async with StatusRelay(url) as relay:``. Entering waits for the first try of both its
+    connections, the listening and the sending one (up to ``connect_timeout``); when the database cannot
+    be reached it logs a WARNING and keeps trying in the background instead of failing.
 
     Args:
         url: a libpq connection URL (``postgresql://user:password@host/db``) or conninfo string.
@@ -169,7 +169,8 @@ class StatusRelay:
         self._held: set[str] = set()
         self._tried: dict[str, float] = {}
         self._wake = anyio.Event()
-        self._first_try = anyio.Event()
+        self._listen_tried = anyio.Event()
+        self._send_tried = anyio.Event()
         self._tg: anyio.abc.TaskGroup | None = None
 
     @property
@@ -191,7 +192,8 @@ class StatusRelay:
         self._tg.start_soon(self._read)
         self._tg.start_soon(self._control)
         with self._clock.move_on_after(self._connect_timeout):
-            await self._first_try.wait()
+            await self._listen_tried.wait()
+            await self._send_tried.wait()
         return self
 
     async def __aexit__(
@@ -202,7 +204,8 @@ class StatusRelay:
             tg.cancel_scope.cancel()
             await tg.__aexit__(None, None, None)
         self._held.clear()
-        self._first_try = anyio.Event()
+        self._listen_tried = anyio.Event()
+        self._send_tried = anyio.Event()
 
     # -- listeners -----------------------------------------------------------------------------------------
 
@@ -300,7 +303,7 @@ class StatusRelay:
             try:
                 conn = await self._connect()
                 await conn.execute(f"LISTEN {self._channel}")
-                self._first_try.set()
+                self._listen_tried.set()
                 if failures:
                     log.info("status relay %s: listening again", self._path)
                 failures = 0
@@ -314,7 +317,7 @@ class StatusRelay:
                         _reason(exc),
                     )
                 failures += 1
-                self._first_try.set()
+                self._listen_tried.set()
             finally:
                 if conn is not None:
                     with anyio.CancelScope(shield=True), contextlib.suppress(psycopg.Error):
@@ -363,10 +366,12 @@ class StatusRelay:
                     if conn is None:
                         self._held.clear()  # a new session holds no lock
                         conn = await self._connect()
+                        self._send_tried.set()
                     await self._flush(conn)
                     await self._elect(conn)
                 except psycopg.Error as exc:
                     self._held.clear()  # the session's locks may be gone with it: claim nothing
+                    self._send_tried.set()
                     if not failures:
                         log.warning(
                             "status relay %s: cannot reach the database (%s); %d notifications wait, status"

@@ -96,6 +96,30 @@ async def test_a_status_too_big_for_a_notification_arrives_as_a_summary_for_the_
     assert heard_a.sweeps == [(None, [TaskSummary(task_id="task-big", status="COMPLETED")], None)]
 
 
+class LateSecondConnection(StatusRelay):
+    """A relay whose second connection to open is 0.3 s late (a slow network's)."""
+
+    connections = 0
+
+    async def _connect(self) -> psycopg.AsyncConnection[Any]:
+        self.connections += 1
+        if self.connections > 1:
+            await anyio.sleep(0.3)
+        return await super()._connect()
+
+
+async def test_an_entered_relay_has_its_listening_and_sending_connections_open(
+    database: str,  # noqa: F811
+) -> None:
+    async with LateSecondConnection(database, retry=RETRY) as relay:
+        with psycopg.connect(database, autocommit=True) as admin:
+            open_ = admin.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
+                (f"kling-relay {relay.worker[:12]}",),
+            ).fetchone()
+    assert open_ == (2,)
+
+
 async def test_a_relay_whose_connections_are_killed_reconnects_and_delivers_again(
     database: str,  # noqa: F811
     relays: tuple[StatusRelay, StatusRelay],
