@@ -323,7 +323,8 @@ class Tracker:
                 family = families[handle._endpoint.family_path]
                 if due != item.due or family.items.get(handle.task_id) is not item:
                     continue
-                # Taken: a stale entry due at the same time (a deadline scheduled twice) is not live too.
+                # Taken: a stale entry due at the very same time (two schedules that came out equal, as
+                # on a fake clock that has not moved) is not live too.
                 item.due = math.nan
                 if item.deadline is not None and now >= item.deadline:
                     self._drop(item, self._timeout(item))

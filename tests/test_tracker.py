@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import uuid
+from collections.abc import AsyncIterator
 
 import anyio
 import msgspec
@@ -122,6 +123,48 @@ async def test_a_task_listed_twice_in_one_sweep_counts_once_so_the_sweep_reads_o
     # Counted twice, the repeated tasks would have ended the sweep at page 3, and the 2 oldest would have
     # needed status requests of their own.
     assert account.status_gets == {}
+
+
+async def test_tasks_the_batch_adds_while_a_sweep_reads_count_nothing_so_it_reads_on_to_the_oldest() -> None:
+    account = Account(ignore_page_size=True)  # 20 tasks a page
+    answer = account.__call__
+    clock = FakeClock()
+    more = anyio.Event()  # the batch's next 12 requests may go
+    sweeping = False
+
+    async def requests() -> AsyncIterator[OmniRequest]:
+        for request in prompts(50):
+            yield request
+        await more.wait()
+        for request in prompts(12, prefix="late"):
+            yield request
+
+    async def handler(request: MockRequest) -> Response:
+        nonlocal sweeping
+        if request.url == FAMILY and request.params["page"] == "1" and not sweeping:
+            # The batch submits 12 more tasks while its first sweep reads: the list (newest first) shifts
+            # down, page 1 shows the 12 new ones, and the 2 oldest move to page 4.
+            sweeping = True
+            more.set()
+            await clock.sleep(5.0)  # time enough for the 12 to be created and followed
+        return answer(request)
+
+    async with (
+        KlingClient(api_key="k", clock=clock, transport=MockTransport(handler), poll=POLL) as client,
+        anyio.create_task_group() as tg,
+    ):
+
+        async def run() -> None:
+            await client.gather(requests())
+
+        tg.start_soon(run)
+        for _ in range(20):
+            await clock.advance(1.0)
+        tg.cancel_scope.cancel()
+    assert [page for page, _ in account.pages[:4]] == [1, 2, 3, 4]
+    # Counted as tasks the sweep looked for, the 12 new ones would have ended it at page 3, and the 2
+    # oldest would have needed status requests of their own.
+    assert set(account.status_gets).isdisjoint(account.ids[:50])
 
 
 async def test_a_task_that_finishes_while_a_sweep_reads_its_pages_ends_as_its_own_outcome() -> None:
