@@ -376,7 +376,7 @@ async def test_a_lost_connection_fails_the_call_it_hits_and_the_next_call_reconn
         await journal.submitting("a", MODEL, REQUEST)
         with psycopg.connect(database, autocommit=True) as admin:  # a failover, or an admin's kill
             admin.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity"
                 " WHERE datname = current_database() AND pid <> pg_backend_pid()"
             )
         with pytest.raises(JournalError, match="database error"):
@@ -496,7 +496,7 @@ async def test_killed_pooled_connections_fail_one_call_and_are_all_replaced(data
                 await waiting_on_locks(database, 3)  # the pool holds three connections now
         with psycopg.connect(database, autocommit=True) as admin:  # a failover, or an admin's kill
             admin.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity"
                 " WHERE datname = current_database() AND pid <> pg_backend_pid()"
             )
         with pytest.raises(JournalError, match="database error"):

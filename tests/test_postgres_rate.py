@@ -135,7 +135,7 @@ async def test_a_killed_connection_is_replaced_on_the_next_call(database: str) -
         await rate.take()
         peek(
             database,
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database()"
+            "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity WHERE datname = current_database()"
             " AND pid <> pg_backend_pid()",
         )
         with pytest.raises(JournalError):

@@ -128,7 +128,7 @@ async def test_a_relay_whose_connections_are_killed_reconnects_and_delivers_agai
     heard_a = Heard(a)
     with psycopg.connect(database, autocommit=True) as admin:
         killed = admin.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = ANY(%s)",
+            "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity WHERE application_name = ANY(%s)",
             ([f"kling-relay {relay.worker[:12]}" for relay in relays],),
         ).fetchall()
     assert killed == [(True,)] * 4  # each relay's listening and sending connections
