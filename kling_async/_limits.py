@@ -491,8 +491,13 @@ class Limiter:
         elapsed = 0.0 if self._held_since is not None else max(0.0, now - self._stamp)
         self._stamp = now
         # Up to _SLACK of a token more than the burst: a wake-up that comes late (a busy event loop) is
-        # made up for by the next request, instead of lowering the rate actually sent.
-        self._tokens = min(self._burst + _SLACK, self._tokens + elapsed * rate)
+        # made up for by the next request, instead of lowering the rate actually sent. A Retry-After's
+        # pause earns one token, for a request as it ends, not the slack: that would go out as two
+        # requests at once, which a server without a burst refuses.
+        earned = min(elapsed, max(0.0, now - self._blocked_until))
+        if earned < elapsed:
+            self._tokens = max(self._tokens, 1.0)
+        self._tokens = min(self._burst + _SLACK, self._tokens + earned * rate)
         self._pace.grow(elapsed)
         return self._pace.rate
 

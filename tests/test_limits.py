@@ -136,6 +136,19 @@ async def test_retry_after_pauses_every_request() -> None:
     assert clock.now() - start == pytest.approx(2.5)
 
 
+async def test_a_retry_after_pause_lets_one_request_go_as_it_ends_and_the_next_an_interval_later() -> None:
+    """A server without a burst refuses two requests at once: the pause must not leave a token and a half."""
+    clock = FakeClock()
+    limiter = Limiter(requests_per_second=10, max_concurrency=2, clock=clock)
+    await _take(limiter, 1)
+    start = clock.now()
+    limiter.on_rate_limited(1.0)
+    await _take(limiter, 1)
+    assert clock.now() - start == pytest.approx(1.0)
+    await _take(limiter, 1)
+    assert clock.now() - start == pytest.approx(1.1)
+
+
 async def test_429_lowers_the_rate_once_per_burst_of_answers() -> None:
     clock = FakeClock()
     limiter = Limiter(requests_per_second=None, max_concurrency=2, clock=clock)
@@ -328,6 +341,17 @@ async def test_an_unpaced_client_uses_the_rate_whatever_the_servers_burst(burst:
     await _drive(limiter, server, 60.0)
     assert server.accepted_between(start + 20, start + 60) >= 0.95 * 20 * 40
     assert server.refused_between(start + 20, start + 60) <= 0.01 * 20 * 40
+
+
+async def test_an_unpaced_client_uses_most_of_the_rate_of_a_server_without_a_burst() -> None:
+    """nginx's ``limit_req`` without ``burst``: two requests closer than 1/rate are refused. Probing above
+    the rate draws a 429 now and then (a second's pause each), so not the 95% of the cases above."""
+    clock = FakeClock()
+    server = _Server(clock, [(20, 1)])
+    limiter = Limiter(requests_per_second=None, max_concurrency=16, clock=clock)
+    start = clock.now()
+    await _drive(limiter, server, 60.0)
+    assert server.accepted_between(start + 20, start + 60) >= 0.90 * 20 * 40
 
 
 async def test_a_long_window_average_behind_a_short_burst_is_found() -> None:
