@@ -6,6 +6,8 @@ created tasks (generations 30-120 s at time scale 0.05), so the client always wa
 requests per second. After ``DURATION`` seconds the batch is cancelled.
 
 Servers (every one sustains 10/s over every API request; the bursts differ):
+  burst 1         ``rate_limit=10, burst=1``: no burst (nginx's ``limit_req`` without ``burst=``): two
+                  requests less than 0.1 s apart draw a 429
   burst 3         ``rate_limit=10, burst=3``: a burst below the per-second rate
   burst 10        ``rate_limit=10, burst=10``: equal to it
   burst 30        ``rate_limit=10, burst=30``: above it
@@ -43,6 +45,7 @@ LIMIT = 10.0
 SCALE = 0.05
 
 SERVERS = (
+    ("burst 1", ServerLimit(LIMIT, burst=1)),
     ("burst 3", ServerLimit(LIMIT, burst=3)),
     ("burst 10", ServerLimit(LIMIT, burst=10)),
     ("burst 30", ServerLimit(LIMIT, burst=30)),
@@ -54,7 +57,7 @@ CONFIGS: tuple[tuple[str, ServerLimit, float | None], ...] = tuple(
     for name, limit in SERVERS
     for told in (True, False)
 ) + tuple(
-    (f"burst 10, {label}, no Retry-After", dataclasses.replace(SERVERS[1][1], retry_after=False), rps)
+    (f"burst 10, {label}, no Retry-After", dataclasses.replace(SERVERS[2][1], retry_after=False), rps)
     for label, rps in (("told", LIMIT), ("not told", None))
 )
 
