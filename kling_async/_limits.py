@@ -164,9 +164,10 @@ class Pace:
         if bound is not None:
             self.searching = False
             drew = paced if paced is not None else bound
-            steady = self.bound is not None and abs(bound - self.bound) <= (1 - _CONFIRM) * self.bound
-            rose = self.bound is not None and bound > self.bound
-            self.bound = bound
+            previous, self.bound = self.bound, bound
+            first = previous is None
+            steady = previous is not None and abs(bound - previous) <= (1 - _CONFIRM) * previous
+            rose = previous is not None and bound > previous
             if rose and not steady and bound >= _NEAR * drew:
                 # A bound that rose to near the rate that drew the 429: the search has closed in on the
                 # server's rate, and one more 429 (a Retry-After's pause) would cost more than the gap.
@@ -184,6 +185,10 @@ class Pace:
                 # to part of the way, so the next 429 (if any) comes from a pace close to the limit.
                 self.probe = _PROBE
                 self.target = bound + (drew - bound) * _BISECT
+                if first and ceiling is not None:
+                    # A first bound under a given rate is measured mostly over the first 429's pause:
+                    # return near the given rate, and let the next 429 (if any) measure again.
+                    self.target = max(self.target, _TOLD_DIP * ceiling)
                 rate = bound
             if ceiling is None or rate < _CONFIRM * ceiling:
                 return max(_MIN_RATE, rate)

@@ -332,6 +332,23 @@ async def test_a_bound_that_fell_is_bisected_towards_the_rate_that_drew_the_429(
     assert pace.target == pytest.approx(9.85)
 
 
+async def test_a_given_rate_returns_near_itself_after_its_first_bound() -> None:
+    """Against a server without a burst, jitter draws a 429 at the given rate, and the first bound is
+    measured over little more than the pause of the 429 before: it says little about the server."""
+    pace = Pace.given(10.0)
+    pace.after_429(paced=10.0, bound=None, paused=True, start=3.0)
+    pace.after_429(paced=10.0, bound=1.7, paused=True, start=3.0)
+    assert pace.rate == 1.7
+    assert pace.target == pytest.approx(9.5)
+
+
+async def test_a_given_rate_above_the_servers_is_bisected_from_its_second_bound_on() -> None:
+    pace = Pace(ceiling=100.0, rate=60.0, target=95.0, bound=16.0)
+    pace.after_429(paced=68.0, bound=41.0, paused=True, start=10.0)
+    assert pace.rate == 41.0
+    assert pace.target == pytest.approx(54.5)
+
+
 @pytest.mark.parametrize("burst", [5, 20, 60])
 async def test_an_unpaced_client_uses_the_rate_whatever_the_servers_burst(burst: int) -> None:
     clock = FakeClock()
