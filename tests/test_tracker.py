@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import itertools
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
 
 import anyio
 import msgspec
@@ -59,17 +59,21 @@ def _json(body: object) -> Response:
     return Response(200, {"Content-Type": "application/json"}, msgspec.json.encode(body))
 
 
-async def _track_for(account: Account, n: int, seconds: float) -> None:
-    """Submit ``n`` never-ending tasks in one batch and let ``seconds`` of fake time pass."""
-    clock = FakeClock()
-    transport = MockTransport(account)
+async def _track_for(
+    handler: Callable[[MockRequest], Response | Awaitable[Response]],
+    requests: Iterable[OmniRequest] | AsyncIterable[OmniRequest],
+    seconds: float,
+    clock: FakeClock | None = None,
+) -> None:
+    """Submit ``requests`` in one batch against ``handler`` and let ``seconds`` of fake time pass."""
+    clock = clock or FakeClock()
     async with (
-        KlingClient(api_key="k", clock=clock, transport=transport, poll=POLL) as client,
+        KlingClient(api_key="k", clock=clock, transport=MockTransport(handler), poll=POLL) as client,
         anyio.create_task_group() as tg,
     ):
 
         async def run() -> None:
-            await client.gather(prompts(n))
+            await client.gather(requests)
 
         tg.start_soon(run)
         for _ in range(int(seconds)):
@@ -79,7 +83,7 @@ async def _track_for(account: Account, n: int, seconds: float) -> None:
 
 async def test_a_sweep_reads_20_task_pages_when_the_server_ignores_page_size() -> None:
     account = Account(ignore_page_size=True)
-    await _track_for(account, 50, seconds=60)
+    await _track_for(account, prompts(50), seconds=60)
     first_sweep = [page for page, _ in account.pages[:3]]
     assert first_sweep == [1, 2, 3]
     # Every task was seen by the sweeps, so none needed a status request of its own.
@@ -88,7 +92,7 @@ async def test_a_sweep_reads_20_task_pages_when_the_server_ignores_page_size() -
 
 async def test_a_task_missing_from_the_list_gets_status_requests_of_its_own() -> None:
     account = Account(unlisted=1)
-    await _track_for(account, 30, seconds=60)
+    await _track_for(account, prompts(30), seconds=60)
     missing = account.ids[0]
     assert account.status_gets.get(missing, 0) >= 2
     assert set(account.status_gets) == {missing}
@@ -106,19 +110,7 @@ async def test_a_task_listed_twice_in_one_sweep_counts_once_so_the_sweep_reads_o
             account.ids.extend(str(uuid.UUID(int=10**6 + k)) for k in range(12))
         return response
 
-    clock = FakeClock()
-    async with (
-        KlingClient(api_key="k", clock=clock, transport=MockTransport(handler), poll=POLL) as client,
-        anyio.create_task_group() as tg,
-    ):
-
-        async def run() -> None:
-            await client.gather(prompts(50))
-
-        tg.start_soon(run)
-        for _ in range(20):
-            await clock.advance(1.0)
-        tg.cancel_scope.cancel()
+    await _track_for(handler, prompts(50), seconds=20)
     assert [page for page, _ in account.pages[:4]] == [1, 2, 3, 4]
     # Counted twice, the repeated tasks would have ended the sweep at page 3, and the 2 oldest would have
     # needed status requests of their own.
@@ -149,18 +141,7 @@ async def test_tasks_the_batch_adds_while_a_sweep_reads_count_nothing_so_it_read
             await clock.sleep(5.0)  # time enough for the 12 to be created and followed
         return answer(request)
 
-    async with (
-        KlingClient(api_key="k", clock=clock, transport=MockTransport(handler), poll=POLL) as client,
-        anyio.create_task_group() as tg,
-    ):
-
-        async def run() -> None:
-            await client.gather(requests())
-
-        tg.start_soon(run)
-        for _ in range(20):
-            await clock.advance(1.0)
-        tg.cancel_scope.cancel()
+    await _track_for(handler, requests(), seconds=20, clock=clock)
     assert [page for page, _ in account.pages[:4]] == [1, 2, 3, 4]
     # Counted as tasks the sweep looked for, the 12 new ones would have ended it at page 3, and the 2
     # oldest would have needed status requests of their own.
