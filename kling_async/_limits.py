@@ -165,7 +165,6 @@ class Pace:
             self.searching = False
             drew = paced if paced is not None else bound
             previous, self.bound = self.bound, bound
-            first = previous is None
             steady = previous is not None and abs(bound - previous) <= (1 - _CONFIRM) * previous
             rose = previous is not None and bound > previous
             if rose and not steady and bound >= _NEAR * drew:
@@ -185,7 +184,7 @@ class Pace:
                 # to part of the way, so the next 429 (if any) comes from a pace close to the limit.
                 self.probe = _PROBE
                 self.target = bound + (drew - bound) * _BISECT
-                if first and ceiling is not None:
+                if previous is None and ceiling is not None:
                     # A first bound under a given rate is measured mostly over the first 429's pause:
                     # return near the given rate, and let the next 429 (if any) measure again.
                     self.target = max(self.target, _TOLD_DIP * ceiling)
