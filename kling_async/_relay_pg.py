@@ -191,9 +191,15 @@ class StatusRelay:
         await self._tg.__aenter__()
         self._tg.start_soon(self._read)
         self._tg.start_soon(self._control)
-        with self._clock.move_on_after(self._connect_timeout):
-            await self._listen_tried.wait()
-            await self._send_tried.wait()
+        try:
+            with self._clock.move_on_after(self._connect_timeout):
+                await self._listen_tried.wait()
+                await self._send_tried.wait()
+        except BaseException:
+            # Cancelled while its connections open: ``__aexit__`` will not run, so close the task group
+            # here (left entered, its cancel scope would break every scope around the caller).
+            await self.__aexit__(None, None, None)
+            raise
         return self
 
     async def __aexit__(

@@ -120,6 +120,32 @@ async def test_an_entered_relay_has_its_listening_and_sending_connections_open(
     assert open_ == (2,)
 
 
+class HangingSecondConnection(StatusRelay):
+    """A relay whose second connection never opens while ``hang`` (a firewall that drops the packets)."""
+
+    connections = 0
+    hang = True
+
+    async def _connect(self) -> psycopg.AsyncConnection[Any]:
+        self.connections += 1
+        if self.hang and self.connections > 1:
+            await anyio.sleep_forever()
+        return await super()._connect()
+
+
+async def test_a_relay_cancelled_while_it_opens_is_closed_and_can_be_entered_again(
+    database: str,  # noqa: F811
+) -> None:
+    relay = HangingSecondConnection(database, retry=RETRY, connect_timeout=30)
+    with anyio.move_on_after(0.5) as scope:
+        async with relay:
+            pytest.fail("entered without its sending connection")
+    assert scope.cancelled_caught
+    relay.hang = False
+    async with relay:
+        pass
+
+
 async def test_a_relay_whose_connections_are_killed_reconnects_and_delivers_again(
     database: str,  # noqa: F811
     relays: tuple[StatusRelay, StatusRelay],
