@@ -130,17 +130,25 @@ class Pace:
     searching: bool = False  # no bound on the server's rate yet: the rate doubles every second
     probe: float = _PROBE  # the growth per second above a bound
     bound: float | None = None  # the last lower bound on the server's rate
+    opening: bool = False  # no rate given and no 429 yet: the rate grows as the opening's (``_OPEN``)
 
     @classmethod
     def given(cls, requests_per_second: float | None) -> Pace:
-        """The pace before any 429: the given rate, a ceiling to return to; None: not paced."""
+        """The pace before any 429: the given rate, a ceiling to return to; None: the opening's pace."""
+        if requests_per_second is None:
+            return cls(ceiling=None, rate=_OPEN, target=None, opening=True)
         return cls(ceiling=requests_per_second, rate=requests_per_second, target=requests_per_second)
 
     def grow(self, elapsed: float) -> None:
-        """Raise the rate after a cut: fast towards the target, doubling while searching, else slowly."""
+        """Raise the rate: as the opening's, fast towards the target after a cut, doubling while searching,
+        else slowly. Past the opening's ``_OPEN_MAX`` the rate is None: not paced."""
         if self.rate is None or elapsed <= 0:
             return
         elapsed = min(elapsed, _GROWTH_SPAN)
+        if self.opening:
+            rate = self.rate * _OPEN_GROWTH**elapsed
+            self.rate, self.opening = (rate, True) if rate < _OPEN_MAX else (None, False)
+            return
         target = self.target
         if target is not None and self.rate < target:
             closer = self.rate + (target - self.rate) * min(1.0, _RECOVER * elapsed)
@@ -161,6 +169,7 @@ class Pace:
 
     def _next_rate(self, paced: float | None, bound: float | None, paused: bool, start: float) -> float:
         ceiling = self.ceiling
+        opening, self.opening = self.opening, False
         if bound is not None:
             self.searching = False
             drew = paced if paced is not None else bound
@@ -196,9 +205,9 @@ class Pace:
             # pause its bucket stays empty, so pace a little under the rate while it refills.
             self.target = ceiling
             return ceiling if paused else _TOLD_DIP * ceiling
-        if self.rate is None:
-            # Unpaced until now: start from what the server accepted (its burst, most likely) and double
-            # from there until a second 429 bounds the server's rate.
+        if self.rate is None or opening:
+            # Unpaced or opening until now: start from what the server accepted (its burst, most likely)
+            # and double from there until a second 429 bounds the server's rate.
             self.searching = True
             return max(_MIN_RATE, min(start, paced or start) * DECREASE)
         # No bound: a plain multiplicative cut, with nothing to return to.
@@ -216,6 +225,10 @@ class SharedPace(Protocol):
 
     async def throttled(self, retry_after: float | None) -> None:
         """A request was answered 429. Raises ``JournalError``."""
+        ...
+
+    async def held(self) -> float:
+        """The seconds a Retry-After any worker got still holds them all. Raises ``JournalError``."""
         ...
 
 
@@ -327,8 +340,6 @@ class Limiter:
             raise ValueError("max_concurrency: at least 1")
         self._clock = clock
         self._pace = Pace.given(requests_per_second)
-        # Not told a rate: the opening pace, until the first 429 (None: over, or a rate was given).
-        self._opening: float | None = _OPEN if requests_per_second is None else None
         self._opened_at: float | None = None  # the opening's first request
         # The answers the server accepted from the opening's first request to its first 429 (times from
         # that 429, all <= 0): with a bound on its rate, they bound its burst (``_burst_bound``).
@@ -370,7 +381,7 @@ class Limiter:
     def __repr__(self) -> str:
         pace = self.rate
         rate = "unpaced" if pace is None else f"{pace:.2f}/s"
-        if self._opening is not None:
+        if self._pace.opening:
             rate += " (opening)"
         on_wire = self.max_concurrency - self._wire.value
         told = f" headers={self.last_rate_limit_headers}" if self.last_rate_limit_headers else ""
@@ -387,8 +398,7 @@ class Limiter:
     @property
     def rate(self) -> float | None:
         """The current pace in requests per second (the opening's before any 429), or None while unpaced."""
-        rate = self._pace.rate
-        return rate if rate is not None else self._opening
+        return self._pace.rate
 
     def slot(self, lane: Lane) -> _Slot:
         """``async with limiter.slot(lane):`` holds one place on the wire, entered once the rate allows."""
@@ -415,7 +425,7 @@ class Limiter:
 
     def _unpaced(self) -> bool:
         """No rate to keep: none given, past the opening with no 429, and no shared rate in use."""
-        return self._pace.rate is None and self._opening is None and not self._shared
+        return self._pace.rate is None and not self._shared
 
     def release(self) -> None:
         """Give back the place on the wire."""
@@ -468,6 +478,15 @@ class Limiter:
         wait = max(wait, self._blocked_until - self._clock.now())
         if wait > 0:
             await self._clock.sleep(wait)
+            # The slot was reserved before the wait: a 429 another worker got meanwhile holds this one too
+            # (else each worker's reserved slot draws a 429 of its own while the server's bucket is empty).
+            try:
+                held = max(await shared.held(), self._blocked_until - self._clock.now())
+            except JournalError as exc:
+                self._shared_failed(exc)
+                held = self._blocked_until - self._clock.now()
+            if held > 0:
+                await self._clock.sleep(held)
         self._sent.append(self._clock.now())
         return True
 
@@ -487,9 +506,11 @@ class Limiter:
 
     def _refill(self, now: float) -> float | None:
         """Add the tokens earned since the last call and let the rate grow; the rate now (None: unpaced)."""
+        if self._pace.opening:
+            return self._open(now)
         rate = self._pace.rate
         if rate is None:
-            return self._open(now)
+            return None
         if self._held_since is not None and now - self._held_since >= _HOLD_MAX:
             self._release(now)
         elapsed = 0.0 if self._held_since is not None else max(0.0, now - self._stamp)
@@ -507,9 +528,8 @@ class Limiter:
 
     def _open(self, now: float) -> float | None:
         """The opening pace's refill (see ``_OPEN``); None once it is past ``_OPEN_MAX``."""
-        rate = self._opening
-        if rate is None:
-            return None
+        rate = self._pace.rate
+        assert rate is not None  # the opening's
         if self._opened_at is None:
             self._opened_at = now
         elapsed = max(0.0, now - self._stamp)
@@ -517,11 +537,8 @@ class Limiter:
         # The bucket holds a slice of time's worth: requests asked for together need no wait each.
         room = max(self._burst + _SLACK, rate * _OPEN_SLICE)
         self._tokens = min(room, self._tokens + elapsed * rate)
-        # The exponent is capped (an idle client's first request may come hours later): past the cap
-        # the opening is over anyway.
-        rate *= math.pow(_OPEN_GROWTH, min(elapsed, _GROWTH_SPAN))
-        self._opening = rate if rate < _OPEN_MAX else None
-        return rate
+        self._pace.grow(elapsed)
+        return self._pace.rate
 
     def _release(self, now: float) -> None:
         """Refill again after a burst from a full bucket: from now on, a token short (see ``__init__``)."""
@@ -630,7 +647,8 @@ class Limiter:
         if since < _MIN_GROUP:
             self._resumed = max(self._resumed, resumed)
             return
-        paced = self._pace.rate if self._pace.rate is not None else self.sending_rate()
+        pace = self._pace
+        paced = pace.rate if pace.rate is not None and not pace.opening else self.sending_rate()
         bound = self.accepted_rate()
         if self._server_burst is None:
             # What the server let through in the second before its first 429 bounds its burst (its
@@ -639,7 +657,7 @@ class Limiter:
             on_wire = self.max_concurrency - self._wire.value
             self._server_burst = float(sum(1 for t in self._accepted if t > now - 1.0))
             self._burst_unsettled = on_wire
-            if self._opening is not None and self._opened_at is not None:
+            if pace.opening and self._opened_at is not None:
                 opened = self._opened_at
                 self._opening_answers = tuple(t - now for t in self._accepted if t >= opened)
         self._last_decrease = now
@@ -651,7 +669,6 @@ class Limiter:
         # server's bucket each time, and then any jitter draws a 429.
         self._burst = 1.0
         self._tokens = min(self._tokens, 1.0)
-        self._opening = None
         # Unpaced until now: what the server let through before the 429, and those of the requests on
         # the wire that were let through but not heard of yet.
         start = (self._server_burst or 0.0) + self._burst_unsettled or paced or 1.0

@@ -8,6 +8,9 @@ clocks disagree still agree on the schedule.
 
 The rate itself moves by the same rule as a lone client's (``_limits.Pace``), with its state in the row:
 
+* not told a rate, the workers open together at a lone client's opening pace (50 requests a second,
+  doubling every quarter second) until the first 429, so that few requests are on the wire, at any
+  worker, to be refused when the server's bucket runs dry;
 * a 429 seen by any worker lowers the rate once for everyone: the 429s that come within a second of a
   cut (requests already on the wire then, at any worker) belong to the same event;
 * every 429 pushes ``blocked_until`` to its Retry-After for every worker;
@@ -22,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, fields
 from types import TracebackType
 from typing import Any, Self
@@ -48,6 +51,7 @@ CREATE TABLE IF NOT EXISTS kling_key_rates (
     searching     boolean NOT NULL,
     probe         double precision NOT NULL,
     bound         double precision,           -- the last lower bound on the server's rate
+    opening       boolean NOT NULL DEFAULT false,  -- no rate given, no 429 yet: the opening's pace
     burst         double precision NOT NULL,  -- slots that may go at once after a quiet spell
     tat           double precision NOT NULL,  -- the schedule: the theoretical arrival time, epoch seconds
     stamp         double precision NOT NULL,  -- when the rate last grew
@@ -62,6 +66,8 @@ CREATE TABLE IF NOT EXISTS kling_key_rates (
     prev_accepted integer NOT NULL,
     prev_empty    boolean NOT NULL
 )"""
+# A table made by an earlier version lacks the opening's column.
+_MIGRATE = "ALTER TABLE kling_key_rates ADD COLUMN IF NOT EXISTS opening boolean NOT NULL DEFAULT false"
 _SCHEMA_LOCK = 0x6B6C696E672D7274  # "kling-rt"
 _NOW = "extract(epoch from clock_timestamp())::double precision"
 # As in _limits: the 429s of one event come within this long of its first; a bound on the server's rate
@@ -72,6 +78,9 @@ _WINDOW = 30.0
 # A statement sequence is not cancelled half-way (the connection would be left unusable), but neither may
 # a database that stopped answering hold the client: it fails after this long.
 _STATEMENT_DEADLINE = 10.0
+
+
+_Connection = psycopg.AsyncConnection[TupleRow]
 
 
 def key_fingerprint(api_key: str) -> str:
@@ -185,6 +194,7 @@ _PACE_COLUMNS = [field.name for field in fields(Pace)]
 _ROW_COLUMNS = [field.name for field in fields(_Row) if field.name != "pace"]
 _COLUMNS = _PACE_COLUMNS + _ROW_COLUMNS
 _SELECT = f"SELECT {_NOW}, {', '.join(_COLUMNS)} FROM kling_key_rates WHERE fingerprint = %s FOR UPDATE"
+_HELD = f"SELECT greatest(0.0, blocked_until - {_NOW}) FROM kling_key_rates WHERE fingerprint = %s"
 _UPDATE = (
     f"UPDATE kling_key_rates SET {', '.join(f'{name} = %({name})s' for name in _COLUMNS)}"
     " WHERE fingerprint = %(fingerprint)s"
@@ -246,6 +256,7 @@ class SharedRate:
                 async with conn.transaction():
                     await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
                     await conn.execute(_SCHEMA)
+                    await conn.execute(_MIGRATE)
                     cursor = await conn.execute(f"SELECT {_NOW}")
                     now_row = await cursor.fetchone()
                     assert now_row is not None
@@ -255,7 +266,8 @@ class SharedRate:
                         # The latest given rate is the account's: a redeploy with a new one takes effect.
                         await conn.execute(
                             "UPDATE kling_key_rates SET ceiling = %s, rate = least(coalesce(rate, %s), %s),"
-                            " target = least(coalesce(target, %s), %s) WHERE fingerprint = %s",
+                            " target = least(coalesce(target, %s), %s), opening = false"
+                            " WHERE fingerprint = %s",
                             (self._ceiling,) * 5 + (self.fingerprint,),
                         )
         except (psycopg.Error, TimeoutError) as exc:
@@ -299,9 +311,41 @@ class SharedRate:
         if await self._update(lambda row, now: float(row.refuse(now, pause))):
             log.info("a 429 lowered the shared rate of key %s... to %s", self.fingerprint[:8], self.rate)
 
+    async def held(self) -> float:
+        """The seconds a Retry-After that any worker got still holds every worker (0.0: none).
+
+        Raises:
+            JournalError: the database cannot be used.
+        """
+
+        async def read(conn: _Connection) -> float:
+            cursor = await conn.execute(_HELD, (self.fingerprint,))
+            found = await cursor.fetchone()
+            return 0.0 if found is None else float(found[0])
+
+        return await self._run(read)
+
     async def _update(self, change: Callable[[_Row, float], float]) -> float:
-        """Read the row under its lock, ``change`` it and write it back, in one transaction that a
-        cancellation does not cut half-way."""
+        """Read the row under its lock, ``change`` it and write it back, in one transaction."""
+
+        async def update(conn: _Connection) -> float:
+            async with conn.transaction():
+                cursor = await conn.execute(_SELECT, (self.fingerprint,))
+                found = await cursor.fetchone()
+                if found is None:
+                    missing = f"shared rate: no row for key {self.fingerprint[:8]}..."
+                    raise JournalError(missing, path=self._path)
+                row = _Row.read(found[1:])
+                result = change(row, found[0])
+                await conn.execute(_UPDATE, {"fingerprint": self.fingerprint, **row.columns()})
+            self.rate = row.pace.rate
+            return result
+
+        return await self._run(update)
+
+    async def _run(self, statements: Callable[[_Connection], Awaitable[float]]) -> float:
+        """Run ``statements`` on the connection (reconnecting if it was lost), one sequence at a time, and
+        not cut half-way by a cancellation."""
         if self._conn is None:
             raise JournalError("shared rate: not open: use it in `async with`", path=self._path)
         try:
@@ -310,17 +354,6 @@ class SharedRate:
                     conn = self._conn
                     if conn.closed or conn.broken:
                         conn = await self._connect()  # a restarted database, or a killed connection
-                    async with conn.transaction():
-                        cursor = await conn.execute(_SELECT, (self.fingerprint,))
-                        found = await cursor.fetchone()
-                        if found is None:
-                            raise JournalError(
-                                f"shared rate: no row for key {self.fingerprint[:8]}...", path=self._path
-                            )
-                        row = _Row.read(found[1:])
-                        result = change(row, found[0])
-                        await conn.execute(_UPDATE, {"fingerprint": self.fingerprint, **row.columns()})
+                    return await statements(conn)
         except (psycopg.Error, TimeoutError) as exc:
             raise JournalError(f"shared rate: {exc or 'no answer'}", path=self._path) from None
-        self.rate = row.pace.rate
-        return result

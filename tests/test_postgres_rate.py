@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import anyio
+import psycopg
 import pytest
 
 from kling_async import JournalError, KlingClient
@@ -79,8 +80,7 @@ async def test_429s_seen_by_three_workers_at_once_lower_the_rate_once(database: 
     workers = [SharedRate(database, KEY) for _ in range(3)]
     async with workers[0] as a, workers[1] as b, workers[2] as c:
         for _ in range(20):
-            await a.take()  # unpaced: no rate is known before a 429
-        assert peek(database, "SELECT rate FROM kling_key_rates") == [(None,)]
+            await a.take()  # at the opening's pace: no rate is known before a 429
         await a.throttled(None)
         lowered = rate_of(database)
         await b.throttled(None)  # the same event, seen by the others: no further cut
@@ -124,6 +124,30 @@ async def test_a_retry_after_holds_every_worker(database: str) -> None:  # noqa:
     assert 5.0 - elapsed - EPSILON <= wait <= 5.0 + EPSILON
 
 
+async def test_a_worker_waiting_for_its_slot_is_held_by_a_429_another_worker_got_meanwhile(
+    database: str,  # noqa: F811
+) -> None:
+    limiter = Limiter(requests_per_second=10, max_concurrency=4)
+    async with (
+        SharedRate(database, KEY, requests_per_second=10) as first,
+        SharedRate(database, KEY, requests_per_second=10) as second,
+        anyio.create_task_group() as group,
+    ):
+        await first.take()  # the first slot goes now, so the limiter's is a tenth of a second on
+
+        async def refused_meanwhile() -> None:
+            await anyio.sleep(0.03)
+            await first.throttled(1.0)
+
+        group.start_soon(refused_meanwhile)
+        started = time.monotonic()
+        with limiter.sharing(second):
+            await limiter.acquire(Lane.STATUS)
+        waited = time.monotonic() - started
+        limiter.release()
+    assert waited >= 1.0 + 0.03 - EPSILON
+
+
 async def test_a_retry_after_holds_the_workers_no_longer_than_max_pause(database: str) -> None:  # noqa: F811
     async with SharedRate(database, KEY, requests_per_second=100, max_pause=2.0) as rate:
         await rate.throttled(86_400.0)
@@ -148,6 +172,49 @@ async def test_the_latest_given_rate_is_the_key_s(database: str) -> None:  # noq
         pass
     async with SharedRate(database, KEY, requests_per_second=4):
         assert peek(database, "SELECT ceiling, rate FROM kling_key_rates") == [(4.0, 4.0)]
+
+
+async def test_workers_not_told_a_rate_open_together_at_fifty_a_second(database: str) -> None:  # noqa: F811
+    async with SharedRate(database, KEY) as first, SharedRate(database, KEY) as second:
+        started = time.monotonic()
+        waits = [await (first if n % 2 else second).take() for n in range(6)]
+        elapsed = time.monotonic() - started
+    # One schedule at the opening's pace: the n-th slot a fiftieth of a second after the one before, less
+    # what the pace grew meanwhile (sixteen-fold a second) and the time the calls took.
+    assert waits[0] == 0.0
+    for n, wait in enumerate(waits):
+        assert n * 0.02 / 16**elapsed - elapsed - EPSILON <= wait <= n * 0.02 + EPSILON
+
+
+async def test_the_first_429_ends_the_opening_and_starts_from_what_the_server_let_through(
+    database: str,  # noqa: F811
+) -> None:
+    async with SharedRate(database, KEY) as rate:
+        for _ in range(20):
+            await rate.take()
+        await rate.throttled(None)
+    # 19 let through (20 slots, one of them refused), less a fifth.
+    assert peek(database, "SELECT opening, rate, searching FROM kling_key_rates") == [
+        (False, pytest.approx(19 * 0.8), True)
+    ]
+
+
+async def test_a_worker_given_a_rate_ends_the_opening_of_workers_given_none(database: str) -> None:  # noqa: F811
+    async with SharedRate(database, KEY), SharedRate(database, KEY, requests_per_second=10) as told:
+        await anyio.sleep(0.3)  # the opening would have grown over fourfold by now
+        await told.take()
+        assert peek(database, "SELECT opening, rate FROM kling_key_rates") == [(False, 10.0)]
+
+
+async def test_a_table_made_by_an_earlier_version_gains_the_openings_column(database: str) -> None:  # noqa: F811
+    async with SharedRate(database, KEY, requests_per_second=10):
+        pass
+    with psycopg.connect(database, autocommit=True) as admin:
+        admin.execute("ALTER TABLE kling_key_rates DROP COLUMN opening")
+        admin.execute("DELETE FROM kling_key_rates")
+    async with SharedRate(database, KEY) as rate:
+        await rate.take()
+        assert await rate.take() > 0.0  # paced by the opening
 
 
 async def test_a_bad_setting_is_refused_naming_it() -> None:
@@ -183,6 +250,9 @@ class _Down:
     async def throttled(self, retry_after: float | None) -> None:
         raise JournalError("shared rate: connection refused", path="postgresql://...")
 
+    async def held(self) -> float:
+        raise JournalError("shared rate: connection refused", path="postgresql://...")
+
 
 async def test_a_limiter_whose_shared_rate_is_down_paces_by_its_own_bucket(
     caplog: pytest.LogCaptureFixture,
@@ -198,6 +268,27 @@ async def test_a_limiter_whose_shared_rate_is_down_paces_by_its_own_bucket(
     assert limiter.rate_limited == 1  # ...and the own bucket went on (and heard the 429)
     warnings = [r.message for r in caplog.records if "shared rate cannot be used" in r.message]
     assert len(warnings) == 1  # once per outage, not once per request
+
+
+class _DownAfterTheSlot(_Down):
+    """A shared rate whose database goes down between reserving a slot 50 ms on and the slot's time."""
+
+    async def take(self) -> float:
+        self.calls += 1
+        return 0.05
+
+
+async def test_a_limiter_whose_shared_rate_goes_down_while_it_waits_sends_at_its_slot(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    limiter = Limiter(requests_per_second=1000, max_concurrency=4)
+    with caplog.at_level(logging.WARNING, logger="kling_async"), limiter.sharing(_DownAfterTheSlot()):
+        started = time.monotonic()
+        await limiter.acquire(Lane.STATUS)
+        waited = time.monotonic() - started
+        limiter.release()
+    assert 0.05 <= waited < 0.5
+    assert any("shared rate cannot be used" in r.message for r in caplog.records)
 
 
 async def test_a_client_told_to_share_an_unusable_database_fails_to_open() -> None:
