@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 from aiohttp import web
 
-from kling_async.testing import Simulator
+from kling_async.testing import Faults, Simulator
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,12 +39,15 @@ class ServerLimit:
         burst: the bucket's capacity; None: ``max(1, int(rate))``, the simulator's default.
         windows: more limits at once, each ``(requests_per_second, seconds)``, averaged over its window.
         retry_after: what a 429 carries: True for ``Retry-After`` in seconds, "date", or False for none.
+        latency: seconds every request waits at the server before the limit is checked (a distant server:
+            its answers, 429s among them, come back that much later).
     """
 
     rate: float | None = None
     burst: int | None = None
     windows: tuple[tuple[float, float], ...] = ()
     retry_after: bool | Literal["date"] = True
+    latency: float = 0.0
 
     def simulator_options(self) -> dict[str, Any]:
         """Keyword arguments for ``Simulator``."""
@@ -53,6 +56,7 @@ class ServerLimit:
             "burst": self.burst,
             "rate_windows": self.windows,
             "retry_after": self.retry_after,
+            "faults": Faults(latency=self.latency),
         }
 
     def arguments(self) -> list[str]:
@@ -64,6 +68,8 @@ class ServerLimit:
             args += ["--burst", str(self.burst)]
         for rate, seconds in self.windows:
             args += ["--rate-window", f"{rate},{seconds}"]
+        if self.latency:
+            args += ["--latency", str(self.latency)]
         return args
 
 
@@ -109,7 +115,7 @@ def counters_of(sim: Simulator) -> dict[str, object]:
 
 
 async def serve(args: argparse.Namespace) -> None:
-    limit = ServerLimit(args.rate_limit, args.burst, tuple(args.rate_window), args.retry_after)
+    limit = ServerLimit(args.rate_limit, args.burst, tuple(args.rate_window), args.retry_after, args.latency)
     sim = Simulator(
         time_scale=args.time_scale,
         generation_seconds=_parse_generation(args.generation),
@@ -163,6 +169,7 @@ def main() -> None:
         "--rate-window", type=_parse_window, action="append", default=[], help="RATE,SECONDS (repeatable)"
     )
     parser.add_argument("--retry-after", type=_parse_retry_after, default=True)
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds each request waits at the server")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--webhook-secret", default=None, help="sign a delivery for every status change")
     args = parser.parse_args()

@@ -21,7 +21,11 @@ The simulator's counters are sampled every 0.25 s. Reported: the accepted (non-4
 window (from ``WARM`` seconds to the end) as a % of 10/s, and the share of answers that were 429, over the
 whole run and after the first ``WARM`` seconds. The client's final adaptive rate is read from its limiter
 (``client._limiter.rate``: private, read only, for diagnosis).
-Run alone: ``python -m benchmarks.bench_rate [--quick]``.
+
+``--latency SECONDS`` puts every server that far away: each request waits that long at the server before
+its limit is checked, so answers, 429s among them, come back that much later (on loopback they take about
+a millisecond, and a client finds out at once that the server's bucket has run dry).
+Run alone: ``python -m benchmarks.bench_rate [--quick] [--latency SECONDS]``.
 """
 
 from __future__ import annotations
@@ -159,19 +163,22 @@ def _trace(samples: list[Sample], end: float) -> str:
     return " ".join(parts)
 
 
-async def measure(quick: bool) -> list[Row]:
+async def measure(quick: bool, latency: float = 0.0) -> list[Row]:
     duration, warm = (12.0, 6.0) if quick else (75.0, 30.0)
-    log(f"bench_rate: {len(CONFIGS)} configurations at once, {duration:.0f} s each, limit {LIMIT:.0f}/s")
+    away = f", the server {latency:g} s away" if latency else ""
+    each = f"{duration:.0f} s each, limit {LIMIT:.0f}/s{away}"
+    log(f"bench_rate: {len(CONFIGS)} configurations at once, {each}")
     results: list[Result] = []
 
     async def one(name: str, limit: ServerLimit, rps: float | None) -> None:
+        limit = dataclasses.replace(limit, latency=latency)
         results.append(await run_config(name, limit, rps, duration=duration, warm=warm))
 
     async with anyio.create_task_group() as tg:
         for config in CONFIGS:
             tg.start_soon(one, *config)
     results.sort(key=lambda r: [c[0] for c in CONFIGS].index(r.name))
-    bench = f"rate (sustained {LIMIT:.0f}/s, {duration:.0f} s)"
+    bench = f"rate (sustained {LIMIT:.0f}/s, {duration:.0f} s{away})"
     rows: list[Row] = []
     for r in results:
         rate = "unpaced" if r.final_rate is None else f"{r.final_rate:.2f}/s"
@@ -211,11 +218,12 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--quick", action="store_true", help="12 s runs, steady window after 6 s")
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds each request waits at the server")
     parser.add_argument("--json", action="store_true", help="print result rows as JSON (for run.py)")
     args = parser.parse_args()
     # A status check that met 429 on every retry logs a warning; hundreds of them would bury the results.
     logging.getLogger("kling_async").setLevel(logging.ERROR)
-    finish(asyncio.run(measure(args.quick)), args.json)
+    finish(asyncio.run(measure(args.quick, args.latency)), args.json)
 
 
 if __name__ == "__main__":

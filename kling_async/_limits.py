@@ -5,10 +5,11 @@ Three things are limited here:
 * the request **rate**, with a token bucket. A rate the user gives is a ceiling, and a single 429 does not
   lower it. Without a given rate the limiter opens at 50 requests a second and doubles the pace every
   quarter second until the first 429 (past 20,000 a second it stops pacing), so that few requests are on
-  the wire to be refused when the server's bucket runs dry; from then on it finds the server's limit by
-  itself. A burst spent from a full bucket refills only from its first answer
-  on, and a token short: the server's bucket began refilling when the burst's first request reached it,
-  a little after ours would have, and a token ahead absorbs two requests the server handles together.
+  the wire to be refused when the server's bucket runs dry; with more than four on the wire (a distant
+  server), it doubles only every second. From the first 429 on it finds the server's limit by itself.
+  A burst spent from a full bucket refills only from its first answer on, and a token short: the
+  server's bucket began refilling when the burst's first request reached it, a little after ours would
+  have, and a token ahead absorbs two requests the server handles together.
 
   The server is taken to be a token bucket too: ``R`` requests a second, up to ``B`` saved up. What it
   accepted between two moments bounds ``R`` from below, and no guess is needed for it:
@@ -87,6 +88,10 @@ _OPEN = 50.0
 _OPEN_GROWTH = 16.0  # per second
 _OPEN_SLICE = 0.05  # seconds: while opening, the bucket holds this long's worth of requests (if more)
 _OPEN_MAX = 20_000.0
+# Past this many requests on the wire the opening grows only as a search does: answers come back slowly (a
+# distant server), and every request sent between the server's bucket running dry and its first 429
+# coming back is refused.
+_OPEN_WIRE = 4
 _MIN_WAIT = 1e-6  # seconds
 _GROWTH_SPAN = 60.0  # seconds: the most idle time exponential growth counts (more would overflow a float)
 _HOLD_MAX = 1.0  # seconds: the longest a burst's first answer is waited for before the bucket refills
@@ -139,14 +144,15 @@ class Pace:
             return cls(ceiling=None, rate=_OPEN, target=None, opening=True)
         return cls(ceiling=requests_per_second, rate=requests_per_second, target=requests_per_second)
 
-    def grow(self, elapsed: float) -> None:
-        """Raise the rate: as the opening's, fast towards the target after a cut, doubling while searching,
-        else slowly. Past the opening's ``_OPEN_MAX`` the rate is None: not paced."""
+    def grow(self, elapsed: float, *, crowded: bool = False) -> None:
+        """Raise the rate: as the opening's (doubling every second only, ``crowded``), fast towards the
+        target after a cut, doubling while searching, else slowly. Past the opening's ``_OPEN_MAX`` the rate
+        is None: not paced."""
         if self.rate is None or elapsed <= 0:
             return
         elapsed = min(elapsed, _GROWTH_SPAN)
         if self.opening:
-            rate = self.rate * _OPEN_GROWTH**elapsed
+            rate = self.rate * (_SEARCH if crowded else _OPEN_GROWTH) ** elapsed
             self.rate, self.opening = (rate, True) if rate < _OPEN_MAX else (None, False)
             return
         target = self.target
@@ -537,7 +543,7 @@ class Limiter:
         # The bucket holds a slice of time's worth: requests asked for together need no wait each.
         room = max(self._burst + _SLACK, rate * _OPEN_SLICE)
         self._tokens = min(room, self._tokens + elapsed * rate)
-        self._pace.grow(elapsed)
+        self._pace.grow(elapsed, crowded=self.max_concurrency - self._wire.value > _OPEN_WIRE)
         return self._pace.rate
 
     def _release(self, now: float) -> None:

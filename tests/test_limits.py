@@ -111,6 +111,20 @@ async def test_the_opening_pace_stops_pacing_within_seconds_when_no_429_comes() 
     assert len(clock.slept) == waited
 
 
+async def test_an_opening_with_more_than_four_requests_on_the_wire_grows_only_as_a_search_does() -> None:
+    """Answers coming slowly (a distant server): every request on the wire when the server's bucket runs
+    dry is refused, so the pace must not run far ahead of them."""
+    clock = FakeClock()
+    limiter = Limiter(requests_per_second=None, max_concurrency=16, clock=clock)
+    for _ in range(5):
+        await limiter.acquire(Lane.STATUS)  # sent, and not answered yet
+    before = limiter.rate
+    assert before is not None
+    await clock.sleep(0.25)
+    await limiter.acquire(Lane.STATUS)
+    assert limiter.rate == pytest.approx(before * 2**0.25)  # not sixteenfold a second: twice as fast
+
+
 async def test_a_first_request_an_hour_after_the_limiter_was_made_is_sent_at_once() -> None:
     """The opening's growth over a long idle spell must not overflow: the opening is simply over."""
     clock = FakeClock()
