@@ -451,12 +451,14 @@ class Limiter:
     async def _take_token(self) -> None:
         if self._shared and await self._take_shared(self._shared[-1]):
             return
+        woke = False  # from a wait of its own here: a late wake-up is made up for
         while True:
             now = self._clock.now()
             if now < self._blocked_until:
                 await self._clock.sleep(self._blocked_until - now)
+                woke = True
                 continue
-            rate = self._refill(now)
+            rate = self._refill(now, woke)
             if rate is None:
                 break
             # A hair under a whole token counts: float time cannot always advance by what is missing.
@@ -468,6 +470,7 @@ class Limiter:
             # At least a microsecond: at tens of thousands a second, what is missing can be a wait too
             # short to move a float clock, and then no token would ever be earned.
             await self._clock.sleep(max(_MIN_WAIT, (1.0 - self._tokens) / rate))
+            woke = True
         self._sent.append(self._clock.now())
 
     async def _take_shared(self, shared: SharedPace) -> bool:
@@ -510,8 +513,11 @@ class Limiter:
             except JournalError as exc:
                 self._shared_failed(exc)
 
-    def _refill(self, now: float) -> float | None:
-        """Add the tokens earned since the last call and let the rate grow; the rate now (None: unpaced)."""
+    def _refill(self, now: float, woke: bool = False) -> float | None:
+        """Add the tokens earned since the last call and let the rate grow; the rate now (None: unpaced).
+
+        ``woke``: for a request that waited here for its token, which may then hold up to ``_SLACK`` more
+        than the burst (see below)."""
         if self._pace.opening:
             return self._open(now)
         rate = self._pace.rate
@@ -521,14 +527,17 @@ class Limiter:
             self._release(now)
         elapsed = 0.0 if self._held_since is not None else max(0.0, now - self._stamp)
         self._stamp = now
-        # Up to _SLACK of a token more than the burst: a wake-up that comes late (a busy event loop) is
-        # made up for by the next request, instead of lowering the rate actually sent. A Retry-After's
-        # pause earns one token, for a request as it ends, not the slack: that would go out as two
-        # requests at once, which a server without a burst refuses.
+        # Up to _SLACK of a token more than the burst for a request that waited for its token: a wake-up
+        # that comes late (a busy event loop) is made up for by the next request, instead of lowering the
+        # rate actually sent. Not after a quiet spell: then the bucket holds the burst, no more, or the
+        # second request of the next two would go half an interval after the first, and a server without
+        # a burst refuses it. A Retry-After's pause earns one token, for a request as it ends, not the
+        # slack, for the same reason.
         earned = min(elapsed, max(0.0, now - self._blocked_until))
         if earned < elapsed:
             self._tokens = max(self._tokens, 1.0)
-        self._tokens = min(self._burst + _SLACK, self._tokens + earned * rate)
+        room = self._burst + _SLACK if woke else max(self._burst, self._tokens)
+        self._tokens = min(room, self._tokens + earned * rate)
         self._pace.grow(elapsed)
         return self._pace.rate
 

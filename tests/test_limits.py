@@ -38,15 +38,37 @@ async def test_burst_lets_that_many_requests_leave_at_once() -> None:
     assert clock.slept == []
 
 
-async def test_a_late_request_is_made_up_for_by_the_next_one() -> None:
+class _LateClock(FakeClock):
+    """A fake clock whose next sleep ends ``late`` seconds after it should (a busy event loop)."""
+
+    late = 0.0
+
+    async def sleep(self, seconds: float) -> None:
+        late, self.late = self.late, 0.0
+        await super().sleep(seconds + late)
+
+
+async def test_a_request_woken_late_is_made_up_for_by_the_next_one() -> None:
     """An event loop that wakes a request late must not lower the rate actually sent."""
+    clock = _LateClock()
+    limiter = Limiter(requests_per_second=10, max_concurrency=4, clock=clock)
+    start = clock.now()
+    await _take(limiter, 1)
+    clock.late = 0.05
+    await _take(limiter, 1)  # due after 0.1 s, woken at 0.15 s
+    await _take(limiter, 1)
+    assert clock.now() - start == pytest.approx(0.2)
+
+
+async def test_after_a_quiet_spell_the_second_of_two_requests_waits_a_full_interval() -> None:
+    """The burst (here 1) is what leaves at once, not a token and a half: a server without a burst
+    refuses a request half an interval after the one before."""
     clock = FakeClock()
     limiter = Limiter(requests_per_second=10, max_concurrency=4, clock=clock)
-    await _take(limiter, 1)
-    await clock.sleep(0.15)  # the next request was due after 0.1 s and came 0.05 s late
+    await clock.sleep(5.0)
     start = clock.now()
     await _take(limiter, 2)
-    assert clock.now() - start == pytest.approx(0.05)
+    assert clock.now() - start == pytest.approx(0.1)
 
 
 class _AfterBurst:
