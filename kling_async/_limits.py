@@ -199,10 +199,13 @@ class Pace:
                 # to part of the way, so the next 429 (if any) comes from a pace close to the limit.
                 self.probe = _PROBE
                 self.target = bound + (drew - bound) * _BISECT
-                if previous is None and ceiling is not None:
-                    # A first bound under a given rate is measured mostly over the first 429's pause:
-                    # return near the given rate, and let the next 429 (if any) measure again.
-                    self.target = max(self.target, _TOLD_DIP * ceiling)
+                if ceiling is not None:
+                    # Under a given rate, a first bound is measured mostly over the first 429's pause:
+                    # return near the given rate, and let the next 429 (if any) measure again. A later
+                    # bound below the one before is mostly its own window's pause (two 429s a second or
+                    # two apart): return at least to the one before, which still holds.
+                    floor = _TOLD_DIP * ceiling if previous is None else previous
+                    self.target = max(self.target, floor)
                 rate = bound
             if ceiling is None or rate < _CONFIRM * ceiling:
                 return max(_MIN_RATE, rate)
