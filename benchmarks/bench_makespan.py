@@ -30,7 +30,9 @@ record in C), and each run's log on stderr splits the wall time into the submiss
 was accepted: its length, the share of the server's rate used meanwhile, the 429s) and the tail (after
 it: the requests, and how late the last results were seen after the server finished them), with a trace
 per 5 s of accepted requests by kind and our limiter's rate.
-Run alone: ``python -m benchmarks.bench_makespan [--quick] [--n N] [--rounds N] [--only NAME ...]``.
+``--latency SECONDS`` puts the server that far away (each request waits that long there first).
+Run alone: ``python -m benchmarks.bench_makespan [--quick] [--n N] [--rounds N] [--only NAME ...]
+[--latency SECONDS]``.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import bisect
+import dataclasses
 import itertools
 import logging
 import time
@@ -248,14 +251,14 @@ async def _run_fixed(sim: SimAddress, n: int, requests: RequestLog) -> tuple[flo
     return start, wall, {f.task_id: f.known_at for f in finished}
 
 
-async def run_once(contender: Contender, n: int, seed: int) -> Run:
+async def run_once(contender: Contender, n: int, seed: int, limit: ServerLimit = SERVER) -> Run:
     requests = RequestLog()
     rates: Rates = []
     webhooks = contender.style == "webhooks"
     async with sim_process(
         time_scale=SCALE,
         generation=GENERATION,
-        limit=SERVER,
+        limit=limit,
         webhook_secret=SECRET if webhooks else None,
         seed=seed,
     ) as sim:
@@ -383,8 +386,8 @@ def _spread(values: Sequence[float]) -> str:
     return f"{min(values):.2f}-{max(values):.2f}x"
 
 
-def rows_of(runs: dict[str, list[Run]], n: int, rounds: int) -> list[Row]:
-    bench = f"makespan ({n} tasks, {LIMIT:.0f}/s burst {BURST}, median of {rounds})"
+def rows_of(runs: dict[str, list[Run]], n: int, rounds: int, away: str = "") -> list[Row]:
+    bench = f"makespan ({n} tasks, {LIMIT:.0f}/s burst {BURST}{away}, median of {rounds})"
     rows: list[Row] = []
     c_runs = runs.get(C_NAME, [])
     for name, own in runs.items():
@@ -439,23 +442,25 @@ def rows_of(runs: dict[str, list[Run]], n: int, rounds: int) -> list[Row]:
     return rows
 
 
-async def measure(n: int, rounds: int, contenders: Sequence[Contender]) -> list[Row]:
+async def measure(n: int, rounds: int, contenders: Sequence[Contender], latency: float = 0.0) -> list[Row]:
+    away = f", the server {latency:g} s away" if latency else ""
     log(
-        f"bench_makespan: {n} tasks, limit {LIMIT:.0f}/s burst {BURST}, scale {SCALE}, {rounds} rounds of"
-        f" {', '.join(c.name for c in contenders)}"
+        f"bench_makespan: {n} tasks, limit {LIMIT:.0f}/s burst {BURST}{away}, scale {SCALE}, {rounds} rounds"
+        f" of {', '.join(c.name for c in contenders)}"
     )
+    limit = dataclasses.replace(SERVER, latency=latency)
     runs: dict[str, list[Run]] = {c.name: [] for c in contenders}
     for r in range(rounds):
         order = [*contenders[r % len(contenders) :], *contenders[: r % len(contenders)]]
         for contender in order:
-            run = await run_once(contender, n, seed=r)
+            run = await run_once(contender, n, seed=r, limit=limit)
             runs[contender.name].append(run)
             log(f"round {r + 1}: {_describe(run)}")
             log(
                 f"    per {SLICE:.0f} s (accepted: P POST, S status, L list; x 429; r limiter at the end):"
                 f" {run.trace}"
             )
-    return rows_of(runs, n, rounds)
+    return rows_of(runs, n, rounds, away)
 
 
 def main() -> None:
@@ -468,6 +473,7 @@ def main() -> None:
     parser.add_argument(
         "--only", nargs="+", choices=[c.name for c in CONTENDERS], help="these contenders only"
     )
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds each request waits at the server")
     parser.add_argument("--json", action="store_true", help="print result rows as JSON (for run.py)")
     args = parser.parse_args()
     n = args.n or (300 if args.quick else 2000)
@@ -475,7 +481,7 @@ def main() -> None:
     contenders = [c for c in CONTENDERS if args.only is None or c.name in args.only]
     # A status check that met 429 on every retry logs a warning; hundreds of them would bury the results.
     logging.getLogger("kling_async").setLevel(logging.ERROR)
-    finish(asyncio.run(measure(n, rounds, contenders)), args.json)
+    finish(asyncio.run(measure(n, rounds, contenders, args.latency)), args.json)
 
 
 if __name__ == "__main__":
