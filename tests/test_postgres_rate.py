@@ -293,6 +293,38 @@ async def test_a_limiter_whose_shared_rate_goes_down_while_it_waits_sends_at_its
     assert any("shared rate cannot be used" in r.message for r in caplog.records)
 
 
+class _Slots:
+    """A shared rate that answers every reservation with ``wait`` seconds, and counts the re-reads."""
+
+    def __init__(self, wait: float) -> None:
+        self.wait = wait
+        self.reads = 0
+
+    async def take(self) -> float:
+        return self.wait
+
+    async def throttled(self, retry_after: float | None) -> None:
+        pass
+
+    async def held(self) -> float:
+        self.reads += 1
+        return 0.0
+
+
+@pytest.mark.parametrize(("wait", "reads"), [(0.0, 0), (0.01, 3)])
+async def test_only_a_request_that_waited_for_its_slot_reads_the_shared_retry_after_again(
+    wait: float, reads: int
+) -> None:
+    """The re-read is one more database round trip: a request whose slot was due at once needs none."""
+    limiter = Limiter(requests_per_second=1000, max_concurrency=4)
+    slots = _Slots(wait)
+    with limiter.sharing(slots):
+        for _ in range(3):
+            await limiter.acquire(Lane.STATUS)
+            limiter.release()
+    assert slots.reads == reads
+
+
 async def test_a_client_told_to_share_an_unusable_database_fails_to_open() -> None:
     client = KlingClient("sim-key", "http://127.0.0.1:1", shared="postgresql://k:pw@127.0.0.1:1/none")
     with pytest.raises(JournalError):
