@@ -493,10 +493,11 @@ class Limiter:
             # The slot was reserved before the wait: a 429 another worker got meanwhile holds this one too
             # (else each worker's reserved slot draws a 429 of its own while the server's bucket is empty).
             try:
-                held = max(await shared.held(), self._blocked_until - self._clock.now())
+                held = await shared.held()
             except JournalError as exc:
                 self._shared_failed(exc)
-                held = self._blocked_until - self._clock.now()
+                held = 0.0
+            held = max(held, self._blocked_until - self._clock.now())
             if held > 0:
                 await self._clock.sleep(held)
         self._sent.append(self._clock.now())
@@ -516,7 +517,7 @@ class Limiter:
             except JournalError as exc:
                 self._shared_failed(exc)
 
-    def _refill(self, now: float, woke: bool = False) -> float | None:
+    def _refill(self, now: float, woke: bool) -> float | None:
         """Add the tokens earned since the last call and let the rate grow; the rate now (None: unpaced).
 
         ``woke``: for a request that waited here for its token, which may then hold up to ``_SLACK`` more
@@ -539,7 +540,7 @@ class Limiter:
         earned = min(elapsed, max(0.0, now - self._blocked_until))
         if earned < elapsed:
             self._tokens = max(self._tokens, 1.0)
-        room = self._burst + _SLACK if woke else max(self._burst, self._tokens)
+        room = self._burst + _SLACK if woke else self._burst
         self._tokens = min(room, self._tokens + earned * rate)
         self._pace.grow(elapsed)
         return self._pace.rate
