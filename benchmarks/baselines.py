@@ -117,6 +117,12 @@ class AiohttpJsonClient:
             data: dict[str, Any] = (await resp.json())["data"]
             return data
 
+    async def create(self, index: int) -> str:
+        """Create one task; its id."""
+        task = await self._call("POST", OMNI_CREATE, body_for(index))
+        task_id: str = task["task_id"]
+        return task_id
+
     async def run_task(self, index: int) -> Finished:
         """Create one task, then poll it until it finishes."""
         task = await self._call("POST", OMNI_CREATE, body_for(index))

@@ -15,6 +15,12 @@ Variants:
 Generations are 30-120 s at time scale 0.01 (0.3-1.2 s), and every poll policy is scaled alike.
 Run alone: ``python -m benchmarks.bench_cpu [--quick] [--reps N] [--n N] [--opening-off]``.
 
+``--pace-cost`` measures something else: the CPU of one create POST sent at a fixed pace (50 to 2,000 a
+second, and unpaced), for A and for our client told that rate (``submit``, no polling; unpaced: not
+told, past the opening). It separates
+what sending slowly costs any client (each request wakes an idle event loop) from what our code costs
+at the same pace.
+
 This simulator has no rate limit, and our clients are not told one, so the limiter's paced opening (50
 requests a second, doubling every quarter second until a 429) paces the first seconds of every run.
 ``--opening-off`` is a diagnostic: every client of ours starts past the opening (unpaced until a 429, as
@@ -93,6 +99,89 @@ async def _run_variant(variant: str, url: str, n: int, first: int) -> int:
             runs = (at_opening_pace(i) for i in range(first, first + n))
         finished = await asyncio.gather(*runs)
         return sum(f.status == "COMPLETED" for f in finished)
+
+
+PACES: tuple[float | None, ...] = (None, 2000.0, 500.0, 100.0, 50.0)
+PACE_SECONDS = 4.0  # how long each paced measurement sends for (the unpaced one sends as many)
+
+
+def pace_count(pace: float | None) -> int:
+    """POSTs in one pace measurement: PACE_SECONDS' worth, and as many as at the fastest pace unpaced."""
+    return int(PACE_SECONDS * (pace if pace is not None else max(p for p in PACES if p is not None)))
+
+
+async def _paced_posts(variant: str, url: str, pace: float | None, n: int, first: int) -> int:
+    """Send n create POSTs at ``pace`` a second (None: as fast as the wire allows); return how many
+    were answered with a task."""
+    if variant == "ours":
+        # Told the pace: the limiter paces, not the caller. Unpaced: not told, and past the opening (the
+        # worker's ``--pace-worker`` start sets that), as A.
+        async with KlingClient(api_key=API_KEY, base_url=url, requests_per_second=pace) as client:
+            handles = await asyncio.gather(*(client.submit(request_for(i)) for i in range(first, first + n)))
+            return len(handles)
+    baseline = AiohttpJsonClient(url, geometric_schedule(scaled_policy(SCALE)))
+    async with baseline:
+        start = time.monotonic()
+
+        async def post(index: int) -> str:
+            if pace is not None:
+                await asyncio.sleep(max(0.0, start + (index - first) / pace - time.monotonic()))
+            return await baseline.create(index)
+
+        return len(await asyncio.gather(*(post(i) for i in range(first, first + n))))
+
+
+async def pace_worker(variant: str, url: str, pace: float | None) -> dict[str, Any]:
+    n = pace_count(pace)
+    await _paced_posts(variant, url, None, WARM_UP, first=1_000_000)
+    gc.collect()
+    with Stopwatch() as watch:
+        answered = await _paced_posts(variant, url, pace, n, first=0)
+    return {"variant": variant, "pace": pace, "n": n, "ok": answered, "cpu": watch.cpu, "wall": watch.wall}
+
+
+async def measure_pace_cost(reps: int) -> dict[tuple[str, float | None], list[float]]:
+    """CPU per POST (us) by (variant, pace), each repetition in rotating order, a fresh process each."""
+    cells = [("A", pace) for pace in PACES] + [("ours", pace) for pace in PACES]
+    results: dict[tuple[str, float | None], list[float]] = {cell: [] for cell in cells}
+    for rep in range(reps):
+        order = cells[rep % len(cells) :] + cells[: rep % len(cells)]
+        for variant, pace in order:
+            async with sim_process(time_scale=SCALE, generation=GENERATION, seed=rep) as sim:
+                result = await run_worker(
+                    "benchmarks.bench_cpu",
+                    "--pace-worker",
+                    variant,
+                    "--url",
+                    sim.url,
+                    *(["--pace", str(pace)] if pace is not None else []),
+                )
+            if result["ok"] != result["n"]:
+                raise RuntimeError(f"{variant} at {pace}/s: {result['ok']} of {result['n']} POSTs answered")
+            per_post = result["cpu"] / result["n"] * 1e6
+            label = "unpaced" if pace is None else f"{pace:.0f}/s"
+            log(
+                f"  pace rep {rep + 1}/{reps} {variant:4s} {label:8s} cpu/POST={per_post:.0f}us"
+                f" wall={result['wall']:.2f}s"
+            )
+            results[(variant, pace)].append(per_post)
+    return results
+
+
+def pace_rows(results: dict[tuple[str, float | None], list[float]], reps: int) -> list[Row]:
+    bench = f"cpu by pace (create POSTs, median of {reps})"
+    base = median(results[("A", None)])
+    rows = []
+    for pace in PACES:
+        a = median(results[("A", pace)])
+        ours = median(results[("ours", pace)])
+        if pace is None:
+            rows.append(Row(bench, "CPU/POST, A unpaced", "us", a))
+            rows.append(Row(bench, "CPU/POST, ours unpaced (not told, past the opening)", "us", ours, "A", a))
+            continue
+        rows.append(Row(bench, f"CPU/POST, A at {pace:.0f}/s", "us", a, "A unpaced", base))
+        rows.append(Row(bench, f"CPU/POST, ours told {pace:.0f}/s", "us", ours, f"A at {pace:.0f}/s", a))
+    return rows
 
 
 def opening_send_time(k: int) -> float:
@@ -298,6 +387,11 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=None, help="tasks per run (default 2000)")
     parser.add_argument("--reps", type=int, default=None, help="repetitions (default 3)")
     parser.add_argument("--worker", choices=VARIANTS, help=argparse.SUPPRESS)
+    parser.add_argument("--pace-worker", choices=("A", "ours"), help=argparse.SUPPRESS)
+    parser.add_argument("--pace", type=float, default=None, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--pace-cost", action="store_true", help="CPU per create POST at fixed paces, A and ours (diagnostic)"
+    )
     parser.add_argument("--url", help=argparse.SUPPRESS)
     parser.add_argument("--control", help=argparse.SUPPRESS)
     parser.add_argument(
@@ -305,6 +399,21 @@ def main() -> None:
     )
     args = parser.parse_args()
     n = args.n or (200 if args.quick else 2000)
+    if args.pace_worker:
+        from ._common import emit
+
+        if args.pace is None:
+            from kling_async import _limits
+
+            _limits._OPEN = _limits._OPEN_MAX  # the first refill ends the opening
+
+        emit(asyncio.run(pace_worker(args.pace_worker, args.url, args.pace)))
+        return
+    if args.pace_cost:
+        reps = args.reps or (1 if args.quick else 3)
+        log(f"bench_cpu --pace-cost: A and ours x {len(PACES)} paces x {reps} repetitions")
+        finish(pace_rows(asyncio.run(measure_pace_cost(reps)), reps), args.json)
+        return
     if args.worker:
         if args.opening_off:
             from kling_async import _limits
