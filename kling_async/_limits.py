@@ -168,19 +168,34 @@ class Pace:
         if self.ceiling is not None:
             self.rate = min(self.rate, self.ceiling)
 
-    def after_429(self, *, paced: float | None, bound: float | None, paused: bool, start: float) -> None:
+    def after_429(
+        self,
+        *,
+        paced: float | None,
+        bound: float | None,
+        paused: bool,
+        start: float,
+        fell: float = 1.0 - _CONFIRM,
+    ) -> None:
         """Set the rate after a 429 drawn at ``paced`` (None: unknown), given a lower bound on the server's
-        rate (None: none yet); ``start`` is where an unpaced sender begins (the server's burst, likely)."""
-        self.rate = self._next_rate(paced, bound, paused, start)
+        rate (None: none yet); ``start`` is where an unpaced sender begins (the server's burst, likely).
 
-    def _next_rate(self, paced: float | None, bound: float | None, paused: bool, start: float) -> float:
+        ``fell``: a bound at most this share below the last one confirms it, as the same bound would (the
+        bounds of a rate shared through a row are coarser than a lone client's)."""
+        self.rate = self._next_rate(paced, bound, paused, start, fell)
+
+    def _next_rate(
+        self, paced: float | None, bound: float | None, paused: bool, start: float, fell: float
+    ) -> float:
         ceiling = self.ceiling
         opening, self.opening = self.opening, False
         if bound is not None:
             self.searching = False
             drew = paced if paced is not None else bound
             previous, self.bound = self.bound, bound
-            steady = previous is not None and abs(bound - previous) <= (1 - _CONFIRM) * previous
+            steady = previous is not None and (
+                -fell * previous <= bound - previous <= (1 - _CONFIRM) * previous
+            )
             rose = previous is not None and bound > previous
             if rose and not steady and bound >= _NEAR * drew:
                 # A bound that rose to near the rate that drew the 429: the search has closed in on the

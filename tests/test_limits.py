@@ -368,6 +368,14 @@ async def test_a_bound_that_fell_is_bisected_towards_the_rate_that_drew_the_429(
     assert pace.target == pytest.approx(9.85)
 
 
+async def test_a_bound_that_fell_by_less_than_the_share_allowed_confirms_the_last_one() -> None:
+    """A caller whose bounds are coarse (a row shared by workers) allows a wider fall than 3%."""
+    pace = Pace(ceiling=None, rate=12.5, target=13.5, bound=9.99)
+    pace.after_429(paced=12.5, bound=9.51, paused=True, start=3.0, fell=0.06)
+    assert pace.rate == 9.51
+    assert pace.target is None
+
+
 async def test_a_given_rate_returns_near_itself_after_its_first_bound() -> None:
     """Against a server without a burst, jitter draws a 429 at the given rate, and the first bound is
     measured over little more than the pause of the 429 before: it says little about the server."""

@@ -14,8 +14,8 @@ import psycopg
 import pytest
 
 from kling_async import JournalError, KlingClient
-from kling_async._limits import Lane, Limiter
-from kling_async._rate_pg import SharedRate, key_fingerprint
+from kling_async._limits import Lane, Limiter, Pace
+from kling_async._rate_pg import SharedRate, _Row, key_fingerprint
 from kling_async.testing import Simulator
 from tests.postgres import database, postgres_server  # noqa: F401  (fixtures)
 from tests.test_postgres_journal import peek
@@ -349,6 +349,17 @@ async def test_a_batch_whose_journal_is_postgresql_shares_the_key_s_rate_through
     assert (fingerprint, ceiling) == (key_fingerprint("sim-key"), 50.0)
     # Every request of the batch took a slot: three POSTs and at least one status check each.
     assert granted >= 6
+
+
+def test_a_row_s_bound_five_percent_below_its_last_confirms_it() -> None:
+    """The window after a cut counts the Retry-After's pause and the climb back: a worker row measured
+    9.99 then 9.51 on a 10/s server, and bisecting again drew a fourth 429 event."""
+    row = _Row.fresh(0.0, None, 10)
+    row.pace = Pace(ceiling=None, rate=12.5, target=13.5, bound=9.99)
+    row.window_empty, row.granted = True, 20  # accepted since the last cut, 2 s ago
+    assert row.refuse(2.0, retry_after=1.0)
+    assert row.pace.rate == pytest.approx(9.5)
+    assert row.pace.target is None
 
 
 def test_shared_must_be_a_postgresql_url() -> None:
