@@ -180,8 +180,8 @@ class Pace:
         """Set the rate after a 429 drawn at ``paced`` (None: unknown), given a lower bound on the server's
         rate (None: none yet); ``start`` is where an unpaced sender begins (the server's burst, likely).
 
-        ``fell``: a bound at most this share below the last one confirms it, as the same bound would (the
-        bounds of a rate shared through a row are coarser than a lone client's)."""
+        ``fell``: not told a rate, a bound at most this share below the last one confirms it, as the same
+        bound would (the bounds of a rate shared through a row are coarser than a lone client's)."""
         self.rate = self._next_rate(paced, bound, paused, start, fell)
 
     def _next_rate(
@@ -193,8 +193,10 @@ class Pace:
             self.searching = False
             drew = paced if paced is not None else bound
             previous, self.bound = self.bound, bound
+            # Told a rate, a bound that fell returns to the last one (below), however coarse the bounds.
+            fall = fell if ceiling is None else 1 - _CONFIRM
             steady = previous is not None and (
-                -fell * previous <= bound - previous <= (1 - _CONFIRM) * previous
+                -fall * previous <= bound - previous <= (1 - _CONFIRM) * previous
             )
             rose = previous is not None and bound > previous
             if rose and not steady and bound >= _NEAR * drew:

@@ -394,6 +394,13 @@ async def test_a_given_rate_returns_at_least_to_its_last_bound_after_a_bound_bel
     assert pace.target == 9.4  # not half-way from 5.0 to 9.6
 
 
+async def test_a_given_rate_returns_to_its_last_bound_after_a_small_fall_however_coarse_the_bounds() -> None:
+    pace = Pace(ceiling=10.0, rate=9.6, target=None, bound=9.4)
+    pace.after_429(paced=9.6, bound=9.0, paused=True, start=3.0, fell=0.12)
+    assert pace.rate == 9.0
+    assert pace.target == 9.4
+
+
 async def test_a_given_rate_above_the_servers_is_bisected_from_its_second_bound_on() -> None:
     pace = Pace(ceiling=100.0, rate=60.0, target=95.0, bound=16.0)
     pace.after_429(paced=68.0, bound=41.0, paused=True, start=10.0)

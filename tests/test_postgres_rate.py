@@ -351,11 +351,11 @@ async def test_a_batch_whose_journal_is_postgresql_shares_the_key_s_rate_through
     assert granted >= 6
 
 
-def test_a_row_s_bound_five_percent_below_its_last_confirms_it() -> None:
+def test_a_row_s_bound_a_tenth_below_its_last_confirms_it() -> None:
     """The window after a cut counts the Retry-After's pause and the climb back: a worker row measured
-    9.99 then 9.51 on a 10/s server, and bisecting again drew a fourth 429 event."""
+    10.62 then 9.50 on a 10/s server, and bisecting again drew a fourth 429 event."""
     row = _Row.fresh(0.0, None, 10)
-    row.pace = Pace(ceiling=None, rate=12.5, target=13.5, bound=9.99)
+    row.pace = Pace(ceiling=None, rate=12.5, target=13.9, bound=10.62)
     row.window_empty, row.granted = True, 20  # accepted since the last cut, 2 s ago
     assert row.refuse(2.0, retry_after=1.0)
     assert row.pace.rate == pytest.approx(9.5)
