@@ -36,8 +36,8 @@ import asyncio
 import gc
 import math
 import time
-from collections.abc import Awaitable, Iterator
-from typing import Any
+from collections.abc import Awaitable, Iterator, Sequence
+from typing import Any, TypeVar
 
 from kling_async import KlingClient
 from kling_async._limits import _OPEN, _OPEN_GROWTH
@@ -58,6 +58,7 @@ from ._common import (
 from .baselines import AiohttpJsonClient, Finished, HttpxPydanticClient, geometric_schedule
 
 VARIANTS = ("ours-gather", "ours-handles", "A", "B", "A-paced")
+_Cell = TypeVar("_Cell")
 SCALE = 0.01
 GENERATION = "30,120"
 WARM_UP = 32
@@ -140,22 +141,27 @@ async def pace_worker(variant: str, url: str, pace: float | None) -> dict[str, A
     return {"variant": variant, "pace": pace, "n": n, "ok": answered, "cpu": watch.cpu, "wall": watch.wall}
 
 
+def rotated(cells: Sequence[_Cell], rep: int) -> list[_Cell]:
+    """The cells in repetition ``rep``'s order: rotated, so that a noisy neighbour does not always hit
+    the same one."""
+    shift = rep % len(cells)
+    return [*cells[shift:], *cells[:shift]]
+
+
+async def in_fresh_simulator(rep: int, *args: str) -> dict[str, Any]:
+    """One measurement: a fresh worker process of this module against a fresh simulator."""
+    async with sim_process(time_scale=SCALE, generation=GENERATION, seed=rep) as sim:
+        return await run_worker("benchmarks.bench_cpu", *args, "--url", sim.url, "--control", sim.control)
+
+
 async def measure_pace_cost(reps: int) -> dict[tuple[str, float | None], list[float]]:
     """CPU per POST (us) by (variant, pace), each repetition in rotating order, a fresh process each."""
     cells = [("A", pace) for pace in PACES] + [("ours", pace) for pace in PACES]
     results: dict[tuple[str, float | None], list[float]] = {cell: [] for cell in cells}
     for rep in range(reps):
-        order = cells[rep % len(cells) :] + cells[: rep % len(cells)]
-        for variant, pace in order:
-            async with sim_process(time_scale=SCALE, generation=GENERATION, seed=rep) as sim:
-                result = await run_worker(
-                    "benchmarks.bench_cpu",
-                    "--pace-worker",
-                    variant,
-                    "--url",
-                    sim.url,
-                    *(["--pace", str(pace)] if pace is not None else []),
-                )
+        for variant, pace in rotated(cells, rep):
+            pace_args = ["--pace", str(pace)] if pace is not None else []
+            result = await in_fresh_simulator(rep, "--pace-worker", variant, *pace_args)
             if result["ok"] != result["n"]:
                 raise RuntimeError(f"{variant} at {pace}/s: {result['ok']} of {result['n']} POSTs answered")
             per_post = result["cpu"] / result["n"] * 1e6
@@ -213,22 +219,9 @@ async def worker(variant: str, url: str, control: str, n: int) -> dict[str, Any]
 async def measure(n: int, reps: int, opening_off: bool) -> dict[str, list[dict[str, Any]]]:
     results: dict[str, list[dict[str, Any]]] = {v: [] for v in VARIANTS}
     for rep in range(reps):
-        # Rotate the order so that a noisy neighbour does not always hit the same variant.
-        order = VARIANTS[rep % len(VARIANTS) :] + VARIANTS[: rep % len(VARIANTS)]
-        for variant in order:
-            async with sim_process(time_scale=SCALE, generation=GENERATION, seed=rep) as sim:
-                result = await run_worker(
-                    "benchmarks.bench_cpu",
-                    "--worker",
-                    variant,
-                    "--url",
-                    sim.url,
-                    "--control",
-                    sim.control,
-                    "--n",
-                    str(n),
-                    *(["--opening-off"] if opening_off else []),
-                )
+        for variant in rotated(VARIANTS, rep):
+            opening = ["--opening-off"] if opening_off else []
+            result = await in_fresh_simulator(rep, "--worker", variant, "--n", str(n), *opening)
             if result["ok"] != n:
                 raise RuntimeError(f"{variant}: only {result['ok']} of {n} tasks completed")
             requests = result["posts"] + result["status_gets"] + result["lists"]
