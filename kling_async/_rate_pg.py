@@ -15,7 +15,9 @@ The rate itself moves by the same rule as a lone client's (``_limits.Pace``), wi
   cut (requests already on the wire then, at any worker) belong to the same event;
 * every 429 pushes ``blocked_until`` to its Retry-After for every worker;
 * what the server accepted is counted in the row (every slot taken, less the 429s), so a cut is set from
-  what all the workers together got through, as a lone client's is from its own answers.
+  what all the workers together got through, as a lone client's is from its own answers. Those counts
+  span whole windows, a Retry-After's pause included, so not told a rate, a bound up to 12% below the
+  last one confirms it (``_FELL``; a lone client's must be within 3%).
 
 The per-process cap on requests on the wire, and the lanes, stay local (``_limits.Limiter``).
 """
