@@ -39,13 +39,14 @@ import time
 from collections.abc import Awaitable, Iterator, Sequence
 from typing import Any, TypeVar
 
-from kling_async import KlingClient
+from kling_async import KlingClient, _limits
 from kling_async._limits import _OPEN, _OPEN_GROWTH
 
 from ._common import (
     API_KEY,
     Row,
     Stopwatch,
+    emit,
     fetch_counters,
     finish,
     log,
@@ -58,7 +59,6 @@ from ._common import (
 from .baselines import AiohttpJsonClient, Finished, HttpxPydanticClient, geometric_schedule
 
 VARIANTS = ("ours-gather", "ours-handles", "A", "B", "A-paced")
-_Cell = TypeVar("_Cell")
 SCALE = 0.01
 GENERATION = "30,120"
 WARM_UP = 32
@@ -141,6 +141,9 @@ async def pace_worker(variant: str, url: str, pace: float | None) -> dict[str, A
     return {"variant": variant, "pace": pace, "n": n, "ok": answered, "cpu": watch.cpu, "wall": watch.wall}
 
 
+_Cell = TypeVar("_Cell")
+
+
 def rotated(cells: Sequence[_Cell], rep: int) -> list[_Cell]:
     """The cells in repetition ``rep``'s order: rotated, so that a noisy neighbour does not always hit
     the same one."""
@@ -188,6 +191,12 @@ def pace_rows(results: dict[tuple[str, float | None], list[float]], reps: int) -
         rows.append(Row(bench, f"CPU/POST, A at {pace:.0f}/s", "us", a, "A unpaced", base))
         rows.append(Row(bench, f"CPU/POST, ours told {pace:.0f}/s", "us", ours, f"A at {pace:.0f}/s", a))
     return rows
+
+
+def start_past_the_opening() -> None:
+    """In a worker process: our clients made from now on start unpaced, as before the opening existed
+    (the first refill ends it), until a 429."""
+    _limits._OPEN = _limits._OPEN_MAX
 
 
 def opening_send_time(k: int) -> float:
@@ -393,13 +402,8 @@ def main() -> None:
     args = parser.parse_args()
     n = args.n or (200 if args.quick else 2000)
     if args.pace_worker:
-        from ._common import emit
-
         if args.pace is None:
-            from kling_async import _limits
-
-            _limits._OPEN = _limits._OPEN_MAX  # the first refill ends the opening
-
+            start_past_the_opening()
         emit(asyncio.run(pace_worker(args.pace_worker, args.url, args.pace)))
         return
     if args.pace_cost:
@@ -409,11 +413,7 @@ def main() -> None:
         return
     if args.worker:
         if args.opening_off:
-            from kling_async import _limits
-
-            _limits._OPEN = _limits._OPEN_MAX  # the first refill ends the opening
-        from ._common import emit
-
+            start_past_the_opening()
         emit(asyncio.run(worker(args.worker, args.url, args.control, n)))
         return
     reps = args.reps or (1 if args.quick else 3)
