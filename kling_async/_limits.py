@@ -6,7 +6,9 @@ Three things are limited here:
   lower it. Without a given rate the limiter opens at 50 requests a second and doubles the pace every
   quarter second until the first 429 (past 20,000 a second it stops pacing), so that few requests are on
   the wire to be refused when the server's bucket runs dry; with more than four on the wire (a distant
-  server), it doubles only every second. From the first 429 on it finds the server's limit by itself.
+  server), it doubles only every second. Once the server has let a few dozen through, requests queued
+  together leave in small clumps (``_OPEN_CLUMP``). From the first 429 on it finds the server's limit by
+  itself.
   A burst spent from a full bucket refills only from its first answer on, and a token short: the
   server's bucket began refilling when the burst's first request reached it, a little after ours would
   have, and a token ahead absorbs two requests the server handles together.
@@ -92,6 +94,13 @@ _OPEN_MAX = 20_000.0
 # distant server), and every request sent between the server's bucket running dry and its first 429
 # coming back is refused.
 _OPEN_WIRE = 4
+# While opening, requests queued together leave together: a wait for a token lasts until as many are due
+# as wait (at most a slice's worth), because on a small VM every wake-up of an idle event loop costs about a
+# millisecond of CPU, several times what a request costs. A clump is at most
+# ``(answers accepted / _OPEN_CLUMP) ** 2`` requests: one at a time until the server has let 45 through (4
+# at 64, 25 at 160), so a server with a small bucket, whose first 429 comes within a few dozen, sees the
+# same one-by-one opening: each request of a clump that meets its bucket running dry would draw a 429.
+_OPEN_CLUMP = 32.0
 _MIN_WAIT = 1e-6  # seconds
 _GROWTH_SPAN = 60.0  # seconds: the most idle time exponential growth counts (more would overflow a float)
 _HOLD_MAX = 1.0  # seconds: the longest a burst's first answer is waited for before the bucket refills
@@ -398,6 +407,7 @@ class Limiter:
         self._lanes = {lane: anyio.Lock(fast_acquire=True) for lane in Lane}
         self._bucket = anyio.Lock(fast_acquire=True)
         self.rate_limited = 0
+        self._waiting = 0  # requests queued for a token (see ``_OPEN_CLUMP``)
         # Shared rates in use (a batch each), the latest first; a failing one leaves the own bucket in charge.
         self._shared: list[SharedPace] = []
         self._shared_failing = False
@@ -441,13 +451,17 @@ class Limiter:
                 self._sent.append(now)
                 return
             wire.release()  # paced while it waited (a 429): the bucket decides, in turn
-        async with self._lanes[lane], self._bucket:
-            await wire.take(lane)
-            try:
-                await self._take_token()
-            except BaseException:
-                wire.release()
-                raise
+        self._waiting += 1
+        try:
+            async with self._lanes[lane], self._bucket:
+                await wire.take(lane)
+                try:
+                    await self._take_token()
+                except BaseException:
+                    wire.release()
+                    raise
+        finally:
+            self._waiting -= 1
 
     def _unpaced(self) -> bool:
         """No rate to keep: none given, past the opening with no 429, and no shared rate in use."""
@@ -489,9 +503,17 @@ class Limiter:
                 break
             # At least a microsecond: at tens of thousands a second, what is missing can be a wait too
             # short to move a float clock, and then no token would ever be earned.
-            await self._clock.sleep(max(_MIN_WAIT, (1.0 - self._tokens) / rate))
+            await self._clock.sleep(max(_MIN_WAIT, (self._due(rate) - self._tokens) / rate))
             woke = True
         self._sent.append(self._clock.now())
+
+    def _due(self, rate: float) -> float:
+        """The tokens a wait for one lasts until: one, or while opening, one for each request waiting, as
+        far as ``_OPEN_CLUMP`` and the bucket's slice allow."""
+        if not self._pace.opening:
+            return 1.0
+        shown = (len(self._accepted) / _OPEN_CLUMP) ** 2
+        return max(1.0, min(float(self._waiting), shown, rate * _OPEN_SLICE))
 
     async def _take_shared(self, shared: SharedPace) -> bool:
         """Wait for a slot of the shared rate; False when it cannot be had (then the own bucket paces)."""

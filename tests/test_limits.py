@@ -133,6 +133,40 @@ async def test_the_opening_pace_stops_pacing_within_seconds_when_no_429_comes() 
     assert len(clock.slept) == waited
 
 
+async def _queue_together(limiter: Limiter, n: int) -> None:
+    """``n`` requests ask for a token at once (a batch's submitters); each is answered at once."""
+
+    async def one() -> None:
+        async with limiter.slot(Lane.SUBMIT):
+            pass
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(n):
+            tg.start_soon(one)
+
+
+async def test_queued_opening_requests_leave_in_clumps_once_the_server_let_many_through() -> None:
+    """One wake-up of the event loop for several requests, not one each."""
+    clock = FakeClock()
+    limiter = Limiter(requests_per_second=None, max_concurrency=64, clock=clock)
+    await _take(limiter, 1)
+    for _ in range(160):
+        limiter.on_success()
+    await _queue_together(limiter, 40)
+    assert len(clock.slept) < 40 / 2  # one by one, 39 waits
+
+
+async def test_queued_opening_requests_leave_one_by_one_until_the_server_let_many_through() -> None:
+    """A server with a small bucket refuses every request of a clump that meets it running dry."""
+    clock = FakeClock()
+    limiter = Limiter(requests_per_second=None, max_concurrency=64, clock=clock)
+    await _take(limiter, 1)
+    for _ in range(40):
+        limiter.on_success()
+    await _queue_together(limiter, 40)
+    assert len(clock.slept) >= 39
+
+
 async def test_an_opening_with_more_than_four_requests_on_the_wire_grows_only_as_a_search_does() -> None:
     """Answers coming slowly (a distant server): every request on the wire when the server's bucket runs
     dry is refused, so the pace must not run far ahead of them."""
