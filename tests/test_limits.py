@@ -161,7 +161,7 @@ async def test_queued_opening_requests_leave_one_by_one_until_the_server_let_man
     clock = FakeClock()
     limiter = Limiter(requests_per_second=None, max_concurrency=64, clock=clock)
     await _take(limiter, 1)
-    for _ in range(40):
+    for _ in range(80):
         limiter.on_success()
     await _queue_together(limiter, 40)
     assert len(clock.slept) >= 39
