@@ -107,6 +107,7 @@ _MIN_WAIT = 1e-6  # seconds
 _GROWTH_SPAN = 60.0  # seconds: the most idle time exponential growth counts (more would overflow a float)
 _HOLD_MAX = 1.0  # seconds: the longest a burst's first answer is waited for before the bucket refills
 _SLACK = 0.5  # tokens
+_LATE = 0.002  # seconds: at high rates the slack is this long's worth of tokens, if more than _SLACK
 _MIN_SPAN = 0.5  # seconds: the shortest window a bound is taken over
 _HORIZON = 30.0  # seconds: the longest
 _DECREASES = 8  # the times of the last few cuts, where windows for a bound start
@@ -454,11 +455,12 @@ class Limiter:
                 return
             wire.release()  # paced while it waited (a 429): the bucket decides, in turn
         self._waiting += 1
+        queued = self._waiting > 1  # behind another: the bucket is busy, not after a quiet spell
         try:
             async with self._lanes[lane], self._bucket:
                 await wire.take(lane)
                 try:
-                    await self._take_token()
+                    await self._take_token(queued)
                 except BaseException:
                     wire.release()
                     raise
@@ -484,10 +486,10 @@ class Limiter:
         finally:
             self._shared.remove(shared)
 
-    async def _take_token(self) -> None:
+    async def _take_token(self, queued: bool) -> None:
         if self._shared and await self._take_shared(self._shared[-1]):
             return
-        woke = False  # from a wait of its own here: a late wake-up is made up for
+        woke = queued  # from a wait here, its own or behind another: a late wake-up is made up for
         while True:
             now = self._clock.now()
             if now < self._blocked_until:
@@ -561,8 +563,9 @@ class Limiter:
     def _refill(self, now: float, woke: bool) -> float | None:
         """Add the tokens earned since the last call and let the rate grow; the rate now (None: unpaced).
 
-        ``woke``: for a request that waited here for its token, which may then hold up to ``_SLACK`` more
-        than the burst (see below)."""
+        ``woke``: for a request that waited here for its token, its own turn or behind another, which may
+        then hold up to ``_SLACK`` more than the burst, or ``_LATE`` seconds' worth at high rates (see
+        below)."""
         if self._pace.opening:
             return self._open(now)
         rate = self._pace.rate
@@ -574,14 +577,16 @@ class Limiter:
         self._stamp = now
         # Up to _SLACK of a token more than the burst for a request that waited for its token: a wake-up
         # that comes late (a busy event loop) is made up for by the next request, instead of lowering the
-        # rate actually sent. Not after a quiet spell: then the bucket holds the burst, no more, or the
-        # second request of the next two would go half an interval after the first, and a server without
-        # a burst refuses it. A Retry-After's pause earns one token, for a request as it ends, not the
-        # slack, for the same reason.
+        # rate actually sent. At high rates a trip through a busy event loop can take several tokens'
+        # time, and a half token would lose the rest (told 2,000/s, about 1,600 left): then the slack is
+        # _LATE's worth, and the requests queued behind the late one may spend it. Not after a quiet
+        # spell: then the bucket holds the burst, no more, or the second request of the next two would go
+        # half an interval after the first, and a server without a burst refuses it. A Retry-After's
+        # pause earns one token, for a request as it ends, not the slack, for the same reason.
         earned = min(elapsed, max(0.0, now - self._blocked_until))
         if earned < elapsed:
             self._tokens = max(self._tokens, 1.0)
-        room = self._burst + _SLACK if woke else self._burst
+        room = self._burst + max(_SLACK, rate * _LATE) if woke else self._burst
         self._tokens = min(room, self._tokens + earned * rate)
         self._pace.grow(elapsed)
         return self._pace.rate
