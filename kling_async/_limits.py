@@ -455,12 +455,11 @@ class Limiter:
                 return
             wire.release()  # paced while it waited (a 429): the bucket decides, in turn
         self._waiting += 1
-        queued = self._waiting > 1  # behind another: the bucket is busy, not after a quiet spell
         try:
             async with self._lanes[lane], self._bucket:
                 await wire.take(lane)
                 try:
-                    await self._take_token(queued)
+                    await self._take_token()
                 except BaseException:
                     wire.release()
                     raise
@@ -486,10 +485,10 @@ class Limiter:
         finally:
             self._shared.remove(shared)
 
-    async def _take_token(self, queued: bool) -> None:
+    async def _take_token(self) -> None:
         if self._shared and await self._take_shared(self._shared[-1]):
             return
-        woke = queued  # from a wait here, its own or behind another: a late wake-up is made up for
+        woke = False  # from a wait of its own here: a late wake-up is made up for
         while True:
             now = self._clock.now()
             if now < self._blocked_until:
@@ -563,9 +562,9 @@ class Limiter:
     def _refill(self, now: float, woke: bool) -> float | None:
         """Add the tokens earned since the last call and let the rate grow; the rate now (None: unpaced).
 
-        ``woke``: for a request that waited here for its token, its own turn or behind another, which may
-        then hold up to ``_SLACK`` more than the burst, or ``_LATE`` seconds' worth at high rates (see
-        below)."""
+        ``woke``: for a request that waited here for its token, which may then hold up to ``_SLACK`` more
+        than the burst, or ``_LATE`` seconds' worth at high rates, as may the requests right behind it
+        (see below)."""
         if self._pace.opening:
             return self._open(now)
         rate = self._pace.rate
@@ -579,14 +578,15 @@ class Limiter:
         # that comes late (a busy event loop) is made up for by the next request, instead of lowering the
         # rate actually sent. At high rates a trip through a busy event loop can take several tokens'
         # time, and a half token would lose the rest (told 2,000/s, about 1,600 left): then the slack is
-        # _LATE's worth, and the requests queued behind the late one may spend it. Not after a quiet
-        # spell: then the bucket holds the burst, no more, or the second request of the next two would go
-        # half an interval after the first, and a server without a burst refuses it. A Retry-After's
-        # pause earns one token, for a request as it ends, not the slack, for the same reason.
+        # _LATE's worth, and the requests right behind the late one (within _LATE) may spend it. Not after
+        # a quiet spell, however it came (nothing to send, or the wire full): then the bucket holds the
+        # burst, no more, or the second request of the next two would go half an interval after the
+        # first, and a server without a burst refuses it. A Retry-After's pause earns one token, for a
+        # request as it ends, not the slack, for the same reason.
         earned = min(elapsed, max(0.0, now - self._blocked_until))
         if earned < elapsed:
             self._tokens = max(self._tokens, 1.0)
-        room = self._burst + max(_SLACK, rate * _LATE) if woke else self._burst
+        room = self._burst + max(_SLACK, rate * _LATE) if woke or elapsed <= _LATE else self._burst
         self._tokens = min(room, self._tokens + earned * rate)
         self._pace.grow(elapsed)
         return self._pace.rate

@@ -102,6 +102,31 @@ async def test_after_a_quiet_spell_the_second_of_two_requests_waits_a_full_inter
     assert clock.now() - start == pytest.approx(0.1)
 
 
+async def test_after_the_wire_was_full_a_while_the_second_of_two_queued_requests_waits_an_interval() -> None:
+    """A slow answer holding the only place on the wire is a quiet spell for the bucket too, even for
+    requests that queued behind one waiting for its token."""
+    clock = FakeClock()
+    limiter = Limiter(requests_per_second=10, max_concurrency=1, clock=clock)
+    await _take(limiter, 1)  # the bucket is empty: the next request waits for its token
+    answered = anyio.Event()
+    sent: list[float] = []
+
+    async def one(answer: anyio.Event | None) -> None:
+        async with limiter.slot(Lane.SUBMIT):
+            sent.append(clock.now())
+            if answer is not None:
+                await answer.wait()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(one, answered)  # waits for its token, then holds the wire until answered
+        tg.start_soon(one, None)
+        tg.start_soon(one, None)
+        await anyio.wait_all_tasks_blocked()
+        clock.time += 5.0  # the answer takes five seconds
+        answered.set()
+    assert sent[2] - sent[1] == pytest.approx(0.1)
+
+
 class _AfterBurst:
     """A limiter (10/s, a burst of 5) on a clock moved by hand, and a sixth request after its burst."""
 
