@@ -211,6 +211,31 @@ async def test_queued_opening_requests_leave_one_by_one_until_the_server_let_man
     assert await _waits_of_40_queued_in_the_opening(accepted=80) >= 39
 
 
+async def test_an_opening_request_alone_after_a_queue_was_cancelled_waits_for_one_token_only() -> None:
+    """Cancelled waiters leave the count a clump is sized by."""
+    clock = ManualClock()
+    limiter = Limiter(requests_per_second=None, max_concurrency=64, clock=clock)
+    await _take(limiter, 1)  # the bucket's one token: the requests below wait, 20 ms a token at 50/s
+    for _ in range(320):
+        limiter.on_success()
+    with anyio.CancelScope() as scope:
+        async with anyio.create_task_group() as tg:
+            for _ in range(10):
+                tg.start_soon(_take, limiter, 1)
+            await anyio.wait_all_tasks_blocked()
+            scope.cancel()
+    sent = anyio.Event()
+
+    async def alone() -> None:
+        await _take(limiter, 1)
+        sent.set()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(alone)
+        await clock.advance(0.025)
+        assert sent.is_set()
+
+
 async def test_an_opening_with_more_than_four_requests_on_the_wire_grows_only_as_a_search_does() -> None:
     """Answers coming slowly (a distant server): every request on the wire when the server's bucket runs
     dry is refused, so the pace must not run far ahead of them."""
