@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -37,3 +39,23 @@ def test_total_waited_is_the_sum_of_each_tasks_waited_at_every_time(
             else:
                 expected += completions.waited(seen - started, now - started)
         assert total(now) == pytest.approx(expected, rel=1e-12, abs=1e-12)
+
+
+@FAST
+@given(
+    samples=st.lists(_times, min_size=3, max_size=40),
+    tasks=st.lists(_task, min_size=1, max_size=30),
+    steps=st.lists(st.floats(min_value=0.0, max_value=100.0), min_size=2, max_size=8),
+)
+def test_total_waited_never_falls_as_time_goes_on(
+    samples: list[float], tasks: list[tuple[float | None, float]], steps: list[float]
+) -> None:
+    # The tracker finds the next sweep by bisecting a grid of times on this sum: it must not fall.
+    completions = Completions(samples)
+    absolute = [(started, seen if started is None else started + seen) for started, seen in tasks]
+    total = completions.total_waited(absolute)
+    start = max(seen for _, seen in absolute)
+    times = [start + sum(steps[: k + 1]) for k in range(len(steps))]
+    sums = [total(now) for now in times]
+    for earlier, later in itertools.pairwise(sums):
+        assert later >= earlier - 1e-9 * max(1.0, abs(earlier))
