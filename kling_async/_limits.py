@@ -60,7 +60,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Protocol
 
-import anyio
 from anyio.lowlevel import checkpoint_if_cancelled
 
 from ._clock import SYSTEM_CLOCK, Clock
@@ -312,15 +311,16 @@ class _Wire:
         self._waiting: dict[Lane, deque[asyncio.Future[None]]] = {lane: deque() for lane in Lane}
         self._turn = Lane.SUBMIT
 
-    async def take(self, lane: Lane) -> None:
+    async def take(self, lane: Lane, *, checked: bool = False) -> None:
         """Wait for a place, after the waiters already queued.
 
-        A submission checks for cancellation first: a POST let go after its caller was cancelled would
-        still be sent. A status request does not (a GET sent for a cancelled caller is harmless, and the
-        caller is cancelled at its first wait for the answer): the check walks every cancel scope around
-        the task, the largest cost of a status request's way through the limiter.
+        A submission checks for cancellation first (unless ``checked``: its caller checks after this):
+        a POST let go after its caller was cancelled would still be sent. A status request does not (a GET
+        sent for a cancelled caller is harmless, and the caller is cancelled at its first wait for the
+        answer): the check walks every cancel scope around the task, the largest cost of a status
+        request's way through the limiter.
         """
-        if lane is Lane.SUBMIT:
+        if lane is Lane.SUBMIT and not checked:
             await checkpoint_if_cancelled()
         if self.value > 0 and not self.queued:
             self.value -= 1
@@ -344,9 +344,10 @@ class _Wire:
                     pass  # ``release`` already dropped it
             raise
 
-    def release(self) -> None:
-        """Give a place back: to the next waiter (the lanes take turns), or to the free ones."""
-        turn = self._turn
+    def release(self, lane: Lane | None = None) -> None:
+        """Give a place back: to the next waiter (the lanes take turns; a place held by a request of
+        ``lane`` goes to the other lane first), or to the free ones."""
+        turn = self._turn if lane is None else _OTHER[lane]
         for lane in (turn, _OTHER[turn]):
             queue = self._waiting[lane]
             while queue:
@@ -405,10 +406,10 @@ class Limiter:
         self._accepted: deque[float] = deque(maxlen=_ACCEPTED_WINDOW)
         self._wire = _Wire(max_concurrency)
         self.max_concurrency = max_concurrency
-        # fast_acquire: a free lock is taken without a trip through the event loop. Three such trips per
-        # request were most of the client's CPU overhead over bare aiohttp.
-        self._lanes = {lane: anyio.Lock(fast_acquire=True) for lane in Lane}
-        self._bucket = anyio.Lock(fast_acquire=True)
+        # Paced, one request at a time takes its place on the wire and its token, the lanes taking turns:
+        # a wire of one place. Two locks (one per lane, then one for the bucket) did the same at the cost
+        # of two more waits, each looking up the current task and walking its cancel scopes.
+        self._gate = _Wire(1)
         self.rate_limited = 0
         self._waiting = 0  # requests queued for a token (see ``_OPEN_CLUMP``)
         # Shared rates in use (a batch each), the latest first; a failing one leaves the own bucket in charge.
@@ -456,13 +457,17 @@ class Limiter:
             wire.release()  # paced while it waited (a 429): the bucket decides, in turn
         self._waiting += 1
         try:
-            async with self._lanes[lane], self._bucket:
+            gate = self._gate
+            await gate.take(lane, checked=True)  # the wire checks, after any wait here
+            try:
                 await wire.take(lane)
                 try:
                     await self._take_token()
                 except BaseException:
                     wire.release()
                     raise
+            finally:
+                gate.release(lane)
         finally:
             self._waiting -= 1
 

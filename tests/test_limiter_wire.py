@@ -6,6 +6,7 @@ import anyio
 import pytest
 
 from kling_async._limits import Lane, Limiter
+from kling_async.testing import FakeClock as TimelineClock
 from tests.fakes import FakeClock
 
 pytestmark = pytest.mark.anyio
@@ -76,4 +77,40 @@ async def test_a_submission_whose_caller_is_already_cancelled_takes_no_place() -
         scope.cancel()
         await limiter.acquire(Lane.SUBMIT)
         pytest.fail("a cancelled caller was let through to send a POST")
+    assert "on_wire=0/1" in repr(limiter)
+
+
+async def test_a_paced_request_cancelled_while_queued_for_its_token_lets_the_next_one_through() -> None:
+    clock = TimelineClock()
+    limiter = Limiter(requests_per_second=5, max_concurrency=4, clock=clock)
+    await limiter.acquire(Lane.STATUS)  # the burst's token is spent: the next request waits for one
+    got: list[str] = []
+
+    async def one(name: str, scope: anyio.CancelScope) -> None:
+        with scope:
+            async with limiter.slot(Lane.STATUS):
+                got.append(name)
+
+    first, second, third = anyio.CancelScope(), anyio.CancelScope(), anyio.CancelScope()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(one, "first", first)
+        tg.start_soon(one, "second", second)  # queued behind the first, which waits for its token
+        tg.start_soon(one, "third", third)
+        await anyio.wait_all_tasks_blocked()
+        second.cancel()
+        await clock.advance(1.0)
+    assert got == ["first", "third"]
+    assert "on_wire=1/4" in repr(limiter)  # the first acquire's place only
+
+
+async def test_a_paced_submission_whose_caller_is_already_cancelled_takes_no_place_nor_the_turn() -> None:
+    clock = FakeClock()
+    limiter = Limiter(requests_per_second=5, max_concurrency=1, clock=clock)
+    with anyio.CancelScope() as scope:
+        scope.cancel()
+        await limiter.acquire(Lane.SUBMIT)
+        pytest.fail("a cancelled caller was let through to send a POST")
+    with anyio.fail_after(5):  # the next request is not held up by the one that left
+        async with limiter.slot(Lane.STATUS):
+            pass
     assert "on_wire=0/1" in repr(limiter)
