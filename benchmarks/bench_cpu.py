@@ -22,7 +22,7 @@ what sending slowly costs any client (each request wakes an idle event loop) fro
 at the same pace.
 
 This simulator has no rate limit, and our clients are not told one, so the limiter's paced opening (50
-requests a second, doubling every quarter second until a 429) paces the first seconds of every run.
+requests a second, doubling twelve times a second until a 429) paces the first seconds of every run.
 ``--opening-off`` is a diagnostic: every client of ours starts past the opening (unpaced until a 429, as
 before the opening existed), to show what the opening costs here. ``A-paced`` shows the other side: the
 same work spread over the same time costs the floor more CPU too (more event-loop wake-ups, colder
@@ -40,7 +40,7 @@ from collections.abc import Awaitable, Iterator, Sequence
 from typing import Any, TypeVar
 
 from kling_async import KlingClient, _limits
-from kling_async._limits import _OPEN, _OPEN_GROWTH
+from kling_async._limits import _OPEN, _OPEN_CLEAR
 
 from ._common import (
     API_KEY,
@@ -200,9 +200,9 @@ def start_past_the_opening() -> None:
 
 
 def opening_send_time(k: int) -> float:
-    """When the limiter's opening lets the k-th request go: it sends ``_OPEN * _OPEN_GROWTH**t`` a second,
-    so ``_OPEN * (_OPEN_GROWTH**t - 1) / ln(_OPEN_GROWTH)`` by time t."""
-    growth = math.log(_OPEN_GROWTH)
+    """When the limiter's opening lets the k-th request go: it sends ``_OPEN * _OPEN_CLEAR**t`` a second,
+    so ``_OPEN * (_OPEN_CLEAR**t - 1) / ln(_OPEN_CLEAR)`` by time t."""
+    growth = math.log(_OPEN_CLEAR)
     return math.log1p(k * growth / _OPEN) / growth
 
 

@@ -85,8 +85,8 @@ class KlingClient:
         api_key: the API key; else ``FREEPIK_API_KEY``, else ``MAGNIFIC_API_KEY``.
         base_url: the API's address; else ``KLING_BASE_URL``, else ``https://api.freepik.com``.
         requests_per_second: a ceiling on the request rate. None: no fixed pace; the client opens at 50
-            requests a second, doubling every quarter second (every second while more than four requests
-            are on the wire) until the first 429, and then finds the server's limit by itself.
+            requests a second, doubling twelve times a second (once a second while more than four
+            requests are on the wire) until the first 429, and then finds the server's limit by itself.
         burst: how many requests may leave at once after a quiet spell (the token bucket's size).
         max_concurrency: the most API requests on the wire at once.
         max_in_flight: the most tasks generating at once; a submission waits for a slot. None: no cap.

@@ -3,10 +3,12 @@
 Three things are limited here:
 
 * the request **rate**, with a token bucket. A rate the user gives is a ceiling, and a single 429 does not
-  lower it. Without a given rate the limiter opens at 50 requests a second and doubles the pace every
-  quarter second until the first 429 (past 20,000 a second it stops pacing), so that few requests are on
-  the wire to be refused when the server's bucket runs dry; with more than four on the wire (a distant
-  server), it doubles only every second. Once the server has let about 90 through, requests queued
+  lower it. Without a given rate the limiter opens at 50 requests a second and raises the pace until the
+  first 429 (past 20,000 a second it stops pacing). The requests refused when the server's bucket runs dry
+  are those on the wire then, whatever the pace: while at most four are (a near server), the pace doubles
+  twelve times a second; with more (a distant server), only once a second; and a rate shared by workers
+  through PostgreSQL, which cannot see their wires, four times a second. Once the server has let about 90
+  through, requests queued
   together leave in small clumps (``_OPEN_CLUMP``). From the first 429 on it finds the server's limit by
   itself.
   A burst spent from a full bucket refills only from its first answer on, and a token short: the
@@ -81,11 +83,18 @@ _NEAR = 0.85  # a bound that rose this close to the rate that drew the 429 is ke
 _BISECT = 0.5  # after a bound below the rate that drew the 429, recover this share of the gap
 _TOLD_DIP = 0.95  # a 429 without Retry-After at a given rate: pace this much lower, then recover
 _MIN_RATE = 0.2
-# Not told the rate, a client opens at _OPEN requests a second and doubles every quarter second until the
+# Not told the rate, a client opens at _OPEN requests a second and doubles twelve times a second until the
 # first 429: paced from the first request, so that few requests are on the wire to be refused when the
-# server's bucket runs dry, yet a fast server is reached within a second or two. Past _OPEN_MAX it stops
-# pacing (no server limit in sight).
+# server's bucket runs dry, yet a fast server is reached within a second. Past _OPEN_MAX it stops pacing (no
+# server limit in sight). What a 429 event costs is the requests on the wire when the bucket runs dry, not
+# the growth: with at most _OPEN_WIRE of them, growing faster costs nothing more (against the bench_rate
+# servers on loopback, the same 429 shares within one request), and on this VM every wake-up of an idle
+# event loop costs about a millisecond of CPU, so a slow opening against a fast server costs CPU
+# (bench_cpu's gather: 0.91x its CPU and 0.7x its wall time with twelve doublings a second, against four).
 _OPEN = 50.0
+_OPEN_CLEAR = 4096.0  # per second, while at most _OPEN_WIRE requests are on the wire
+# A rate shared through a row (``_rate_pg``) cannot see the workers' wires, nor can a client before its first
+# answer: they double four times a second.
 _OPEN_GROWTH = 16.0  # per second
 _OPEN_SLICE = 0.05  # seconds: while opening, the bucket holds this long's worth of requests (if more)
 _OPEN_MAX = 20_000.0
@@ -155,15 +164,21 @@ class Pace:
             return cls(ceiling=None, rate=_OPEN, target=None, opening=True)
         return cls(ceiling=requests_per_second, rate=requests_per_second, target=requests_per_second)
 
-    def grow(self, elapsed: float, *, crowded: bool = False) -> None:
-        """Raise the rate: as the opening's (doubling every second only, ``crowded``), fast towards the
-        target after a cut, doubling while searching, else slowly. Past the opening's ``_OPEN_MAX`` the rate
-        is None: not paced."""
+    def grow(self, elapsed: float, *, on_wire: int | None = None) -> None:
+        """Raise the rate: as the opening's, fast towards the target after a cut, doubling while
+        searching, else slowly. Past the opening's ``_OPEN_MAX`` the rate is None: not paced.
+
+        ``on_wire``: the requests on the wire, which set the opening's growth (``_OPEN_CLEAR`` while at most
+        ``_OPEN_WIRE``, else ``_SEARCH``); None, when they say nothing (a shared rate, or no answer yet):
+        ``_OPEN_GROWTH``."""
         if self.rate is None or elapsed <= 0:
             return
         elapsed = min(elapsed, _GROWTH_SPAN)
         if self.opening:
-            rate = self.rate * (_SEARCH if crowded else _OPEN_GROWTH) ** elapsed
+            if on_wire is None:
+                rate = self.rate * _OPEN_GROWTH**elapsed
+            else:
+                rate = self.rate * (_OPEN_CLEAR if on_wire <= _OPEN_WIRE else _SEARCH) ** elapsed
             self.rate, self.opening = (rate, True) if rate < _OPEN_MAX else (None, False)
             return
         target = self.target
@@ -607,7 +622,11 @@ class Limiter:
         # The bucket holds a slice of time's worth: requests asked for together need no wait each.
         room = max(self._burst + _SLACK, rate * _OPEN_SLICE)
         self._tokens = min(room, self._tokens + elapsed * rate)
-        self._pace.grow(elapsed, crowded=self.max_concurrency - self._wire.value > _OPEN_WIRE)
+        # Until an answer has come back, a wire with few requests on it says nothing of how far the server
+        # is: a distant one fills it only after a round trip, which the fast growth would spend running ahead.
+        on_wire = self.max_concurrency - self._wire.value
+        seen = on_wire > _OPEN_WIRE or bool(self._accepted)
+        self._pace.grow(elapsed, on_wire=on_wire if seen else None)
         return self._pace.rate
 
     def _release(self, now: float) -> None:

@@ -174,7 +174,7 @@ async def test_a_limiter_not_told_the_rate_opens_paced_at_fifty_a_second() -> No
     limiter = Limiter(requests_per_second=None, max_concurrency=2, clock=clock)
     start = clock.now()
     await _take(limiter, 6)
-    # Five intervals at 50/s would be 0.1 s; the pace grows sixteenfold a second meanwhile.
+    # Five intervals at 50/s would be 0.1 s; the pace doubles four times a second meanwhile (no answer).
     assert 0.07 <= clock.now() - start <= 0.1
 
 
@@ -236,6 +236,42 @@ async def test_an_opening_request_alone_after_a_queue_was_cancelled_waits_for_on
         assert sent.is_set()
 
 
+async def test_an_opening_with_few_requests_on_the_wire_doubles_twelve_times_a_second() -> None:
+    """Answers coming fast (a near server): the requests a dry bucket refuses are the few on the wire,
+    however fast the pace grew, so it may grow fast."""
+    clock = FakeClock()
+    limiter = Limiter(requests_per_second=None, max_concurrency=16, clock=clock)
+    await _take(limiter, 1)
+    limiter.on_success()  # an answer came back
+    for _ in range(3):
+        await limiter.acquire(Lane.STATUS)  # sent, and not answered yet: with the next, four
+    before = limiter.rate
+    assert before is not None
+    await clock.sleep(0.25)
+    await limiter.acquire(Lane.STATUS)
+    assert limiter.rate == pytest.approx(before * 2**3)  # three doublings in a quarter second
+
+
+async def test_an_opening_doubles_four_times_a_second_until_an_answer_comes_back() -> None:
+    """Before any answer, a wire with few requests on it may be a distant server's first round trip."""
+    clock = FakeClock()
+    limiter = Limiter(requests_per_second=None, max_concurrency=16, clock=clock)
+    for _ in range(3):
+        await limiter.acquire(Lane.STATUS)
+    before = limiter.rate
+    assert before is not None
+    await clock.sleep(0.25)
+    await limiter.acquire(Lane.STATUS)
+    assert limiter.rate == pytest.approx(before * 2)
+
+
+def test_a_shared_rate_s_opening_doubles_four_times_a_second() -> None:
+    """A rate workers share through a row cannot see their wires: it opens as it always did."""
+    pace = Pace.given(None)
+    pace.grow(0.5)
+    assert pace.rate == pytest.approx(50 * 2**2)
+
+
 async def test_an_opening_with_more_than_four_requests_on_the_wire_grows_only_as_a_search_does() -> None:
     """Answers coming slowly (a distant server): every request on the wire when the server's bucket runs
     dry is refused, so the pace must not run far ahead of them."""
@@ -247,7 +283,7 @@ async def test_an_opening_with_more_than_four_requests_on_the_wire_grows_only_as
     assert before is not None
     await clock.sleep(0.25)
     await limiter.acquire(Lane.STATUS)
-    assert limiter.rate == pytest.approx(before * 2**0.25)  # not sixteenfold a second: twice as fast
+    assert limiter.rate == pytest.approx(before * 2**0.25)  # twice a second, not twelve doublings
 
 
 async def test_a_first_request_an_hour_after_the_limiter_was_made_is_sent_at_once() -> None:
