@@ -8,9 +8,10 @@ clocks disagree still agree on the schedule.
 
 The rate itself moves by the same rule as a lone client's (``_limits.Pace``), with its state in the row:
 
-* not told a rate, the workers open together at a lone client's opening pace (50 requests a second,
-  doubling every quarter second) until the first 429, so that few requests are on the wire, at any
-  worker, to be refused when the server's bucket runs dry;
+* not told a rate, the workers open together at 50 requests a second, doubling four times a second (a
+  lone client's pace before its first answer: the row cannot see the workers' wires) until the first
+  429, so that few requests are on the wire, at any worker, to be refused when the server's bucket runs
+  dry;
 * a 429 seen by any worker lowers the rate once for everyone: the 429s that come within a second of a
   cut (requests already on the wire then, at any worker) belong to the same event;
 * every 429 pushes ``blocked_until`` to its Retry-After for every worker;
