@@ -3,14 +3,14 @@
 Three things are limited here:
 
 * the request **rate**, with a token bucket. A rate the user gives is a ceiling, and a single 429 does not
-  lower it. Without a given rate the limiter opens at 50 requests a second and raises the pace until the
-  first 429 (past 20,000 a second it stops pacing). The requests refused when the server's bucket runs dry
-  are those on the wire then, whatever the pace: while at most four are (a near server), the pace doubles
-  twelve times a second; with more (a distant server), only once a second; and a rate shared by workers
-  through PostgreSQL, which cannot see their wires, four times a second. Once the server has let about 90
-  through, requests queued
-  together leave in small clumps (``_OPEN_CLUMP``). From the first 429 on it finds the server's limit by
-  itself.
+  lower it. Without a given rate the limiter opens at 50 requests a second and raises the pace, while it
+  holds requests back, until the first 429 (past 20,000 a second it stops pacing). The requests refused
+  when the server's bucket runs dry are those on the wire then, whatever the pace: while at most four are
+  (a near server, once an answer has come back), the pace doubles twelve times a second; with more (a
+  distant server), only once a second; before the first answer, and for a rate shared by workers through
+  PostgreSQL (which cannot see their wires), four times a second. Once the server has let about 90
+  through, requests queued together leave in small clumps (``_OPEN_CLUMP``). From the first 429 on it
+  finds the server's limit by itself.
   A burst spent from a full bucket refills only from its first answer on, and a token short: the
   server's bucket began refilling when the burst's first request reached it, a little after ours would
   have, and a token ahead absorbs two requests the server handles together.
@@ -586,7 +586,7 @@ class Limiter:
         than the burst, or ``_LATE`` seconds' worth at high rates, as may the requests right behind it
         (see below)."""
         if self._pace.opening:
-            return self._open(now)
+            return self._open(now, woke)
         rate = self._pace.rate
         if rate is None:
             return None
@@ -611,8 +611,9 @@ class Limiter:
         self._pace.grow(elapsed)
         return self._pace.rate
 
-    def _open(self, now: float) -> float | None:
-        """The opening pace's refill (see ``_OPEN``); None once it is past ``_OPEN_MAX``."""
+    def _open(self, now: float, woke: bool) -> float | None:
+        """The opening pace's refill (see ``_OPEN``); None once it is past ``_OPEN_MAX``. ``woke``: for a
+        request that waited here for its token."""
         rate = self._pace.rate
         assert rate is not None  # the opening's
         if self._opened_at is None:
@@ -621,12 +622,17 @@ class Limiter:
         self._stamp = now
         # The bucket holds a slice of time's worth: requests asked for together need no wait each.
         room = max(self._burst + _SLACK, rate * _OPEN_SLICE)
+        # The pace grows only while it holds requests back (this one waited for its token, or others
+        # queue behind it): time it did not, the server was not asked for more. So a client idle after a
+        # few requests is still opening when a burst comes, as TCP leaves alone a window that the
+        # application does not fill.
+        used = elapsed if woke or self._waiting > 1 else 0.0
         self._tokens = min(room, self._tokens + elapsed * rate)
         # Until an answer has come back, a wire with few requests on it says nothing of how far the server
         # is: a distant one fills it only after a round trip, which the fast growth would spend running ahead.
         on_wire = self.max_concurrency - self._wire.value
         seen = on_wire > _OPEN_WIRE or bool(self._accepted)
-        self._pace.grow(elapsed, on_wire=on_wire if seen else None)
+        self._pace.grow(used, on_wire=on_wire if seen else None)
         return self._pace.rate
 
     def _release(self, now: float) -> None:

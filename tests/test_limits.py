@@ -236,6 +236,19 @@ async def test_an_opening_request_alone_after_a_queue_was_cancelled_waits_for_on
         assert sent.is_set()
 
 
+async def _opening_growth(limiter: Limiter, clock: FakeClock, held: int, seconds: float = 0.25) -> float:
+    """How many times a second the opening's pace doubles while requests are sent back to back for
+    ``seconds``, ``held`` more staying on the wire (sent, not answered)."""
+    for _ in range(held):
+        await limiter.acquire(Lane.STATUS)
+    before, start = limiter.rate, clock.now()
+    assert before is not None
+    while clock.now() - start < seconds:
+        await _take(limiter, 1)
+    assert limiter.rate is not None
+    return math.log2(limiter.rate / before) / (clock.now() - start)
+
+
 async def test_an_opening_with_few_requests_on_the_wire_doubles_twelve_times_a_second() -> None:
     """Answers coming fast (a near server): the requests a dry bucket refuses are the few on the wire,
     however fast the pace grew, so it may grow fast."""
@@ -243,26 +256,15 @@ async def test_an_opening_with_few_requests_on_the_wire_doubles_twelve_times_a_s
     limiter = Limiter(requests_per_second=None, max_concurrency=16, clock=clock)
     await _take(limiter, 1)
     limiter.on_success()  # an answer came back
-    for _ in range(3):
-        await limiter.acquire(Lane.STATUS)  # sent, and not answered yet: with the next, four
-    before = limiter.rate
-    assert before is not None
-    await clock.sleep(0.25)
-    await limiter.acquire(Lane.STATUS)
-    assert limiter.rate == pytest.approx(before * 2**3)  # three doublings in a quarter second
+    # Three held, and the one being sent: four on the wire, no more.
+    assert await _opening_growth(limiter, clock, held=3) == pytest.approx(12, rel=0.01)
 
 
 async def test_an_opening_doubles_four_times_a_second_until_an_answer_comes_back() -> None:
     """Before any answer, a wire with few requests on it may be a distant server's first round trip."""
     clock = FakeClock()
     limiter = Limiter(requests_per_second=None, max_concurrency=16, clock=clock)
-    for _ in range(3):
-        await limiter.acquire(Lane.STATUS)
-    before = limiter.rate
-    assert before is not None
-    await clock.sleep(0.25)
-    await limiter.acquire(Lane.STATUS)
-    assert limiter.rate == pytest.approx(before * 2)
+    assert await _opening_growth(limiter, clock, held=3) == pytest.approx(4, rel=0.01)
 
 
 def test_a_shared_rate_s_opening_doubles_four_times_a_second() -> None:
@@ -277,22 +279,32 @@ async def test_an_opening_with_more_than_four_requests_on_the_wire_grows_only_as
     dry is refused, so the pace must not run far ahead of them."""
     clock = FakeClock()
     limiter = Limiter(requests_per_second=None, max_concurrency=16, clock=clock)
-    for _ in range(5):
-        await limiter.acquire(Lane.STATUS)  # sent, and not answered yet
-    before = limiter.rate
-    assert before is not None
-    await clock.sleep(0.25)
-    await limiter.acquire(Lane.STATUS)
-    assert limiter.rate == pytest.approx(before * 2**0.25)  # twice a second, not twelve doublings
+    await _take(limiter, 1)
+    limiter.on_success()
+    # Twice a second, not twelve doublings.
+    assert await _opening_growth(limiter, clock, held=5) == pytest.approx(1, rel=0.01)
 
 
-async def test_a_first_request_an_hour_after_the_limiter_was_made_is_sent_at_once() -> None:
-    """The opening's growth over a long idle spell must not overflow: the opening is simply over."""
+async def test_an_opening_does_not_grow_while_its_pace_is_not_used() -> None:
+    """Time the bucket spends full says nothing of what the server takes: a client idle after a few
+    requests is still opening when a burst of them comes."""
+    clock = FakeClock()
+    limiter = Limiter(requests_per_second=None, max_concurrency=16, clock=clock)
+    await _take(limiter, 1)
+    limiter.on_success()
+    clock.time += 10.0
+    await _take(limiter, 1)
+    assert limiter.rate == pytest.approx(50.0)  # not grown past 20,000 a second: still opening
+
+
+async def test_a_burst_an_hour_after_the_limiter_was_made_is_paced_by_the_opening() -> None:
+    """An hour idle neither ends the opening nor overflows it: the bucket's burst goes at once, the rest
+    at the opening's pace."""
     clock = FakeClock()
     limiter = Limiter(requests_per_second=None, max_concurrency=2, clock=clock)
     clock.time += 3600.0
     await _take(limiter, 3)
-    assert clock.slept == []
+    assert clock.slept == [pytest.approx(0.01)]  # two at once (2.5 tokens), the third half an interval on
 
 
 async def test_a_searching_pace_idle_for_an_hour_grows_without_overflowing() -> None:
