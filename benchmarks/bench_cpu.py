@@ -200,8 +200,10 @@ def start_past_the_opening() -> None:
 
 
 def opening_send_time(k: int) -> float:
-    """When the limiter's opening lets the k-th request go: it sends ``_OPEN * _OPEN_CLEAR**t`` a second,
-    so ``_OPEN * (_OPEN_CLEAR**t - 1) / ln(_OPEN_CLEAR)`` by time t."""
+    """When the limiter's opening lets the k-th request go, about: with requests queued and few on the
+    wire it sends ``_OPEN * _OPEN_CLEAR**t`` a second, so ``_OPEN * (_OPEN_CLEAR**t - 1) / ln(_OPEN_CLEAR)``
+    by time t (it grows four times slower until the first answer, a millisecond here, and slower still
+    while more than four requests are on the wire)."""
     growth = math.log(_OPEN_CLEAR)
     return math.log1p(k * growth / _OPEN) / growth
 
