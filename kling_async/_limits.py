@@ -608,7 +608,10 @@ class Limiter:
             self._tokens = max(self._tokens, 1.0)
         room = self._burst + max(_SLACK, rate * _LATE) if woke or elapsed <= _LATE else self._burst
         self._tokens = min(room, self._tokens + earned * rate)
-        self._pace.grow(elapsed)
+        # As in the opening, the pace grows only over time it held a request back: a client idle for a
+        # minute (or whose wire was full) has not asked the server for more, so its next burst must not
+        # go out at a pace the search doubled or the probe raised meanwhile (RFC 7661's rule for TCP).
+        self._pace.grow(elapsed if woke else 0.0)
         return self._pace.rate
 
     def _open(self, now: float, woke: bool) -> float | None:

@@ -307,6 +307,46 @@ async def test_a_burst_an_hour_after_the_limiter_was_made_is_paced_by_the_openin
     assert clock.slept == [pytest.approx(0.01)]  # two at once (2.5 tokens), the third half an interval on
 
 
+async def _searching(clock: FakeClock) -> Limiter:
+    """A limiter not told the rate whose opening drew a 429: it searches, doubling its pace each second."""
+    limiter = Limiter(requests_per_second=None, max_concurrency=2, clock=clock)
+    await _take(limiter, 1)
+    limiter.on_rate_limited(None)
+    assert limiter._pace.searching
+    return limiter
+
+
+async def test_a_search_doubles_the_pace_each_second_requests_wait_for_it() -> None:
+    clock = FakeClock()
+    limiter = await _searching(clock)
+    before, start = limiter.rate, clock.now()
+    assert before is not None
+    while clock.now() - start < 1.0:
+        await _take(limiter, 1)
+    assert limiter.rate is not None
+    assert math.log2(limiter.rate / before) / (clock.now() - start) == pytest.approx(1.0, rel=0.05)
+
+
+async def test_a_search_does_not_grow_while_its_pace_is_not_used() -> None:
+    """Ten seconds idle asked the server for nothing: the burst that follows goes at the pace of before,
+    not 1,024 times it."""
+    clock = FakeClock()
+    limiter = await _searching(clock)
+    before = limiter.rate
+    clock.time += 10.0
+    await _take(limiter, 1)
+    assert limiter.rate == pytest.approx(before)
+
+
+async def test_a_probe_above_a_bound_does_not_grow_while_its_pace_is_not_used() -> None:
+    clock = FakeClock()
+    limiter = Limiter(requests_per_second=None, max_concurrency=2, clock=clock)
+    limiter._pace = Pace(ceiling=None, rate=10.0, target=None, bound=10.0)
+    clock.time += 60.0
+    await _take(limiter, 1)
+    assert limiter.rate == pytest.approx(10.0)
+
+
 async def test_a_searching_pace_idle_for_an_hour_grows_without_overflowing() -> None:
     pace = Pace(ceiling=None, rate=10.0, target=None, searching=True)
     pace.grow(3600.0)
