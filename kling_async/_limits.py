@@ -164,14 +164,24 @@ class Pace:
             return cls(ceiling=None, rate=_OPEN, target=None, opening=True)
         return cls(ceiling=requests_per_second, rate=requests_per_second, target=requests_per_second)
 
-    def grow(self, elapsed: float, *, on_wire: int | None = None) -> None:
+    def grow(self, elapsed: float, *, held: bool = True, on_wire: int | None = None) -> None:
         """Raise the rate: as the opening's, fast towards the target after a cut, doubling while
         searching, else slowly. Past the opening's ``_OPEN_MAX`` the rate is None: not paced.
+
+        ``held``: whether the pace held requests back over ``elapsed``. Time it did not (the client idle, or
+        its wire full) asked the server for nothing more, so it raises the rate only towards a target, a
+        rate already known or chosen after a cut (the server's bucket refills all the same), never above
+        one (the opening, the search, the probe), as TCP leaves alone a window the application does not
+        fill (RFC 7661): else a client idle for ten seconds after a 429 would send its next burst at
+        1,024 times its pace.
 
         ``on_wire``: the requests on the wire, which set the opening's growth (``_OPEN_CLEAR`` while at most
         ``_OPEN_WIRE``, else ``_SEARCH``); None, when they say nothing (a shared rate, or no answer yet):
         ``_OPEN_GROWTH``."""
         if self.rate is None or elapsed <= 0:
+            return
+        returning = not self.opening and self.target is not None and self.rate < self.target
+        if not (held or returning):
             return
         elapsed = min(elapsed, _GROWTH_SPAN)
         if self.opening:
@@ -608,10 +618,8 @@ class Limiter:
             self._tokens = max(self._tokens, 1.0)
         room = self._burst + max(_SLACK, rate * _LATE) if woke or elapsed <= _LATE else self._burst
         self._tokens = min(room, self._tokens + earned * rate)
-        # As in the opening, the pace grows only over time it held a request back: a client idle for a
-        # minute (or whose wire was full) has not asked the server for more, so its next burst must not
-        # go out at a pace the search doubled or the probe raised meanwhile (RFC 7661's rule for TCP).
-        self._pace.grow(elapsed if woke else 0.0)
+        # Time this request did not wait for its token (idle, or the wire full) did not hold it back.
+        self._pace.grow(elapsed, held=woke)
         return self._pace.rate
 
     def _open(self, now: float, woke: bool) -> float | None:
@@ -625,17 +633,14 @@ class Limiter:
         self._stamp = now
         # The bucket holds a slice of time's worth: requests asked for together need no wait each.
         room = max(self._burst + _SLACK, rate * _OPEN_SLICE)
-        # The pace grows only while it holds requests back (this one waited for its token, or others
-        # queue behind it): time it did not, the server was not asked for more. So a client idle after a
-        # few requests is still opening when a burst comes, as TCP leaves alone a window that the
-        # application does not fill.
-        used = elapsed if woke or self._waiting > 1 else 0.0
         self._tokens = min(room, self._tokens + elapsed * rate)
         # Until an answer has come back, a wire with few requests on it says nothing of how far the server
         # is: a distant one fills it only after a round trip, which the fast growth would spend running ahead.
         on_wire = self.max_concurrency - self._wire.value
         seen = on_wire > _OPEN_WIRE or bool(self._accepted)
-        self._pace.grow(used, on_wire=on_wire if seen else None)
+        # The pace held requests back if this one waited for its token, or others queue behind it: so a
+        # client idle after a few requests is still opening when a burst comes.
+        self._pace.grow(elapsed, held=woke or self._waiting > 1, on_wire=on_wire if seen else None)
         return self._pace.rate
 
     def _release(self, now: float) -> None:

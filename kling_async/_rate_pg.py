@@ -149,7 +149,14 @@ class _Row:
 
     def take(self, now: float) -> float:
         """Take the next slot of the schedule; the seconds to wait before sending."""
-        self.pace.grow(now - self.stamp)
+        # The pace held requests back (see ``Pace.grow``) when this slot must be waited for: the schedule
+        # was booked since the last one was taken. One free now means the workers asked for no more than
+        # the pace meanwhile (idle, or their wires full).
+        rate = self.pace.rate
+        held = rate is not None and (
+            self.blocked_until > now or max(self.tat, now) + (1.0 - self.burst) / rate > now
+        )
+        self.pace.grow(now - self.stamp, held=held)
         self.stamp = now
         if now - self.window_at > _WINDOW:
             self.prev_at, self.prev_empty = self.window_at, self.window_empty

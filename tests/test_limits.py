@@ -347,6 +347,18 @@ async def test_a_probe_above_a_bound_does_not_grow_while_its_pace_is_not_used() 
     assert limiter.rate == pytest.approx(10.0)
 
 
+async def test_a_given_rate_dipped_by_a_429_returns_to_itself_over_idle_time() -> None:
+    """The dip lasts while the server's bucket refills, which it does whether or not requests are sent."""
+    clock = FakeClock()
+    limiter = Limiter(requests_per_second=10, max_concurrency=2, clock=clock)
+    await _take(limiter, 1)
+    limiter.on_rate_limited(None)
+    assert limiter.rate == pytest.approx(9.5)
+    clock.time += 10.0
+    await _take(limiter, 1)
+    assert limiter.rate == pytest.approx(10.0)
+
+
 async def test_a_searching_pace_idle_for_an_hour_grows_without_overflowing() -> None:
     pace = Pace(ceiling=None, rate=10.0, target=None, searching=True)
     pace.grow(3600.0)

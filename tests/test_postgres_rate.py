@@ -362,6 +362,39 @@ def test_a_row_s_bound_a_tenth_below_its_last_confirms_it() -> None:
     assert row.pace.target is None
 
 
+def _searching_row() -> _Row:
+    """A row whose workers drew their first 429: its pace doubles each second its slots are waited for."""
+    row = _Row.fresh(0.0, None, 1)
+    row.pace = Pace(ceiling=None, rate=10.0, target=None, searching=True)
+    return row
+
+
+def test_a_row_s_pace_grows_while_its_slots_are_waited_for() -> None:
+    row = _searching_row()
+    now = 0.0
+    while now < 1.0:
+        row.take(now)
+        now += 0.025  # asked for at 40/s: every slot is waited for
+    assert row.pace.rate == pytest.approx(20.0, rel=0.05)
+
+
+def test_a_row_s_pace_does_not_grow_while_no_slot_is_waited_for() -> None:
+    """Workers idle for ten seconds asked the server for nothing: their next burst goes at the pace of
+    before, not 1,024 times it."""
+    row = _searching_row()
+    row.take(0.0)
+    assert row.take(10.0) == 0.0
+    assert row.pace.rate == pytest.approx(10.0)
+
+
+def test_a_shared_opening_does_not_grow_while_no_slot_is_waited_for() -> None:
+    row = _Row.fresh(0.0, None, 1)
+    row.take(0.0)
+    row.take(10.0)
+    assert row.pace.opening
+    assert row.pace.rate == pytest.approx(50.0)
+
+
 def test_shared_must_be_a_postgresql_url() -> None:
     with pytest.raises(ValueError, match="shared: a postgresql:// URL"):
         KlingClient("sim-key", shared="run.db")
