@@ -618,8 +618,12 @@ class Limiter:
             self._tokens = max(self._tokens, 1.0)
         room = self._burst + max(_SLACK, rate * _LATE) if woke or elapsed <= _LATE else self._burst
         self._tokens = min(room, self._tokens + earned * rate)
-        # Time this request did not wait for its token (idle, or the wire full) did not hold it back.
-        self._pace.grow(elapsed, held=woke)
+        # A Retry-After's pause held requests back, but the server's, not the pace's: over it the pace only
+        # returns towards a target (a search would double each second of it: after a 30 s pause, unpaced
+        # into the next 429 and its pause). Time this request did not wait for its token (idle, or the
+        # wire full) did not hold it back either.
+        self._pace.grow(elapsed - earned, held=False)
+        self._pace.grow(earned, held=woke)
         return self._pace.rate
 
     def _open(self, now: float, woke: bool) -> float | None:

@@ -156,7 +156,11 @@ class _Row:
         held = rate is not None and (
             self.blocked_until > now or max(self.tat, now) + (1.0 - self.burst) / rate > now
         )
-        self.pace.grow(now - self.stamp, held=held)
+        # The part of the time since the last slot inside a Retry-After's pause held nothing back by the
+        # pace (see ``Limiter._refill``).
+        paused = max(0.0, min(now, self.blocked_until) - self.stamp)
+        self.pace.grow(paused, held=False)
+        self.pace.grow(now - self.stamp - paused, held=held)
         self.stamp = now
         if now - self.window_at > _WINDOW:
             self.prev_at, self.prev_empty = self.window_at, self.window_empty

@@ -338,6 +338,18 @@ async def test_a_search_does_not_grow_while_its_pace_is_not_used() -> None:
     assert limiter.rate == pytest.approx(before)
 
 
+async def test_a_search_does_not_grow_over_a_retry_after_pause() -> None:
+    """The server held the requests back, not the pace: a search that doubled over a 30 s pause would
+    send unpaced when it ends, into the next 429 and its pause."""
+    clock = FakeClock()
+    limiter = await _searching(clock)
+    limiter.on_rate_limited(30.0)
+    before = limiter.rate
+    await _take(limiter, 1)
+    assert clock.now() >= 30.0
+    assert limiter.rate == pytest.approx(before)
+
+
 async def test_a_probe_above_a_bound_does_not_grow_while_its_pace_is_not_used() -> None:
     clock = FakeClock()
     limiter = Limiter(requests_per_second=None, max_concurrency=2, clock=clock)

@@ -387,6 +387,15 @@ def test_a_row_s_pace_does_not_grow_while_no_slot_is_waited_for() -> None:
     assert row.pace.rate == pytest.approx(10.0)
 
 
+def test_a_row_s_search_does_not_grow_over_a_retry_after_pause() -> None:
+    row = _searching_row()
+    row.take(0.0)
+    row.blocked_until = 30.0
+    assert row.take(1.0) == pytest.approx(29.0)  # held by the pause
+    row.take(30.0)
+    assert row.pace.rate == pytest.approx(10.0)
+
+
 def test_a_shared_opening_does_not_grow_while_no_slot_is_waited_for() -> None:
     row = _Row.fresh(0.0, None, 1)
     row.take(0.0)
