@@ -164,7 +164,9 @@ class Pace:
             return cls(ceiling=None, rate=_OPEN, target=None, opening=True)
         return cls(ceiling=requests_per_second, rate=requests_per_second, target=requests_per_second)
 
-    def grow(self, elapsed: float, *, held: bool = True, on_wire: int | None = None) -> None:
+    def grow(
+        self, elapsed: float, *, held: bool = True, paused: float = 0.0, on_wire: int | None = None
+    ) -> None:
         """Raise the rate: as the opening's, fast towards the target after a cut, doubling while
         searching, else slowly. Past the opening's ``_OPEN_MAX`` the rate is None: not paced.
 
@@ -175,9 +177,18 @@ class Pace:
         fill (RFC 7661): else a client idle for ten seconds after a 429 would send its next burst at
         1,024 times its pace.
 
+        ``paused``: the first part of ``elapsed`` spent in a Retry-After's pause, which counts as not held
+        whatever ``held`` says: the server held the requests back, not the pace (a search that doubled
+        over a 30 s pause would send unpaced when it ends, into the next 429 and its pause).
+
         ``on_wire``: the requests on the wire, which set the opening's growth (``_OPEN_CLEAR`` while at most
         ``_OPEN_WIRE``, else ``_SEARCH``); None, when they say nothing (a shared rate, or no answer yet):
         ``_OPEN_GROWTH``."""
+        if paused > 0:
+            self._grow(paused, held=False, on_wire=on_wire)
+        self._grow(elapsed - paused, held=held, on_wire=on_wire)
+
+    def _grow(self, elapsed: float, *, held: bool, on_wire: int | None) -> None:
         if self.rate is None or elapsed <= 0:
             return
         returning = not self.opening and self.target is not None and self.rate < self.target
@@ -618,12 +629,8 @@ class Limiter:
             self._tokens = max(self._tokens, 1.0)
         room = self._burst + max(_SLACK, rate * _LATE) if woke or elapsed <= _LATE else self._burst
         self._tokens = min(room, self._tokens + earned * rate)
-        # A Retry-After's pause held requests back, but the server's, not the pace's: over it the pace only
-        # returns towards a target (a search would double each second of it: after a 30 s pause, unpaced
-        # into the next 429 and its pause). Time this request did not wait for its token (idle, or the
-        # wire full) did not hold it back either.
-        self._pace.grow(elapsed - earned, held=False)
-        self._pace.grow(earned, held=woke)
+        # Time this request did not wait for its token (idle, or the wire full) did not hold it back.
+        self._pace.grow(elapsed, held=woke, paused=elapsed - earned)
         return self._pace.rate
 
     def _open(self, now: float, woke: bool) -> float | None:

@@ -149,18 +149,13 @@ class _Row:
 
     def take(self, now: float) -> float:
         """Take the next slot of the schedule; the seconds to wait before sending."""
-        # The pace held requests back (see ``Pace.grow``) when this slot must be waited for: the schedule
-        # was booked since the last one was taken. One free now means the workers asked for no more than
-        # the pace meanwhile (idle, or their wires full).
+        # The pace held requests back (see ``Pace.grow``) when this slot must be waited for by the
+        # schedule: it was booked since the last one was taken. One free now means the workers asked for
+        # no more than the pace meanwhile (idle, or their wires full). A Retry-After's pause is ``paused``.
         rate = self.pace.rate
-        held = rate is not None and (
-            self.blocked_until > now or max(self.tat, now) + (1.0 - self.burst) / rate > now
-        )
-        # The part of the time since the last slot inside a Retry-After's pause held nothing back by the
-        # pace (see ``Limiter._refill``).
+        held = rate is not None and max(self.tat, now) + (1.0 - self.burst) / rate > now
         paused = max(0.0, min(now, self.blocked_until) - self.stamp)
-        self.pace.grow(paused, held=False)
-        self.pace.grow(now - self.stamp - paused, held=held)
+        self.pace.grow(now - self.stamp, held=held, paused=paused)
         self.stamp = now
         if now - self.window_at > _WINDOW:
             self.prev_at, self.prev_empty = self.window_at, self.window_empty
