@@ -331,6 +331,16 @@ class Lane(enum.Enum):
 _OTHER = {Lane.SUBMIT: Lane.STATUS, Lane.STATUS: Lane.SUBMIT}
 
 
+class _Queue(deque[asyncio.Future[None]]):
+    """One lane's waiters, in order: its first ``retries`` are retries (they queue ahead of first tries)."""
+
+    __slots__ = ("retries",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.retries = 0
+
+
 class _Wire:
     """The places on the wire (``max_concurrency``): ``value`` are free, and waiters queue by lane.
 
@@ -344,11 +354,11 @@ class _Wire:
     def __init__(self, places: int) -> None:
         self.value = places
         self.queued = 0
-        self._waiting: dict[Lane, deque[asyncio.Future[None]]] = {lane: deque() for lane in Lane}
+        self._waiting: dict[Lane, _Queue] = {lane: _Queue() for lane in Lane}
         self._turn = Lane.SUBMIT
 
-    async def take(self, lane: Lane, *, checked: bool = False) -> None:
-        """Wait for a place, after the waiters already queued.
+    async def take(self, lane: Lane, *, checked: bool = False, retry: bool = False) -> None:
+        """Wait for a place, after the waiters already queued (a ``retry``: after the retries only).
 
         A submission checks for cancellation first (unless ``checked``: its caller checks after this):
         a POST let go after its caller was cancelled would still be sent. A status request does not (a GET
@@ -363,7 +373,14 @@ class _Wire:
             return
         waiter = asyncio.get_running_loop().create_future()
         queue = self._waiting[lane]
-        queue.append(waiter)
+        if retry:
+            # A retry is a request already late (its try failed), and its RetryPolicy deadline runs:
+            # behind a batch's queue of first tries it would outwait the deadline and fail an item that
+            # one more try would have carried.
+            queue.insert(queue.retries, waiter)
+            queue.retries += 1
+        else:
+            queue.append(waiter)
         if not self.queued:
             self._turn = lane  # the first to wait goes first
         self.queued += 1
@@ -376,6 +393,8 @@ class _Wire:
                 try:
                     queue.remove(waiter)
                     self.queued -= 1
+                    if retry:
+                        queue.retries -= 1
                 except ValueError:
                     pass  # ``release`` already dropped it
             raise
@@ -389,6 +408,8 @@ class _Wire:
             while queue:
                 waiter = queue.popleft()
                 self.queued -= 1
+                if queue.retries:
+                    queue.retries -= 1
                 if waiter.done():
                     continue  # cancelled: its task is leaving
                 waiter.set_result(None)
@@ -480,12 +501,15 @@ class Limiter:
         """``async with limiter.slot(lane):`` holds one place on the wire, entered once the rate allows."""
         return _Slot(self, lane)
 
-    async def acquire(self, lane: Lane) -> None:
-        """Wait for a place on the wire and the rate's permission; pair with ``release``."""
+    async def acquire(self, lane: Lane, *, retry: bool = False) -> None:
+        """Wait for a place on the wire and the rate's permission; pair with ``release``.
+
+        A ``retry`` (a request whose last try failed) waits ahead of its lane's first tries.
+        """
         wire = self._wire
         if self._unpaced():
             # Unpaced: no token to wait for, so no bucket to queue for; the lanes take turns at the wire.
-            await wire.take(lane)
+            await wire.take(lane, retry=retry)
             now = self._clock.now()
             if self._unpaced() and now >= self._blocked_until:
                 self._sent.append(now)
@@ -494,9 +518,9 @@ class Limiter:
         self._waiting += 1
         try:
             gate = self._gate
-            await gate.take(lane, checked=True)  # the wire checks, after any wait here
+            await gate.take(lane, checked=True, retry=retry)  # the wire checks, after any wait here
             try:
-                await wire.take(lane)
+                await wire.take(lane, retry=retry)
                 try:
                     await self._take_token()
                 except BaseException:

@@ -4,7 +4,7 @@
 A create POST takes the same steps, but its try is split in two (see ``_submit.py``): the wait for the
 limiter belongs to the caller, and ``exchange`` (the part after which a task may exist) to a task the
 client owns. The limiter's feedback (a 429 slows the whole client) and the retry bookkeeping
-(``Attempts``, shared with downloads) live here once.
+(``Attempts``, shared with create POSTs) live here once.
 """
 
 from __future__ import annotations
@@ -67,8 +67,8 @@ class Pipeline:
         """
         attempts = self.attempts()
         while True:
+            await self.limiter.acquire(lane, retry=attempts.number > 0)
             attempts.start()
-            await self.limiter.acquire(lane)
             try:
                 return await self.exchange(method, path, params=params, task_id=task_id)
             except KlingError as error:

@@ -42,7 +42,9 @@ class RetryPolicy:
         initial: the cap of the first wait, in seconds.
         maximum: the largest cap of any wait, in seconds.
         multiplier: how fast the cap grows.
-        deadline: seconds after the first try past which no retry starts.
+        deadline: seconds after the first try past which no retry starts. The first try starts when it
+            is sent: a wait for the client's own rate limit before it does not count. A retry waits
+            for the rate ahead of the requests trying for the first time.
     """
 
     attempts: int = 8
@@ -80,12 +82,18 @@ class Attempts:
         self._policy = policy
         self._clock = clock
         self._rng = rng
-        self._first = clock.now()
+        self._first = math.nan
         self.number = 0
 
     def start(self) -> int:
-        """Count a new try and return its number (1 for the first)."""
+        """Count a new try, as it is about to be sent, and return its number (1 for the first).
+
+        The deadline runs from the first try's start: the wait for the client's own rate limit before
+        it (a late item of a large batch can queue for minutes) is not time spent retrying.
+        """
         self.number += 1
+        if self.number == 1:
+            self._first = self._clock.now()
         return self.number
 
     def next_delay(self, *, paced_wait: float | None = None) -> float | None:

@@ -173,8 +173,8 @@ class Creator:
         pipeline = self._pipeline
         attempts = pipeline.attempts()
         while True:
+            await pipeline.limiter.acquire(Lane.SUBMIT, retry=attempts.number > 0)
             attempts.start()
-            await pipeline.limiter.acquire(Lane.SUBMIT)
             # From here the POST may leave: the try belongs to the client, not to the caller.
             attempt = _Try(submission, asyncio.get_running_loop().create_future())
             self._hand_over(attempt)

@@ -16,6 +16,7 @@ from kling_async import (
     KlingClient,
     OmniRequest,
     PollPolicy,
+    RetryPolicy,
     SubmitUncertainError,
     TaskFailedError,
     TaskSubmitted,
@@ -150,6 +151,28 @@ async def test_150_items_survive_15_percent_transient_errors_without_a_duplicate
     assert [o for o in outcomes if not o.ok] == []
     assert sim.counters.tasks_created == 150
     assert sim.counters.duplicate_payloads() == []
+    assert sim.counters.responses_by_status[503] > 0
+
+
+async def test_late_items_of_a_rate_bound_batch_keep_their_retries() -> None:
+    # 120 POSTs at 60/s queue for 2 s, longer than the retries' deadline: a retry counted from the
+    # queue, or queued behind the first tries, would give up on an item one more try would carry.
+    faults = Faults(post_error_rate=0.15, post_error_statuses=(503,))
+    retry = RetryPolicy(attempts=8, initial=0.001, maximum=0.005, deadline=0.5)
+    async with (
+        Simulator(time_scale=0.001, faults=faults, seed=7) as sim,
+        KlingClient(
+            api_key="sim-key",
+            base_url=sim.url,
+            poll=FAST_POLL,
+            retry=retry,
+            requests_per_second=60,
+            burst=5,
+        ) as client,
+    ):
+        outcomes = await client.gather(prompts(120))
+    assert [o for o in outcomes if not o.ok] == []
+    assert sim.counters.tasks_created == 120
     assert sim.counters.responses_by_status[503] > 0
 
 

@@ -114,3 +114,62 @@ async def test_a_paced_submission_whose_caller_is_already_cancelled_takes_no_pla
         async with limiter.slot(Lane.STATUS):
             pass
     assert "on_wire=0/1" in repr(limiter)
+
+
+async def _order_of(
+    limiter: Limiter, tries: list[tuple[str, bool]], *, cancel: str | None = None
+) -> list[str]:
+    """Queue submissions ``(name, retry)`` in this order behind a taken place, then free the places."""
+    order: list[str] = []
+    scopes = {name: anyio.CancelScope() for name, _ in tries}
+
+    async def one(name: str, retry: bool) -> None:
+        with scopes[name]:
+            await limiter.acquire(Lane.SUBMIT, retry=retry)
+            order.append(name)
+            limiter.release()
+
+    async with anyio.create_task_group() as tg:
+        for name, retry in tries:
+            tg.start_soon(one, name, retry)
+            await anyio.wait_all_tasks_blocked()
+            if name == cancel:
+                scopes[name].cancel()
+                await anyio.wait_all_tasks_blocked()
+        limiter.release()
+    return order
+
+
+async def test_retries_wait_ahead_of_first_tries_and_in_their_own_order() -> None:
+    limiter = Limiter(requests_per_second=None, max_concurrency=1)
+    await limiter.acquire(Lane.STATUS)
+    # The head of the line holds the bucket's turn (it waits for the wire, then for its token).
+    tries = [("head", False), ("first 1", False), ("retry 1", True), ("first 2", False), ("retry 2", True)]
+    order = await _order_of(limiter, tries)
+    assert order == ["head", "retry 1", "retry 2", "first 1", "first 2"]
+
+
+async def test_a_retry_that_left_the_queue_leaves_the_others_in_order() -> None:
+    limiter = Limiter(requests_per_second=None, max_concurrency=1)
+    await limiter.acquire(Lane.STATUS)
+    tries = [("head", False), ("first", False), ("retry 1", True), ("retry 2", True), ("retry 3", True)]
+    order = await _order_of(limiter, tries, cancel="retry 1")
+    assert order == ["head", "retry 2", "retry 3", "first"]
+
+
+async def test_a_paced_retry_takes_the_next_token_ahead_of_first_tries() -> None:
+    clock = TimelineClock()
+    limiter = Limiter(requests_per_second=5, max_concurrency=8, clock=clock)
+    await limiter.acquire(Lane.SUBMIT)  # the burst's token is spent: the next requests wait for one
+    order: list[str] = []
+
+    async def one(name: str, retry: bool) -> None:
+        await limiter.acquire(Lane.SUBMIT, retry=retry)
+        order.append(name)
+
+    async with anyio.create_task_group() as tg:
+        for name, retry in [("head", False), ("first", False), ("retry", True)]:
+            tg.start_soon(one, name, retry)
+            await anyio.wait_all_tasks_blocked()
+        await clock.advance(0.6)
+    assert order == ["head", "retry", "first"]

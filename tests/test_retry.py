@@ -8,7 +8,14 @@ import pytest
 
 from kling_async import APIError, RetryPolicy, TransportError
 from kling_async._errors import api_error
-from kling_async._retry import is_retryable, parse_retry_after, post_created_nothing, post_retryable
+from kling_async._retry import (
+    Attempts,
+    is_retryable,
+    parse_retry_after,
+    post_created_nothing,
+    post_retryable,
+)
+from tests.fakes import FakeClock
 
 
 def test_backoff_stays_within_its_growing_cap() -> None:
@@ -91,3 +98,20 @@ def test_a_400_created_nothing_but_is_not_worth_repeating() -> None:
     error: APIError = api_error(400, b'{"message": "bad"}')
     assert post_created_nothing(error)
     assert not post_retryable(error)
+
+
+def test_the_retry_deadline_runs_from_the_first_try_s_start_not_from_the_wait_before_it() -> None:
+    clock = FakeClock()
+    attempts = Attempts(RetryPolicy(attempts=3, initial=0.0, deadline=10.0), clock)
+    clock.time += 100.0  # the first try queued behind a batch's others for the rate
+    attempts.start()
+    clock.time += 9.0
+    assert attempts.next_delay() == 0.0
+
+
+def test_no_retry_starts_once_the_deadline_after_the_first_try_s_start_has_passed() -> None:
+    clock = FakeClock()
+    attempts = Attempts(RetryPolicy(attempts=3, initial=0.0, deadline=10.0), clock)
+    attempts.start()
+    clock.time += 10.5
+    assert attempts.next_delay() is None
