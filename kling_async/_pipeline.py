@@ -67,7 +67,7 @@ class Pipeline:
         """
         attempts = self.attempts()
         while True:
-            await self.limiter.acquire(lane, retry=attempts.number > 0)
+            await self.limiter.acquire(lane, retry=attempts.ahead)
             attempts.start()
             try:
                 return await self.exchange(method, path, params=params, task_id=task_id)

@@ -73,10 +73,16 @@ class RetryPolicy:
 
 
 class Attempts:
-    """The retry bookkeeping of one operation (an API request or a download): which try this is, and
-    whether another may start, bounded by the policy's attempts and deadline, whichever comes first."""
+    """The retry bookkeeping of one operation (an API request or a create POST): which try this is, and
+    whether another may start, bounded by the policy's attempts and deadline, whichever comes first.
 
-    __slots__ = ("_clock", "_first", "_policy", "_rng", "number")
+    ``ahead``: the next try may wait for the rate ahead of first tries. True after a failure of the
+    request itself (a 5xx, a lost connection), which made it late; False after a 429, where the rate
+    failed, not the request, and the limiter already holds every request back alike. (Letting 429
+    retries ahead too cost a third of the rate against a server without a burst, ``bench_rate``.)
+    """
+
+    __slots__ = ("_clock", "_first", "_policy", "_rng", "ahead", "number")
 
     def __init__(self, policy: RetryPolicy, clock: Clock, rng: random.Random | None = None) -> None:
         self._policy = policy
@@ -84,12 +90,14 @@ class Attempts:
         self._rng = rng
         self._first = math.nan
         self.number = 0
+        self.ahead = False
 
     def start(self) -> int:
         """Count a new try, as it is about to be sent, and return its number (1 for the first).
 
         The deadline runs from the first try's start: the wait for the client's own rate limit before
-        it (a late item of a large batch can queue for minutes) is not time spent retrying.
+        it is not time spent retrying (10,000 ``submit`` calls at once, at 10 requests a second, queue
+        for up to 1,000 s).
         """
         self.number += 1
         if self.number == 1:
@@ -104,6 +112,7 @@ class Attempts:
                 enforces for the whole client): no backoff of our own then, but a wait that would end
                 past the deadline gives up now rather than hang.
         """
+        self.ahead = paced_wait is None
         if self.number >= self._policy.attempts:
             return None
         delay = 0.0 if paced_wait is not None else self._policy.backoff(self.number, self._rng)

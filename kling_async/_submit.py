@@ -173,7 +173,7 @@ class Creator:
         pipeline = self._pipeline
         attempts = pipeline.attempts()
         while True:
-            await pipeline.limiter.acquire(Lane.SUBMIT, retry=attempts.number > 0)
+            await pipeline.limiter.acquire(Lane.SUBMIT, retry=attempts.ahead)
             attempts.start()
             # From here the POST may leave: the try belongs to the client, not to the caller.
             attempt = _Try(submission, asyncio.get_running_loop().create_future())

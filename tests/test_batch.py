@@ -155,8 +155,9 @@ async def test_150_items_survive_15_percent_transient_errors_without_a_duplicate
 
 
 async def test_late_items_of_a_rate_bound_batch_keep_their_retries() -> None:
-    # 120 POSTs at 60/s queue for 2 s, longer than the retries' deadline: a retry counted from the
-    # queue, or queued behind the first tries, would give up on an item one more try would carry.
+    # At 60/s a try queues behind the batch's other requests for about the retries' 0.5 s deadline: a
+    # deadline counted from the call, or a retry queued behind the first tries, gives up on items that
+    # one more try would carry (both did, each on its own).
     faults = Faults(post_error_rate=0.15, post_error_statuses=(503,))
     retry = RetryPolicy(attempts=8, initial=0.001, maximum=0.005, deadline=0.5)
     async with (

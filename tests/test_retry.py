@@ -115,3 +115,17 @@ def test_no_retry_starts_once_the_deadline_after_the_first_try_s_start_has_passe
     attempts.start()
     clock.time += 10.5
     assert attempts.next_delay() is None
+
+
+def test_a_try_that_failed_by_itself_is_retried_ahead_of_first_tries() -> None:
+    attempts = Attempts(RetryPolicy(attempts=3, initial=0.0), FakeClock())
+    attempts.start()
+    assert attempts.next_delay() == 0.0  # a 503, a lost connection
+    assert attempts.ahead
+
+
+def test_a_try_refused_by_the_rate_is_retried_in_its_turn() -> None:
+    attempts = Attempts(RetryPolicy(attempts=3, initial=0.0), FakeClock())
+    attempts.start()
+    assert attempts.next_delay(paced_wait=1.0) == 0.0  # a 429: the limiter paces it
+    assert not attempts.ahead
