@@ -504,7 +504,7 @@ class Limiter:
     async def acquire(self, lane: Lane, *, retry: bool = False) -> None:
         """Wait for a place on the wire and the rate's permission; pair with ``release``.
 
-        A ``retry`` (a request whose last try failed) waits ahead of its lane's first tries.
+        A ``retry`` waits ahead of its lane's first tries (the caller decides: ``Attempts.ahead``).
         """
         wire = self._wire
         if self._unpaced():

@@ -43,8 +43,9 @@ class RetryPolicy:
         maximum: the largest cap of any wait, in seconds.
         multiplier: how fast the cap grows.
         deadline: seconds after the first try past which no retry starts. The first try starts when it
-            is sent: a wait for the client's own rate limit before it does not count. A retry waits
-            for the rate ahead of the requests trying for the first time.
+            is sent: a wait for the client's own rate limit before it does not count. A retry after a
+            failure of its own (not a 429) waits for the rate ahead of the requests trying for the
+            first time.
     """
 
     attempts: int = 8
