@@ -25,13 +25,11 @@ import argparse
 import asyncio
 import gc
 import itertools
-import time
 from collections.abc import Awaitable, Callable
-
-import msgspec
 
 from kling_async import KlingClient
 from kling_async._limits import Lane
+from kling_async._models import encode_request
 
 from ._common import (
     API_KEY,
@@ -39,6 +37,7 @@ from ._common import (
     OMNI_FAMILY,
     WIRE,
     Row,
+    Stopwatch,
     finish,
     log,
     median,
@@ -47,7 +46,7 @@ from ._common import (
     sim_process,
 )
 from .baselines import AiohttpJsonClient, geometric_schedule
-from .bench_cpu import GENERATION, SCALE, start_past_the_opening
+from .bench_cpu import GENERATION, SCALE, rotated, start_past_the_opening
 
 Send = Callable[[], Awaitable[object]]
 
@@ -61,9 +60,9 @@ async def _cpu_per_call(send: Send, n: int) -> float:
             await send()
 
     gc.collect()
-    start = time.process_time()
-    await asyncio.gather(*(worker(each + (i < extra)) for i in range(WIRE)))
-    return (time.process_time() - start) / n * 1e6
+    with Stopwatch() as watch:
+        await asyncio.gather(*(worker(each + (i < extra)) for i in range(WIRE)))
+    return watch.cpu / n * 1e6
 
 
 async def measure(n: int, reps: int) -> dict[str, list[float]]:
@@ -82,7 +81,7 @@ async def measure(n: int, reps: int) -> dict[str, list[float]]:
         # Requests are built (and validated) outside the timing, for A's body and ours alike.
         requests = [request_for(i) for i in range(1, reps * n + 1)]
         posts = iter(requests)
-        bodies = (msgspec.json.encode(r) for r in requests)
+        bodies = (encode_request(r) for r in requests)
         kinds: dict[str, Send] = {
             "GET, A": lambda: a._call("GET", path),
             "GET, transport": lambda: transport.request("GET", path),
@@ -95,9 +94,7 @@ async def measure(n: int, reps: int) -> dict[str, list[float]]:
         }
         results: dict[str, list[float]] = {kind: [] for kind in kinds}
         for rep in range(reps):
-            names = list(kinds)
-            shift = rep % len(names)
-            for kind in [*names[shift:], *names[:shift]]:
+            for kind in rotated(list(kinds), rep):
                 results[kind].append(await _cpu_per_call(kinds[kind], n))
             log(
                 f"  layers rep {rep + 1}/{reps}: "
