@@ -38,6 +38,9 @@ Three things are limited here:
     because every 429 can pause the whole client for a ``Retry-After``;
   - with no bound yet (the first 429 of an unpaced client), starts from what the server let through
     before it (its burst, most likely) and doubles every second (``_SEARCH``) until the next 429;
+  - at that next 429, the opening's drain of the server's bucket and the search's (refilled since)
+    bound its rate from above too (``_upper_bound``): within ``_CLOSED`` of the lower bound, the
+    limiter paces half-way between the two and probes slowly; else the return stops at it;
   - otherwise cuts the rate to ``DECREASE`` times itself.
 
   A given rate is kept unless a bound shows the server accepts less. A ``Retry-After`` pauses the whole
@@ -57,7 +60,7 @@ import enum
 import logging
 import math
 from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Protocol
@@ -81,8 +84,10 @@ _MIN_PROBE = 0.0002
 _CONFIRM = 0.97  # a bound this close to the rate that drew the 429, or to the last bound, confirms it
 _NEAR = 0.85  # a bound that rose this close to the rate that drew the 429 is kept, not bisected
 _BISECT = 0.5  # after a bound below the rate that drew the 429, recover this share of the gap
+_CLOSED = 0.95  # a lower bound on the server's rate this close to an upper bound: the rate is found
 _TOLD_DIP = 0.95  # a 429 without Retry-After at a given rate: pace this much lower, then recover
 _MIN_RATE = 0.2
+_SPLITS = 12  # halvings of the interval an upper bound on the server's rate is sought in
 # Not told the rate, a client opens at _OPEN requests a second and doubles twelve times a second until the
 # first 429: paced from the first request, so that few requests are on the wire to be refused when the
 # server's bucket runs dry, yet a fast server is reached within a second. Past _OPEN_MAX it stops pacing (no
@@ -139,6 +144,12 @@ def rate_limit_headers(headers: Mapping[str, str]) -> dict[str, str]:
             if len(found) == _MAX_RATE_HEADERS:
                 break
     return found
+
+
+def _drained(answers: Sequence[float], rate: float) -> float:
+    """The most of ``answers`` (times before a refusal, so <= 0, oldest first) over a stretch ending at
+    it, less what ``rate`` refilled over that stretch: a bucket that let them through held this much."""
+    return max(count + rate * a for count, a in enumerate(reversed(answers), start=1))
 
 
 @dataclass(slots=True)
@@ -223,16 +234,26 @@ class Pace:
         paused: bool,
         start: float,
         fell: float = 1.0 - _CONFIRM,
+        above: float | None = None,
     ) -> None:
         """Set the rate after a 429 drawn at ``paced`` (None: unknown), given a lower bound on the server's
         rate (None: none yet); ``start`` is where an unpaced sender begins (the server's burst, likely).
 
         ``fell``: not told a rate, a bound at most this share below the last one confirms it, as the same
-        bound would (the bounds of a rate shared through a row are coarser than a lone client's)."""
-        self.rate = self._next_rate(paced, bound, paused, start, fell)
+        bound would (the bounds of a rate shared through a row are coarser than a lone client's).
+
+        ``above``: an upper bound on the server's rate below ``paced``, if one is known
+        (``Limiter._upper_bound``)."""
+        self.rate = self._next_rate(paced, bound, paused, start, fell, above)
 
     def _next_rate(
-        self, paced: float | None, bound: float | None, paused: bool, start: float, fell: float
+        self,
+        paced: float | None,
+        bound: float | None,
+        paused: bool,
+        start: float,
+        fell: float,
+        above: float | None,
     ) -> float:
         ceiling = self.ceiling
         opening, self.opening = self.opening, False
@@ -258,11 +279,20 @@ class Pace:
                 self.probe = max(_MIN_PROBE, self.probe / 4)
                 self.target = None
                 rate = min(bound, drew)
+            elif above is not None and bound >= _CLOSED * above:
+                # The server's rate is bounded from above too, closely: the search has closed in. Pace
+                # half-way between the bounds and probe above slowly.
+                self.probe = _PROBE / 4
+                self.target = None
+                rate = bound + (above - bound) * _BISECT
             else:
-                # The server's rate lies between the bound and the rate that drew the 429; return quickly
-                # to part of the way, so the next 429 (if any) comes from a pace close to the limit.
+                # The server's rate lies between the bound and the rate that drew the 429 (or ``above``);
+                # return quickly to part of the way, so the next 429 (if any) comes from a pace close to
+                # the limit.
                 self.probe = _PROBE
                 self.target = bound + (drew - bound) * _BISECT
+                if above is not None:
+                    self.target = min(self.target, above)
                 if ceiling is not None:
                     # Under a given rate, a first bound is measured mostly over the first 429's pause:
                     # return near the given rate, and let the next 429 (if any) measure again. A later
@@ -737,10 +767,47 @@ class Limiter:
         None: no opening was seen.
         """
         answers = self._opening_answers
-        if not answers:
+        return _drained(answers, rate) + 1 if answers else None
+
+    def _upper_bound(self, now: float, bound: float, drew: float) -> float | None:
+        """An upper bound on the server's rate below ``drew``, from two drains of its bucket; None: none.
+
+        Two drains of a full bucket are known: the opening's (the key idle before it) and the one since
+        the last 429 (its pause refilled the bucket, or the search's pace, which starts below the
+        server's rate, let it fill). Each ties the server's burst ``B`` to its rate ``R``: it accepted
+        every request of the drain and refused the next, so ``F(R) <= B < F(R) + 1``, where ``F(R)`` is
+        the most requests accepted over a stretch ending at the refusal, less what ``R`` refilled over it
+        (``_drained``). Both hold only where the two ``F`` are within a token of each other. The later
+        drain is the longer (its pace grew slower than the opening's), so its ``F`` falls faster with
+        ``R``: above some rate the opening's is a token or more over it, and that rate bounds the
+        server's. A bucket that was not full when the later drain began shows as the two disagreeing
+        already at ``bound`` (or by less than a token's worth of the interval).
+
+        None: no opening seen, answers of the drain no longer kept, the two drains agree all the way up
+        to ``drew``, or they disagree already at ``bound``.
+        """
+        opening = self._opening_answers
+        times = self._accepted
+        since = self._resumed
+        if not opening or not times or times[0] > since:
             return None
-        # Walk back from the newest answer: `count` answers came after `a`.
-        return max(count + 1 + rate * a for count, a in enumerate(reversed(answers), start=1))
+        drain = []
+        for t in reversed(times):
+            if t < since:
+                break
+            drain.append(t - now)
+        drain.reverse()
+
+        def apart(rate: float) -> float:
+            return _drained(opening, rate) - _drained(drain, rate)
+
+        low, high = bound, drew
+        if not drain or apart(high) < 1 or apart(low) >= 1:
+            return None
+        for _ in range(_SPLITS):
+            middle = (low + high) / 2
+            low, high = (middle, high) if apart(middle) < 1 else (low, middle)
+        return high
 
     def _bound(self, now: float, since: float, burst: float | None) -> float | None:
         """The best lower bound on the server's rate over windows after ``since`` (a cut), for a server
@@ -788,6 +855,11 @@ class Limiter:
         pace = self._pace
         paced = pace.rate if pace.rate is not None and not pace.opening else self.sending_rate()
         bound = self.accepted_rate()
+        above = None
+        if bound is not None and paced is not None and pace.bound is None:
+            # The first bound only: later the server may have changed (another client on the key), and
+            # the opening says nothing of it.
+            above = self._upper_bound(now, bound, paced)
         if self._server_burst is None:
             # What the server let through in the second before its first 429 bounds its burst (its
             # bucket held no more than that, plus what it refilled meanwhile), and so do those of the
@@ -810,4 +882,6 @@ class Limiter:
         # Unpaced until now: what the server let through before the 429, and those of the requests on
         # the wire that were let through but not heard of yet.
         start = (self._server_burst or 0.0) + self._burst_unsettled or paced or 1.0
-        self._pace.after_429(paced=paced, bound=bound, paused=retry_after is not None, start=start)
+        self._pace.after_429(
+            paced=paced, bound=bound, paused=retry_after is not None, start=start, above=above
+        )

@@ -492,19 +492,29 @@ class _Server:
         self._stamp = clock.now()
         self.answers: list[tuple[float, bool]] = []
 
-    def take(self) -> float:
-        """0.0 when let through, else the seconds until it would be."""
+    def _refill(self) -> float:
         now = self._clock.now()
         for bucket in self._buckets:
             rate, capacity, tokens = bucket
             bucket[2] = min(capacity, tokens + (now - self._stamp) * rate)
         self._stamp = now
+        return now
+
+    def take(self) -> float:
+        """0.0 when let through, else the seconds until it would be."""
+        now = self._refill()
         wait = max(((1 - tokens) / rate for rate, _, tokens in self._buckets if tokens < 1), default=0.0)
         if wait == 0.0:
             for bucket in self._buckets:
                 bucket[2] -= 1
         self.answers.append((now, wait == 0.0))
         return wait
+
+    def halve(self) -> None:
+        """From now on every bucket refills at half its rate."""
+        self._refill()
+        for bucket in self._buckets:
+            bucket[0] /= 2
 
     def accepted_between(self, start: float, end: float) -> int:
         return sum(ok for at, ok in self.answers if start <= at < end)
@@ -556,16 +566,46 @@ async def test_the_rate_is_back_near_the_servers_within_seconds_of_the_first_429
     assert 95 <= limiter.rate <= 102
 
 
-async def test_an_unpaced_client_draws_no_429_after_its_search_has_closed_in_on_the_servers_rate() -> None:
-    """A 429 pauses the whole client for a Retry-After: a bound that rose to within 15% of the rate that
-    drew the 429 is kept (probing slowly above it) rather than bisected, which would draw one more."""
+async def test_an_unpaced_client_finds_the_servers_rate_with_its_second_429() -> None:
+    """The opening drains the server's full bucket, and so does the search after the first 429's pause:
+    two drains of one bucket bound its rate from above as well as from below, so no third 429 (a
+    Retry-After's pause of the whole client) is spent closing in, and none comes while the client probes
+    slowly above the rate it found."""
     clock = FakeClock()
     server = _Server(clock, [(100, 20)])
     limiter = Limiter(requests_per_second=None, max_concurrency=16, clock=clock)
     start = clock.now()
-    await _drive(limiter, server, 25.0)
-    assert server.refused_between(start, start + 8) > 0
-    assert server.refused_between(start + 8, start + 25) == 0
+    await _drive(limiter, server, 20.0)
+    assert server.refused_between(start, start + 5) == 2
+    assert server.refused_between(start + 5, start + 20) == 0
+
+
+async def test_an_unpaced_client_follows_a_server_whose_rate_halves() -> None:
+    """The opening's drain says nothing of a server whose rate changed since (another client on the key):
+    only the first bound is checked against it."""
+    clock = FakeClock()
+    server = _Server(clock, [(100, 20)])
+    limiter = Limiter(requests_per_second=None, max_concurrency=16, clock=clock)
+    await _drive(limiter, server, 15.0)
+    server.halve()
+    start = clock.now()
+    await _drive(limiter, server, 45.0)
+    assert server.accepted_between(start + 30, start + 45) >= 0.97 * 50 * 15
+
+
+async def test_a_bound_close_under_an_upper_bound_paces_half_way_between_them() -> None:
+    pace = Pace(ceiling=None, rate=160.0, target=None, searching=True)
+    pace.after_429(paced=160.0, bound=97.0, paused=True, start=44.0, above=101.0)
+    assert pace.rate == pytest.approx(99.0)
+    assert pace.target is None  # no quick return upwards: the probe's slow growth only
+
+
+async def test_an_upper_bound_far_over_the_bound_caps_the_return_after_it() -> None:
+    """Half-way to the rate that drew the 429 would be above a rate the server cannot have."""
+    pace = Pace(ceiling=None, rate=17.0, target=None, searching=True)
+    pace.after_429(paced=17.0, bound=7.85, paused=True, start=4.0, above=10.7)
+    assert pace.rate == 7.85
+    assert pace.target == 10.7
 
 
 async def test_a_bound_that_rose_near_the_rate_that_drew_the_429_is_kept_without_bisecting() -> None:
