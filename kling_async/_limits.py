@@ -789,8 +789,8 @@ class Limiter:
         opening = self._opening_answers
         times = self._accepted
         since = self._resumed
-        if not opening or not times or times[0] > since:
-            return None
+        if not opening or (len(times) == times.maxlen and times[0] > since):
+            return None  # no opening, or the oldest answers of the drain are gone
         drain = []
         for t in reversed(times):
             if t < since:

@@ -593,6 +593,20 @@ async def test_an_unpaced_client_follows_a_server_whose_rate_halves() -> None:
     assert server.accepted_between(start + 30, start + 45) >= 0.97 * 50 * 15
 
 
+def test_an_upper_bound_is_not_taken_from_a_drain_longer_than_the_answers_kept() -> None:
+    """A server of 10,000/s with a burst of 100: the opening emptied it in 0.01 s, the search at 10,100/s
+    in a second. The last 8,192 answers of that second alone would put the bound at 9,979/s."""
+    clock = FakeClock()
+    limiter = Limiter(requests_per_second=None, max_concurrency=16, clock=clock)
+    limiter._opening_answers = tuple(-0.01 + i / 20_000 for i in range(200))
+    limiter._resumed = start = clock.now()
+    clock.time += 1.0
+    for i in range(1, 10_101):
+        limiter._accepted.append(start + i / 10_100)
+    above = limiter._upper_bound(clock.now(), 9_900.0, 10_100.0)
+    assert above is None or above >= 10_000
+
+
 async def test_a_bound_close_under_an_upper_bound_paces_half_way_between_them() -> None:
     pace = Pace(ceiling=None, rate=160.0, target=None, searching=True)
     pace.after_429(paced=160.0, bound=97.0, paused=True, start=44.0, above=101.0)
