@@ -789,8 +789,8 @@ class Limiter:
         opening = self._opening_answers
         times = self._accepted
         since = self._resumed
-        if not opening or (len(times) == times.maxlen and times[0] > since):
-            return None  # no opening, or the oldest answers of the drain are gone
+        if not opening or not self._kept_since(since):
+            return None
         drain = []
         for t in reversed(times):
             if t < since:
@@ -809,13 +809,18 @@ class Limiter:
             low, high = (middle, high) if apart(middle) < 1 else (low, middle)
         return high
 
+    def _kept_since(self, since: float) -> bool:
+        """Whether every answer after ``since`` is still kept (the window holds ``_ACCEPTED_WINDOW``)."""
+        times = self._accepted
+        return len(times) < _ACCEPTED_WINDOW or times[0] <= since
+
     def _bound(self, now: float, since: float, burst: float | None) -> float | None:
         """The best lower bound on the server's rate over windows after ``since`` (a cut), for a server
         whose bucket held at most ``burst`` at the end of a pause; None: none."""
         emptied = since
         times = self._accepted
-        if times and times[0] > since and len(times) == times.maxlen:
-            since = times[0]  # the oldest answers are gone; a window from there needs the burst bound
+        if not self._kept_since(since):
+            since = times[0]  # a window from the oldest answer kept needs the burst bound
         best: float | None = None
         count = 0
         # Walk back from the newest answer: `count` answers came after `t`.
