@@ -38,8 +38,9 @@ Three things are limited here:
     because every 429 can pause the whole client for a ``Retry-After``;
   - with no bound yet (the first 429 of an unpaced client), starts from what the server let through
     before it (its burst, most likely) and doubles every second (``_SEARCH``) until the next 429;
-  - at that next 429, the opening's drain of the server's bucket and the search's (refilled since)
-    bound its rate from above too (``_upper_bound``): within ``_CLOSED`` of the lower bound, the
+  - at that next 429, the opening's drain of the server's bucket and the search's bound its rate from
+    above too, at rates where the bucket was provably full again during the search (``_upper_bound``):
+    within ``_CLOSED`` of the lower bound, the
     limiter paces half-way between the two and probes slowly; else the return stops at it;
   - otherwise cuts the rate to ``DECREASE`` times itself.
 
@@ -150,6 +151,24 @@ def _drained(answers: Sequence[float], rate: float) -> float:
     """The most of ``answers`` (times before a refusal, so <= 0, oldest first) over a stretch ending at
     it, less what ``rate`` refilled over that stretch: a bucket that let them through held this much."""
     return max(count + rate * a for count, a in enumerate(reversed(answers), start=1))
+
+
+def _filled(emptied: float, answers: Sequence[float], rate: float, capacity: float) -> bool:
+    """Whether a bucket of at most ``capacity``, refilled at ``rate``, that was empty at ``emptied`` and let
+    ``answers`` through since (times before a refusal, so <= 0, oldest first), was full at some moment
+    before the refusal.
+
+    Followed as a bucket of ``capacity`` that held nothing at ``emptied``: what it lacks of full falls by
+    the rate and grows by one an answer, and a smaller or fuller bucket never lacks more, so when this one
+    is full, so is the server's."""
+    lacking, last = capacity, emptied
+    for at in answers:
+        lacking -= rate * (at - last)
+        if lacking <= 0:
+            return True
+        lacking += 1
+        last = at
+    return lacking - rate * -last <= 0
 
 
 @dataclass(slots=True)
@@ -772,41 +791,51 @@ class Limiter:
     def _upper_bound(self, now: float, bound: float, drew: float) -> float | None:
         """An upper bound on the server's rate below ``drew``, from two drains of its bucket; None: none.
 
-        Two drains of a full bucket are known: the opening's (the key idle before it) and the one since
-        the last 429 (its pause refilled the bucket, or the search's pace, which starts below the
-        server's rate, let it fill). Each ties the server's burst ``B`` to its rate ``R``: it accepted
-        every request of the drain and refused the next, so ``F(R) <= B < F(R) + 1``, where ``F(R)`` is
-        the most requests accepted over a stretch ending at the refusal, less what ``R`` refilled over it
-        (``_drained``). Both hold only where the two ``F`` are within a token of each other. The later
-        drain is the longer (its pace grew slower than the opening's), so its ``F`` falls faster with
-        ``R``: above some rate the opening's is a token or more over it, and that rate bounds the
-        server's. A bucket that was not full when the later drain began shows as the two disagreeing
-        already at ``bound`` (or by less than a token's worth of the interval).
+        Two drains of the server's bucket are known: the opening's (the key idle before it, so the
+        bucket full) and the one since the last 429's pause. Each ties the server's burst ``B`` to its
+        rate ``R``: it accepted every request of the drain and refused the next, so ``F(R) <= B``, where
+        ``F(R)`` is the most requests accepted over a stretch ending at the refusal, less what ``R``
+        refilled over it (``_drained``), and if the bucket was full at the stretch's start, ``B < F(R) +
+        1``. The later drain is the longer (its pace grew slower than the opening's), so its ``F`` falls
+        faster with ``R``: above some rate the opening's is a token or more over it, which rules that
+        rate out if the bucket was full at some moment of the later drain. Whether it was depends on
+        ``R`` (a slow server's pause may not refill a large burst, nor a search that starts above its
+        rate): ``_filled`` follows the bucket from the last 429, when it was empty, through every answer
+        since. The lowest rate ruled out, with every rate above it, bounds the server's.
 
-        None: no opening seen, answers of the drain no longer kept, the two drains agree all the way up
-        to ``drew``, or they disagree already at ``bound``.
+        None: no opening seen, answers since the last 429 no longer kept, no rate up to ``drew`` ruled
+        out, or ``bound`` itself ruled out (the server is no single token bucket).
         """
         opening = self._opening_answers
         times = self._accepted
+        emptied = self._decreases[-1] if self._decreases else None
         since = self._resumed
-        if not opening or not self._kept_since(since):
+        if not opening or emptied is None or not self._kept_since(emptied):
             return None
         drain = []
+        refill = []
         for t in reversed(times):
-            if t < since:
+            if t < emptied:
                 break
-            drain.append(t - now)
+            refill.append(t - now)
+            if t >= since:
+                drain.append(t - now)
         drain.reverse()
+        refill.reverse()
 
-        def apart(rate: float) -> float:
-            return _drained(opening, rate) - _drained(drain, rate)
+        def ruled_out(rate: float) -> bool:
+            # At this rate the bucket holds less than the opening's drain plus a token (``burst``): the
+            # search's drain is a token or more below the opening's, and a bucket of ``burst`` would
+            # have been full by the refusal, so the server's was.
+            burst = _drained(opening, rate) + 1
+            return burst - 1 - _drained(drain, rate) >= 1 and _filled(emptied - now, refill, rate, burst)
 
         low, high = bound, drew
-        if not drain or apart(high) < 1 or apart(low) >= 1:
+        if not drain or not ruled_out(high) or ruled_out(low):
             return None
         for _ in range(_SPLITS):
             middle = (low + high) / 2
-            low, high = (middle, high) if apart(middle) < 1 else (low, middle)
+            low, high = (middle, high) if not ruled_out(middle) else (low, middle)
         return high
 
     def _kept_since(self, since: float) -> bool:

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from unittest.mock import patch
 
 import aiohttp
 import anyio
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from kling_async._limits import DECREASE, Lane, Limiter, Pace
 from kling_async.testing import FakeClock as ManualClock
@@ -593,6 +596,40 @@ async def test_an_unpaced_client_follows_a_server_whose_rate_halves() -> None:
     assert server.accepted_between(start + 30, start + 45) >= 0.97 * 50 * 15
 
 
+async def test_a_slow_server_whose_pause_cannot_refill_its_burst_is_not_bounded_under_its_rate() -> None:
+    """4/s with a burst of 5: a 1 s Retry-After refills 4 of its 5 tokens and the search after it starts
+    above 4/s, so its bucket is not full again when the search drains it. Taken for a full one, that
+    drain put the server's rate under 3.76/s, and the client stayed near 3.9/s (95% of it)."""
+    clock = FakeClock()
+    server = _Server(clock, [(4, 5)])
+    limiter = Limiter(requests_per_second=None, max_concurrency=16, clock=clock)
+    start = clock.now()
+    await _drive(limiter, server, 30.0)
+    assert server.accepted_between(start + 10, start + 30) >= 0.98 * 4 * 20
+
+
+@settings(max_examples=40, deadline=None, database=None)
+@given(rate=st.floats(2.0, 300.0), burst=st.integers(1, 60), retry_after=st.booleans())
+@example(rate=4.0, burst=5, retry_after=True)  # a pause that refills 4 of the 5 tokens
+def test_no_upper_bound_falls_under_the_rate_of_a_server_of_one_token_bucket(
+    rate: float, burst: int, retry_after: bool
+) -> None:
+    clock = FakeClock()
+    server = _Server(clock, [(rate, burst)])
+    limiter = Limiter(requests_per_second=None, max_concurrency=16, clock=clock)
+    bounds: list[float | None] = []
+    upper_bound = Limiter._upper_bound
+
+    def recorded(self: Limiter, now: float, bound: float, drew: float) -> float | None:
+        above = upper_bound(self, now, bound, drew)
+        bounds.append(above)
+        return above
+
+    with patch.object(Limiter, "_upper_bound", recorded):
+        anyio.run(lambda: _drive(limiter, server, 8.0, retry_after=retry_after))
+    assert all(above is None or above >= rate for above in bounds)
+
+
 def test_an_upper_bound_is_not_taken_from_a_drain_longer_than_the_answers_kept() -> None:
     """A server of 10,000/s with a burst of 100: the opening emptied it in 0.01 s, the search at 10,100/s
     in a second. The last 8,192 answers of that second alone would put the bound at 9,979/s."""
@@ -600,6 +637,7 @@ def test_an_upper_bound_is_not_taken_from_a_drain_longer_than_the_answers_kept()
     limiter = Limiter(requests_per_second=None, max_concurrency=16, clock=clock)
     limiter._opening_answers = tuple(-0.01 + i / 20_000 for i in range(200))
     limiter._resumed = start = clock.now()
+    limiter._decreases.append(start)  # the first 429, with no pause
     clock.time += 1.0
     for i in range(1, 10_101):
         limiter._accepted.append(start + i / 10_100)
