@@ -791,17 +791,20 @@ class Limiter:
     def _upper_bound(self, now: float, bound: float, drew: float) -> float | None:
         """An upper bound on the server's rate below ``drew``, from two drains of its bucket; None: none.
 
-        Two drains of the server's bucket are known: the opening's (the key idle before it, so the
-        bucket full) and the one since the last 429's pause. Each ties the server's burst ``B`` to its
-        rate ``R``: it accepted every request of the drain and refused the next, so ``F(R) <= B``, where
-        ``F(R)`` is the most requests accepted over a stretch ending at the refusal, less what ``R``
-        refilled over it (``_drained``), and if the bucket was full at the stretch's start, ``B < F(R) +
-        1``. The later drain is the longer (its pace grew slower than the opening's), so its ``F`` falls
-        faster with ``R``: above some rate the opening's is a token or more over it, which rules that
-        rate out if the bucket was full at some moment of the later drain. Whether it was depends on
-        ``R`` (a slow server's pause may not refill a large burst, nor a search that starts above its
-        rate): ``_filled`` follows the bucket from the last 429, when it was empty, through every answer
-        since. The lowest rate ruled out, with every rate above it, bounds the server's.
+        Two drains of the server's bucket are known: the opening's and the one since the last 429's
+        pause. Each ties the server's burst ``B`` to its rate ``R``: it accepted every request of the
+        drain and refused the next, so ``F(R) <= B``, where ``F(R)`` is the most requests accepted over a
+        stretch ending at the refusal, less what ``R`` refilled over it (``_drained``), and if the bucket
+        was full at the stretch's start, ``B < F(R) + 1``. The later drain is the longer (its pace grew
+        slower than the opening's), so its ``F`` falls faster with ``R``: above some rate the opening's
+        is a token or more over it, which rules that rate out if the bucket was full at some moment of
+        the later drain. Whether it was depends on ``R`` (a slow server's pause may not refill a large
+        burst, nor a search that starts above its rate): ``_filled`` follows a bucket of the opening's
+        ``F(R) + 1`` from the last 429, when it was empty, through every answer since. If it fills, so
+        did the server's, or the server's is larger and held more than that, and then the later drain's
+        ``F`` is above the opening's. Either way the opening's bucket need not have been full: this
+        holds on a key another client was using. The lowest rate ruled out, with every rate above it,
+        bounds the server's.
 
         None: no opening seen, answers since the last 429 no longer kept, no rate up to ``drew`` ruled
         out, or ``bound`` itself ruled out (the server is no single token bucket).

@@ -609,13 +609,21 @@ async def test_a_slow_server_whose_pause_cannot_refill_its_burst_is_not_bounded_
 
 
 @settings(max_examples=40, deadline=None, database=None)
-@given(rate=st.floats(2.0, 300.0), burst=st.integers(1, 60), retry_after=st.booleans())
-@example(rate=4.0, burst=5, retry_after=True)  # a pause that refills 4 of the 5 tokens
+@given(
+    rate=st.floats(2.0, 300.0),
+    burst=st.integers(1, 60),
+    spent=st.integers(0, 60),
+    retry_after=st.booleans(),
+)
+@example(rate=4.0, burst=5, spent=0, retry_after=True)  # a pause that refills 4 of the 5 tokens
 def test_no_upper_bound_falls_under_the_rate_of_a_server_of_one_token_bucket(
-    rate: float, burst: int, retry_after: bool
+    rate: float, burst: int, spent: int, retry_after: bool
 ) -> None:
+    """``spent``: tokens another client took just before this one opened (the key was not idle)."""
     clock = FakeClock()
     server = _Server(clock, [(rate, burst)])
+    for _ in range(spent):
+        server.take()
     limiter = Limiter(requests_per_second=None, max_concurrency=16, clock=clock)
     bounds: list[float | None] = []
     upper_bound = Limiter._upper_bound
