@@ -540,6 +540,18 @@ async def _drive(limiter: Limiter, server: _Server, seconds: float, *, retry_aft
         await clock.sleep(0.001)  # the round trip
 
 
+async def _unpaced_run(
+    buckets: Sequence[tuple[float, float]], seconds: float, *, retry_after: bool = True
+) -> tuple[_Server, float]:
+    """A client not told the rate, driven against a fresh server of ``buckets``: the server and the start."""
+    clock = FakeClock()
+    server = _Server(clock, buckets)
+    limiter = Limiter(requests_per_second=None, max_concurrency=16, clock=clock)
+    start = clock.now()
+    await _drive(limiter, server, seconds, retry_after=retry_after)
+    return server, start
+
+
 async def test_a_single_early_429_does_not_lower_a_given_rate() -> None:
     clock = FakeClock()
     limiter = Limiter(requests_per_second=100, burst=20, max_concurrency=16, clock=clock)
@@ -551,11 +563,7 @@ async def test_a_single_early_429_does_not_lower_a_given_rate() -> None:
 @pytest.mark.parametrize("retry_after", [True, False])
 async def test_an_unpaced_client_settles_at_a_server_rate_five_times_its_burst(retry_after: bool) -> None:
     """The issue's case: 100/s with a burst of 20, so the first 429s come within the first second."""
-    clock = FakeClock()
-    server = _Server(clock, [(100, 20)])
-    limiter = Limiter(requests_per_second=None, max_concurrency=16, clock=clock)
-    start = clock.now()
-    await _drive(limiter, server, 30.0, retry_after=retry_after)
+    server, start = await _unpaced_run([(100, 20)], 30.0, retry_after=retry_after)
     assert server.accepted_between(start + 10, start + 30) >= 0.95 * 100 * 20
     assert server.refused_between(start + 10, start + 30) <= 0.01 * 100 * 20
 
@@ -574,11 +582,7 @@ async def test_an_unpaced_client_finds_the_servers_rate_with_its_second_429() ->
     two drains of one bucket bound its rate from above as well as from below, so no third 429 (a
     Retry-After's pause of the whole client) is spent closing in, and none comes while the client probes
     slowly above the rate it found."""
-    clock = FakeClock()
-    server = _Server(clock, [(100, 20)])
-    limiter = Limiter(requests_per_second=None, max_concurrency=16, clock=clock)
-    start = clock.now()
-    await _drive(limiter, server, 20.0)
+    server, start = await _unpaced_run([(100, 20)], 20.0)
     assert server.refused_between(start, start + 5) == 2
     assert server.refused_between(start + 5, start + 20) == 0
 
@@ -600,11 +604,7 @@ async def test_a_slow_server_whose_pause_cannot_refill_its_burst_is_not_bounded_
     """4/s with a burst of 5: a 1 s Retry-After refills 4 of its 5 tokens and the search after it starts
     above 4/s, so its bucket is not full again when the search drains it. Taken for a full one, that
     drain put the server's rate under 3.76/s, and the client stayed near 3.9/s (95% of it)."""
-    clock = FakeClock()
-    server = _Server(clock, [(4, 5)])
-    limiter = Limiter(requests_per_second=None, max_concurrency=16, clock=clock)
-    start = clock.now()
-    await _drive(limiter, server, 30.0)
+    server, start = await _unpaced_run([(4, 5)], 30.0)
     assert server.accepted_between(start + 10, start + 30) >= 0.98 * 4 * 20
 
 
@@ -725,11 +725,7 @@ async def test_a_given_rate_above_the_servers_is_bisected_from_its_second_bound_
 
 @pytest.mark.parametrize("burst", [5, 20, 60])
 async def test_an_unpaced_client_uses_the_rate_whatever_the_servers_burst(burst: int) -> None:
-    clock = FakeClock()
-    server = _Server(clock, [(20, burst)])
-    limiter = Limiter(requests_per_second=None, max_concurrency=16, clock=clock)
-    start = clock.now()
-    await _drive(limiter, server, 60.0)
+    server, start = await _unpaced_run([(20, burst)], 60.0)
     assert server.accepted_between(start + 20, start + 60) >= 0.95 * 20 * 40
     assert server.refused_between(start + 20, start + 60) <= 0.01 * 20 * 40
 
@@ -737,21 +733,13 @@ async def test_an_unpaced_client_uses_the_rate_whatever_the_servers_burst(burst:
 async def test_an_unpaced_client_uses_most_of_the_rate_of_a_server_without_a_burst() -> None:
     """nginx's ``limit_req`` without ``burst``: two requests closer than 1/rate are refused. Probing above
     the rate draws a 429 now and then (a second's pause each), so not the 95% of the cases above."""
-    clock = FakeClock()
-    server = _Server(clock, [(20, 1)])
-    limiter = Limiter(requests_per_second=None, max_concurrency=16, clock=clock)
-    start = clock.now()
-    await _drive(limiter, server, 60.0)
+    server, start = await _unpaced_run([(20, 1)], 60.0)
     assert server.accepted_between(start + 20, start + 60) >= 0.90 * 20 * 40
 
 
 async def test_a_long_window_average_behind_a_short_burst_is_found() -> None:
     """Freepik's shape, windows scaled by 1/10: 50/s over 0.5 s and 10/s averaged over 12 s."""
-    clock = FakeClock()
-    server = _Server(clock, [(50, 25), (10, 120)])
-    limiter = Limiter(requests_per_second=None, max_concurrency=16, clock=clock)
-    start = clock.now()
-    await _drive(limiter, server, 60.0)
+    server, start = await _unpaced_run([(50, 25), (10, 120)], 60.0)
     assert server.accepted_between(start + 20, start + 60) >= 0.95 * 10 * 40
     assert server.refused_between(start + 20, start + 60) <= 0.01 * 10 * 40
 
