@@ -3,6 +3,7 @@ it, result rows and the table, small statistics."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import json
@@ -332,6 +333,15 @@ def format_table(rows: Sequence[Row]) -> str:
         if n == 0:
             out.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     return "\n".join(out)
+
+
+def arguments(doc: str | None, quick: str) -> argparse.ArgumentParser:
+    """A benchmark's command line: its module docstring as help, ``--quick`` (what it shrinks to) and
+    ``--json`` (rows for run.py); a benchmark adds its own options."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help=quick)
+    parser.add_argument("--json", action="store_true", help="print result rows as JSON (for run.py)")
+    return parser
 
 
 def finish(rows: Sequence[Row], as_json: bool) -> None:

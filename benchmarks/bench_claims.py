@@ -12,7 +12,6 @@ Run alone: ``python -m benchmarks.bench_claims [--quick]``.
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 import time
 from pathlib import Path
@@ -24,7 +23,7 @@ from kling_async._journal_pg import PostgresJournal
 from tests.postgres import fresh_database
 from tests.postgres import server as postgres_server
 
-from ._common import Row, finish, log, median
+from ._common import Row, arguments, finish, log, median
 
 MODEL = "kling-v3-omni-std"
 STORES = ("sqlite", "postgres")
@@ -92,11 +91,7 @@ async def measure(quick: bool) -> list[Row]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--quick", action="store_true", help="200 items, one run of each")
-    parser.add_argument("--json", action="store_true", help="print result rows as JSON (for run.py)")
+    parser = arguments(__doc__, "200 items, one run of each")
     args = parser.parse_args()
     log("bench_claims: the PostgreSQL journal's claim against the SQLite journal, per item")
     finish(anyio.run(measure, args.quick), args.json)

@@ -46,6 +46,7 @@ from ._common import (
     API_KEY,
     Row,
     Stopwatch,
+    arguments,
     emit,
     fetch_counters,
     finish,
@@ -383,11 +384,7 @@ def rows_from(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--quick", action="store_true", help="200 tasks, one repetition")
-    parser.add_argument("--json", action="store_true", help="print result rows as JSON (for run.py)")
+    parser = arguments(__doc__, "200 tasks, one repetition")
     parser.add_argument("--n", type=int, default=None, help="tasks per run (default 2000)")
     parser.add_argument("--reps", type=int, default=None, help="repetitions (default 3)")
     parser.add_argument("--worker", choices=VARIANTS, help=argparse.SUPPRESS)

@@ -22,7 +22,6 @@ Run alone: ``python -m benchmarks.bench_journal [--quick]``.
 
 from __future__ import annotations
 
-import argparse
 import sqlite3
 import tempfile
 import threading
@@ -37,7 +36,7 @@ import anyio.to_thread
 
 from kling_async._journal import Journal, SQLiteJournal
 
-from ._common import Row, finish, log, median
+from ._common import Row, arguments, finish, log, median
 
 MODEL = "kling-v3-omni-std"
 LOCK_SECONDS = 0.3
@@ -223,11 +222,7 @@ async def measure(quick: bool) -> list[Row]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--quick", action="store_true", help="300 items, one run of each")
-    parser.add_argument("--json", action="store_true", help="print result rows as JSON (for run.py)")
+    parser = arguments(__doc__, "300 items, one run of each")
     args = parser.parse_args()
     log("bench_journal: the async journal against the sync one, per item and in loop stalls")
     finish(anyio.run(measure, args.quick), args.json)

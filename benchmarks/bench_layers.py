@@ -21,7 +21,6 @@ Run alone: ``python -m benchmarks.bench_layers [--quick] [--n N] [--reps N]``.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import gc
 import itertools
@@ -38,6 +37,7 @@ from ._common import (
     WIRE,
     Row,
     Stopwatch,
+    arguments,
     finish,
     log,
     median,
@@ -116,11 +116,7 @@ def rows(results: dict[str, list[float]], n: int, reps: int) -> list[Row]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--quick", action="store_true", help="500 requests a kind, 3 repetitions")
-    parser.add_argument("--json", action="store_true", help="print result rows as JSON (for run.py)")
+    parser = arguments(__doc__, "500 requests a kind, 3 repetitions")
     parser.add_argument("--n", type=int, default=None, help="requests of each kind per repetition (4000)")
     parser.add_argument("--reps", type=int, default=None, help="repetitions (default 9)")
     args = parser.parse_args()

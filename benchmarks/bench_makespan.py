@@ -37,7 +37,6 @@ Run alone: ``python -m benchmarks.bench_makespan [--quick] [--n N] [--rounds N] 
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import bisect
 import dataclasses
@@ -59,6 +58,7 @@ from ._common import (
     OMNI_FAMILY,
     Row,
     SimAddress,
+    arguments,
     fetch_counters,
     fetch_tasks,
     finish,
@@ -464,17 +464,13 @@ async def measure(n: int, rounds: int, contenders: Sequence[Contender], latency:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--quick", action="store_true", help="300 tasks, one round")
+    parser = arguments(__doc__, "300 tasks, one round")
     parser.add_argument("--n", type=int, default=None, help="tasks per run (default 2000)")
     parser.add_argument("--rounds", type=int, default=None, help="runs of each contender (default 3)")
     parser.add_argument(
         "--only", nargs="+", choices=[c.name for c in CONTENDERS], help="these contenders only"
     )
     parser.add_argument("--latency", type=float, default=0.0, help="seconds each request waits at the server")
-    parser.add_argument("--json", action="store_true", help="print result rows as JSON (for run.py)")
     args = parser.parse_args()
     n = args.n or (300 if args.quick else 2000)
     rounds = args.rounds or (1 if args.quick else 3)

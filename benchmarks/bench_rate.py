@@ -30,7 +30,6 @@ Run alone: ``python -m benchmarks.bench_rate [--quick] [--latency SECONDS]``.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import dataclasses
 import logging
@@ -42,7 +41,7 @@ import anyio
 
 from kling_async import OmniRequest
 
-from ._common import Row, finish, log, request_for, simulated
+from ._common import Row, arguments, finish, log, request_for, simulated
 from ._server import ServerLimit
 
 LIMIT = 10.0
@@ -214,12 +213,8 @@ async def measure(quick: bool, latency: float = 0.0) -> list[Row]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--quick", action="store_true", help="12 s runs, steady window after 6 s")
+    parser = arguments(__doc__, "12 s runs, steady window after 6 s")
     parser.add_argument("--latency", type=float, default=0.0, help="seconds each request waits at the server")
-    parser.add_argument("--json", action="store_true", help="print result rows as JSON (for run.py)")
     args = parser.parse_args()
     # A status check that met 429 on every retry logs a warning; hundreds of them would bury the results.
     logging.getLogger("kling_async").setLevel(logging.ERROR)

@@ -26,7 +26,6 @@ Run alone: ``python -m benchmarks.bench_requests [--quick]``.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import math
 import random
@@ -40,7 +39,7 @@ from kling_async import KlingClient, OmniRequest
 from kling_async._tracker import _PAGE_SIZE
 from kling_async.testing import Faults, Simulator
 
-from ._common import API_KEY, Row, finish, log, mean, median, request_for, scaled_policy
+from ._common import API_KEY, Row, arguments, finish, log, mean, median, request_for, scaled_policy
 from .baselines import AiohttpJsonClient, fixed_schedule
 
 GENERATIONS: dict[str, float | tuple[float, float]] = {
@@ -340,15 +339,11 @@ def clairvoyant_delays(finishes: list[float], generations: list[float], max_swee
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--quick", action="store_true", help="60 tasks per run, time scale 0.005")
+    parser = arguments(__doc__, "60 tasks per run, time scale 0.005")
     parser.add_argument(
         "--floor", action="store_true", help="print the best any sweeping client can do (no network)"
     )
     parser.add_argument("--runs", type=int, help="runs of each mode, medians shown (default 3; quick: 1)")
-    parser.add_argument("--json", action="store_true", help="print result rows as JSON (for run.py)")
     args = parser.parse_args()
     if args.floor:
         for schedule, lists, delay in sweep_floor():

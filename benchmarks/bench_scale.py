@@ -33,6 +33,7 @@ from ._common import (
     API_KEY,
     Row,
     Stopwatch,
+    arguments,
     emit,
     fetch_counters,
     finish,
@@ -235,11 +236,7 @@ async def measure(quick: bool) -> list[Row]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--quick", action="store_true", help="100 vs 1,000 tasks of 3 real seconds")
-    parser.add_argument("--json", action="store_true", help="print result rows as JSON (for run.py)")
+    parser = arguments(__doc__, "100 vs 1,000 tasks of 3 real seconds")
     parser.add_argument("--worker", choices=("memory", "time"), help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
     parser.add_argument("--control", help=argparse.SUPPRESS)

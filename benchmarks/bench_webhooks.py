@@ -13,7 +13,6 @@ Run alone: ``python -m benchmarks.bench_webhooks [--quick]``.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import time
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ import anyio
 from kling_async import WebhookReceiver
 from kling_async.testing import Simulator
 
-from ._common import Row, finish, log, mean, request_for, scaled_client
+from ._common import Row, arguments, finish, log, mean, request_for, scaled_client
 
 SECRET = "whsec_YmVuY2htYXJrLXdlYmhvb2stc2VjcmV0"
 
@@ -91,11 +90,7 @@ async def measure(quick: bool) -> list[Row]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--quick", action="store_true", help="60 tasks, time scale 0.005")
-    parser.add_argument("--json", action="store_true", help="print result rows as JSON (for run.py)")
+    parser = arguments(__doc__, "60 tasks, time scale 0.005")
     args = parser.parse_args()
     log("bench_webhooks: webhooks against polling only")
     finish(asyncio.run(measure(args.quick)), args.json)

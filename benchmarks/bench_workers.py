@@ -12,7 +12,6 @@ Run alone: ``python -m benchmarks.bench_workers [--quick]``.
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import anyio
 from tests.postgres import fresh_database, server
 from tests.test_postgres_rate import RATE, run_three_workers
 
-from ._common import Row, finish, log, median
+from ._common import Row, arguments, finish, log, median
 
 CASES = {"told": RATE, "not told": None}
 
@@ -52,12 +51,8 @@ async def measure(quick: bool, window: float) -> list[Row]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--quick", action="store_true", help="one round of each")
+    parser = arguments(__doc__, "one round of each")
     parser.add_argument("--window", type=float, default=30.0, help="seconds measured in full swing")
-    parser.add_argument("--json", action="store_true", help="print result rows as JSON (for run.py)")
     args = parser.parse_args()
     log("bench_workers: three workers sharing one PostgreSQL, against a 10 req/s limit")
     finish(anyio.run(measure, args.quick, args.window), args.json)
