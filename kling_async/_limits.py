@@ -40,8 +40,8 @@ Three things are limited here:
     before it (its burst, most likely) and doubles every second (``_SEARCH``) until the next 429;
   - at that next 429, the opening's drain of the server's bucket and the search's bound its rate from
     above too, at rates where the bucket was provably full again during the search (``_upper_bound``):
-    within ``_CLOSED`` of the lower bound, the
-    limiter paces half-way between the two and probes slowly; else the return stops at it;
+    within ``_CLOSED`` of the lower bound, the limiter paces half-way between the two and probes
+    slowly; else the return stops at it;
   - otherwise cuts the rate to ``DECREASE`` times itself.
 
   A given rate is kept unless a bound shows the server accepts less. A ``Retry-After`` pauses the whole
@@ -57,6 +57,7 @@ Three things are limited here:
 from __future__ import annotations
 
 import asyncio
+import bisect
 import enum
 import logging
 import math
@@ -815,23 +816,18 @@ class Limiter:
         since = self._resumed
         if not opening or emptied is None or not self._kept_since(emptied):
             return None
-        drain = []
-        refill = []
-        for t in reversed(times):
-            if t < emptied:
-                break
-            refill.append(t - now)
-            if t >= since:
-                drain.append(t - now)
-        drain.reverse()
-        refill.reverse()
+        # Every answer since the last 429 (oldest first, relative to now); the search's drain is the part
+        # since its pause ended.
+        refill = [t - now for t in times if t >= emptied]
+        drain = refill[bisect.bisect_left(refill, since - now) :]
 
         def ruled_out(rate: float) -> bool:
             # At this rate the bucket holds less than the opening's drain plus a token (``burst``): the
             # search's drain is a token or more below the opening's, and a bucket of ``burst`` would
             # have been full by the refusal, so the server's was.
-            burst = _drained(opening, rate) + 1
-            return burst - 1 - _drained(drain, rate) >= 1 and _filled(emptied - now, refill, rate, burst)
+            burst = self._burst_bound(rate)
+            assert burst is not None  # the opening was seen
+            return burst - _drained(drain, rate) >= 2 and _filled(emptied - now, refill, rate, burst)
 
         low, high = bound, drew
         if not drain or not ruled_out(high) or ruled_out(low):
