@@ -21,8 +21,13 @@ Three things are limited here:
   - since a 429 (the server's bucket was empty then): ``R >= accepted / elapsed``;
   - since any moment ``s`` (its bucket held at most ``B`` then): ``R >= (accepted - B) / elapsed``, where
     ``B`` is bounded by what the server let through before its first 429, and more tightly, once ``R`` is
-    bounded, by the opening: for each earlier moment, ``B`` exceeds what was accepted since, plus the
-    refused request, less what ``R`` refilled meanwhile (the key idle before the opening).
+    bounded, by any drain of its bucket that ended in a refusal after a moment it was full: ``B``
+    exceeds what was accepted from that moment on, plus the refused request, less what ``R`` refilled
+    meanwhile (``_burst_bound``). A drain between two 429 events was full at some moment once ``R`` is
+    above what it accepted over its length; the opening's, if the key was idle before it. Another client
+    may have used the key just before (or the server slowed since): the first 429 that shows a bound
+    taken with the opening's drain over the server's rate ends its use (``_opening_disproved``), and the
+    drains between 429s bound the burst from then on.
 
   On a 429 the limiter takes the best such bound over windows of at least ``_MIN_SPAN`` seconds, reaching
   back to the latest earlier 429 at least that old (not further: a slower limit that has just begun to
@@ -59,10 +64,11 @@ from __future__ import annotations
 import asyncio
 import bisect
 import enum
+import itertools
 import logging
 import math
 from collections import deque
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Protocol
@@ -89,6 +95,12 @@ _BISECT = 0.5  # after a bound below the rate that drew the 429, recover this sh
 _CLOSED = 0.95  # a lower bound on the server's rate this close to an upper bound: the rate is found
 _TOLD_DIP = 0.95  # a 429 without Retry-After at a given rate: pace this much lower, then recover
 _MIN_RATE = 0.2
+_ROUNDS = 12  # a tighter burst bound gives a higher rate bound: at most this many rounds (8 seen)
+# A 429 at most this share above the last lower bound, after a Retry-After's pause, shows the bound was over
+# the server's rate: a token bucket refills in the pause and never refuses a steady pace at or under its
+# rate. The probe above a bound grows 0.1% a second at most: a server of 221/s with a burst of 3 (a fake
+# one, found right) drew its probe's 429 0.7% above the bound; 0.2% is two seconds of probing.
+_AT_BOUND = 0.002
 _SPLITS = 12  # halvings of the interval an upper bound on the server's rate is sought in
 # Not told the rate, a client opens at _OPEN requests a second and doubles twelve times a second until the
 # first 429: paced from the first request, so that few requests are on the wire to be refused when the
@@ -504,6 +516,8 @@ class Limiter:
         # must not freeze every request for a day; the request that got it fails instead).
         self._max_pause = max_pause
         self._server_burst: float | None = None
+        # Whether the opening's drain still bounds the server's burst (``_opening_disproved``).
+        self._opening_trusted = True
         self._burst_unsettled = 0
         self._last_decrease = -math.inf
         self._decreases: deque[float] = deque(maxlen=_DECREASES)
@@ -764,30 +778,56 @@ class Limiter:
         since = next((t for t in reversed(self._decreases) if now - t >= _MIN_SPAN), None)
         if since is None:
             return None
-        burst = self._server_burst
+        drains = self._drains()
+        burst = self._server_burst if self._opening_trusted else None
         best = self._bound(now, since, burst)
-        # A tighter burst gives a higher bound, which gives a tighter burst: a few rounds settle it.
-        for _ in range(4):
-            if best is None or burst is None:
+        if best is None and burst is None and self._kept_since(since):
+            # No burst to take windows with, and the cut is past the horizon: the whole stretch since it
+            # (the server's bucket empty then) bounds the rate all the same, if slow to see a change.
+            best = sum(1 for t in self._accepted if t > since) / (now - since) or None
+        # A tighter burst gives a higher bound, which gives a tighter burst: rounds until it settles.
+        for _ in range(_ROUNDS):
+            if best is None:
                 break
-            tighter = self._burst_bound(best)
-            if tighter is None or tighter >= burst - 0.5:
+            tighter = self._burst_bound(best, drains)
+            if tighter is None or (burst is not None and tighter >= burst - 0.5):
                 break
             burst = tighter
             best = max(best, self._bound(now, since, burst) or best)
         return best
 
-    def _burst_bound(self, rate: float) -> float | None:
-        """An upper bound on the server's burst from the opening, given a lower bound on its rate.
+    def _drains(self) -> list[tuple[tuple[float, ...], float]]:
+        """The drains of the server's bucket between two 429 events whose answers are all kept: each its
+        answers (times from the refusal that ended it, oldest first) and the lowest rate at which the
+        bucket must have been full during it (``_burst_bound``)."""
+        times = list(self._accepted)
+        drains = []
+        for emptied, refused in itertools.pairwise(self._decreases):
+            if self._kept_since(emptied):
+                first, end = bisect.bisect_left(times, emptied), bisect.bisect_left(times, refused)
+                answers = tuple(t - refused for t in times[first:end])
+                if answers:
+                    drains.append((answers, (len(answers) + 2) / (refused - emptied)))
+        return drains
 
-        The server accepted every request of the opening and refused the next one: for every earlier
-        moment ``a``, its bucket held at most ``burst`` then and gained ``rate * -a`` since, so
-        ``burst > accepted_since(a) + 1 - rate * -a`` for the ``a`` where it ran dry, and so for the
-        largest right-hand side. This holds if the key was idle before the opening (its bucket full).
-        None: no opening was seen.
+    def _burst_bound(self, rate: float, drains: Sequence[tuple[tuple[float, ...], float]]) -> float | None:
+        """An upper bound on the server's burst, given a lower bound ``rate`` on its rate; None: none.
+
+        From a drain that ended in a refusal after a moment its bucket was full (held the burst ``B``):
+        from that moment to the refusal the bucket went from ``B`` to under a token, so
+        ``B < accepted + 1 - rate * length`` over that stretch, and so below the largest such value over
+        the stretches ending at the refusal (``_drained``) plus one.
+
+        - A drain between two 429 events began with the bucket empty, a token short: at rates from
+          ``(answers + 2) / span`` up, it would have held two tokens at the refusal had it never been
+          full, so it was.
+        - The opening's, if the key was idle before it (its bucket full then), unless a 429 since showed
+          otherwise (``_opening_trusted``).
         """
-        answers = self._opening_answers
-        return _drained(answers, rate) + 1 if answers else None
+        caps = [_drained(answers, rate) + 1 for answers, lowest in drains if rate >= lowest]
+        if self._opening_trusted and self._opening_answers:
+            caps.append(_drained(self._opening_answers, rate) + 1)
+        return min(caps, default=None)
 
     def _upper_bound(self, now: float, bound: float, drew: float) -> float | None:
         """An upper bound on the server's rate below ``drew``, from two drains of its bucket; None: none.
@@ -810,6 +850,20 @@ class Limiter:
         None: no opening seen, answers since the last 429 no longer kept, no rate up to ``drew`` ruled
         out, or ``bound`` itself ruled out (the server is no single token bucket).
         """
+        ruled_out = self._rules_out(now)
+        if ruled_out is None:
+            return None
+        low, high = bound, drew
+        if not ruled_out(high) or ruled_out(low):
+            return None
+        for _ in range(_SPLITS):
+            middle = (low + high) / 2
+            low, high = (middle, high) if not ruled_out(middle) else (low, middle)
+        return high
+
+    def _rules_out(self, now: float) -> Callable[[float], bool] | None:
+        """Whether the opening's drain and the one since the last 429 rule a rate out (``_upper_bound``);
+        None: no opening seen, no answer since the pause, or answers since the last 429 no longer kept."""
         opening = self._opening_answers
         times = self._accepted
         emptied = self._decreases[-1] if self._decreases else None
@@ -820,22 +874,17 @@ class Limiter:
         # since its pause ended.
         refill = [t - now for t in times if t >= emptied]
         drain = refill[bisect.bisect_left(refill, since - now) :]
+        if not drain:
+            return None
 
         def ruled_out(rate: float) -> bool:
             # At this rate the bucket holds less than the opening's drain plus a token (``burst``): the
             # search's drain is a token or more below the opening's, and a bucket of ``burst`` would
             # have been full by the refusal, so the server's was.
-            burst = self._burst_bound(rate)
-            assert burst is not None  # the opening was seen
+            burst = _drained(opening, rate) + 1
             return burst - _drained(drain, rate) >= 2 and _filled(emptied - now, refill, rate, burst)
 
-        low, high = bound, drew
-        if not drain or not ruled_out(high) or ruled_out(low):
-            return None
-        for _ in range(_SPLITS):
-            middle = (low + high) / 2
-            low, high = (middle, high) if not ruled_out(middle) else (low, middle)
-        return high
+        return ruled_out
 
     def _kept_since(self, since: float) -> bool:
         """Whether every answer after ``since`` is still kept (the window holds ``_ACCEPTED_WINDOW``)."""
@@ -865,6 +914,24 @@ class Limiter:
             best = bound if best is None else max(best, bound)
         return best if best is not None and best > 0 else None
 
+    def _opening_disproved(self, now: float, pace: Pace, paced: float | None) -> bool:
+        """Whether this 429 shows that the opening's drain does not bound the server's burst: the key was
+        not idle before the opening (another client had used it), or the server has slowed since.
+
+        Either way the last lower bound, taken with that burst, was over the server's rate, which shows
+        in two ways: the 429 came, after a Retry-After's pause, at a pace no higher than that bound
+        (``_AT_BOUND``; a token bucket never refuses that), or the drains bound the server's rate from
+        above below it (``_rules_out``). Not told a rate only: a told client does not use the opening.
+        """
+        assert pace.bound is not None
+        if pace.ceiling is not None:
+            return False
+        paused = self._blocked_until > self._last_decrease
+        if paused and paced is not None and paced <= pace.bound * (1 + _AT_BOUND):
+            return True
+        ruled_out = self._rules_out(now)
+        return ruled_out is not None and ruled_out(pace.bound)
+
     def on_rate_limited(self, retry_after: float | None) -> None:
         """A request got 429: pause for Retry-After when given, and set the rate from what was accepted."""
         self.rate_limited += 1
@@ -887,6 +954,8 @@ class Limiter:
             return
         pace = self._pace
         paced = pace.rate if pace.rate is not None and not pace.opening else self.sending_rate()
+        if self._opening_trusted and pace.bound is not None:
+            self._opening_trusted = not self._opening_disproved(now, pace, paced)
         bound = self.accepted_rate()
         above = None
         if bound is not None and paced is not None and pace.bound is None:
