@@ -779,7 +779,11 @@ class Limiter:
         if since is None:
             return None
         drains = self._drains()
-        burst = self._server_burst if self._opening_trusted else None
+        # A bucket that let a request through held a token then: the burst is at least one, even when
+        # the first request was refused (the key was in use before this client opened).
+        burst = (
+            max(1.0, self._server_burst) if self._opening_trusted and self._server_burst is not None else None
+        )
         best = self._bound(now, since, burst)
         if best is None and burst is None and self._kept_since(since):
             # No burst to take windows with, and the cut is past the horizon: the whole stretch since it

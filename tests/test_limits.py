@@ -632,6 +632,14 @@ async def test_an_unpaced_client_stops_trusting_its_opening_at_a_429_drawn_at_it
     assert server.refused_between(start + 10, start + 30) <= 1
 
 
+async def test_an_unpaced_client_whose_first_request_is_refused_takes_the_servers_burst_for_one() -> None:
+    """40/s with a burst of 2, both spent by another client, no Retry-After: the server let nothing through
+    before its first 429, and a burst of none made every window's bound its count over its length, 4%
+    over the rate (31 429s from 10 to 30 s). A bucket that let a request through held a token then."""
+    server, start = await _unpaced_run([(40, 2)], 30.0, retry_after=False, spent=2)
+    assert server.refused_between(start + 10, start + 30) <= 2
+
+
 @settings(max_examples=30, deadline=None, database=None)
 @given(
     rate=st.floats(2.0, 300.0),
