@@ -15,7 +15,9 @@ Servers (every one sustains 10/s over every API request; the bursts differ):
                   averaged over 2 minutes) with its windows scaled by 1/10
 Each server is run with the client told ``requests_per_second=10`` and not told (``None``: it finds the
 limit from 429s), with 429s carrying ``Retry-After`` (whole seconds, so at least 1 s: every 429 pauses
-the whole client); burst 10 also without ``Retry-After``. All configurations run at the same time.
+the whole client); burst 10 also without ``Retry-After``. Bursts 10 and 30 are also run not told on a
+key another client used just before (8 and 25 requests, one after another, as the run starts): the
+server's bucket is not full when the client opens. All configurations run at the same time.
 
 The simulator's counters are sampled every 0.25 s. Reported: the accepted (non-429) rate over the steady
 window (from ``WARM`` seconds to the end) as a % of 10/s, and the share of answers that were 429, over the
@@ -41,7 +43,7 @@ import anyio
 
 from kling_async import OmniRequest
 
-from ._common import Row, arguments, finish, log, request_for, simulated
+from ._common import Row, arguments, finish, log, request_for, scaled_client, simulated
 from ._server import ServerLimit
 
 LIMIT = 10.0
@@ -54,14 +56,21 @@ SERVERS = (
     ("burst 30", ServerLimit(LIMIT, burst=30)),
     ("two windows", ServerLimit(windows=((50.0, 0.5), (LIMIT, 12.0)))),
 )
-# (name, the server's limit, the rate the client is told)
-CONFIGS: tuple[tuple[str, ServerLimit, float | None], ...] = tuple(
-    (f"{name}, {'told' if told else 'not told'}", limit, LIMIT if told else None)
-    for name, limit in SERVERS
-    for told in (True, False)
-) + tuple(
-    (f"burst 10, {label}, no Retry-After", dataclasses.replace(SERVERS[2][1], retry_after=False), rps)
-    for label, rps in (("told", LIMIT), ("not told", None))
+# (name, the server's limit, the rate the client is told, requests another client sent just before)
+CONFIGS: tuple[tuple[str, ServerLimit, float | None, int], ...] = (
+    tuple(
+        (f"{name}, {'told' if told else 'not told'}", limit, LIMIT if told else None, 0)
+        for name, limit in SERVERS
+        for told in (True, False)
+    )
+    + tuple(
+        (f"burst 10, {label}, no Retry-After", dataclasses.replace(SERVERS[2][1], retry_after=False), rps, 0)
+        for label, rps in (("told", LIMIT), ("not told", None))
+    )
+    + tuple(
+        (f"burst {burst}, not told, {spent} just spent", ServerLimit(LIMIT, burst=burst), None, spent)
+        for burst, spent in ((10, 8), (30, 25))
+    )
 )
 
 
@@ -103,19 +112,25 @@ def _at(samples: list[Sample], t: float) -> Sample:
 
 
 async def run_config(
-    name: str, limit: ServerLimit, rps: float | None, *, duration: float, warm: float
+    name: str, limit: ServerLimit, rps: float | None, spent: int, *, duration: float, warm: float
 ) -> Result:
     samples: list[Sample] = []
     pair = simulated(limit, scale=SCALE, generation=(30.0, 120.0), seed=2, requests_per_second=rps)
     async with pair as (sim, client):
+        # Another client on the key, just before this one: its requests take from the server's bucket.
+        async with scaled_client(sim.url, SCALE, requests_per_second=1000.0, burst=spent or 1) as other:
+            for _ in range(spent):
+                await other.list_tasks(page_size=1)
+        before = sim.counters
+        answered_before = sum(before.responses_by_status.values())
+        rate_limited_before = before.rate_limited
         start = time.monotonic()
 
         def sample(start: float) -> None:
             counters = sim.counters
-            answered = sum(counters.responses_by_status.values())
-            samples.append(
-                Sample(time.monotonic() - start, answered, counters.rate_limited, client._limiter.rate)
-            )
+            answered = sum(counters.responses_by_status.values()) - answered_before
+            rate_limited = counters.rate_limited - rate_limited_before
+            samples.append(Sample(time.monotonic() - start, answered, rate_limited, client._limiter.rate))
 
         async def sampler() -> None:
             while True:
@@ -169,9 +184,9 @@ async def measure(quick: bool, latency: float = 0.0) -> list[Row]:
     log(f"bench_rate: {len(CONFIGS)} configurations at once, {each}")
     results: list[Result] = []
 
-    async def one(name: str, limit: ServerLimit, rps: float | None) -> None:
+    async def one(name: str, limit: ServerLimit, rps: float | None, spent: int) -> None:
         limit = dataclasses.replace(limit, latency=latency)
-        results.append(await run_config(name, limit, rps, duration=duration, warm=warm))
+        results.append(await run_config(name, limit, rps, spent, duration=duration, warm=warm))
 
     async with anyio.create_task_group() as tg:
         for config in CONFIGS:
