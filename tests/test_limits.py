@@ -489,9 +489,19 @@ async def test_the_pace_after_the_first_429_starts_from_what_the_server_accepted
 class _Server:
     """A rate-limited server by hand: token buckets of (rate, capacity), read on the fake clock."""
 
-    def __init__(self, clock: FakeClock, buckets: Sequence[tuple[float, float]]) -> None:
+    def __init__(
+        self,
+        clock: FakeClock,
+        buckets: Sequence[tuple[float, float]],
+        holding: Sequence[float] | None = None,
+    ) -> None:
+        """``holding``: the tokens each bucket holds at the start; None: each is full."""
         self._clock = clock
-        self._buckets = [[rate, float(capacity), float(capacity)] for rate, capacity in buckets]
+        levels = holding if holding is not None else [capacity for _, capacity in buckets]
+        self._buckets = [
+            [rate, float(capacity), float(level)]
+            for (rate, capacity), level in zip(buckets, levels, strict=True)
+        ]
         self._stamp = clock.now()
         self.answers: list[tuple[float, bool]] = []
 
@@ -824,6 +834,19 @@ async def test_a_429_past_the_horizon_with_the_opening_disproved_is_bounded_from
     rate used from 30 to 75 s; 90.8% in ``bench_rate``)."""
     server, start = await _unpaced_run([(50, 25), (10, 120)], 75.0)
     assert server.accepted_between(start + 30, start + 75) >= 0.99 * 10 * 45
+
+
+async def test_an_unpaced_client_on_a_used_key_of_two_windows_keeps_under_the_long_one() -> None:
+    """27.9/s over a bucket of 6 and 13.9/s over one of 167 (a short and a long window), holding 3 and 50
+    when the client opens: the long window binds once its 50 are spent, the opening's drain (of the
+    short one) said nothing of it, and the bounds taken with it kept over the rate (5 429s from 45 to
+    90 s)."""
+    clock = FakeClock()
+    server = _Server(clock, [(27.9, 6), (13.9, 167)], holding=[3, 50])
+    limiter = Limiter(requests_per_second=None, max_concurrency=16, clock=clock)
+    start = clock.now()
+    await _drive(limiter, server, 90.0)
+    assert server.refused_between(start + 45, start + 90) <= 1
 
 
 async def test_a_given_rate_above_the_servers_is_lowered_to_what_the_server_accepts() -> None:
