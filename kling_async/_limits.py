@@ -98,8 +98,8 @@ _MIN_RATE = 0.2
 _ROUNDS = 12  # a tighter burst bound gives a higher rate bound: at most this many rounds (8 seen)
 # A 429 at most this share above the last lower bound, after a Retry-After's pause, shows the bound was over
 # the server's rate: a token bucket refills in the pause and never refuses a steady pace at or under its
-# rate. The probe above a bound grows 0.1% a second at most: a server of 221/s with a burst of 3 (a fake
-# one, found right) drew its probe's 429 0.7% above the bound; 0.2% is two seconds of probing.
+# rate. The probe above a confirmed bound grows 0.1% a second or less: a server of 221/s with a burst of 3
+# (a fake one, found right) drew its probe's 429 0.7% above the bound; 0.2% is two seconds of probing.
 _AT_BOUND = 0.002
 _SPLITS = 12  # halvings of the interval an upper bound on the server's rate is sought in
 # Not told the rate, a client opens at _OPEN requests a second and doubles twelve times a second until the
