@@ -804,15 +804,18 @@ class Limiter:
         """The drains of the server's bucket between two 429 events whose answers are all kept: each its
         answers (times from the refusal that ended it, oldest first) and the lowest rate at which the
         bucket must have been full during it (``_burst_bound``)."""
-        times = list(self._accepted)
         drains = []
         for emptied, refused in itertools.pairwise(self._decreases):
             if self._kept_since(emptied):
-                first, end = bisect.bisect_left(times, emptied), bisect.bisect_left(times, refused)
-                answers = tuple(t - refused for t in times[first:end])
+                answers = tuple(t - refused for t in self._answers(emptied, refused))
                 if answers:
                     drains.append((answers, (len(answers) + 2) / (refused - emptied)))
         return drains
+
+    def _answers(self, start: float, end: float = math.inf) -> Iterator[float]:
+        """The times of the answers kept from ``start`` until before ``end``, oldest first."""
+        times = self._accepted
+        return itertools.islice(times, bisect.bisect_left(times, start), bisect.bisect_left(times, end))
 
     def _burst_bound(self, rate: float, drains: Sequence[tuple[tuple[float, ...], float]]) -> float | None:
         """An upper bound on the server's burst, given a lower bound ``rate`` on its rate; None: none.
@@ -869,14 +872,13 @@ class Limiter:
         """Whether the opening's drain and the one since the last 429 rule a rate out (``_upper_bound``);
         None: no opening seen, no answer since the pause, or answers since the last 429 no longer kept."""
         opening = self._opening_answers
-        times = self._accepted
         emptied = self._decreases[-1] if self._decreases else None
         since = self._resumed
         if not opening or emptied is None or not self._kept_since(emptied):
             return None
         # Every answer since the last 429 (oldest first, relative to now); the search's drain is the part
         # since its pause ended.
-        refill = [t - now for t in times if t >= emptied]
+        refill = [t - now for t in self._answers(emptied)]
         drain = refill[bisect.bisect_left(refill, since - now) :]
         if not drain:
             return None

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from kling_async._limits import DECREASE, Lane, Limiter, Pace
+from kling_async._limits import _MIN_SPAN, DECREASE, Lane, Limiter, Pace
 from kling_async.testing import FakeClock as ManualClock
 from kling_async.testing import Simulator
 from tests.fakes import FakeClock
@@ -559,11 +559,13 @@ _ONE_BUCKET = given(
 )
 
 
-def _unpaced(buckets: Sequence[tuple[float, float]], spent: int = 0) -> tuple[FakeClock, _Server, Limiter]:
-    """A fresh fake clock and server of ``buckets``, ``spent`` requests taken from it by another client,
-    and a limiter not told the rate."""
+def _unpaced(
+    buckets: Sequence[tuple[float, float]], spent: int = 0, holding: Sequence[float] | None = None
+) -> tuple[FakeClock, _Server, Limiter]:
+    """A fresh fake clock and server of ``buckets`` (each holding ``holding`` tokens; None: full), ``spent``
+    requests taken from it by another client, and a limiter not told the rate."""
     clock = FakeClock()
-    server = _Server(clock, buckets)
+    server = _Server(clock, buckets, holding)
     for _ in range(spent):
         server.take()
     return clock, server, Limiter(requests_per_second=None, max_concurrency=16, clock=clock)
@@ -575,11 +577,13 @@ async def _unpaced_run(
     *,
     retry_after: bool = True,
     spent: int = 0,
+    holding: Sequence[float] | None = None,
 ) -> tuple[_Server, float]:
     """A client not told the rate, driven against a fresh server of ``buckets``: the server and the start.
 
-    ``spent``: requests another client sent on the key just before this one opened."""
-    clock, server, limiter = _unpaced(buckets, spent)
+    ``spent``: requests another client sent on the key just before this one opened; ``holding``: the
+    tokens each bucket holds then (None: full)."""
+    clock, server, limiter = _unpaced(buckets, spent, holding)
     start = clock.now()
     await _drive(limiter, server, seconds, retry_after=retry_after)
     return server, start
@@ -683,7 +687,7 @@ def test_no_lower_bound_after_the_opening_is_disproved_exceeds_the_rate_of_a_tok
         bound = accepted_rate(self)
         now = clock.now()
         if bound is not None and not self._opening_trusted:
-            since = next(t for t in reversed(self._decreases) if now - t >= 0.5)
+            since = next(t for t in reversed(self._decreases) if now - t >= _MIN_SPAN)
             excess.append(bound - rate - 1 / (now - since))
         return bound
 
@@ -841,11 +845,7 @@ async def test_an_unpaced_client_on_a_used_key_of_two_windows_keeps_under_the_lo
     when the client opens: the long window binds once its 50 are spent, the opening's drain (of the
     short one) said nothing of it, and the bounds taken with it kept over the rate (5 429s from 45 to
     90 s)."""
-    clock = FakeClock()
-    server = _Server(clock, [(27.9, 6), (13.9, 167)], holding=[3, 50])
-    limiter = Limiter(requests_per_second=None, max_concurrency=16, clock=clock)
-    start = clock.now()
-    await _drive(limiter, server, 90.0)
+    server, start = await _unpaced_run([(27.9, 6), (13.9, 167)], 90.0, holding=[3, 50])
     assert server.refused_between(start + 45, start + 90) <= 1
 
 
