@@ -410,6 +410,7 @@ class BatchRun:
                     relay=self._relay,
                 )
                 unsubscribe.append(self._registry.subscribe(self._tracker.status_changed))
+                unsubscribe.append(self._registry.subscribe_detail(self._tracker.detail_wanted))
                 if self._journal is not None:
                     unsubscribe.append(self._registry.subscribe(self._queue_status))
                     tg.start_soon(self._write_statuses)

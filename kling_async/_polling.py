@@ -416,6 +416,11 @@ class TaskHandle:
             delay *= random.uniform(1.0 - policy.jitter, 1.0 + policy.jitter)
         return delay
 
+    def _wake(self) -> None:
+        """Cut short the waits sleeping until their next check: they check now."""
+        for scope in self._waiters or ():
+            scope.cancel()
+
     def _observe(self, status: TaskStatus) -> None:
         """Take in a status from any source; statuses after a terminal one are ignored."""
         if self.done or status.task_id != self.task_id:
@@ -428,8 +433,7 @@ class TaskHandle:
             owner = self._owner
             if self._started is not None and status.status not in FAILURE_STATUSES:
                 owner.timings.record(self._kind, owner.clock.now() - self._started)
-            for scope in self._waiters or ():
-                scope.cancel()
+            self._wake()
         if previous != status.status:
             self._owner.status_changed(self, previous)
 

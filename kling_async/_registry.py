@@ -23,10 +23,10 @@ import anyio
 from ._clock import Clock
 from ._endpoints import Endpoint
 from ._events import EventHub, StatusChanged
-from ._models import Request, TaskStatus
+from ._models import COMPLETED, TERMINAL_STATUSES, Request, TaskStatus
 from ._polling import PollPolicy, TaskHandle, Timings
 
-__all__ = ["Slots", "StatusListener", "TaskRegistry", "Ticket"]
+__all__ = ["DetailListener", "Slots", "StatusListener", "TaskRegistry", "Ticket"]
 
 log = logging.getLogger("kling_async")
 
@@ -34,6 +34,8 @@ log = logging.getLogger("kling_async")
 EARLY_DELIVERIES = 10_000
 
 StatusListener = Callable[[TaskHandle, "str | None"], None]
+# Called with a handle whose task a status without its result URLs said COMPLETED: fetch its detail now.
+DetailListener = Callable[[TaskHandle], None]
 
 
 class Ticket:
@@ -129,6 +131,7 @@ class TaskRegistry:
         self._handles: weakref.WeakValueDictionary[str, TaskHandle] = weakref.WeakValueDictionary()
         self._early: OrderedDict[str, TaskStatus] = OrderedDict()
         self._listeners: list[StatusListener] = []
+        self._detail_listeners: list[DetailListener] = []
 
     def __repr__(self) -> str:
         return f"<TaskRegistry handles={len(self._handles)} early={len(self._early)} {self.slots!r}>"
@@ -214,17 +217,44 @@ class TaskRegistry:
         weakref.finalize(handle, self.slots.finished, handle.task_id)
 
     def observe(self, status: TaskStatus) -> None:
-        """A status from outside a handle (a webhook delivery): to its handle, or kept for a while."""
+        """A status from outside a handle (a webhook delivery): to its handle, or kept for a while.
+
+        A COMPLETED status without its result URLs is not taken as the end (the task would end with no
+        video): whoever follows the task fetches its detail now. A terminal status kept for a handle to
+        come is not replaced by a later non-terminal one (deliveries may come out of order).
+        """
         handle = self._handles.get(status.task_id)
+        if status.status == COMPLETED and not status.generated:
+            if handle is not None and not handle.done:
+                handle._wake()
+                for listener in tuple(self._detail_listeners):
+                    try:
+                        listener(handle)
+                    except Exception:
+                        log.exception("detail listener %r failed on task %s", listener, handle.task_id)
+            return
         if handle is not None:
             handle._observe(status)
             return
-        self._early.pop(status.task_id, None)
+        kept = self._early.pop(status.task_id, None)
+        if kept is not None and kept.status in TERMINAL_STATUSES and status.status not in TERMINAL_STATUSES:
+            status = kept
         self._early[status.task_id] = status
         while len(self._early) > EARLY_DELIVERIES:
             self._early.popitem(last=False)
 
     # -- subscribers ---------------------------------------------------------------------------------------
+
+    def subscribe_detail(self, listener: DetailListener) -> Callable[[], None]:
+        """Call ``listener(handle)`` when a status without result URLs says the handle's task COMPLETED
+        (its detail has the URLs); returns the unsubscribe function."""
+        self._detail_listeners.append(listener)
+
+        def unsubscribe() -> None:
+            if listener in self._detail_listeners:
+                self._detail_listeners.remove(listener)
+
+        return unsubscribe
 
     def subscribe(self, listener: StatusListener) -> Callable[[], None]:
         """Call ``listener(handle, previous)`` on every status change; returns the unsubscribe function."""

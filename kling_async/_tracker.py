@@ -533,6 +533,13 @@ class Tracker:
             family.reported = True
             self._wake.set()
 
+    def detail_wanted(self, handle: TaskHandle) -> None:
+        """A registry detail listener: a status without URLs said the task COMPLETED; fetch its detail."""
+        family = self._families.get(handle._endpoint.family_path)
+        item = family.items.get(handle.task_id) if family is not None else None
+        if item is not None:
+            self._saw(item, TaskSummary(task_id=handle.task_id, status=COMPLETED), self._clock.now())
+
     def _saw(self, item: Tracked, summary: TaskSummary, now: float) -> None:
         """A list showed the item's status."""
         if summary.status == COMPLETED:

@@ -2,12 +2,28 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
+import time
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import replace
 
+import aiohttp
+import anyio
+import msgspec
 import pytest
 
-from kling_async import KlingClient, OmniRequest, PollPolicy, StatusChanged, TaskStatus, WebhookReceiver
+from kling_async import (
+    KlingClient,
+    OmniRequest,
+    PollPolicy,
+    StatusChanged,
+    TaskStatus,
+    TaskSubmitted,
+    WebhookReceiver,
+)
 from kling_async.testing import Faults, Simulator
 from tests.conftest import FAST_POLL, FAST_RETRY
 
@@ -26,6 +42,31 @@ async def hooked_sim() -> AsyncIterator[Simulator]:
 
 def _client(sim: Simulator, receiver: WebhookReceiver, poll: PollPolicy = SLOW_SAFETY) -> KlingClient:
     return KlingClient(api_key="sim-key", base_url=sim.url, retry=FAST_RETRY, webhooks=receiver, poll=poll)
+
+
+@pytest.fixture
+async def silent_sim() -> AsyncIterator[Simulator]:
+    """A simulator whose own deliveries are all lost: the tests deliver what they need themselves."""
+    async with Simulator(
+        time_scale=0.001, webhook_secret=SECRET, faults=Faults(webhook_drop_rate=1.0)
+    ) as sim:
+        yield sim
+
+
+async def _deliver(receiver: WebhookReceiver, body: dict[str, object]) -> int:
+    """POST one delivery, signed with SECRET as the vendor signs (computed here, not by the SDK)."""
+    raw = msgspec.json.encode(body)
+    webhook_id, timestamp = f"msg_{uuid.uuid4().hex}", str(int(time.time()))
+    key = base64.b64decode(SECRET.removeprefix("whsec_"))
+    mac = hmac.new(key, f"{webhook_id}.{timestamp}.".encode() + raw, hashlib.sha256).digest()
+    headers = {
+        "webhook-id": webhook_id,
+        "webhook-timestamp": timestamp,
+        "webhook-signature": "v1," + base64.b64encode(mac).decode(),
+        "content-type": "application/json",
+    }
+    async with aiohttp.ClientSession() as session, session.post(receiver.url, data=raw, headers=headers) as r:
+        return r.status
 
 
 async def test_a_delivery_resolves_the_handle_without_a_status_request(hooked_sim: Simulator) -> None:
@@ -123,3 +164,61 @@ async def test_a_receiver_mounted_in_your_own_app_is_not_started_by_the_client(h
 def test_serve_false_needs_the_public_url_of_the_mounted_handler() -> None:
     with pytest.raises(ValueError, match="public_url"):
         WebhookReceiver(SECRET, serve=False)
+
+
+async def test_a_completed_delivery_without_urls_has_the_awaited_handle_fetch_the_detail(
+    silent_sim: Simulator,
+) -> None:
+    receiver = WebhookReceiver(SECRET)
+    async with _client(silent_sim, receiver) as client:
+        handle = await client.submit(OmniRequest(prompt="a fox"))
+        silent_sim.finish(handle.task_id)
+        with anyio.fail_after(2):  # the safety net would check only after 5 s
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(handle.wait)
+                await anyio.sleep(0.05)
+                assert (
+                    await _deliver(
+                        receiver, {"task_id": handle.task_id, "status": "COMPLETED", "generated": []}
+                    )
+                    == 204
+                )
+        result = handle.result()
+    assert result.url is not None
+    assert silent_sim.counters.status_gets == 1
+
+
+async def test_a_completed_delivery_without_urls_has_a_batch_fetch_the_detail(silent_sim: Simulator) -> None:
+    receiver = WebhookReceiver(SECRET)
+    async with _client(silent_sim, receiver) as client:
+        events = client.events()
+        with anyio.fail_after(2):  # the safety net would check only after 5 s
+            async with client.map([OmniRequest(prompt="a fox")]) as batch:
+                task_id = await anext(e.task_id async for e in events if isinstance(e, TaskSubmitted))
+                silent_sim.finish(task_id)
+                await _deliver(receiver, {"task_id": task_id, "status": "COMPLETED", "generated": []})
+                outcomes = [outcome async for outcome in batch]
+    assert [o.ok for o in outcomes] == [True]
+    assert outcomes[0].result is not None
+    assert outcomes[0].result.url is not None
+
+
+async def test_a_completed_delivery_without_urls_that_beats_the_post_answer_is_not_kept(
+    hooked_sim: Simulator,
+) -> None:
+    async with _client(hooked_sim, WebhookReceiver(SECRET)) as client:
+        client._registry.observe(TaskStatus(task_id="early-2", status="COMPLETED", generated=()))
+        handle = client.task("early-2")
+        assert handle.status is None
+
+
+async def test_a_later_non_terminal_delivery_that_beats_the_post_answer_does_not_undo_a_terminal_one(
+    hooked_sim: Simulator,
+) -> None:
+    async with _client(hooked_sim, WebhookReceiver(SECRET)) as client:
+        client._registry.observe(
+            TaskStatus(task_id="early-3", status="COMPLETED", generated=("https://cdn/x.mp4",))
+        )
+        client._registry.observe(TaskStatus(task_id="early-3", status="IN_PROGRESS"))
+        handle = client.task("early-3")
+        assert handle.status == "COMPLETED"
