@@ -16,6 +16,7 @@ import hmac
 import logging
 from collections.abc import Callable, Mapping
 from types import TracebackType
+from typing import NamedTuple
 
 from aiohttp import web
 
@@ -29,6 +30,7 @@ _log = logging.getLogger("kling_async")
 
 _WHSEC_PREFIX = "whsec_"
 _MAX_BODY = 1 << 20  # a task status is a few hundred bytes; anything near 1 MiB is not Freepik's
+_BODY_SECONDS = 10.0  # a delivery's body (a few hundred bytes) arrives in this long after its headers, or not
 _SHUTDOWN_TIMEOUT = 2.0  # seconds the standalone server waits for deliveries in progress when it stops
 _REPLAYED = "replayed"
 
@@ -145,15 +147,25 @@ def _header(headers: Mapping[str, str], name: str) -> str:
     return value
 
 
-def _verify(
-    headers: Mapping[str, str],
-    raw_body: bytes,
-    key: bytes,
-    tolerance: float,
-    replay_guard: ReplayGuard | None,
-    now: float,
-) -> TaskStatus:
-    """Run every check in order; raise ``_Rejection`` at the first that fails."""
+def _raw(name: str, text: str) -> bytes:
+    """A header's value as the bytes sent: aiohttp keeps bytes that are not UTF-8 as lone surrogates."""
+    try:
+        return text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        raise _Rejection("bad-header", f"{name} is not text") from None
+
+
+class _Headers(NamedTuple):
+    """A delivery's headers, checked: what the signature covers before the body, and what it claims."""
+
+    signed: bytes  # ``{id}.{timestamp}.`` as sent
+    signatures: str
+    webhook_id: str
+    timestamp: int
+
+
+def _check_headers(headers: Mapping[str, str], tolerance: float, now: float) -> _Headers:
+    """The checks that need no body: the three headers are there and the timestamp is fresh."""
     webhook_id = _header(headers, "webhook-id")
     timestamp_text = _header(headers, "webhook-timestamp")
     signature_header = _header(headers, "webhook-signature")
@@ -172,14 +184,28 @@ def _verify(
             "future", f"delivery from the future: timestamp is {ahead} (tolerance {tolerance:g} s)"
         )
 
+    signed = _raw("webhook-id", webhook_id) + f".{timestamp_text}.".encode()
+    return _Headers(signed, signature_header, webhook_id, timestamp)
+
+
+def _verify(
+    headers: Mapping[str, str],
+    raw_body: bytes,
+    key: bytes,
+    tolerance: float,
+    replay_guard: ReplayGuard | None,
+    now: float,
+) -> TaskStatus:
+    """Run every check in order; raise ``_Rejection`` at the first that fails."""
+    checked = _check_headers(headers, tolerance, now)
     candidates = [
-        signature.encode()
-        for version, _, signature in (entry.partition(",") for entry in signature_header.split())
+        _raw("webhook-signature", signature)
+        for version, _, signature in (entry.partition(",") for entry in checked.signatures.split())
         if version == "v1"
     ]
     if not candidates:
         raise _Rejection("no-v1-signature", "webhook-signature has no v1 entry")
-    mac = hmac.new(key, f"{webhook_id}.{timestamp_text}.".encode(), hashlib.sha256)
+    mac = hmac.new(key, checked.signed, hashlib.sha256)
     mac.update(raw_body)
     expected = base64.b64encode(mac.digest())
     if not any(hmac.compare_digest(expected, candidate) for candidate in candidates):
@@ -191,7 +217,10 @@ def _verify(
         raise _Rejection("bad-body", f"body is not a task status: {exc}") from None
 
     # Remembered only now, after the signature and the body passed: forged deliveries leave no trace.
-    if replay_guard is not None and not replay_guard.check_and_remember(webhook_id, timestamp, now=now):
+    webhook_id = checked.webhook_id
+    if replay_guard is not None and not replay_guard.check_and_remember(
+        webhook_id, checked.timestamp, now=now
+    ):
         raise _Rejection(_REPLAYED, f"replayed delivery: webhook-id {webhook_id!r} was already accepted")
     return task
 
@@ -248,8 +277,10 @@ class WebhookReceiver:
     Run it alone (``async with receiver:`` serves ``receiver.url``), or mount ``receiver.handler`` in your
     own aiohttp app. Each delivery is verified with a replay guard of its own and answered at once: 204 when
     accepted, 400 when verification fails (logged at WARNING, never with the secret or the signature), 413
-    when the body is over 1 MiB. A replay of an already accepted ``webhook-id`` is answered 204 too, because
-    senders retry on any other status, but listeners are not called again; it is counted in ``duplicates``.
+    when the body is over 1 MiB, 408 when it takes over 10 s to arrive. A request without the webhook
+    headers, or with a stale timestamp, is refused before its body is read. A replay of an already
+    accepted ``webhook-id`` is answered 204 too, because senders retry on any other status, but listeners
+    are not called again; it is counted in ``duplicates``.
 
     Listeners are plain callables run inline before the answer, so they must be quick (set a future, put into
     a queue). An exception from a listener is logged and never changes the answer.
@@ -402,7 +433,21 @@ class WebhookReceiver:
         Returns:
             The response for the sender.
         """
-        body = await self._read_body(request)
+        # What needs no body first: a request without fresh webhook headers is not read at all.
+        try:
+            _check_headers(request.headers, self._tolerance, self._clock.wall())
+        except _Rejection as rejection:
+            return self._reject(request, rejection.reason, str(rejection), status=400, unread=True)
+        body: bytes | None = None
+        with self._clock.move_on_after(_BODY_SECONDS) as reading:
+            try:
+                body = await self._read_body(request)
+            except ConnectionError:
+                _log.info("webhook delivery from %s: the sender left before its body ended", request.remote)
+                return web.Response(status=400, text="incomplete")  # nobody is left to read it
+        if reading.cancelled_caught:
+            message = f"body did not arrive within {_BODY_SECONDS:g} s"
+            return self._reject(request, "slow-body", message, status=408, unread=True)
         if body is None:
             return self._reject(request, "too-large", f"body is larger than {_MAX_BODY} bytes", status=413)
         try:
@@ -432,8 +477,13 @@ class WebhookReceiver:
             return None
         return body if len(body) <= _MAX_BODY else None
 
-    def _reject(self, request: web.Request, reason: str, message: str, *, status: int) -> web.Response:
+    def _reject(
+        self, request: web.Request, reason: str, message: str, *, status: int, unread: bool = False
+    ) -> web.Response:
         self.rejected += 1
         self.rejections[reason] += 1
         _log.warning("webhook delivery from %s rejected: %s", request.remote, message)
-        return web.Response(status=status, text=reason)
+        response = web.Response(status=status, text=reason)
+        if unread:
+            response.force_close()  # the body left unread is not waited for: the connection ends
+        return response

@@ -431,6 +431,98 @@ async def test_receiver_refuses_a_chunked_body_over_1_mib_with_413() -> None:
     assert receiver.rejections["too-large"] == 1
 
 
+async def _raw_request(
+    port: int, head: bytes, body: bytes = b"", *, rest: bytes = b"", close: bool = False
+) -> bytes:
+    """Send a request's head and (part of) its body over a bare socket; the status line, or b"" when
+    ``close``: the connection is closed without waiting for an answer. After the status line, ``rest``
+    ends the body: the server discards what it left unread before it closes the connection."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(head + body)
+        await writer.drain()
+        if close:
+            return b""
+        status = await asyncio.wait_for(reader.readline(), 5)
+        writer.write(rest)
+        await asyncio.wait_for(reader.read(), 5)  # the server closes the connection
+        return status
+    finally:
+        writer.close()
+
+
+def _head(headers: dict[str, str], length: int) -> bytes:
+    lines = [f"{name}: {value}" for name, value in headers.items()]
+    head = ["POST /kling/webhook HTTP/1.1", "Host: x", "Connection: close", f"Content-Length: {length}"]
+    text = "\r\n".join([*head, *lines])
+    return text.encode("utf-8", "surrogateescape") + b"\r\n\r\n"
+
+
+def _port(receiver: WebhookReceiver) -> int:
+    port = URL(receiver.url).port
+    assert port is not None
+    return port
+
+
+@pytest.mark.anyio
+async def test_receiver_refuses_a_request_without_webhook_headers_before_reading_its_body() -> None:
+    """A request without the webhook headers is answered 400 while its announced body is still unsent."""
+    async with WebhookReceiver(RAW_SECRET) as receiver:
+        status = await _raw_request(_port(receiver), _head({}, 1 << 20), rest=bytes(1 << 20))
+    assert status.startswith(b"HTTP/1.1 400")
+    assert receiver.rejections["missing-header"] == 1
+
+
+@pytest.mark.anyio
+async def test_receiver_refuses_a_stale_delivery_before_reading_its_body() -> None:
+    """A stale timestamp is answered 400 while the announced body is still unsent."""
+    headers = signed_headers(timestamp=int(time.time()) - 3600)
+    async with WebhookReceiver(RAW_SECRET) as receiver:
+        status = await _raw_request(_port(receiver), _head(headers, 1 << 20), rest=bytes(1 << 20))
+    assert status.startswith(b"HTTP/1.1 400")
+    assert receiver.rejections["stale"] == 1
+
+
+@pytest.mark.anyio
+async def test_receiver_answers_408_to_a_body_that_stalls(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fresh-looking delivery whose body stops short is answered 408 once the body's time is up."""
+    monkeypatch.setattr("kling_async._webhooks._BODY_SECONDS", 0.2)
+    async with WebhookReceiver(RAW_SECRET) as receiver:
+        status = await _raw_request(
+            _port(receiver), _head(live_headers(), len(BODY)), BODY[:-1], rest=BODY[-1:]
+        )
+    assert status.startswith(b"HTTP/1.1 408")
+    assert receiver.rejections["slow-body"] == 1
+
+
+@pytest.mark.anyio
+async def test_a_sender_leaving_mid_body_is_not_logged_as_an_error(caplog: pytest.LogCaptureFixture) -> None:
+    """A sender that closes its connection before its body ended leaves no ERROR (no traceback)."""
+    async with WebhookReceiver(RAW_SECRET) as receiver:
+        await _raw_request(_port(receiver), _head(live_headers(), len(BODY)), BODY[:-1], close=True)
+        await asyncio.sleep(0.1)
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+@pytest.mark.anyio
+async def test_receiver_answers_400_to_bytes_that_are_not_utf8_in_a_header() -> None:
+    """A byte that is not UTF-8 in webhook-id is a failed signature (400, counted), not a server error."""
+    headers = live_headers()
+    headers["webhook-id"] = "msg_\udcff"
+    async with WebhookReceiver(RAW_SECRET) as receiver:
+        status = await _raw_request(_port(receiver), _head(headers, len(BODY)), BODY)
+    assert status.startswith(b"HTTP/1.1 400")
+    assert receiver.rejections["bad-signature"] == 1
+
+
+def test_a_header_that_is_not_text_fails_verification() -> None:
+    """verify_webhook given a header holding a lone surrogate raises its own error, not UnicodeEncodeError."""
+    headers = signed_headers()
+    headers["webhook-signature"] = "v1,\ud800"
+    with pytest.raises(WebhookVerificationError, match="webhook-signature is not text"):
+        verify_webhook(headers, BODY, RAW_SECRET, now=NOW)
+
+
 @pytest.mark.anyio
 async def test_body_of_exactly_1_mib_is_not_too_large(session: aiohttp.ClientSession) -> None:
     """The cap is inclusive: a 1 MiB body reaches verification (and fails there, not being a task)."""
