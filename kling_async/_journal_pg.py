@@ -215,7 +215,10 @@ _Connection = psycopg.AsyncConnection[TupleRow]
 def redact(url: str) -> str:
     """The URL or conninfo string without its password (for messages, logs and reprs)."""
     if "://" in url:
-        parts = urlsplit(url)
+        try:
+            parts = urlsplit(url)
+        except ValueError:  # not a URL that parses: none of it is shown
+            return url.partition("://")[0] + "://..."
         netloc = parts.netloc
         if "@" in netloc:
             userinfo, _, hostinfo = netloc.rpartition("@")
@@ -264,6 +267,11 @@ class PostgresJournal(Lifecycle):
         if connections < 1:
             raise ValueError(f"connections: at least 1, got {connections!r}")
         super().__init__(redact(url))
+        if "://" in url:
+            try:
+                urlsplit(url)
+            except ValueError as exc:  # libpq's own message would repeat the URL, password and all
+                raise JournalError(f"not a valid URL: {exc}", path=self._path) from None
         self._url = url
         self._lease = lease
         self._connect_timeout = connect_timeout

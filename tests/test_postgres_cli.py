@@ -44,6 +44,14 @@ def test_an_unreachable_database_is_a_usage_error_without_the_password(tmp_path:
     assert "Traceback" not in done.stderr
 
 
+def test_a_journal_url_that_does_not_parse_is_a_usage_error_without_the_password(tmp_path: Path) -> None:
+    done = batch(tmp_path, "postgresql://kling:s3cret@[::1/journal")
+    assert done.returncode == 2
+    assert "--journal: journal postgresql://...: not a valid URL: Invalid IPv6 URL" in done.stderr
+    assert "s3cret" not in done.stderr + done.stdout
+    assert "Traceback" not in done.stderr
+
+
 @pytest.mark.anyio
 async def test_a_row_another_worker_holds_is_reported_elsewhere_and_is_not_a_failure(
     database: str,  # noqa: F811

@@ -58,6 +58,7 @@ async def test_open_journal_makes_a_postgres_journal_for_a_postgresql_url(databa
         ("postgresql://u:pw@h:5432/db?sslmode=require", "postgresql://u@h:5432/db?sslmode=require"),
         ("postgresql://h/db?user=u&password=pw", "postgresql://h/db?user=u&password=***"),
         ("host=h user=u password='p w' dbname=db", "host=h user=u password=*** dbname=db"),
+        ("postgresql://u:pw@[::1/db", "postgresql://..."),
     ],
 )
 def test_the_password_never_shows_in_the_path(given: str, shown: str) -> None:
