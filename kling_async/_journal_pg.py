@@ -41,7 +41,7 @@ import socket
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import anyio
@@ -159,6 +159,13 @@ _ALONE = {
 }
 # At most this many calls share one statement.
 _TOGETHER_MAX = 64
+
+
+_T = TypeVar("_T")
+
+
+class _BrokenConnection(JournalError):
+    """A call failed because its connection died (the server restarted, a failover, a killed backend)."""
 
 
 @dataclass(eq=False, slots=True)
@@ -789,11 +796,16 @@ class PostgresJournal(Lifecycle):
                         run = otherwise
                     if not writes and run is None:
                         return None
-                    async with self._slots, self._connection() as conn:
+
+                    async def work(conn: _Connection) -> Any:
+                        nonlocal committed
                         if writes:
                             await self._commit(conn, writes)
                             committed = True
                         return None if run is None else await run(conn)
+
+                    async with self._slots:
+                        return await self._on_connection(work)
             finally:
                 if writes:
                     self._writes.settle(writes, committed)
@@ -819,11 +831,15 @@ class PostgresJournal(Lifecycle):
                     # Other calls are under way: let those that are ready join before the statement goes.
                     # Alone (one item after another), nobody would: no trip through the event loop then.
                     await anyio.lowlevel.checkpoint()
-                async with self._slots, self._connection() as conn:
+
+                async def work(conn: _Connection) -> frozenset[str]:
                     if self._gathering.get(kind) is batch:  # closed: later calls gather in the next one
                         del self._gathering[kind]
                     cursor = await conn.execute(*self._together_statement(kind, batch.rows))
-                    batch.settled = frozenset(found[0] for found in await cursor.fetchall())
+                    return frozenset(found[0] for found in await cursor.fetchall())
+
+                async with self._slots:
+                    batch.settled = await self._on_connection(work)
             except JournalError as exc:
                 batch.error = exc
             finally:
@@ -851,9 +867,27 @@ class PostgresJournal(Lifecycle):
             return _TOGETHER[kind], (now, *columns, self.worker)
         return _TOGETHER[kind], tuple(columns)
 
+    async def _on_connection(self, work: Callable[[_Connection], Awaitable[_T]]) -> _T:
+        """``work`` on a pooled connection, and once more on a fresh one when that connection proves dead.
+
+        A restarted server or a failover leaves the pool's idle connections dead, and the first call on
+        one fails before the server ran any of it. Running a call again is safe even when the connection
+        broke after its commit: every durable write is guarded so that, applied again, it changes nothing
+        (a task id already recorded is the same id; an uncertain, unsent or failed claim is already so); a
+        claim counts once more; a buffered write that no longer fits is dropped with a warning.
+        """
+        try:
+            async with self._connection() as conn:
+                return await work(conn)
+        except _BrokenConnection as exc:
+            log.warning("%s; trying again on a new connection", exc)
+        async with self._connection() as conn:
+            return await work(conn)
+
     @contextlib.asynccontextmanager
     async def _connection(self) -> AsyncIterator[_Connection]:
-        """A pooled connection; the database's errors become JournalErrors."""
+        """A pooled connection; the database's errors become JournalErrors (``_BrokenConnection`` when
+        the connection died)."""
         assert self._pool is not None
         conn: _Connection | None = None
         try:
@@ -864,7 +898,9 @@ class PostgresJournal(Lifecycle):
                 f"cannot connect: no connection within {self._connect_timeout:g} s", path=self._path
             ) from None
         except psycopg.Error as exc:
-            raise JournalError(f"database error: {_reason(exc)}", path=self._path) from None
+            broken = conn is not None and conn.broken
+            error = _BrokenConnection if broken else JournalError
+            raise error(f"database error: {_reason(exc)}", path=self._path) from None
         finally:
             if conn is not None and conn.broken:
                 # A failover or a killed backend leaves the pool's idle connections dead too: replace them

@@ -370,19 +370,17 @@ async def test_an_item_a_live_worker_holds_is_that_items_claimed_elsewhere_outco
     assert isinstance(outcomes[1].error, ClaimedElsewhere)
 
 
-async def test_a_lost_connection_fails_the_call_it_hits_and_the_next_call_reconnects(
+async def test_a_call_that_meets_a_dead_connection_runs_again_on_a_new_one(
     database: str,  # noqa: F811
 ) -> None:
     async with open_journal(database) as journal:
         await journal.submitting("a", MODEL, REQUEST)
-        with psycopg.connect(database, autocommit=True) as admin:  # a failover, or an admin's kill
+        with psycopg.connect(database, autocommit=True) as admin:  # a restart, a failover, an admin's kill
             admin.execute(
                 "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity"
                 " WHERE datname = current_database() AND pid <> pg_backend_pid()"
             )
-        with pytest.raises(JournalError, match="database error"):
-            await journal.created("a", "t-a", "CREATED")
-        await journal.created("a", "t-a", "CREATED")
+        await journal.created("a", "t-a", "CREATED")  # the task id a POST just returned is not lost
     assert peek(database, "SELECT state, task_id FROM kling_items") == [("created", "t-a")]
 
 
@@ -486,7 +484,7 @@ async def test_a_keys_call_waits_for_its_buffered_write_while_other_keys_go_on(d
     assert seen[0].status == "IN_PROGRESS"
 
 
-async def test_killed_pooled_connections_fail_one_call_and_are_all_replaced(database: str) -> None:  # noqa: F811
+async def test_killed_pooled_connections_are_all_replaced_and_fail_no_call(database: str) -> None:  # noqa: F811
     keys = ["a", "b", "c"]
     async with PostgresJournal(lock_bounded(database), connections=3) as journal:
         await record(journal, *keys)
@@ -500,8 +498,6 @@ async def test_killed_pooled_connections_fail_one_call_and_are_all_replaced(data
                 "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity"
                 " WHERE datname = current_database() AND pid <> pg_backend_pid()"
             )
-        with pytest.raises(JournalError, match="database error"):
-            await journal.lookup("a")
         for key in keys * 3:  # every pooled connection takes its turn: none is left dead
             entry = await journal.lookup(key)
             assert entry is not None
