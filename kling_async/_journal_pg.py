@@ -872,9 +872,9 @@ class PostgresJournal(Lifecycle):
 
         A restarted server or a failover leaves the pool's idle connections dead, and the first call on
         one fails before the server ran any of it. Running a call again is safe even when the connection
-        broke after its commit: every durable write is guarded so that, applied again, it changes nothing
-        (a task id already recorded is the same id; an uncertain, unsent or failed claim is already so); a
-        claim counts once more; a buffered write that no longer fits is dropped with a warning.
+        broke after its commit: a task id, an uncertain or an unsent claim applied again changes nothing; a
+        claim counts once more; a buffered write that no longer fits is dropped with a warning; a refusal
+        recorded twice fails the second time, as any second one does.
         """
         try:
             async with self._connection() as conn:
