@@ -301,7 +301,12 @@ class _Sends:
 
 
 class _JournalRecorder:
-    """Writes one item's POST to the batch journal (the ``Recorder`` of ``_submit.py``)."""
+    """Writes one item's POST to the batch journal (the ``Recorder`` of ``_submit.py``).
+
+    A store that fails with anything but ``JournalError`` (a custom ``BatchJournal``'s ``OSError``) fails
+    as a ``JournalError`` all the same: the item, not the batch, ends with it, and a created task's id
+    goes with it.
+    """
 
     __slots__ = ("_body", "_journal", "_key", "_model", "_sends")
 
@@ -313,32 +318,41 @@ class _JournalRecorder:
         self._body = body
 
     async def sending(self) -> None:
-        await self._journal.submitting(self._key, self._model, self._body)
+        await self._write(self._journal.submitting(self._key, self._model, self._body))
         self._sends.begin()
 
     async def created(self, task_id: str, status: str) -> None:
         try:
-            await self._journal.created(self._key, task_id, status)
+            await self._write(self._journal.created(self._key, task_id, status))
         finally:
             self._sends.end()
 
     async def unsent(self, error: KlingError) -> None:
         try:
-            await self._journal.unsent(self._key, f"{type(error).__name__}: {error}")
+            await self._write(self._journal.unsent(self._key, f"{type(error).__name__}: {error}"))
         finally:
             self._sends.end()
 
     async def refused(self, error: KlingError) -> None:
         try:
-            await self._journal.failed(self._key, None, f"{type(error).__name__}: {error}")
+            await self._write(self._journal.failed(self._key, None, f"{type(error).__name__}: {error}"))
         finally:
             self._sends.end()
 
     async def uncertain(self, error: SubmitUncertainError) -> None:
         try:
-            await self._journal.uncertain(self._key, str(error))
+            await self._write(self._journal.uncertain(self._key, str(error)))
         finally:
             self._sends.end()
+
+    async def _write(self, call: Awaitable[None]) -> None:
+        try:
+            await call
+        except JournalError:
+            raise
+        except Exception as exc:
+            problem = f"{type(exc).__name__}: {exc}"
+            raise JournalError(problem, path=self._journal.path, key=self._key) from exc
 
 
 class BatchRun:
@@ -377,6 +391,7 @@ class BatchRun:
         )
         self._pending = 0
         self._submitting = True
+        self._input_error: Exception | None = None  # the input raised: no more items, raised at the end
         self._drained = anyio.Event()
         # Task id -> the key of the item following it, with a journal only: its status records go by key,
         # and only a journal (a duplicate entry) can hand two items one task.
@@ -400,7 +415,7 @@ class BatchRun:
         """Run every item to an outcome and send each outcome as soon as it is known."""
         unsubscribe: list[Callable[[], None]] = []
         try:
-            async with self._send, anyio.create_task_group() as tg:
+            async with anyio.create_task_group() as tg:
                 self._tg = tg
                 self._tracker = Tracker(
                     registry=self._registry,
@@ -421,7 +436,16 @@ class BatchRun:
                 async def next_job() -> tuple[int, Job] | None:
                     if self._batch_deadline is not None and self._clock.now() >= self._batch_deadline:
                         return None  # past the batch's deadline: take no more items
-                    job = await pull()
+                    if self._input_error is not None:
+                        return None
+                    try:
+                        job = await pull()
+                    except Exception as exc:
+                        # The caller's input broke (a bad row, a generator's bug): no item is taken
+                        # after it, the items taken run to their outcomes, then the batch raises it.
+                        if self._input_error is None:
+                            self._input_error = exc
+                        return None
                     if job is None:
                         return None
                     self._pending += 1
@@ -446,6 +470,8 @@ class BatchRun:
                     self._drained.set()
                 await self._drained.wait()
                 tg.cancel_scope.cancel()
+            if self._input_error is not None:
+                raise self._input_error
         finally:
             if self._sends.open:
                 # POSTs that left before the cancellation are answered within the request timeout;
@@ -458,6 +484,9 @@ class BatchRun:
             for ticket in self._tickets:
                 ticket.release()
             self._tickets.clear()
+        # The end of the outcomes. A run that failed leaves that to the engine, which records the failure
+        # first: a reader that saw the end before the failure would take the batch for complete.
+        self._send.close()
 
     async def _take_ticket(self) -> Ticket:
         ticket = await self._slots.take()
@@ -742,7 +771,9 @@ class _Engine:
         try:
             with self.scope:
                 await self.run(self.send)
-        except Exception as exc:  # a bug in the engine: surface it to the reader, not to the client
+        except Exception as exc:  # the input's, or a bug in the engine: to the reader, not to the client
+            while isinstance(exc, ExceptionGroup) and len(exc.exceptions) == 1:
+                exc = exc.exceptions[0]  # as it was raised, not wrapped by the task groups it crossed
             self.failure = exc
         finally:
             self.send.close()

@@ -4,7 +4,7 @@ A submission's try has two halves. Waiting for the limiter (a token, a ``Retry-A
 backoff between tries belong to the caller: cancelling them sends nothing. Once the limiter lets the
 POST go, the rest of the try runs in one of the client's **sender** tasks (long-lived, in the client's
 task group): the ``sending`` record, the POST, and the recording of its answer (registry, then the
-caller's ``Recorder`` - a batch's journal - then the ``TaskSubmitted`` event). Whatever cancels the
+``TaskSubmitted`` event, then the caller's ``Recorder``: a batch's journal). Whatever cancels the
 caller then (an ``asyncio.timeout``, a ``TaskGroup`` sibling, an anyio scope), the sender runs the try to
 its end, so the task id is known and kept before the caller sees its cancellation. Closing the client
 waits, bounded, for such POSTs.
@@ -118,7 +118,8 @@ class Creator:
         self._waiting: list[asyncio.Future[None]] = []  # idle senders, each woken by its future
         self._senders = 0
         self._tasks: set[asyncio.Task[object]] = set()  # the senders' tasks, until they are done
-        self._closing = False
+        self._stopping = False  # the client is closing: no new POST leaves
+        self._closing = False  # ... and idle senders end
         self._on_wire = 0
         self._idle = anyio.Event()
         self._idle.set()
@@ -133,8 +134,10 @@ class Creator:
     async def drain(self, timeout: float) -> None:
         """Wait until no POST is on the wire, at most ``timeout`` seconds, then let idle senders end.
 
-        Senders still sending after that are cancelled with the client's group.
+        Senders still sending after that are cancelled with the client's group. From the start no new
+        POST leaves: a submission that gets its place on the wire while this waits is refused, unsent.
         """
+        self._stopping = True
         with self._pipeline.clock.move_on_after(timeout):
             await self._idle.wait()
         self._closing = True
@@ -174,6 +177,9 @@ class Creator:
         attempts = pipeline.attempts()
         while True:
             await pipeline.limiter.acquire(Lane.SUBMIT, retry=attempts.ahead)
+            if self._stopping:  # sent now, it would be cut off mid-flight by the closing client
+                pipeline.limiter.release()
+                raise RuntimeError("the client closed before this POST was sent")
             attempts.start()
             # From here the POST may leave: the try belongs to the client, not to the caller.
             attempt = _Try(submission, asyncio.get_running_loop().create_future())
@@ -323,6 +329,10 @@ class Creator:
             urls=status.generated,
         )
         registry.follow(handle, submission.ticket)
+        # Announced before the journal records it: a journal that fails, hangs or is cut off by the
+        # closing client must not be the only one to know the id.
+        if self._events.active:
+            self._events.publish(TaskSubmitted(task_id=handle.task_id, model=endpoint.model, key=key))
         record_error: JournalError | None = None
         if recorder is not None:
             try:
@@ -330,8 +340,17 @@ class Creator:
             except JournalError as exc:
                 exc.task_id = handle.task_id
                 record_error = exc
-        if self._events.active:
-            self._events.publish(TaskSubmitted(task_id=handle.task_id, model=endpoint.model, key=key))
+            except BaseException:
+                log.warning(
+                    "task %s was created for item %s but the journal was stopped before recording it;"
+                    " it runs on, reachable with client.task(%r, model=%r)",
+                    handle.task_id,
+                    key,
+                    handle.task_id,
+                    handle.model,
+                    extra={"task_id": handle.task_id},
+                )
+                raise
         if attempt.abandoned:
             _log_abandoned(handle, key)
         return Created(handle, record_error)

@@ -15,6 +15,7 @@ from kling_async import (
     Job,
     KlingClient,
     OmniRequest,
+    Outcome,
     PollPolicy,
     RetryPolicy,
     SubmitUncertainError,
@@ -86,6 +87,36 @@ async def test_async_iterables_are_accepted(client: KlingClient) -> None:
             yield request
 
     assert [o.ok for o in await client.gather(source())] == [True, True, True]
+
+
+def _breaks_after(n: int) -> Iterator[OmniRequest]:
+    """An input that yields ``n`` requests, then raises (a bad row, a cursor's failure)."""
+    yield from prompts(n)
+    raise ValueError("row 4: the source failed")
+
+
+async def test_an_input_that_raises_ends_the_batch_with_its_error_after_the_outcomes_of_the_items_taken(
+    client: KlingClient, sim: Simulator
+) -> None:
+    outcomes: list[Outcome] = []
+
+    async def read() -> None:
+        async with client.map(_breaks_after(3)) as batch:
+            async for outcome in batch:
+                outcomes.append(outcome)
+
+    with pytest.raises(ValueError, match="row 4: the source failed"):
+        await read()
+    assert [o.ok for o in outcomes] == [True, True, True]
+    assert {o.task_id for o in outcomes} == set(sim.tasks)
+
+
+async def test_an_input_that_raises_fails_a_journaled_gather_instead_of_returning_short(
+    client: KlingClient, sim: Simulator, tmp_path: Path
+) -> None:
+    with pytest.raises(ValueError, match="row 4: the source failed"):
+        await client.gather(_breaks_after(3), journal=tmp_path / "run.db")
+    assert sim.counters.posts == 3
 
 
 async def test_a_lazy_input_is_pulled_only_as_submissions_go_out(sim: Simulator) -> None:

@@ -30,11 +30,13 @@ from kling_async import (
     TaskFailedError,
     TaskStatus,
     TaskSubmitted,
+    Timeouts,
     TransportError,
 )
 from kling_async._endpoints import Endpoint, endpoint_for
 from kling_async._events import _BUFFER as EVENT_BUFFER
 from kling_async._events import EventHub, EventStream, StatusChanged
+from kling_async._journal import SQLiteJournal
 from kling_async._registry import EARLY_DELIVERIES, Slots, TaskRegistry
 from kling_async._tracker import SWEEP_MIN_TASKS
 from kling_async.testing import FakeClock, Simulator
@@ -120,6 +122,33 @@ async def test_closing_the_client_waits_for_a_post_on_the_wire(sim: Simulator) -
     submitted = [event.task_id async for event in events if isinstance(event, TaskSubmitted)]
     assert submitted == list(sim.tasks)
     assert len(submitted) == 1
+
+
+async def test_a_submit_waiting_for_the_wire_when_the_client_closes_sends_nothing(sim: Simulator) -> None:
+    """One POST on the wire, a second submit() waiting for its place (max_concurrency=1), then the client
+    closes: the first task is kept; the second POST is not sent (sent, the closing client would cut it
+    off mid-flight and lose its task), and its caller is told so, not handed the client's cancellation."""
+    sim.queue_fault("latency", method="POST", seconds=0.3)
+    outcomes: dict[str, str] = {}
+    client = await _client(sim, max_concurrency=1).__aenter__()
+
+    async def submit(name: str) -> None:
+        try:
+            outcomes[name] = (await client.submit(OmniRequest(prompt=name))).task_id
+        except RuntimeError as exc:
+            outcomes[name] = str(exc)
+
+    first = asyncio.create_task(submit("first"))
+    await asyncio.sleep(0.05)
+    second = asyncio.create_task(submit("second"))
+    await asyncio.sleep(0.05)
+    await client.aclose()
+    await asyncio.gather(first, second)
+    assert outcomes == {
+        "first": next(iter(sim.tasks)),
+        "second": "the client closed before this POST was sent",
+    }
+    assert sim.counters.posts == 1
 
 
 # -- batches live in the caller's scope ---------------------------------------------------------------------
@@ -368,6 +397,45 @@ async def test_a_journal_failing_after_a_created_post_keeps_the_id_and_frees_the
     for outcome in outcomes:
         assert isinstance(outcome.error, JournalError)
         assert outcome.error.task_id == outcome.task_id
+
+
+class _CreatedFailsOnItsDisk(SQLiteJournal):
+    """A custom store whose record of a task id fails with its own error, not a JournalError."""
+
+    async def created(self, key: str, task_id: str, status: str) -> None:
+        raise OSError(28, "No space left on device")
+
+
+async def test_a_custom_journal_failing_with_its_own_error_keeps_the_created_id_in_the_outcome(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    async with _client(sim) as client:
+        outcomes = await client.gather(_prompts(2), journal=_CreatedFailsOnItsDisk(tmp_path / "run.db"))
+    assert sorted(o.task_id for o in outcomes if o.task_id) == sorted(sim.tasks)
+    for outcome in outcomes:
+        assert isinstance(outcome.error, JournalError)
+        assert "OSError: [Errno 28] No space left on device" in str(outcome.error)
+
+
+class _CreatedHangs(SQLiteJournal):
+    """A store that never answers the record of a task id (a hung network disk)."""
+
+    async def created(self, key: str, task_id: str, status: str) -> None:
+        await anyio.sleep_forever()
+
+
+async def test_a_journal_that_hangs_on_a_created_task_does_not_hide_its_id(
+    sim: Simulator, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The id is announced before the journal records it, and logged when the client stops the hung
+    record: no journal, however stuck, is the only one to know a paid task."""
+    async with _client(sim, timeouts=Timeouts(total=0.5)) as client:
+        events = client.events()
+        with anyio.move_on_after(0.3):
+            await client.gather(_prompts(1), journal=_CreatedHangs(tmp_path / "run.db"))
+        announced = await _first_submitted(events)
+    assert [announced] == list(sim.tasks)
+    assert any(announced in record.getMessage() for record in caplog.records if record.levelname == "WARNING")
 
 
 class _StatusWritesFail(Journal):
