@@ -188,6 +188,10 @@ class Creator:
                 return await attempt.answer
             except _NothingCreated as nothing:
                 error = nothing.error
+                # Raised here, it holds this frame, which will hold the next try's answer and its handle:
+                # kept from collection (and its in-flight slot from release) until the cyclic collector
+                # runs, since the failed try's frames hold it too.
+                nothing.__traceback__ = None
             except BaseException:
                 answer = attempt.answer
                 if answer.done() and not answer.cancelled() and answer.exception() is None:
@@ -258,6 +262,8 @@ class Creator:
         try:
             attempt.succeed(await self._try_once(attempt, attempt.submission))
         except Exception as exc:
+            if attempt.abandoned and isinstance(exc, SubmitUncertainError):
+                _log_abandoned_uncertain(exc, attempt.submission.key)
             attempt.fail(exc)
         except BaseException as exc:
             attempt.fail(exc)
@@ -373,6 +379,17 @@ class _NothingCreated(Exception):
     def __init__(self, error: KlingError) -> None:
         super().__init__(str(error))
         self.error = error
+
+
+def _log_abandoned_uncertain(error: SubmitUncertainError, key: str | None) -> None:
+    # Nobody is left to catch the SubmitUncertainError: a lone submit() says it here. A batch item's
+    # journal records it uncertain.
+    log.log(
+        logging.WARNING if key is None else logging.INFO,
+        "a POST for a caller that was cancelled may have created a task (%s); client.list_tasks() shows"
+        " the account's newest tasks",
+        error,
+    )
 
 
 def _log_abandoned(handle: TaskHandle, key: str | None) -> None:

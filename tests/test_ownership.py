@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import itertools
 import math
 import sqlite3
@@ -82,6 +83,40 @@ async def test_asyncio_timeout_during_a_create_post_keeps_the_created_task(sim: 
         assert list(sim.tasks) == [task_id]
         result = await client.task(task_id).wait()
         assert result.url is not None
+
+
+async def test_a_cancelled_submit_whose_post_ends_uncertain_says_so_in_a_warning(
+    sim: Simulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The caller left before its POST's answer was lost (the server created the task, then dropped the
+    connection): nobody catches the SubmitUncertainError, so a WARNING says a task may exist."""
+    sim.faults.latency = 0.1
+    sim.queue_fault("drop_after_create")
+    async with _client(sim) as client:
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.02):
+                await client.submit(OmniRequest(prompt="a fox"))
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert sim.counters.tasks_created == 1
+    assert any("may have created a task" in message for message in warnings)
+
+
+async def test_the_slot_of_a_handle_dropped_after_a_retried_post_comes_back_without_the_cyclic_collector(
+    sim: Simulator,
+) -> None:
+    """A submit whose first try got 503, then its handle dropped: its in-flight slot is back at once (the
+    retry left no reference cycle holding the handle until the cyclic collector ran)."""
+    sim.queue_fault("503")
+    gc.disable()
+    try:
+        async with _client(sim, max_in_flight=1) as client:
+            handle = await client.submit(OmniRequest(prompt="a fox"))
+            assert client._slots.held == 1
+            del handle
+            await asyncio.sleep(0.01)  # the loop lets go of the answered future
+            assert client._slots.held == 0
+    finally:
+        gc.enable()
 
 
 async def test_an_asyncio_taskgroup_sibling_failing_mid_post_keeps_the_created_task(sim: Simulator) -> None:
