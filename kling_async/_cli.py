@@ -125,12 +125,15 @@ def _read_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | str]]:
         with path.open(newline="", encoding="utf-8-sig") as handle:
             if path.suffix.lower() == ".csv":
                 csv.field_size_limit(_CSV_FIELD_LIMIT)
-                reader = csv.reader(handle)
+                reader = csv.reader(handle, strict=True)  # a stray quote is an error, not rows swallowed
                 header = [name.strip() for name in next(reader, [])]
+                _check_header(header)
+                line = reader.line_num
                 for record in reader:
-                    line = reader.line_num
+                    # A record may span lines (a quoted newline): it is named by its first.
+                    start, line = line + 1, reader.line_num
                     if len(record) > len(header):
-                        yield line, f"{len(record)} cells, but the header names {len(header)} columns"
+                        yield start, f"{len(record)} cells, but the header names {len(header)} columns"
                         continue
                     fields = {
                         name: _parse_cell(cell)
@@ -138,7 +141,7 @@ def _read_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | str]]:
                         if name and cell.strip()
                     }
                     if fields:
-                        yield line, fields
+                        yield start, fields
                 return
             for line, text in enumerate(handle, start=1):
                 if not text.strip():
@@ -158,9 +161,22 @@ def _read_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | str]]:
         raise _FileError(f"line {line + 1}: not valid CSV: {exc}") from None
 
 
+def _check_header(header: list[str]) -> None:
+    """A CSV header names each column once: a cell under a nameless or repeated name would be lost."""
+    seen: set[str] = set()
+    for column, name in enumerate(header, start=1):
+        if not name:
+            raise _FileError(f"line 1: column {column} of the header has no name")
+        if name in seen:
+            raise _FileError(f"line 1: the header names {name!r} twice")
+        seen.add(name)
+
+
 def _to_job(fields: dict[str, Any], default_model: str, *, strict: bool = True) -> Job:
     fields = dict(fields)
     job_id = fields.pop("id", None)
+    if job_id is not None and (isinstance(job_id, bool) or not isinstance(job_id, str | int)):
+        raise InvalidRequestError.for_field("id", f"a string or a whole number, got {json.dumps(job_id)}")
     model = str(fields.pop("model", None) or default_model)
     endpoint = endpoint_for(model)
     request = request_from_dict(fields, endpoint.request_type, strict=strict)

@@ -46,6 +46,27 @@ FILES = {
         b'{"prompt": "a", "cfg_scale": ' + b"9" * 5000 + b"}\n",
         "jobs.jsonl:1",
     ),
+    "a stray CSV quote that would swallow the rows after it": (
+        "jobs.csv",
+        b'id,prompt\na,"x\nb,y\nc,z\n',
+        "line 2: not valid CSV: unexpected end of data",
+    ),
+    "a CSV header naming a column twice": ("jobs.csv", b"id,prompt,prompt\nb,x,y\n", "names 'prompt' twice"),
+    "a CSV header with a nameless column": (
+        "jobs.csv",
+        b",prompt\na,x\n",
+        "column 1 of the header has no name",
+    ),
+    "an id that is a JSON list": (
+        "jobs.jsonl",
+        b'{"id": ["a"], "prompt": "x"}\n',
+        "jobs.jsonl:1: id: a string",
+    ),
+    "an id that is a JSON boolean": (
+        "jobs.jsonl",
+        b'{"id": true, "prompt": "x"}\n',
+        "jobs.jsonl:1: id: a string",
+    ),
 }
 
 
@@ -137,6 +158,13 @@ async def test_a_csv_row_with_more_cells_than_columns_is_invalid(tmp_path: Path)
     assert done.returncode == 2
     assert "jobs.csv:2: 3 cells, but the header names 2 columns" in done.stdout
     assert "1 valid, 1 invalid" in done.stdout
+
+
+async def test_a_csv_row_spanning_lines_is_named_by_its_first_line(tmp_path: Path) -> None:
+    jobs = tmp_path / "jobs.csv"
+    jobs.write_text('id,prompt\nc1,"a fox\n' + "x" * 2501 + '"\nc2,a cat\n')
+    done = await _cli(["validate", str(jobs)])
+    assert "jobs.csv:2: prompt: at most 2500 characters" in done.stdout
 
 
 async def test_the_summary_names_an_invalid_row_by_its_line_alone(sim: Simulator, tmp_path: Path) -> None:
