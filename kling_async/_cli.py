@@ -345,6 +345,8 @@ def _echo_result(
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         sys.exit(EXIT_INTERRUPTED)
+    except InvalidRequestError as exc:  # a bad task id or model: the input, checked before any request
+        _fail(str(exc))
     except (KlingError, RuntimeError) as exc:  # RuntimeError: e.g. downloading a task not finished yet
         click.echo(f"error: {exc}", err=True)
         sys.exit(EXIT_FAILED)
@@ -354,13 +356,18 @@ def _echo_result(
 @contextlib.asynccontextmanager
 async def _retries_shown(client: KlingClient) -> AsyncIterator[None]:
     """Show the client's retries on stderr while the body runs (single-task commands)."""
-    notices = _RetryNotices(Console(stderr=True))
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(notices.follow, client)
-        try:
-            yield
-        finally:
-            tg.cancel_scope.cancel()
+    notices = _RetryNotices(Console(stderr=True, soft_wrap=True))  # a notice is one line, however long
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(notices.follow, client)
+            try:
+                yield
+            finally:
+                tg.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        if len(group.exceptions) == 1:  # the body's own error, not wrapped by the group it crossed
+            raise group.exceptions[0] from None
+        raise
 
 
 def _fail(message: str) -> NoReturn:
@@ -598,7 +605,7 @@ class _BatchRun:
 
     async def _run(self, client: KlingClient) -> None:
         # JSON lines drawn on the same terminal as a live bar would tear it: they are the display then.
-        live = not (self.as_json and sys.stdout.isatty())
+        live = not (self.as_json and sys.stdout is not None and sys.stdout.isatty())
         progress = BatchProgress(self.console, total=len(self.rows), live=live)
         async with progress.watching(client):
             batch = client.map(

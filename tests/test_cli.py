@@ -206,6 +206,27 @@ async def test_status_and_download_work_on_a_task_id(sim: Simulator, tmp_path: P
     assert Path(saved.stdout.strip()).exists()
 
 
+async def test_a_task_that_fails_is_one_error_line_from_generate(sim: Simulator, tmp_path: Path) -> None:
+    done = await _cli(["generate", "a fox [fail]", "--out", str(tmp_path), *FAST], sim)
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("error: task ")
+
+
+async def test_an_unknown_task_is_one_error_line_from_status(sim: Simulator) -> None:
+    done = await _cli(["status", "00000000-0000-4000-8000-000000000000"], sim)
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip().startswith("error: ")
+
+
+async def test_a_task_id_that_cannot_be_one_is_a_usage_error_from_download(sim: Simulator) -> None:
+    done = await _cli(["download", "../x"], sim)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [done.stderr.strip()]
+    assert done.stderr.startswith("error: task_id: ")
+
+
 def test_the_progress_display_redraws_in_place_on_a_terminal(tmp_path: Path) -> None:
     """On a pseudo-terminal the bar uses control codes and ends with the summary table."""
     controller, terminal = pty.openpty()
