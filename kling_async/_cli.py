@@ -48,7 +48,7 @@ from ._errors import (
     TaskTimeoutError,
 )
 from ._events import Event, RequestRetried
-from ._journal import Journal
+from ._journal import BatchJournal, Journal
 from ._journals import open_journal
 from ._models import Kling3Request, encode_request, request_from_dict
 from ._polling import PollPolicy
@@ -592,25 +592,32 @@ class _BatchRun:
     async def execute(self, simulate: bool, options: dict[str, Any]) -> None:
         started = False
         try:
-            async with _client(simulate, **options) as client, anyio.create_task_group() as tg:
+            # Opened first, and held for the whole run: a journal another batch holds is refused here,
+            # before anything is sent or any report is written (the batch re-enters it). Closed, so
+            # committed, before the report reads it.
+            async with (
+                open_journal(self.journal) as journal,
+                _client(simulate, **options) as client,
+                anyio.create_task_group() as tg,
+            ):
                 started = True  # from here on every row gets a record, whatever happens
                 self.timeline.start()
                 tg.start_soon(self._follow_signals, tg.cancel_scope)
                 tg.start_soon(self._follow_events, client)
-                await self._run(client)
+                await self._run(client, journal)
                 tg.cancel_scope.cancel()
         finally:
             if started:
                 self._report()
 
-    async def _run(self, client: KlingClient) -> None:
+    async def _run(self, client: KlingClient, journal: BatchJournal) -> None:
         # JSON lines drawn on the same terminal as a live bar would tear it: they are the display then.
         live = not (self.as_json and sys.stdout is not None and sys.stdout.isatty())
         progress = BatchProgress(self.console, total=len(self.rows), live=live)
         async with progress.watching(client):
             batch = client.map(
                 self.jobs(),
-                journal=self.journal,
+                journal=journal,
                 download=self.out,
                 resubmit_uncertain=self.resubmit,
                 resubmit_failed=self.retry_failed,

@@ -41,6 +41,11 @@ from enum import StrEnum
 from types import TracebackType
 from typing import Any, Generic, NamedTuple, Protocol, Self, TypeVar
 
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None  # type: ignore[assignment]
+
 import anyio
 import anyio.abc
 import anyio.to_thread
@@ -846,6 +851,45 @@ class _Job:
     error: Exception | None = None
 
 
+class _RunLock:
+    """One batch at a time on a journal file: an exclusive lock on ``FILE-lock`` beside it, held while the
+    batch has the journal open, and let go by the system if the process dies. Two batches at once on one
+    file would each find an item unsent and both POST it. (The lock is not on the database file itself:
+    closing another descriptor of it would drop SQLite's own locks.)"""
+
+    __slots__ = ("_fd",)
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+
+    @classmethod
+    def take(cls, path: str) -> _RunLock | None:
+        """The lock, or None where the system has no ``flock`` (Windows: not guarded).
+
+        Raises:
+            JournalError: another batch holds it, or the lock file cannot be made.
+        """
+        if fcntl is None:
+            return None
+        try:
+            fd = os.open(f"{path}-lock", os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise JournalError(f"cannot make its lock file: {exc.strerror or exc}", path=path) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise JournalError(
+                "in use by another batch; two at once on one journal could both pay for the same item"
+                " (many workers share a PostgreSQL journal instead)",
+                path=path,
+            ) from None
+        return cls(fd)
+
+    def release(self) -> None:
+        os.close(self._fd)  # closing the descriptor lets the lock go
+
+
 class SQLiteJournal(Lifecycle):
     """``BatchJournal`` on an SQLite file, without ever blocking the event loop.
 
@@ -891,6 +935,7 @@ class SQLiteJournal(Lifecycle):
         self._jobs: MemoryObjectSendStream[_Job] | None = None
         self._queue: MemoryObjectReceiveStream[_Job] | None = None
         self._tg: anyio.abc.TaskGroup | None = None
+        self._run_lock: _RunLock | None = None
 
     @property
     def path(self) -> str:
@@ -905,6 +950,7 @@ class SQLiteJournal(Lifecycle):
     _STORE = "file"
 
     async def _start(self) -> None:
+        self._run_lock = _RunLock.take(self._path)
         self._limiter = anyio.CapacityLimiter(1)
         send, receive = anyio.create_memory_object_stream[_Job](math.inf)
         self._jobs, self._queue = send, receive
@@ -916,8 +962,19 @@ class SQLiteJournal(Lifecycle):
         self._tg.start_soon(self._writes.commit_on_time, self._commit_buffered)
 
     async def _shut(self) -> None:
-        """Commit what is buffered, close the file (if this opened it), then stop the worker and the timer."""
-        assert self._jobs is not None
+        """Commit what is buffered, close the file (if this opened it), stop the worker and the timer, then
+        let another run have the file."""
+        try:
+            await self._stop()
+        finally:
+            if self._run_lock is not None:
+                self._run_lock.release()
+                self._run_lock = None
+
+    async def _stop(self) -> None:
+        if self._jobs is None:  # the file is another run's: nothing was started
+            self._closed = True
+            return
         assert self._tg is not None
         self._closed = True  # from here on, calls are refused
         self._tg.cancel_scope.cancel()  # stops the timer; the worker is shielded and drains the queue

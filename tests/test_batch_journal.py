@@ -18,7 +18,7 @@ from kling_async import (
     SubmitUncertainError,
     TaskTimeoutError,
 )
-from kling_async._journal import Journal, JournalState
+from kling_async._journal import Journal, JournalState, SQLiteJournal
 from kling_async._models import encode_request
 from kling_async.testing import Faults, Simulator
 from tests.conftest import FAST_POLL, FAST_RETRY
@@ -44,6 +44,25 @@ async def test_a_rerun_of_a_finished_batch_sends_nothing(sim: Simulator, tmp_pat
     assert [o.task_id for o in second] == [o.task_id for o in first]
     assert all(o.ok for o in second)
     assert sum(sim.counters.responses_by_status.values()) == requests_after_first
+
+
+async def test_a_second_batch_on_a_journal_in_use_is_refused_before_it_sends(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    """Two batches at once on one file would each find an item unsent and both pay for it."""
+    async with SQLiteJournal(tmp_path / "run.db"), _client(sim) as client:  # the first batch's
+        with pytest.raises(JournalError, match="in use by another batch"):
+            await client.gather(jobs(3), journal=tmp_path / "run.db")
+    assert sim.counters.posts == 0
+
+
+async def test_a_journal_is_free_for_the_next_batch_once_the_last_one_closed_it(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    async with _client(sim) as client:
+        await client.gather(jobs(2), journal=tmp_path / "run.db")
+        outcomes = await client.gather(jobs(3), journal=tmp_path / "run.db")
+    assert [o.ok for o in outcomes] == [True, True, True]
 
 
 async def test_a_rerun_reattaches_to_running_tasks_by_id_without_a_post(

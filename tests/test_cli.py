@@ -15,6 +15,7 @@ from pathlib import Path
 import anyio
 import pytest
 
+from kling_async._journal import SQLiteJournal
 from kling_async.testing import Faults, Simulator
 
 pytestmark = pytest.mark.anyio
@@ -204,6 +205,23 @@ async def test_status_and_download_work_on_a_task_id(sim: Simulator, tmp_path: P
     assert json.loads(status.stdout)["status"] == "COMPLETED"
     saved = await _cli(["download", task_id, "--out", str(tmp_path / "dl")], sim)
     assert Path(saved.stdout.strip()).exists()
+
+
+async def test_a_batch_on_an_out_folder_another_batch_is_running_in_is_refused(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    """Two runs at once on one --out would both pay for every row: the second stops before sending, and
+    leaves the first run's report alone."""
+    jobs = _write_jobs(tmp_path / "jobs.jsonl", [{"prompt": "a"}, {"prompt": "b"}])
+    out = tmp_path / "out"
+    out.mkdir()
+    async with SQLiteJournal(out / "journal.db"):  # the batch already running
+        done = await _cli(["batch", str(jobs), "--out", str(out), *FAST], sim)
+    assert done.returncode == 2
+    assert "journal.db: in use by another batch" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert sim.counters.posts == 0
+    assert not (out / "report.json").exists()
 
 
 async def test_a_task_that_fails_is_one_error_line_from_generate(sim: Simulator, tmp_path: Path) -> None:
