@@ -523,6 +523,7 @@ def batch(
     # A row another worker of a shared journal holds is that worker's to finish: not a failure here.
     every_row_done = (
         not errors
+        and not run.report_failed
         and len(run.outcomes) == len(rows)
         and all(o.ok or isinstance(o.error, ClaimedElsewhere) for o in run.outcomes.values())
     )
@@ -580,6 +581,7 @@ class _BatchRun:
         self.outcomes: dict[int, Outcome] = {}
         self.draining = False
         self.interrupted = False
+        self.report_failed = False
         self.timeline = RunTimeline()
 
     def jobs(self) -> Iterator[Job]:
@@ -695,7 +697,12 @@ class _BatchRun:
         ]
         records.sort(key=lambda record: record["line"])
         rows = {row.job.id: row.job for row in self.rows}
-        report = write_reports(self.out, records, rows, self.timeline)
+        report: Path | OSError
+        try:
+            report = write_reports(self.out, records, rows, self.timeline)
+        except OSError as exc:  # a full disk: the summary, with every task id, is all there is then
+            self.report_failed = True
+            report = exc
         _summary(self.console, records, report, interrupted=self.interrupted, retrying=self.retry_failed)
 
 
@@ -717,8 +724,15 @@ def _status_of(outcome: Outcome) -> str:
 
 
 def _summary(
-    console: Console, records: list[dict[str, Any]], report: Path, *, interrupted: bool, retrying: bool
+    console: Console,
+    records: list[dict[str, Any]],
+    report: Path | OSError,
+    *,
+    interrupted: bool,
+    retrying: bool,
 ) -> None:
+    """The table of statuses, the rows that did not complete (with their task ids), and what to do next;
+    ``report`` is where the report went, or why it could not be written."""
     by_status = Counter(record["status"] for record in records)
     title = "kling-async batch (interrupted)" if interrupted else "kling-async batch"
     table = Table(title=title, show_header=True)
@@ -729,11 +743,13 @@ def _summary(
         table.add_row(f"[{style}]{status}[/{style}]", str(count))
     console.print(table)
     problems = [record for record in records if record["status"] not in ("COMPLETED", ELSEWHERE)]
-    for record in problems[:20]:
+    shown = problems if isinstance(report, OSError) else problems[:20]  # without a report: every one
+    for record in shown:
         name = f"line {record['line']}" + (f" ({record['id']})" if record["id"] is not None else "")
-        console.print(f"  {name}: {record['error']}", highlight=False, markup=False)
-    if len(problems) > 20:
-        console.print(f"  ... and {len(problems) - 20} more in the report")
+        task = f" task {record['task_id']}" if record["task_id"] else ""
+        console.print(f"  {name}{task}: {record['error']}", highlight=False, markup=False)
+    if len(problems) > len(shown):
+        console.print(f"  ... and {len(problems) - len(shown)} more in the report")
     if interrupted:
         console.print(
             f"[yellow]interrupted: {by_status['NOT_RUN']} row(s) not run; run the same command again to"
@@ -753,7 +769,13 @@ def _summary(
             " (a rerun without it never does)",
             highlight=False,
         )
-    console.print(f"report: {report} and {report.with_suffix('.html').name}", highlight=False)
+    if isinstance(report, OSError):
+        where = f"{report.filename}: " if report.filename else ""
+        console.print(
+            f"[red]error: the report could not be written: {where}{report.strerror or report}[/red]"
+        )
+    else:
+        console.print(f"report: {report} and {report.with_suffix('.html').name}", highlight=False)
 
 
 @cli.command(short_help="One clip from PROMPT; prints the saved file's path.")

@@ -98,8 +98,12 @@ def write_reports(
 def _replace(path: Path, text: str) -> None:
     # A reader (a browser reloading the page) never sees half a file.
     part = path.with_name(path.name + ".part")
-    part.write_text(text, encoding="utf-8")
-    os.replace(part, path)
+    try:
+        part.write_text(text, encoding="utf-8")
+        os.replace(part, path)
+    except OSError:
+        part.unlink(missing_ok=True)  # a full disk: no half-written file left behind
+        raise
 
 
 def _e(value: object) -> str:

@@ -224,6 +224,25 @@ async def test_a_batch_on_an_out_folder_another_batch_is_running_in_is_refused(
     assert not (out / "report.json").exists()
 
 
+async def test_a_report_that_cannot_be_written_leaves_the_summary_with_every_task_id(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    """The report's place is taken (as a full disk would refuse it): no traceback, the summary still
+    names each row that did not complete with its task id, and the exit code says not all is well."""
+    jobs = _write_jobs(
+        tmp_path / "jobs.jsonl", [{"id": "ok", "prompt": "a"}, {"id": "bad", "prompt": "b [fail]"}]
+    )
+    out = tmp_path / "out"
+    (out / "report.json").mkdir(parents=True)
+    done = await _cli(["batch", str(jobs), "--out", str(out), *FAST], sim)
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    failed = next(task_id for task_id, task in sim.tasks.items() if "[fail]" in task.payload["prompt"])
+    assert f"line 2 (bad) task {failed}:" in done.stderr
+    assert "error: the report could not be written" in done.stderr
+    assert not (out / "report.json.part").exists()
+
+
 async def test_a_task_that_fails_is_one_error_line_from_generate(sim: Simulator, tmp_path: Path) -> None:
     done = await _cli(["generate", "a fox [fail]", "--out", str(tmp_path), *FAST], sim)
     assert done.returncode == 1
