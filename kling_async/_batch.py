@@ -589,7 +589,8 @@ class BatchRun:
                 return False
             error = SubmitUncertainError(
                 f"item {key}: its POST was sent by an earlier run that got no answer, so a task may exist;"
-                " not resubmitted (pass resubmit_uncertain=True to send it again)",
+                " not resubmitted (resubmit_uncertain=True, or the command line's --resubmit-uncertain, sends"
+                " it again)",
                 model=model,
                 key=key,
             )

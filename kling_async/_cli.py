@@ -486,6 +486,13 @@ def batch(
     if not simulate:
         _require_key()
     journal_spec = journal or str(out / "journal.db")
+    if not _is_url(journal_spec) and not Path(journal_spec).exists() and (out / "report.json").is_file():
+        # The report of an earlier run without its journal: every row would look new, and be paid again.
+        _fail(
+            f"{out / 'report.json'} is the report of an earlier run, but its journal {journal_spec} is gone:"
+            " this run would send every row again, paying twice for those it finished. Put the journal"
+            " back, use another --out, or delete the report to start over"
+        )
     try:
         out.mkdir(parents=True, exist_ok=True)
         # Opened here, before anything is sent: an unusable journal is a usage error, and the rows whose
@@ -759,6 +766,14 @@ def _summary(
         console.print(
             f"{by_status[ELSEWHERE]} row(s) held by another worker of the shared journal: theirs to finish;"
             " the journal, or this command run again once they are done, shows how they end",
+            highlight=False,
+        )
+    uncertain = by_status["UNCERTAIN"]
+    if uncertain:
+        console.print(
+            f"{uncertain} row(s) UNCERTAIN: a POST went out and its answer was lost, so a task may exist (and"
+            " be paid); look for it among the account's tasks before you rerun with --resubmit-uncertain to"
+            " send these again (that may pay twice)",
             highlight=False,
         )
     failed = by_status["FAILED"]

@@ -243,6 +243,33 @@ async def test_a_report_that_cannot_be_written_leaves_the_summary_with_every_tas
     assert not (out / "report.json.part").exists()
 
 
+async def test_the_summary_says_what_to_do_about_an_uncertain_row_in_command_line_terms(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    jobs = _write_jobs(tmp_path / "jobs.jsonl", [{"id": "lost", "prompt": "a"}])
+    sim.queue_fault("drop_after_create")  # the task is created, its answer lost
+    await _cli(["batch", str(jobs), "--out", str(tmp_path / "out"), *FAST], sim)
+    again = await _cli(["batch", str(jobs), "--out", str(tmp_path / "out"), *FAST], sim)
+    assert again.returncode == 1
+    assert "1 row(s) UNCERTAIN" in again.stderr
+    assert "--resubmit-uncertain" in again.stderr
+    assert sim.counters.posts == 1
+
+
+async def test_a_rerun_whose_journal_was_deleted_is_refused_rather_than_paying_again(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    jobs = _write_jobs(tmp_path / "jobs.jsonl", [{"id": "a", "prompt": "a"}, {"id": "b", "prompt": "b"}])
+    out = tmp_path / "out"
+    await _cli(["batch", str(jobs), "--out", str(out), *FAST], sim)
+    (out / "journal.db").unlink()
+    again = await _cli(["batch", str(jobs), "--out", str(out), *FAST], sim)
+    assert again.returncode == 2
+    assert "its journal" in again.stderr
+    assert "is gone" in again.stderr
+    assert sim.counters.posts == 2
+
+
 async def test_a_task_that_fails_is_one_error_line_from_generate(sim: Simulator, tmp_path: Path) -> None:
     done = await _cli(["generate", "a fox [fail]", "--out", str(tmp_path), *FAST], sim)
     assert done.returncode == 1
