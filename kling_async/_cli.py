@@ -8,12 +8,14 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
+import functools
 import json
 import math
 import os
 import secrets
 import signal
 import sys
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -357,17 +359,51 @@ def _echo_result(
 async def _retries_shown(client: KlingClient) -> AsyncIterator[None]:
     """Show the client's retries on stderr while the body runs (single-task commands)."""
     notices = _RetryNotices(Console(stderr=True, soft_wrap=True))  # a notice is one line, however long
-    try:
+    with _unwrapped():
         async with anyio.create_task_group() as tg:
             tg.start_soon(notices.follow, client)
             try:
                 yield
             finally:
                 tg.cancel_scope.cancel()
+
+
+@contextlib.contextmanager
+def _unwrapped() -> Iterator[None]:
+    """A task group's body's own error as it was raised, not wrapped in the group it crossed."""
+    try:
+        yield
     except BaseExceptionGroup as group:
-        if len(group.exceptions) == 1:  # the body's own error, not wrapped by the group it crossed
+        if len(group.exceptions) == 1:
             raise group.exceptions[0] from None
         raise
+
+
+def _interruptible(command: Callable[..., None]) -> Callable[..., None]:
+    """A command that a Ctrl-C or SIGTERM before its run follows signals itself (reading and checking a
+    large file, opening the journal) ends with exit code 130 and one line, not click's "Aborted!" (exit
+    1) or death by the signal. Nothing was sent by then."""
+
+    @functools.wraps(command)
+    def interruptible(*args: Any, **kwargs: Any) -> None:
+        previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+        try:
+            command(*args, **kwargs)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+    return interruptible
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+# After "stop now", a signal this much later leaves at once (one sooner is the same impatient burst).
+_LEAVE_AFTER = 2.0
 
 
 def _fail(message: str) -> NoReturn:
@@ -456,6 +492,7 @@ def _poll_options(command: Callable[..., None]) -> Callable[..., None]:
 @click.option(
     "--json", "as_json", is_flag=True, help="Print events and one record per finished row on stdout."
 )
+@_interruptible
 def batch(
     file: Path,
     out: Path,
@@ -599,6 +636,17 @@ class _BatchRun:
             yield row.job
 
     async def execute(self, simulate: bool, options: dict[str, Any]) -> None:
+        # Signals are followed from the first step to the last, the report included: one that came while
+        # the run was being torn down would otherwise be a KeyboardInterrupt anywhere in it.
+        run = anyio.CancelScope()
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals, _unwrapped():
+            async with anyio.create_task_group() as watching:
+                watching.start_soon(self._follow_signals, signals, run)
+                with run:
+                    await self._execute(simulate, options)
+                watching.cancel_scope.cancel()
+
+    async def _execute(self, simulate: bool, options: dict[str, Any]) -> None:
         started = False
         try:
             # Opened first, and held for the whole run: a journal another batch holds is refused here,
@@ -611,7 +659,6 @@ class _BatchRun:
             ):
                 started = True  # from here on every row gets a record, whatever happens
                 self.timeline.start()
-                tg.start_soon(self._follow_signals, tg.cancel_scope)
                 tg.start_soon(self._follow_events, client)
                 await self._run(client, journal)
                 tg.cancel_scope.cancel()
@@ -639,19 +686,28 @@ class _BatchRun:
                     record = {"type": "outcome", **self._record(outcome.index)}
                     self.stdout.write(json.dumps(record, separators=(",", ":")))
 
-    async def _follow_signals(self, scope: anyio.CancelScope) -> None:
-        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async for _ in signals:
-                self.interrupted = True
-                if not self.draining:
-                    self.draining = True
-                    self.console.print(
-                        "[yellow]Interrupted: no new submissions; waiting for the tasks in flight."
-                        " Ctrl-C again to stop now (running tasks stay reachable; rerun to resume).[/yellow]"
-                    )
-                else:
-                    self.console.print("[yellow]Stopping now.[/yellow]")
-                    scope.cancel()
+    async def _follow_signals(self, signals: AsyncIterator[int], run: anyio.CancelScope) -> None:
+        """First signal: no new rows, the tasks in flight finish. Second: stop the run now (the report is
+        still written). One more, at least ``_LEAVE_AFTER`` seconds after that (those of an impatient
+        burst are ignored): leave at once, as a kill would (the journal keeps every task id)."""
+        stopped = math.inf
+        async for _ in signals:
+            self.interrupted = True
+            now = time.monotonic()
+            if not self.draining:
+                self.draining = True
+                self.console.print(
+                    "[yellow]Interrupted: no new submissions; waiting for the tasks in flight."
+                    " Ctrl-C again to stop now (running tasks stay reachable; rerun to resume).[/yellow]"
+                )
+            elif not run.cancel_called:
+                stopped = now
+                self.console.print("[yellow]Stopping now, then writing the report.[/yellow]")
+                run.cancel()
+            elif now - stopped >= _LEAVE_AFTER:
+                self.console.print("[yellow]Left without the report; rerun to resume.[/yellow]")
+                self.console.file.flush()
+                os._exit(EXIT_INTERRUPTED)  # no cleanup: the journal is committed as it goes
 
     async def _follow_events(self, client: KlingClient) -> None:
         notices = _RetryNotices(self.console)

@@ -128,6 +128,34 @@ async def test_a_second_ctrl_c_leaves_the_summary_last_and_says_interrupted(tmp_
     assert "eta" not in summary
 
 
+async def test_a_burst_of_ctrl_c_stops_the_run_and_still_writes_the_report(tmp_path: Path) -> None:
+    """An impatient operator's four Ctrl-Cs at once: exit 130, no traceback, the report written (the
+    signals after "stop now" are followed to the end, not a KeyboardInterrupt in the teardown)."""
+    jobs = _write_jobs(tmp_path / "jobs.jsonl", [{"prompt": f"clip {i}"} for i in range(6)])
+    args = ["batch", str(jobs), "--out", str(tmp_path / "out"), *FAST]
+    screen = Terminal()
+    async with Simulator(time_scale=1.0) as sim:
+        with anyio.fail_after(GUARD):
+            async with await anyio.open_process(
+                _command(args),
+                stdin=screen.child,
+                stdout=screen.child,
+                stderr=screen.child,
+                env=_env(sim),
+                cwd=ROOT,
+            ) as process:
+                screen.release_child_end()
+                assert await screen.read_until(b"6 generating")
+                for _ in range(4):
+                    process.send_signal(signal.SIGINT)
+                    await anyio.sleep(0.002)
+                await screen.read_to_end()
+                code = await process.wait()
+    assert code == 130
+    assert "Traceback" not in screen.plain
+    assert len(json.loads((tmp_path / "out" / "report.json").read_text())) == 6
+
+
 async def test_rows_not_run_keep_the_task_ids_the_journal_holds(tmp_path: Path) -> None:
     """After a double Ctrl-C, report.json gives each NOT_RUN row the task its POST created."""
     async with Simulator(time_scale=1.0) as sim:
