@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
+import errno
 import functools
 import json
 import math
@@ -575,23 +576,37 @@ def batch(
 
 
 class _JsonLines:
-    """JSON lines on stdout. A reader that goes away (``--json | head -1``) ends the output, not the batch."""
+    """JSON lines on stdout. A stdout that cannot take them (a reader that went away, ``--json | head -1``;
+    a full disk; no stdout at all) ends the output, not the batch: report.json has every row."""
 
-    def __init__(self) -> None:
+    def __init__(self, console: Console) -> None:
         self.closed = False
+        self._console = console
 
     def write(self, text: str) -> None:
         if self.closed:
             return
         try:
+            if sys.stdout is None:
+                raise OSError(errno.EBADF, "closed")
             sys.stdout.write(text + "\n")
             sys.stdout.flush()
-        except OSError:  # BrokenPipeError, or a terminal that went away
+        except OSError as exc:
             self.closed = True
-            # Python flushes stdout once more at exit; aim it at /dev/null so that flush cannot fail.
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())
-            os.close(devnull)
+            _silence_stdout()
+            if not isinstance(exc, BrokenPipeError):  # a reader that left asked for no more
+                reason = exc.strerror or exc
+                self._console.print(
+                    f"[yellow]stdout: {reason}: the JSON lines stop here (report.json has every row)[/yellow]"
+                )
+
+
+def _silence_stdout() -> None:
+    """Python flushes stdout once more at exit: aim it at /dev/null, so that flush cannot fail."""
+    with contextlib.suppress(OSError, AttributeError, ValueError):  # no stdout, or no descriptor
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
 
 
 class _BatchRun:
@@ -621,7 +636,7 @@ class _BatchRun:
         self.retry_failed = retry_failed
         self.console = console
         self.as_json = as_json
-        self.stdout = _JsonLines()
+        self.stdout = _JsonLines(console)
         self.outcomes: dict[int, Outcome] = {}
         self.draining = False
         self.interrupted = False
@@ -1001,4 +1016,10 @@ def simulate(
 
 def main() -> None:
     """Console entry point."""
-    cli(prog_name="kling-async")
+    try:
+        cli(prog_name="kling-async")
+    except OSError as exc:  # its output could not be written: a full disk, a stdout closed
+        _silence_stdout()
+        with contextlib.suppress(OSError):
+            print(f"error: cannot write the output: {exc.strerror or exc}", file=sys.stderr)
+        sys.exit(EXIT_FAILED)

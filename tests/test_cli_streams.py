@@ -206,3 +206,26 @@ async def test_the_counts_line_ends_with_an_ellipsis_on_a_narrow_terminal(tmp_pa
             await screen.read_to_end()
             assert await process.wait() == 0
     assert "…" in screen.text
+
+
+def test_output_that_cannot_be_written_is_one_error_line(tmp_path: Path) -> None:
+    """validate's stdout on a full device: one line on stderr, exit 1, no traceback."""
+    jobs = _write_jobs(tmp_path / "jobs.jsonl", [{"prompt": "a"}])
+    with open("/dev/full", "w") as full:
+        done = subprocess.run(
+            _command(["validate", str(jobs)]), stdout=full, stderr=subprocess.PIPE, cwd=ROOT, check=False
+        )
+    assert done.returncode == 1
+    assert done.stderr.decode() == "error: cannot write the output: No space left on device\n"
+
+
+async def test_a_closed_stdout_ends_the_json_lines_not_the_batch(tmp_path: Path) -> None:
+    jobs = _write_jobs(tmp_path / "jobs.jsonl", [{"prompt": "a"}, {"prompt": "b"}])
+    args = _command(["batch", str(jobs), "--out", str(tmp_path / "out"), "--json", *FAST])
+    closed = ["sh", "-c", 'exec "$@" >&-', "sh", *args]  # started with no stdout at all
+    async with Simulator(time_scale=0.001) as sim:
+        done = await anyio.run_process(closed, env=_env(sim), cwd=ROOT, check=False)
+    assert done.returncode == 0
+    assert "the JSON lines stop here" in done.stderr.decode()
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert [record["status"] for record in report] == ["COMPLETED", "COMPLETED"]
