@@ -97,8 +97,9 @@ async def test_a_reader_that_goes_away_does_not_stop_the_batch(tmp_path: Path) -
     assert {record["status"] for record in report} == {"COMPLETED"}
 
 
-async def _double_ctrl_c(tmp_path: Path, sim: Simulator) -> tuple[int, str]:
-    """Run a slow batch on one terminal (stdout and stderr), Ctrl-C twice; (exit code, screen)."""
+async def _double_ctrl_c(tmp_path: Path, sim: Simulator, *, burst: bool = False) -> tuple[int, str]:
+    """Run a slow batch on one terminal (stdout and stderr), Ctrl-C twice (the second once the first is
+    acknowledged), or, ``burst``, four times 2 ms apart; (exit code, screen)."""
     jobs = _write_jobs(tmp_path / "jobs.jsonl", [{"prompt": f"clip {i}"} for i in range(6)])
     args = ["batch", str(jobs), "--out", str(tmp_path / "out"), *FAST]
     screen = Terminal()
@@ -109,9 +110,14 @@ async def _double_ctrl_c(tmp_path: Path, sim: Simulator) -> tuple[int, str]:
         ) as process:
             screen.release_child_end()
             assert await screen.read_until(b"6 generating")  # every row submitted, none can finish yet
-            process.send_signal(signal.SIGINT)
-            assert await screen.read_until(b"Ctrl-C again")
-            process.send_signal(signal.SIGINT)
+            if burst:
+                for _ in range(4):
+                    process.send_signal(signal.SIGINT)
+                    await anyio.sleep(0.002)
+            else:
+                process.send_signal(signal.SIGINT)
+                assert await screen.read_until(b"Ctrl-C again")
+                process.send_signal(signal.SIGINT)
             await screen.read_to_end()
             return await process.wait(), screen.plain
 
@@ -131,28 +137,10 @@ async def test_a_second_ctrl_c_leaves_the_summary_last_and_says_interrupted(tmp_
 async def test_a_burst_of_ctrl_c_stops_the_run_and_still_writes_the_report(tmp_path: Path) -> None:
     """An impatient operator's four Ctrl-Cs at once: exit 130, no traceback, the report written (the
     signals after "stop now" are followed to the end, not a KeyboardInterrupt in the teardown)."""
-    jobs = _write_jobs(tmp_path / "jobs.jsonl", [{"prompt": f"clip {i}"} for i in range(6)])
-    args = ["batch", str(jobs), "--out", str(tmp_path / "out"), *FAST]
-    screen = Terminal()
     async with Simulator(time_scale=1.0) as sim:
-        with anyio.fail_after(GUARD):
-            async with await anyio.open_process(
-                _command(args),
-                stdin=screen.child,
-                stdout=screen.child,
-                stderr=screen.child,
-                env=_env(sim),
-                cwd=ROOT,
-            ) as process:
-                screen.release_child_end()
-                assert await screen.read_until(b"6 generating")
-                for _ in range(4):
-                    process.send_signal(signal.SIGINT)
-                    await anyio.sleep(0.002)
-                await screen.read_to_end()
-                code = await process.wait()
+        code, screen = await _double_ctrl_c(tmp_path, sim, burst=True)
     assert code == 130
-    assert "Traceback" not in screen.plain
+    assert "Traceback" not in screen
     assert len(json.loads((tmp_path / "out" / "report.json").read_text())) == 6
 
 
