@@ -10,6 +10,7 @@ import csv
 import dataclasses
 import errno
 import functools
+import io
 import json
 import math
 import os
@@ -21,7 +22,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import IO, Any, NoReturn, cast
 
 import anyio
 import msgspec
@@ -359,7 +360,7 @@ def _echo_result(
 @contextlib.asynccontextmanager
 async def _retries_shown(client: KlingClient) -> AsyncIterator[None]:
     """Show the client's retries on stderr while the body runs (single-task commands)."""
-    notices = _RetryNotices(Console(stderr=True, soft_wrap=True))  # a notice is one line, however long
+    notices = _RetryNotices(_screen())
     with _unwrapped():
         async with anyio.create_task_group() as tg:
             tg.start_soon(notices.follow, client)
@@ -367,6 +368,40 @@ async def _retries_shown(client: KlingClient) -> AsyncIterator[None]:
                 yield
             finally:
                 tg.cancel_scope.cancel()
+
+
+class _Stderr(io.TextIOBase):
+    """stderr for the operator's screen. Once it cannot be written (a full disk, closed), nothing more is
+    tried there: what the command does, and its exit code, do not depend on whether anyone can watch."""
+
+    def __init__(self) -> None:
+        self.broken = False
+
+    def write(self, text: str) -> int:
+        if not self.broken:
+            try:
+                sys.stderr.write(text)
+            except (OSError, AttributeError):  # AttributeError: no stderr at all
+                self.broken = True
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.broken:
+            try:
+                sys.stderr.flush()
+            except (OSError, AttributeError):
+                self.broken = True
+
+    def isatty(self) -> bool:
+        return not self.broken and sys.stderr is not None and sys.stderr.isatty()
+
+    def fileno(self) -> int:
+        return sys.stderr.fileno()
+
+
+def _screen() -> Console:
+    """The console on stderr: lines are not wrapped (a notice is one line, however long)."""
+    return Console(file=cast(IO[str], _Stderr()), soft_wrap=True)
 
 
 @contextlib.contextmanager
@@ -513,7 +548,7 @@ def batch(
 ) -> None:
     """Generate a video for every row of FILE (JSONL or CSV) into --out, with a report."""
     rows, errors = _load(file, model)
-    console = Console(stderr=True, soft_wrap=True)
+    console = _screen()
     for error in errors:
         console.print(f"[red]{file.name}:{error.line}[/red]: {escape(error.message)}", highlight=False)
     if errors and not skip_invalid:

@@ -217,3 +217,19 @@ async def test_a_closed_stdout_ends_the_json_lines_not_the_batch(tmp_path: Path)
     assert "the JSON lines stop here" in done.stderr.decode()
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert [record["status"] for record in report] == ["COMPLETED", "COMPLETED"]
+
+
+async def test_a_stderr_that_cannot_be_written_changes_nothing_in_the_batch_or_its_exit_code(
+    tmp_path: Path,
+) -> None:
+    jobs = _write_jobs(tmp_path / "jobs.jsonl", [{"prompt": "a"}])
+    args = _command(["batch", str(jobs), "--out", str(tmp_path / "out"), *FAST])
+    full = os.open("/dev/full", os.O_WRONLY)
+    try:
+        async with Simulator(time_scale=0.001) as sim:
+            done = await anyio.run_process(args, stderr=full, env=_env(sim), cwd=ROOT, check=False)
+    finally:
+        os.close(full)
+    assert done.returncode == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert [record["status"] for record in report] == ["COMPLETED"]
