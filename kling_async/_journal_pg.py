@@ -163,6 +163,9 @@ _TOGETHER_MAX = 64
 
 _T = TypeVar("_T")
 
+# Why a claim on the wire became uncertain: its worker died, or stopped after failing to record the answer.
+_LEFT_UNRECORDED = "stopped while its POST was on the wire, without recording the answer; a task may exist"
+
 
 class _BrokenConnection(JournalError):
     """A call failed because its connection died (the server restarted, a failover, a killed backend)."""
@@ -448,7 +451,7 @@ class PostgresJournal(Lifecycle):
                 if live and entry.state in _HELD:
                     return None
                 if entry.state == JournalState.SUBMITTING:
-                    error = f"worker {worker} died while its POST was on the wire; a task may exist"
+                    error = f"worker {worker} {_LEFT_UNRECORDED}"
                     await self._set(conn, key, state=JournalState.UNCERTAIN, error=error)
                     entry = dataclasses.replace(entry, state=JournalState.UNCERTAIN, error=error)
                 elif entry.state in _HELD:
@@ -740,10 +743,10 @@ class PostgresJournal(Lifecycle):
             )
             await conn.execute(
                 "UPDATE kling_items i SET state = 'uncertain', updated_at = %s,"
-                " error = 'worker ' || i.worker || ' died while its POST was on the wire; a task may exist'"
+                " error = 'worker ' || i.worker || %s"
                 " FROM kling_workers w WHERE i.state = 'submitting' AND w.id = i.worker"
                 " AND w.lease_until < clock_timestamp()",
-                (self._clock.wall(),),
+                (self._clock.wall(), f" {_LEFT_UNRECORDED}"),
             )
 
     # -- running calls --------------------------------------------------------------------------------------

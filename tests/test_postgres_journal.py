@@ -263,7 +263,10 @@ async def test_a_dead_workers_claim_on_the_wire_is_uncertain_and_not_claimed_aga
         entry = await second.lookup("a")
         assert entry is not None
         assert entry.state == JournalState.UNCERTAIN
-        assert entry.error == f"worker {first.worker} died while its POST was on the wire; a task may exist"
+        assert entry.error == (
+            f"worker {first.worker} stopped while its POST was on the wire, without recording the answer;"
+            " a task may exist"
+        )
         assert peek(database, "SELECT state FROM kling_items") == [("uncertain",)]
 
 
@@ -275,6 +278,8 @@ async def test_the_heartbeat_marks_dead_workers_claims_uncertain(database: str) 
             with anyio.fail_after(10):
                 while peek(database, "SELECT state FROM kling_items") != [("uncertain",)]:  # noqa: ASYNC110
                     await anyio.sleep(0.01)
+    (error,) = peek(database, "SELECT error FROM kling_items")[0]
+    assert error.startswith(f"worker {dead.worker} stopped while its POST was on the wire")
 
 
 async def test_an_uncertain_item_is_resubmitted_only_as_the_engine_decided_after_its_lookup(
