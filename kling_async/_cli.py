@@ -562,9 +562,10 @@ def batch(
     if not _is_url(journal_spec) and not Path(journal_spec).exists() and (out / "report.json").is_file():
         # The report of an earlier run without its journal: every row would look new, and be paid again.
         _fail(
-            f"{out / 'report.json'} is the report of an earlier run, but its journal {journal_spec} is gone:"
-            " this run would send every row again, paying twice for those it finished. Put the journal"
-            " back, use another --out, or delete the report to start over"
+            f"{out / 'report.json'} is the report of an earlier run, but there is no journal at"
+            f" {journal_spec}: this run would send every row again, paying twice for those it finished."
+            " Point --journal at that run's journal (or put it back), use another --out, or delete the"
+            " report to start over"
         )
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -692,11 +693,12 @@ class _BatchRun:
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals, _unwrapped():
             async with anyio.create_task_group() as watching:
                 watching.start_soon(self._follow_signals, signals, run)
-                with run:
-                    await self._execute(simulate, options)
+                await self._execute(simulate, options, run)
                 watching.cancel_scope.cancel()
 
-    async def _execute(self, simulate: bool, options: dict[str, Any]) -> None:
+    async def _execute(self, simulate: bool, options: dict[str, Any], run: anyio.CancelScope) -> None:
+        """``run`` (what "stop now" cancels) holds the batch only: the client and the journal around it
+        close as usual, so the POSTs on the wire are answered and their task ids recorded."""
         started = False
         try:
             # Opened first, and held for the whole run: a journal another batch holds is refused here,
@@ -710,7 +712,8 @@ class _BatchRun:
                 started = True  # from here on every row gets a record, whatever happens
                 self.timeline.start()
                 tg.start_soon(self._follow_events, client)
-                await self._run(client, journal)
+                with run:
+                    await self._run(client, journal)
                 tg.cancel_scope.cancel()
         finally:
             if started:

@@ -852,10 +852,11 @@ class _Job:
 
 
 class _RunLock:
-    """One batch at a time on a journal file: an exclusive lock on ``FILE-lock`` beside it, held while the
-    batch has the journal open, and let go by the system if the process dies. Two batches at once on one
-    file would each find an item unsent and both POST it. (The lock is not on the database file itself:
-    closing another descriptor of it would drop SQLite's own locks.)"""
+    """One batch at a time on a journal file: an exclusive lock on ``FILE-lock`` beside it (the file a
+    symbolic link leads to, as SQLite resolves it too), held while the batch has the journal open, and let
+    go by the system if the process dies. Two batches at once on one file would each find an item unsent
+    and both POST it. (The lock is not on the database file itself: closing another descriptor of it
+    would drop SQLite's own locks. Hard links to a journal are not supported, as by SQLite.)"""
 
     __slots__ = ("_fd",)
 
@@ -950,7 +951,7 @@ class SQLiteJournal(Lifecycle):
     _STORE = "file"
 
     async def _start(self) -> None:
-        self._run_lock = _RunLock.take(self._path)
+        self._run_lock = _RunLock.take(os.path.realpath(self._path))
         self._limiter = anyio.CapacityLimiter(1)
         send, receive = anyio.create_memory_object_stream[_Job](math.inf)
         self._jobs, self._queue = send, receive

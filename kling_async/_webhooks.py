@@ -485,5 +485,7 @@ class WebhookReceiver:
         _log.warning("webhook delivery from %s rejected: %s", request.remote, message)
         response = web.Response(status=status, text=reason)
         if unread:
-            response.force_close()  # the body left unread is not waited for: the connection ends
+            # Not kept alive: the connection ends once aiohttp has discarded the unread body (at most its
+            # lingering time, 10 s), without buffering it.
+            response.force_close()
         return response

@@ -56,6 +56,16 @@ async def test_a_second_batch_on_a_journal_in_use_is_refused_before_it_sends(
     assert sim.counters.posts == 0
 
 
+async def test_a_journal_reached_through_a_symbolic_link_is_the_same_journal(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    (tmp_path / "link.db").symlink_to(tmp_path / "run.db")
+    async with SQLiteJournal(tmp_path / "run.db"), _client(sim) as client:  # the first batch's
+        with pytest.raises(JournalError, match="in use by another batch"):
+            await client.gather(jobs(3), journal=tmp_path / "link.db")
+    assert sim.counters.posts == 0
+
+
 async def test_a_journal_is_free_for_the_next_batch_once_the_last_one_closed_it(
     sim: Simulator, tmp_path: Path
 ) -> None:

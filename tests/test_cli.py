@@ -265,8 +265,8 @@ async def test_a_rerun_whose_journal_was_deleted_is_refused_rather_than_paying_a
     (out / "journal.db").unlink()
     again = await _cli(["batch", str(jobs), "--out", str(out), *FAST], sim)
     assert again.returncode == 2
-    assert "its journal" in again.stderr
-    assert "is gone" in again.stderr
+    assert "is the report of an earlier run, but there is no journal at" in again.stderr
+    assert "Point --journal at that run's journal" in again.stderr
     assert sim.counters.posts == 2
 
 

@@ -233,3 +233,22 @@ async def test_a_stderr_that_cannot_be_written_changes_nothing_in_the_batch_or_i
     assert done.returncode == 0
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert [record["status"] for record in report] == ["COMPLETED"]
+
+
+async def test_stopping_now_still_records_the_tasks_of_the_posts_on_the_wire(tmp_path: Path) -> None:
+    """A second Ctrl-C while POSTs are on the wire (each answered after 1 s): they are answered, not cut
+    off, so every task the server created is in report.json with its id (a rerun re-attaches to it)."""
+    jobs = _write_jobs(tmp_path / "jobs.jsonl", [{"id": f"r{i}", "prompt": f"clip {i}"} for i in range(8)])
+    args = _command(["batch", str(jobs), "--out", str(tmp_path / "out"), "--rps", "4", *FAST])
+    async with Simulator(time_scale=1.0) as sim:
+        sim.faults.latency = 1.0
+        with anyio.fail_after(30):  # a hang guard: the POSTs' answers come within 1 s
+            async with await anyio.open_process(args, env=_env(sim), cwd=ROOT) as process:
+                while sim.counters.posts < 2:  # noqa: ASYNC110
+                    await anyio.sleep(0.01)
+                process.send_signal(signal.SIGINT)
+                await anyio.sleep(0.1)
+                process.send_signal(signal.SIGINT)
+                assert await process.wait() == 130
+        report = json.loads((tmp_path / "out" / "report.json").read_text())
+        assert {record["task_id"] for record in report} - {None} == set(sim.tasks)
