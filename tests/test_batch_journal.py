@@ -46,23 +46,16 @@ async def test_a_rerun_of_a_finished_batch_sends_nothing(sim: Simulator, tmp_pat
     assert sum(sim.counters.responses_by_status.values()) == requests_after_first
 
 
+@pytest.mark.parametrize("name", ["run.db", "link.db"], ids=["the same name", "a symbolic link"])
 async def test_a_second_batch_on_a_journal_in_use_is_refused_before_it_sends(
-    sim: Simulator, tmp_path: Path
+    sim: Simulator, tmp_path: Path, name: str
 ) -> None:
-    """Two batches at once on one file would each find an item unsent and both pay for it."""
-    async with SQLiteJournal(tmp_path / "run.db"), _client(sim) as client:  # the first batch's
-        with pytest.raises(JournalError, match="in use by another batch"):
-            await client.gather(jobs(3), journal=tmp_path / "run.db")
-    assert sim.counters.posts == 0
-
-
-async def test_a_journal_reached_through_a_symbolic_link_is_the_same_journal(
-    sim: Simulator, tmp_path: Path
-) -> None:
+    """Two batches at once on one file would each find an item unsent and both pay for it, however the
+    second names the file."""
     (tmp_path / "link.db").symlink_to(tmp_path / "run.db")
     async with SQLiteJournal(tmp_path / "run.db"), _client(sim) as client:  # the first batch's
         with pytest.raises(JournalError, match="in use by another batch"):
-            await client.gather(jobs(3), journal=tmp_path / "link.db")
+            await client.gather(jobs(3), journal=tmp_path / name)
     assert sim.counters.posts == 0
 
 
