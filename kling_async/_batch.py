@@ -43,7 +43,7 @@ from ._errors import (
     TaskFailedError,
 )
 from ._journal import BatchJournal, JournalEntry, JournalState
-from ._models import COMPLETED, FAILED, Request, TaskResult, encode_request
+from ._models import COMPLETED, CREATED, FAILED, Request, TaskResult, encode_request
 from ._pipeline import Pipeline
 from ._polling import TaskHandle
 from ._registry import Slots, TaskRegistry, Ticket
@@ -346,13 +346,17 @@ class _JournalRecorder:
             self._sends.end()
 
     async def _write(self, call: Awaitable[None]) -> None:
-        try:
-            await call
-        except JournalError:
-            raise
-        except Exception as exc:
-            problem = f"{type(exc).__name__}: {exc}"
-            raise JournalError(problem, path=self._journal.path, key=self._key) from exc
+        await _journal_write(self._journal, self._key, call)
+
+
+async def _journal_write(journal: BatchJournal, key: str, call: Awaitable[None]) -> None:
+    """Await one journal call; a store's own failure (an ``OSError`` of a custom one) is a JournalError."""
+    try:
+        await call
+    except JournalError:
+        raise
+    except Exception as exc:
+        raise JournalError(f"{type(exc).__name__}: {exc}", path=journal.path, key=key) from exc
 
 
 class BatchRun:
@@ -408,6 +412,9 @@ class BatchRun:
         self._statuses_queued = anyio.Event()
         self._sends = _Sends()
         self._settle_within = settle_within
+        # Key -> the failure to record its created task: the task is followed all the same, and recorded
+        # again with its next status and at its end (the store may have recovered: a disk freed).
+        self._unrecorded: dict[str, tuple[TaskHandle, JournalError]] = {}
 
     async def run(
         self, items: Iterable[Job | Request] | AsyncIterable[Job | Request], *, submitters: int
@@ -561,12 +568,16 @@ class BatchRun:
             await self._end_early(Outcome(index=index, key=key, error=exc), ticket)
             return
         if created.record_error is not None:
-            # The task exists but the journal could not say so: report it now, with its id.
-            outcome = Outcome(
-                index=index, key=key, task_id=created.handle.task_id, error=created.record_error
+            # The task exists (and is paid) but the journal could not say so: its video is still fetched.
+            self._unrecorded[key] = (created.handle, created.record_error)
+            log.warning(
+                "task %s was created for item %s but the journal could not record it (%s); it is followed"
+                " to its end, and recorded again with its next status",
+                created.handle.task_id,
+                key,
+                created.record_error,
+                extra={"task_id": created.handle.task_id},
             )
-            await self._end_early(outcome, ticket)
-            return
         self._track(index, key, created.handle, ticket, check_now=False)
 
     def _refused_error(self) -> AuthenticationError:
@@ -700,25 +711,52 @@ class BatchRun:
     async def _complete(self, item: Tracked, error: KlingError | None) -> None:
         handle = item.handle
         journal = self._journal
+        if item.key in self._unrecorded:
+            await self._record_created(item.key)
+        # An item whose task id never reached the journal writes nothing more there (its entry cannot take
+        # it), but its video is fetched all the same: the task was paid for.
+        unrecorded = self._unrecorded.pop(item.key, (None, None))[1]
+        writing = journal if unrecorded is None else None
         result: TaskResult | None = None
         path: Path | None = None
         try:
             if error is None:
                 result = handle.result()
-                if journal is not None:
-                    await journal.finished(item.key, result.status, result.urls)
+                if writing is not None:
+                    await writing.finished(item.key, result.status, result.urls)
                 if self._options.download is not None:
                     path = await self._download(result, self._options.download, item.key)
-                    if journal is not None:
-                        await journal.downloaded(item.key, str(path))
-            elif journal is not None and isinstance(error, (TaskFailedError, NotFoundError)):
-                await journal.failed(item.key, handle.status, f"{type(error).__name__}: {error}")
+                    if writing is not None:
+                        await writing.downloaded(item.key, str(path))
+            elif writing is not None and isinstance(error, (TaskFailedError, NotFoundError)):
+                await writing.failed(item.key, handle.status, f"{type(error).__name__}: {error}")
         except KlingError as exc:  # a failed download or journal write is this item's error only
             error = exc
+        if unrecorded is not None and error is None:
+            error = unrecorded  # a rerun will find the item uncertain: the report must say why
         outcome = Outcome(
             index=item.index, key=item.key, task_id=handle.task_id, result=result, error=error, path=path
         )
         await self._deliver(outcome)
+
+    async def _record_created(self, key: str) -> None:
+        """Record an item's created task again, after its first record failed; done once it succeeds."""
+        assert self._journal is not None
+        unrecorded = self._unrecorded.get(key)
+        if unrecorded is None:
+            return  # recorded meanwhile (the status writer and the item's end both try)
+        handle = unrecorded[0]
+        status = handle.status or CREATED
+        try:
+            await _journal_write(self._journal, key, self._journal.created(key, handle.task_id, status))
+        except JournalError as exc:
+            exc.task_id = handle.task_id
+            if key in self._unrecorded:
+                self._unrecorded[key] = (handle, exc)
+            log.debug("still cannot record task %s of item %s: %s", handle.task_id, key, exc)
+            return
+        self._unrecorded.pop(key, None)
+        log.info("task %s of item %s is recorded in the journal now", handle.task_id, key)
 
     def _queue_status(self, handle: TaskHandle, previous: str | None) -> None:
         """A registry subscriber: statuses of this batch's running tasks go to the journal, in order."""
@@ -734,6 +772,9 @@ class BatchRun:
             self._statuses_queued = anyio.Event()
             while self._statuses:
                 key, status = self._statuses.popleft()
+                if key in self._unrecorded:
+                    await self._record_created(key)
+                    continue
                 try:
                     await self._journal.status(key, status)
                 except JournalError as exc:  # a lost status costs a re-run one status request

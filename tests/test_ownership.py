@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import itertools
 import math
 import sqlite3
+import threading
 import traceback
 from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
@@ -23,6 +25,7 @@ from kling_async import (
     AuthenticationError,
     Journal,
     JournalError,
+    JournalState,
     KlingClient,
     OmniRequest,
     PollPolicy,
@@ -450,6 +453,79 @@ async def test_a_custom_journal_failing_with_its_own_error_keeps_the_created_id_
     for outcome in outcomes:
         assert isinstance(outcome.error, JournalError)
         assert "OSError: [Errno 28] No space left on device" in str(outcome.error)
+
+
+class _CreatedFailsOnce(Journal):
+    """A real journal whose first record of each task id fails (a full disk, freed a moment later)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.recorded: list[tuple[str, str, bool]] = []  # (key, status, recorded) of each created call
+        self.second_try = threading.Event()  # set once a record of an id succeeded
+
+    def created(self, key: str, task_id: str, status: str) -> None:
+        if not any(call[0] == key for call in self.recorded):
+            self.recorded.append((key, status, False))
+            raise JournalError("database or disk is full", path=self.path, key=key)
+        super().created(key, task_id, status)
+        self.recorded.append((key, status, True))
+        self.second_try.set()
+
+
+async def test_a_task_id_the_journal_failed_to_record_is_recorded_once_it_can_be(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    """The first record of each id fails: the items still end with their videos, the journal holds
+    every id, and a rerun with it sends nothing."""
+    with _CreatedFailsOnce(tmp_path / "run.db") as journal:
+        async with _client(sim) as client:
+            outcomes = await client.gather(_prompts(3), journal=journal)
+    assert all(o.ok for o in outcomes)
+    with Journal(tmp_path / "run.db") as reader:
+        assert sorted(e.task_id or "" for e in reader.entries()) == sorted(sim.tasks)
+        assert {e.state for e in reader.entries()} == {JournalState.COMPLETED}
+    async with _client(sim) as client:
+        again = await client.gather(_prompts(3), journal=tmp_path / "run.db")
+    assert all(o.ok for o in again)
+    assert sim.counters.posts == 3
+
+
+async def test_a_task_id_the_journal_failed_to_record_is_recorded_again_before_the_task_ends(
+    tmp_path: Path,
+) -> None:
+    """The id is recorded with the task's next status, not only at its end: a crash while it runs
+    leaves the id for the next run."""
+    async with Simulator(time_scale=0.001, generation_seconds=1e6, queue_seconds=2.0) as sim:
+        journal = _CreatedFailsOnce(tmp_path / "run.db")
+        with journal:
+            async with _client(sim) as client, anyio.create_task_group() as tg:
+                tg.start_soon(functools.partial(client.gather, _prompts(1), journal=journal))
+                assert await anyio.to_thread.run_sync(journal.second_try.wait, 10)  # a hang guard
+                [task_id] = sim.tasks
+                key, status, _ = journal.recorded[-1]
+                entry = journal.lookup(key)
+                assert entry is not None
+                assert entry.task_id == task_id
+                assert status == "IN_PROGRESS"
+                sim.finish(task_id)
+
+
+async def test_a_task_id_the_journal_never_records_still_gets_its_video_and_says_why(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    """A store that keeps failing: each item's video is downloaded all the same, and its outcome carries
+    the journal's failure and the task id (a rerun will find the item uncertain)."""
+    async with _client(sim) as client:
+        outcomes = await client.gather(
+            _prompts(2), journal=_CreatedFailsOnItsDisk(tmp_path / "run.db"), download=tmp_path / "videos"
+        )
+    for outcome in outcomes:
+        assert outcome.path is not None
+        assert outcome.path.is_file()
+        assert outcome.result is not None
+        assert outcome.result.status == "COMPLETED"
+        assert isinstance(outcome.error, JournalError)
+        assert outcome.error.task_id == outcome.task_id
 
 
 class _CreatedHangs(SQLiteJournal):
