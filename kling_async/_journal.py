@@ -35,6 +35,7 @@ import math
 import os
 import sqlite3
 import sys
+import weakref
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -858,10 +859,11 @@ class _RunLock:
     and both POST it. (The lock is not on the database file itself: closing another descriptor of it
     would drop SQLite's own locks. Hard links to a journal are not supported, as by SQLite.)"""
 
-    __slots__ = ("_fd",)
+    __slots__ = ("__weakref__", "_fd")
 
     def __init__(self, fd: int) -> None:
         self._fd = fd
+        _HELD_LOCKS.add(self)
 
     @classmethod
     def take(cls, path: str) -> _RunLock | None:
@@ -888,7 +890,24 @@ class _RunLock:
         return cls(fd)
 
     def release(self) -> None:
-        os.close(self._fd)  # closing the descriptor lets the lock go
+        _HELD_LOCKS.discard(self)
+        if self._fd >= 0:
+            fd, self._fd = self._fd, -1
+            os.close(fd)  # closing the last descriptor of the open file lets the lock go
+
+
+_HELD_LOCKS: weakref.WeakSet[_RunLock] = weakref.WeakSet()
+
+
+def _drop_locks_in_child() -> None:
+    # A forked child (a multiprocessing worker) shares the lock's open file, so the lock would outlive the
+    # batch while the child lives: the child lets go of its copy, and the parent keeps the lock.
+    for lock in list(_HELD_LOCKS):
+        lock.release()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_drop_locks_in_child)
 
 
 class SQLiteJournal(Lifecycle):

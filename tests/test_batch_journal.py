@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from pathlib import Path
 
 import anyio
+import anyio.to_thread
 import pytest
 from anyio.abc import Process
 
@@ -66,6 +68,30 @@ async def test_a_journal_is_free_for_the_next_batch_once_the_last_one_closed_it(
         await client.gather(jobs(2), journal=tmp_path / "run.db")
         outcomes = await client.gather(jobs(3), journal=tmp_path / "run.db")
     assert [o.ok for o in outcomes] == [True, True, True]
+
+
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+async def test_a_journal_is_free_for_the_next_batch_while_a_child_forked_during_the_last_one_lives(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    """A multiprocessing worker forked while a batch had the journal open does not keep it locked."""
+    go_on, hold = os.pipe()
+    async with SQLiteJournal(tmp_path / "run.db"):
+        child = os.fork()
+        if child == 0:  # the child only waits to be told to leave
+            try:
+                os.read(go_on, 1)
+            finally:
+                os._exit(0)
+    try:
+        async with _client(sim) as client:
+            outcomes = await client.gather(jobs(1), journal=tmp_path / "run.db")
+    finally:
+        os.write(hold, b"x")
+        await anyio.to_thread.run_sync(os.waitpid, child, 0)
+        os.close(go_on)
+        os.close(hold)
+    assert [o.ok for o in outcomes] == [True]
 
 
 async def test_a_rerun_reattaches_to_running_tasks_by_id_without_a_post(
