@@ -53,7 +53,29 @@ __all__ = [
 
 
 class KlingError(Exception):
-    """Base class of every error raised by kling-async."""
+    """Base class of every error raised by kling-async.
+
+    Every one pickles and copies whole (a process pool's worker, a task queue), its attributes included.
+    """
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # The default rebuilds an exception by calling its class with ``args``, which keyword-only
+        # constructors refuse (or misread): the instance is rebuilt from its message and attributes instead.
+        return (_rebuild, (type(self), self.args, self._picklable_state()))
+
+    def _picklable_state(self) -> dict[str, object]:
+        return dict(self.__dict__)
+
+    def _restore(self, state: dict[str, object]) -> None:
+        self.__dict__.update(state)
+
+
+def _rebuild(cls: type[KlingError], args: tuple[object, ...], state: dict[str, object]) -> KlingError:
+    """A pickled ``KlingError`` again: its message and attributes, without calling its constructor."""
+    error = cls.__new__(cls)
+    Exception.__init__(error, *args)
+    error._restore(state)
+    return error
 
 
 class InvalidRequestError(KlingError, ValueError):
@@ -111,6 +133,15 @@ class APIError(KlingError):
             headers if isinstance(headers, CIMultiDictProxy) else CIMultiDictProxy(CIMultiDict(headers or {}))
         )
         super().__init__(self._describe())
+
+    def _picklable_state(self) -> dict[str, object]:
+        return {**self.__dict__, "headers": list(self.headers.items())}  # a proxy does not pickle
+
+    def _restore(self, state: dict[str, object]) -> None:
+        items = state.pop("headers")
+        assert isinstance(items, list)
+        super()._restore(state)
+        self.headers = CIMultiDictProxy(CIMultiDict(items))
 
     def _describe(self) -> str:
         text = f"HTTP {self.status}: {self.message}"

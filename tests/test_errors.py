@@ -2,18 +2,29 @@
 
 from __future__ import annotations
 
+import copy
+import pickle
+
 import pytest
 
 from kling_async import (
     APIError,
     AuthenticationError,
     BadRequestError,
+    ClaimedElsewhere,
+    DownloadError,
     InvalidParam,
+    InvalidRequestError,
+    JournalError,
     KlingError,
     NotFoundError,
     RateLimitError,
     ServerError,
+    SubmitUncertainError,
+    TaskFailedError,
     TaskTimeoutError,
+    TransportError,
+    WebhookVerificationError,
 )
 from kling_async._errors import api_error
 
@@ -76,3 +87,44 @@ def test_timeout_error_says_the_task_lives_on() -> None:
     error = TaskTimeoutError("abc", last_status="CREATED", timeout=5.0)
     assert str(error) == "task abc still CREATED after 5 s; it runs on and can be re-attached by id"
     assert isinstance(error, TimeoutError)
+
+
+_EVERY_KIND: list[KlingError] = [
+    api_error(400, _VALIDATION, task_id="t-1", headers={"X-Request-Id": "r-1"}),
+    api_error(429, b"{}", retry_after=2.5, headers=[("Set-Cookie", "a=1"), ("set-cookie", "b=2")]),  # type: ignore[arg-type]
+    ServerError("down", status=503),
+    TransportError("reset", request_sent=False),
+    DownloadError("short body"),
+    TaskFailedError("t-2", "CANCELLED", model="kling-v3-omni-std", reason="no result URL"),
+    TaskTimeoutError("t-3", last_status="IN_PROGRESS", timeout=60.0, model="kling-v3-pro"),
+    SubmitUncertainError("no answer", model="kling-v3-omni-std", key="row-7", task_id="t-4"),
+    JournalError("disk full", path="/tmp/run.db", key="row-8", task_id="t-5"),
+    ClaimedElsewhere("claimed", path="postgresql://...", key="row-9"),
+    InvalidRequestError.for_field("prompt", "at most 2500 characters"),
+    WebhookVerificationError("bad signature"),
+]
+
+
+def _whole(error: BaseException) -> tuple[object, ...]:
+    """What an error says and carries (headers as their items: a proxy has no equality of its own)."""
+    state = {k: list(v.items()) if k == "headers" else v for k, v in vars(error).items()}
+    return type(error), str(error), error.args, state
+
+
+@pytest.mark.parametrize("error", _EVERY_KIND, ids=lambda e: type(e).__name__)
+def test_every_error_comes_back_whole_from_pickle(error: KlingError) -> None:
+    """A process pool or task queue hands the caller the error itself, attributes and all (the default
+    pickling called the keyword-only constructors with the message alone and failed)."""
+    again = pickle.loads(pickle.dumps(error))
+    assert _whole(again) == _whole(error)
+
+
+@pytest.mark.parametrize("error", _EVERY_KIND, ids=lambda e: type(e).__name__)
+def test_every_error_deep_copies_whole(error: KlingError) -> None:
+    assert _whole(copy.deepcopy(error)) == _whole(error)
+
+
+def test_the_headers_of_a_pickled_api_error_still_look_up_case_insensitively() -> None:
+    error = pickle.loads(pickle.dumps(api_error(429, b"{}", headers={"Retry-After": "3"})))
+    assert isinstance(error, APIError)
+    assert error.headers["retry-after"] == "3"
