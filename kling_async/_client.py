@@ -25,13 +25,13 @@ from anyio.streams.memory import MemoryObjectSendStream
 from ._batch import Batch, BatchOptions, BatchRun, Job, Outcome
 from ._clock import SYSTEM_CLOCK, Clock
 from ._download import download_file, safe_file_name
-from ._endpoints import ModelName, endpoint_for, resolve
+from ._endpoints import Endpoint, ModelName, endpoint_for, resolve
 from ._errors import InvalidRequestError, KlingError
 from ._events import EventHub, EventStream
 from ._journal import BatchJournal, Journal
 from ._journals import open_journal, postgres_url
 from ._limits import Limiter
-from ._models import Request, TaskResult, TaskSummary, encode_request, with_webhook
+from ._models import Request, TaskResult, TaskStatus, TaskSummary, encode_request, with_webhook
 from ._pipeline import Pipeline
 from ._polling import PollPolicy, TaskHandle
 from ._registry import Slots, TaskRegistry
@@ -214,7 +214,7 @@ class KlingClient:
             clock=self._clock,
             events=self._events,
             slots=self._slots,
-            fetch=self._pipeline.fetch_status,
+            fetch=self._fetch_status,
             safety_net=webhooks is not None,
         )
         self._creator = Creator(pipeline=self._pipeline, registry=self._registry, events=self._events)
@@ -306,6 +306,15 @@ class KlingClient:
         if self._sharing is not None or url is None:
             return nullcontext(self._sharing)
         return self._share(url)
+
+    async def _fetch_status(self, endpoint: Endpoint, task_id: str) -> TaskStatus:
+        """A handle's status GET: a handle that outlived its client says how to reach its task again."""
+        if self._state != "open":
+            raise RuntimeError(
+                f"task {task_id}: the KlingClient that made this handle is closed; an open client reaches"
+                f" the task with client.task({task_id!r}, model={endpoint.model!r})"
+            )
+        return await self._pipeline.fetch_status(endpoint, task_id)
 
     def _require_open(self) -> None:
         if self._state != "open":

@@ -278,6 +278,13 @@ async def test_a_closed_client_refuses_to_work(sim: Simulator) -> None:
         await client.submit(FOX)
 
 
+async def test_a_handle_that_outlived_its_client_says_how_to_reach_its_task(sim: Simulator) -> None:
+    async with KlingClient(api_key="sim-key", base_url=sim.url) as client:
+        handle = await client.submit(FOX)
+    with pytest.raises(RuntimeError, match=rf"client.task\('{handle.task_id}', model='kling-v3-omni-std'\)"):
+        await handle.wait()
+
+
 async def test_closing_leaves_no_task_running_and_no_unclosed_session(sim: Simulator) -> None:
     before = client_side_tasks()
     with warnings.catch_warnings(record=True) as seen:
