@@ -11,10 +11,13 @@ import kling_async.testing
 
 
 def _public_names(module: types.ModuleType) -> set[str]:
+    # dir(), not vars(): the package binds its names on first use (its front door is lazy).
     return {
         name
-        for name, value in vars(module).items()
-        if not name.startswith("_") and not isinstance(value, types.ModuleType) and name != "annotations"
+        for name in dir(module)
+        if not name.startswith("_")
+        and not isinstance(getattr(module, name), types.ModuleType)
+        and name != "annotations"
     }
 
 
