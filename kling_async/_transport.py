@@ -404,8 +404,16 @@ def _reason(error: OSError) -> str:
     return error.strerror or str(error) or error.__class__.__name__
 
 
+# A URL's query and fragment, wherever aiohttp's message quotes the URL (a signed URL's signature).
+_QUERY = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"?#<>]*)[?#][^\s'\"<>]*")
+_MAX_DESCRIPTION = 300  # a parser's error can quote a whole body
+
+
 def _describe(exc: Exception) -> str:
-    text = str(exc)
+    """The exception's class and message, without any URL's query string, cut to a readable length."""
+    text = _QUERY.sub(r"\1", str(exc))
+    if len(text) > _MAX_DESCRIPTION:
+        text = text[: _MAX_DESCRIPTION - 3] + "..."
     name = exc.__class__.__name__
     return f"{name}: {text}" if text else name
 

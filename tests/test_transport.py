@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib.metadata
 import json
 import logging
@@ -248,3 +249,26 @@ def test_timeouts_refuse_values_that_are_not_positive_seconds(field: str, value:
     """Every Timeouts field must be a finite number of seconds above 0; the error names the field."""
     with pytest.raises(ValueError, match=rf"Timeouts\.{field}: a finite number of seconds above 0"):
         Timeouts(**{field: value})
+
+
+async def _garbled_file_host(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Answers anything with a header line aiohttp's parser refuses (its error quotes the URL), and a
+    long body after it."""
+    await reader.readuntil(b"\r\n\r\n")
+    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5000\r\nnot a header\r\n\r\n" + b"x" * 5000)
+    await writer.drain()
+    writer.close()
+
+
+async def test_a_file_hosts_broken_answer_is_described_without_the_urls_signature() -> None:
+    """The error quotes aiohttp's message, but never the signed URL's query string (SECURITY.md)."""
+    server = await asyncio.start_server(_garbled_file_host, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    url = f"http://127.0.0.1:{port}/video.mp4?Signature=SECRET-SIG&Expires=1"
+    async with KlingClient(api_key="k", base_url="http://127.0.0.1:9", trust_env=False) as client:
+        with pytest.raises(TransportError) as caught:
+            async with client._transport.stream(url):
+                pass
+    server.close()
+    assert f"127.0.0.1:{port}/video.mp4" in str(caught.value)
+    assert "SECRET-SIG" not in str(caught.value)
