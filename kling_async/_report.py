@@ -96,10 +96,14 @@ def write_reports(
 
 
 def _replace(path: Path, text: str) -> None:
-    # A reader (a browser reloading the page) never sees half a file.
+    # A reader (a browser reloading the page) never sees half a file. The part is made anew, never opened
+    # through what is there: a symbolic link planted at its name would have the report written elsewhere.
     part = path.with_name(path.name + ".part")
     try:
-        part.write_text(text, encoding="utf-8")
+        part.unlink(missing_ok=True)
+        fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        with open(fd, "w", encoding="utf-8") as file:
+            file.write(text)
         os.replace(part, path)
     except OSError:
         part.unlink(missing_ok=True)  # a full disk: no half-written file left behind

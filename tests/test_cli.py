@@ -243,6 +243,23 @@ async def test_a_report_that_cannot_be_written_leaves_the_summary_with_every_tas
     assert not (out / "report.json.part").exists()
 
 
+async def test_a_link_planted_at_the_reports_part_file_is_replaced_not_written_through(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    """Whoever can write into --out cannot have the report overwrite a file elsewhere."""
+    jobs = _write_jobs(tmp_path / "jobs.jsonl", [{"id": "ok", "prompt": "a"}])
+    out = tmp_path / "out"
+    out.mkdir()
+    victim = tmp_path / "victim"
+    victim.write_text("ORIGINAL")
+    (out / "report.json.part").symlink_to(victim)
+    done = await _cli(["batch", str(jobs), "--out", str(out), *FAST], sim)
+    assert done.returncode == 0, done.stderr
+    assert victim.read_text() == "ORIGINAL"
+    assert not (out / "report.json").is_symlink()
+    assert json.loads((out / "report.json").read_text())[0]["status"] == "COMPLETED"
+
+
 async def test_the_summary_says_what_to_do_about_an_uncertain_row_in_command_line_terms(
     sim: Simulator, tmp_path: Path
 ) -> None:
