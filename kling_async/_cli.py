@@ -442,6 +442,16 @@ def _raise_interrupt(signum: int, frame: object) -> None:
 _LEAVE_AFTER = 2.0
 
 
+def _make_out(out: Path) -> None:
+    """--out made, and checked writable, before anything is sent."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        _fail(f"--out {out}: {exc.strerror or exc}")
+    if not os.access(out, os.W_OK | os.X_OK):
+        _fail(f"--out {out}: not writable")
+
+
 def _fail(message: str) -> NoReturn:
     click.echo(f"error: {message}", err=True)
     sys.exit(EXIT_USAGE)
@@ -938,11 +948,16 @@ def generate(
         poll = PollPolicy(initial=poll_initial, maximum=poll_maximum)
     except (InvalidRequestError, ValueError) as exc:
         _fail(str(exc))
+    _make_out(out)  # before the POST: a video must not be paid for where it cannot be saved
 
     async def run() -> Path:
         async with _client(simulate, poll=poll) as client, _retries_shown(client):
             result = await client.generate(job.request, model=job.model)
-            return await client.download(result, f"{out}{os.sep}")  # --out is always a folder
+            try:
+                return await client.download(result, f"{out}{os.sep}")  # --out is always a folder
+            except DownloadError as exc:
+                again = f"kling-async download {result.task_id} --model {result.model} --out DIR"
+                raise DownloadError(f"{exc}; the task completed: `{again}` fetches its video") from exc
 
     _echo_result(run, needs_key=not simulate)
 

@@ -294,6 +294,27 @@ async def test_a_task_that_fails_is_one_error_line_from_generate(sim: Simulator,
     assert done.stderr.strip().splitlines()[-1].startswith("error: task ")
 
 
+async def test_generate_into_an_out_folder_that_cannot_be_made_sends_nothing(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    (tmp_path / "a-file").write_text("")
+    done = await _cli(["generate", "a fox", "--out", str(tmp_path / "a-file" / "sub"), *FAST], sim)
+    assert done.returncode == 2
+    assert done.stderr.startswith(f"error: --out {tmp_path / 'a-file' / 'sub'}: ")
+    assert sim.counters.posts == 0
+
+
+async def test_a_video_generate_cannot_save_names_the_command_that_fetches_it(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    """The task was paid for: the error says how to get its video without paying again."""
+    sim.faults = Faults(cut_download_after=1000, no_range=True)  # every transfer is cut, none resumes
+    done = await _cli(["generate", "a fox", "--out", str(tmp_path), *FAST], sim)
+    [task_id] = sim.tasks
+    assert done.returncode == 1
+    assert f"kling-async download {task_id} --model kling-v3-omni-std --out DIR" in done.stderr
+
+
 async def test_an_unknown_task_is_one_error_line_from_status(sim: Simulator) -> None:
     done = await _cli(["status", "00000000-0000-4000-8000-000000000000"], sim)
     assert done.returncode == 1
