@@ -727,7 +727,8 @@ class BatchRun:
                 if self._options.download is not None:
                     path = await self._download(result, self._options.download, item.key)
                     if writing is not None:
-                        await writing.downloaded(item.key, str(path))
+                        # Absolute: a rerun from another working directory finds the file all the same.
+                        await writing.downloaded(item.key, str(path.absolute()))
             elif writing is not None and isinstance(error, (TaskFailedError, NotFoundError)):
                 await writing.failed(item.key, handle.status, f"{type(error).__name__}: {error}")
         except KlingError as exc:  # a failed download or journal write is this item's error only

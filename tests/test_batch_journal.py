@@ -94,6 +94,25 @@ async def test_a_journal_is_free_for_the_next_batch_while_a_child_forked_during_
     assert [o.ok for o in outcomes] == [True]
 
 
+async def test_a_rerun_from_another_working_directory_finds_the_videos_saved(
+    sim: Simulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first run saved into a relative folder; the rerun, elsewhere, names the same folder absolutely
+    and fetches nothing again."""
+    (tmp_path / "first").mkdir()
+    monkeypatch.chdir(tmp_path / "first")
+    async with _client(sim) as client:
+        await client.gather(jobs(2), journal=tmp_path / "run.db", download="videos")
+    monkeypatch.chdir(tmp_path)
+    before = sim.counters.downloads
+    async with _client(sim) as client:
+        outcomes = await client.gather(
+            jobs(2), journal=tmp_path / "run.db", download=tmp_path / "first" / "videos"
+        )
+    assert all(o.ok for o in outcomes)
+    assert sim.counters.downloads == before
+
+
 async def test_a_rerun_reattaches_to_running_tasks_by_id_without_a_post(
     sim: Simulator, tmp_path: Path
 ) -> None:
