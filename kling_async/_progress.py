@@ -19,7 +19,8 @@ from ._batch import Outcome
 from ._client import KlingClient
 from ._clock import SYSTEM_CLOCK
 from ._errors import ClaimedElsewhere, SubmitUncertainError
-from ._events import RateLimited, RequestRetried, TaskSubmitted
+from ._events import RateLimited, RequestRetried, StatusChanged, TaskSubmitted
+from ._models import COMPLETED
 
 __all__ = ["BatchProgress"]
 
@@ -45,6 +46,7 @@ class BatchProgress:
         self.rejected = 0
         self.elsewhere = 0  # rows another worker sharing the journal holds
         self.generating: set[str] = set()
+        self.downloading: set[str] = set()  # completed, their videos on the way
         self.rate_limited = 0
         self.retries = 0
         self._client: KlingClient | None = None
@@ -55,11 +57,13 @@ class BatchProgress:
 
     def counts(self) -> str:
         """Where the rows stand, in one short line."""
-        queued = max(self.total - self.finished_count - len(self.generating), 0)
+        started = len(self.generating) + len(self.downloading)
+        queued = max(self.total - self.finished_count - started, 0)
+        downloading = f" · {len(self.downloading)} downloading" if self.downloading else ""
         elsewhere = f" · {self.elsewhere} elsewhere" if self.elsewhere else ""
         return (
             f"{self.done} done · {self.failed + self.rejected} failed · {self.uncertain} uncertain"
-            f" · {len(self.generating)} generating · {queued} queued{elsewhere}"
+            f" · {len(self.generating)} generating{downloading} · {queued} queued{elsewhere}"
         )
 
     def traffic(self) -> str:
@@ -131,6 +135,7 @@ class BatchProgress:
         """Count a finished item."""
         if outcome.task_id is not None:
             self.generating.discard(outcome.task_id)
+            self.downloading.discard(outcome.task_id)
         if outcome.ok:
             self.done += 1
         elif isinstance(outcome.error, SubmitUncertainError):
@@ -147,6 +152,10 @@ class BatchProgress:
         async for event in client.events():
             if isinstance(event, TaskSubmitted):
                 self.generating.add(event.task_id)
+            elif isinstance(event, StatusChanged) and event.status == COMPLETED:
+                if event.task_id in self.generating:
+                    self.generating.discard(event.task_id)
+                    self.downloading.add(event.task_id)
             elif isinstance(event, RateLimited):
                 self.rate_limited += 1
             elif isinstance(event, RequestRetried):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import pty
@@ -14,9 +15,13 @@ from pathlib import Path
 
 import anyio
 import pytest
+from rich.console import Console
 
+from kling_async import KlingClient, OmniRequest
 from kling_async._journal import SQLiteJournal
+from kling_async._progress import BatchProgress
 from kling_async.testing import Faults, Simulator
+from tests.conftest import FAST_POLL
 
 pytestmark = pytest.mark.anyio
 
@@ -391,3 +396,16 @@ async def test_a_wrong_key_sends_no_doomed_post_for_the_other_rows(sim: Simulato
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert len(report) == 40
     assert all("fix the API key" in record["error"] for record in report[2:])
+
+
+async def test_the_progress_counts_a_completed_task_whose_video_is_on_its_way_as_downloading(
+    sim: Simulator,
+) -> None:
+    """Not as generating: a slow file host must not look like a slow generation."""
+    progress = BatchProgress(Console(file=io.StringIO()), total=2, live=False)
+    async with KlingClient("sim-key", sim.url, poll=FAST_POLL) as client, progress.watching(client):
+        handle = await client.submit(OmniRequest(prompt="a fox"))
+        await handle.wait()
+        await anyio.wait_all_tasks_blocked()  # the progress has taken every event
+        counts = progress.counts()
+    assert "0 generating · 1 downloading · 1 queued" in counts
