@@ -12,6 +12,7 @@ import errno
 import functools
 import io
 import json
+import logging
 import math
 import os
 import secrets
@@ -404,6 +405,25 @@ def _screen() -> Console:
     return Console(file=cast(IO[str], _Stderr()), soft_wrap=True)
 
 
+class _ConsoleLog(logging.Handler):
+    """The library's warnings and errors, one line each, printed through the console the command draws
+    on: above a live progress bar, which a line written to stderr beside it would be drawn over."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.console = _screen()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        kind = "error" if record.levelno >= logging.ERROR else "warning"
+        try:
+            self.console.print(f"[yellow]{kind}:[/yellow] {escape(record.getMessage())}", highlight=False)
+        except Exception:
+            self.handleError(record)
+
+
+_LOG = _ConsoleLog()
+
+
 @contextlib.contextmanager
 def _unwrapped() -> Iterator[None]:
     """A task group's body's own error as it was raised, not wrapped in the group it crossed."""
@@ -700,6 +720,7 @@ class _BatchRun:
         # Signals are followed from the first step to the last, the report included: one that came while
         # the run was being torn down would otherwise be a KeyboardInterrupt anywhere in it.
         run = anyio.CancelScope()
+        _LOG.console = self.console  # the console its live bar is drawn on
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals, _unwrapped():
             async with anyio.create_task_group() as watching:
                 watching.start_soon(self._follow_signals, signals, run)
@@ -1069,6 +1090,9 @@ def simulate(
 
 def main() -> None:
     """Console entry point."""
+    library = logging.getLogger("kling_async")
+    library.addHandler(_LOG)
+    library.propagate = False  # the command owns its screen; nothing else configures logging here
     try:
         cli(prog_name="kling-async")
     except OSError as exc:  # its output could not be written: a full disk, a stdout closed

@@ -409,3 +409,16 @@ async def test_the_progress_counts_a_completed_task_whose_video_is_on_its_way_as
         await anyio.wait_all_tasks_blocked()  # the progress has taken every event
         counts = progress.counts()
     assert "0 generating · 1 downloading · 1 queued" in counts
+
+
+async def test_the_librarys_warnings_are_lines_of_the_commands_screen(sim: Simulator, tmp_path: Path) -> None:
+    """Printed through the console the progress is drawn on (a raw line beside a live bar is drawn over),
+    each one line saying what it is."""
+    jobs = _write_jobs(tmp_path / "jobs.jsonl", [{"id": "a", "prompt": "a fox"}])
+    done = await anyio.run_process(
+        [sys.executable, "-m", "kling_async", "batch", str(jobs), "--out", str(tmp_path / "out"), *FAST],
+        env={**_env(sim), "FREEPIK_API_KEY": "not-the-key"},
+        cwd=ROOT,
+        check=False,
+    )
+    assert "error: the API refused the key (HTTP 401: Invalid API key)" in done.stderr.decode()
