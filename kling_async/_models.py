@@ -599,9 +599,23 @@ class _TaskListEnvelope(msgspec.Struct):
     data: list[TaskSummary]
 
 
+class _CreatedTask(msgspec.Struct, gc=False):
+    """A create answer's task: the id is all it must carry (the vendor gives the answer no schema, and
+    every client reads ``task_id`` alone); a task just made is CREATED, with nothing generated yet."""
+
+    task_id: str
+    status: str = CREATED
+    generated: tuple[str, ...] | None = None
+
+
+class _CreatedEnvelope(msgspec.Struct):
+    data: _CreatedTask
+
+
 _task_decoder = msgspec.json.Decoder(_TaskEnvelope)
 _task_list_decoder = msgspec.json.Decoder(_TaskListEnvelope)
 _webhook_decoder = msgspec.json.Decoder(TaskStatus)
+_created_decoders = (msgspec.json.Decoder(_CreatedEnvelope), msgspec.json.Decoder(_CreatedTask))
 
 
 # What a hostile body can make msgspec raise: bad JSON or shape, bytes that are not UTF-8 inside a
@@ -629,23 +643,26 @@ def decode_task(body: bytes) -> TaskStatus:
 
 
 def decode_created(body: bytes) -> TaskStatus:
-    """The task in a create answer: ``{"data": {task_id, status, ...}}`` or the bare task object.
+    """The task in a create answer: ``{"data": {task_id, ...}}`` or the bare task object.
 
-    The vendor documents no schema for it; its pages show both forms.
+    The vendor documents no schema for it; its pages show both forms. Only ``task_id`` is required: an
+    answer that carries the id created that task, whatever else it lacks (``status`` then is CREATED, and a
+    null ``generated`` is none).
 
     Raises:
         TransportError: the body is neither form; the message carries its first 200 characters.
     """
-    try:
-        return _task_decoder.decode(body).data
-    except _BAD_BODY:
-        pass
-    try:
-        return _webhook_decoder.decode(body)
-    except _BAD_BODY as exc:
-        # repr() keeps control characters and odd bytes from reaching a terminal or a log as they are
-        snippet = repr(body[:_SNIPPET].decode("utf-8", "replace"))[:_SNIPPET]
-        raise TransportError(f"unexpected create response body: {snippet}") from exc
+    for decoder in _created_decoders:
+        try:
+            decoded = decoder.decode(body)
+        except _BAD_BODY as exc:
+            failure = exc
+            continue
+        task = decoded.data if isinstance(decoded, _CreatedEnvelope) else decoded
+        return TaskStatus(task.task_id, task.status, task.generated or ())
+    # repr() keeps control characters and odd bytes from reaching a terminal or a log as they are
+    snippet = repr(body[:_SNIPPET].decode("utf-8", "replace"))[:_SNIPPET]
+    raise TransportError(f"unexpected create response body: {snippet}") from failure
 
 
 def decode_task_list(body: bytes) -> list[TaskSummary]:

@@ -766,10 +766,14 @@ def test_terminal_and_failure_statuses() -> None:
         pytest.param(b'{"data":{"task_id":"t-1","status":"CREATED","generated":[]}}', id="wrapped"),
         pytest.param(b'{"task_id":"t-1","status":"CREATED"}', id="bare"),
         pytest.param(b'{"task_id":"t-1","status":"CREATED","generated":[],"extra":{"x":1}}', id="bare-extra"),
+        pytest.param(b'{"data":{"task_id":"t-1"}}', id="wrapped-id-only"),
+        pytest.param(b'{"task_id":"t-1"}', id="bare-id-only"),
+        pytest.param(b'{"data":{"task_id":"t-1","status":"CREATED","generated":null}}', id="null-generated"),
     ],
 )
 def test_decode_created_accepts_the_wrapped_and_the_bare_task(body: bytes) -> None:
-    """The vendor documents no create schema and its pages show both forms: each gives the task."""
+    """The vendor documents no create schema and its pages show both forms: each gives the task. The id is
+    all an answer must carry: a task it names was created (and paid for), whatever else is missing."""
     assert decode_created(body) == TaskStatus(task_id="t-1", status="CREATED")
 
 
