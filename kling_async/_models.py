@@ -12,7 +12,7 @@ import json
 import re
 from collections.abc import Mapping
 from types import UnionType
-from typing import Any, Final, Literal, TypeAlias, TypeVar, Union, get_args, get_origin, get_type_hints
+from typing import Any, Final, Literal, TypeAlias, TypeVar, Union, cast, get_args, get_origin, get_type_hints
 
 import msgspec
 
@@ -76,6 +76,8 @@ _KLING3_SHOT_TYPES: tuple[str, ...] = get_args(Kling3ShotType)
 _OMNI_IMAGE_FIELDS = "an image_url or start_image_url"
 # A scheme, a non-empty host, and no whitespace anywhere (a stray space from a CSV cell is a typo, not a URL).
 _URL = re.compile(r"https?://[^\s/?#]+\S*", re.IGNORECASE)
+# What the vendor's `format: uri` fields (webhook_url, video_url) allow: RFC 3986's characters only.
+_URI_CHARACTERS = re.compile(r"(?:[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=]|%[0-9A-Fa-f]{2})*")
 _MSGSPEC_FIELD = re.compile(
     r"Object (?P<kind>contains unknown|missing required) field `(?P<name>.*)`", re.DOTALL
 )
@@ -125,6 +127,14 @@ def _check_text(field: str, value: object, *, blank_ok: bool = False) -> None:
 def _check_url(field: str, value: object) -> None:
     if not isinstance(value, str) or not _URL.fullmatch(value) or not _sendable(value):
         raise _reject(field, "must be an http:// or https:// URL", value)
+
+
+def _check_uri(field: str, value: object) -> None:
+    """An http(s) URL the vendor's ``format: uri`` takes: non-ASCII, spaces, braces, ``%`` not followed by
+    two hex digits and the like percent-encoded (the API refuses them with a 400)."""
+    _check_url(field, value)
+    if not _URI_CHARACTERS.fullmatch(cast(str, value)):
+        raise _reject(field, "must be a URI: percent-encode non-ASCII and reserved characters", value)
 
 
 def _check_list(field: str, value: object) -> list[Any]:
@@ -292,7 +302,7 @@ class OmniRequest(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True,
 
     def __post_init__(self) -> None:
         if self.webhook_url is not None:
-            _check_url("webhook_url", self.webhook_url)
+            _check_uri("webhook_url", self.webhook_url)
         if self.prompt is not None:
             _check_text("prompt", self.prompt)
         if self.multi_prompt is not None:
@@ -376,7 +386,7 @@ class Kling3Request(
 
     def __post_init__(self) -> None:
         if self.webhook_url is not None:
-            _check_url("webhook_url", self.webhook_url)
+            _check_uri("webhook_url", self.webhook_url)
         if self.prompt is not None:
             _check_text("prompt", self.prompt)
         if self.multi_prompt is not None:
@@ -445,9 +455,9 @@ class VideoReferenceRequest(
     negative_prompt: str | None = None
 
     def __post_init__(self) -> None:
-        _check_url("video_url", self.video_url)
+        _check_uri("video_url", self.video_url)
         if self.webhook_url is not None:
-            _check_url("webhook_url", self.webhook_url)
+            _check_uri("webhook_url", self.webhook_url)
         if self.prompt is not None:
             _check_text("prompt", self.prompt)
         if self.image_url is not None:

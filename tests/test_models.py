@@ -347,6 +347,40 @@ def test_url_fields_take_only_http_urls(cls: type[Any], field: str, value: objec
     raises_invalid(lambda: cls(**fields_of(cls, {field: value})), field, URL_RULE)
 
 
+URI_FIELDS = [
+    (OmniRequest, "webhook_url"),
+    (Kling3Request, "webhook_url"),
+    (VideoReferenceRequest, "video_url"),
+]
+URI_RULE = "must be a URI: percent-encode non-ASCII and reserved characters"
+
+
+@pytest.mark.parametrize(("cls", "field"), [*URI_FIELDS, (VideoReferenceRequest, "webhook_url")])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "https://b\u00fccher.example/hook",
+        "https://h.example/clips/vid\u00e9o.mp4",
+        "https://h.example/hook?task={id}",
+        "https://h.example/a|b",
+        "https://h.example/50%",
+        "https://h.example/a%zz",
+        "https://h.example/a\u200bb",
+    ],
+)
+def test_fields_the_vendor_types_as_uris_refuse_what_a_uri_cannot_hold(
+    cls: type[Any], field: str, value: str
+) -> None:
+    """The API answers these with a 400 (`format: uri`): refused before anything is paid for."""
+    raises_invalid(lambda: cls(**fields_of(cls, {field: value})), field, URI_RULE)
+
+
+@pytest.mark.parametrize(("cls", "field"), URI_FIELDS)
+def test_a_percent_encoded_uri_with_a_query_is_taken(cls: type[Any], field: str) -> None:
+    url = "https://h.example/clips/vid%C3%A9o%20one.mp4?sig=a-b_c~d&list=[1,2]"
+    assert getattr(cls(**fields_of(cls, {field: url})), field) == url
+
+
 PART_ACCEPTED = [
     pytest.param(Element, {"frontal_image_url": IMAGE}, id="element-frontal"),
     pytest.param(Element, {"reference_image_urls": [IMAGE]}, id="element-references"),
