@@ -10,7 +10,7 @@ Responses decode leniently: unknown fields are ignored and an unknown status sta
 # would then look the type aliases up there, where they are not exported.
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from types import UnionType
 from typing import Any, Final, Literal, TypeAlias, TypeVar, Union, cast, get_args, get_origin, get_type_hints
 
@@ -137,10 +137,19 @@ def _check_uri(field: str, value: object) -> None:
         raise _reject(field, "must be a URI: percent-encode non-ASCII and reserved characters", value)
 
 
-def _check_list(field: str, value: object) -> list[Any]:
-    if not isinstance(value, list):
+def _check_list(field: str, value: object) -> Sequence[Any]:
+    if not isinstance(value, list | tuple):
         raise _reject(field, "must be a list", value)
     return value
+
+
+def _freeze(struct: msgspec.Struct, *names: str) -> None:
+    """Keep a request's lists as tuples: checked once, they must stay as checked (a list appended to after
+    the check would send what the API refuses, or what the caller never saw checked)."""
+    for name in names:
+        value = getattr(struct, name)
+        if isinstance(value, list):
+            msgspec.structs.force_setattr(struct, name, tuple(value))
 
 
 def _check_at_most(field: str, count: int, most: int, noun: str) -> None:
@@ -153,7 +162,7 @@ def _check_url_list(field: str, value: object) -> None:
         _check_url(f"{field}[{index}]", item)
 
 
-def _check_shot_count(shots: object) -> list[Any]:
+def _check_shot_count(shots: object) -> Sequence[Any]:
     items = _check_list("multi_prompt", shots)
     _check_at_most("multi_prompt", len(items), _MAX_SHOTS, "shots")
     if not items:
@@ -161,7 +170,7 @@ def _check_shot_count(shots: object) -> list[Any]:
     return items
 
 
-def _check_elements(elements: object) -> list[Any]:
+def _check_elements(elements: object) -> Sequence[Any]:
     items = _check_list("elements", elements)
     for index, item in enumerate(items):
         if not isinstance(item, Element):
@@ -207,7 +216,7 @@ def _check_cfg_scale(value: object) -> None:
         raise _reject("cfg_scale", "must be a number from 0 to 2", value)
 
 
-def _check_prompt_or_shots(prompt: str | None, multi_prompt: list[Any] | None) -> None:
+def _check_prompt_or_shots(prompt: str | None, multi_prompt: Sequence[Any] | None) -> None:
     if prompt is None and multi_prompt is None:
         raise InvalidRequestError.for_field("prompt + multi_prompt", "one of them is required")
 
@@ -226,10 +235,11 @@ class Element(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, for
         InvalidRequestError: a field breaks a documented limit.
     """
 
-    reference_image_urls: list[str] | None = None
+    reference_image_urls: Sequence[str] | None = None
     frontal_image_url: str | None = None
 
     def __post_init__(self) -> None:
+        _freeze(self, "reference_image_urls")
         if self.reference_image_urls is not None:
             _check_url_list("reference_image_urls", self.reference_image_urls)
         if self.frontal_image_url is not None:
@@ -288,19 +298,20 @@ class OmniRequest(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True,
 
     webhook_url: str | None = None
     prompt: str | None = None
-    multi_prompt: list[str] | None = None
+    multi_prompt: Sequence[str] | None = None
     shot_type: OmniShotType | None = None
     image_url: str | None = None
     start_image_url: str | None = None
     end_image_url: str | None = None
-    image_urls: list[str] | None = None
-    elements: list[Element] | None = None
+    image_urls: Sequence[str] | None = None
+    elements: Sequence[Element] | None = None
     generate_audio: bool | None = None
-    voice_ids: list[str] | None = None
+    voice_ids: Sequence[str] | None = None
     aspect_ratio: OmniAspectRatio | None = None
     duration: Duration | None = None
 
     def __post_init__(self) -> None:
+        _freeze(self, "multi_prompt", "image_urls", "elements", "voice_ids")
         if self.webhook_url is not None:
             _check_uri("webhook_url", self.webhook_url)
         if self.prompt is not None:
@@ -372,12 +383,12 @@ class Kling3Request(
 
     webhook_url: str | None = None
     prompt: str | None = None
-    multi_prompt: list[Shot] | None = None
+    multi_prompt: Sequence[Shot] | None = None
     start_image_url: str | None = None
     end_image_url: str | None = None
-    elements: list[Element] | None = None
+    elements: Sequence[Element] | None = None
     generate_audio: bool | None = None
-    voice_ids: list[str] | None = None
+    voice_ids: Sequence[str] | None = None
     shot_type: Kling3ShotType | None = None
     aspect_ratio: Kling3AspectRatio | None = None
     duration: Duration | None = None
@@ -385,6 +396,7 @@ class Kling3Request(
     cfg_scale: float | None = None
 
     def __post_init__(self) -> None:
+        _freeze(self, "multi_prompt", "elements", "voice_ids")
         if self.webhook_url is not None:
             _check_uri("webhook_url", self.webhook_url)
         if self.prompt is not None:

@@ -74,7 +74,7 @@ def outcome(expected: type[_E], call: Callable[..., _T], *args: Any, **kwargs: A
 # -- building blocks -------------------------------------------------------------------------------------
 
 urls = st.from_regex(
-    r"https?://[a-z0-9-]{1,12}(\.[a-z]{2,6}){0,2}(:[0-9]{2,5})?(/[A-Za-z0-9._~%@=&-]{0,12}){0,3}",
+    r"https?://[a-z0-9-]{1,12}(\.[a-z]{2,6}){0,2}(:[0-9]{2,5})?(/([A-Za-z0-9._~@=&-]|%[0-9A-F]{2}){0,12}){0,3}",
     fullmatch=True,
 )
 # Prompts: short arbitrary Unicode (hypothesis's text() has no lone surrogates) and the 2500 boundary.
