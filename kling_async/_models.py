@@ -556,6 +556,26 @@ def _literal_at(request_type: type[Any], data: object, path: str) -> tuple[tuple
     return (get_args(hint), value) if get_origin(hint) is Literal else None
 
 
+_EXPECTED = re.compile(r"Expected `(?P<want>[^`]+)`, got `(?P<got>[^`]+)`")
+_TYPE_RULES = {
+    "str": "must be a string",
+    "float": "must be a number",
+    "int | float": "must be a number",
+    "bool": "must be true or false",
+    "array": "must be a list",
+    "object": "must be an object",
+}
+_JSON_TYPES = {
+    "str": "a string",
+    "int": "a whole number",
+    "float": "a number",
+    "bool": "true or false",
+    "array": "a list",
+    "object": "an object",
+    "null": "null",
+}
+
+
 def _invalid_from(exc: msgspec.ValidationError, data: object, request_type: type[Any]) -> InvalidRequestError:
     """Our error for msgspec's, with the field's path (``$.elements[0]`` + ``frontal_image_url``)."""
     # msgspec's text is "<what> - at `$.path`", without the suffix when the error is at the top level
@@ -576,6 +596,11 @@ def _invalid_from(exc: msgspec.ValidationError, data: object, request_type: type
         elif (literal := _literal_at(request_type, data, path)) is not None:
             # msgspec checked a Literal ("Invalid enum value"): say it as __post_init__ would
             return _reject(path, _choice_rule(literal[0]), literal[1])
+        elif path and (expected := _EXPECTED.fullmatch(what)) is not None:
+            # msgspec's "Expected `float | null`, got `str`": null is never sent, and `float` is Python's
+            wanted = _TYPE_RULES.get(expected["want"].removesuffix(" | null"), f"must be {expected['want']}")
+            got = _JSON_TYPES.get(expected["got"], expected["got"])
+            return InvalidRequestError.for_field(path, f"{wanted} (got {got})")
         elif path:
             return InvalidRequestError.for_field(path, what[:1].lower() + what[1:])
         else:
