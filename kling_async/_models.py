@@ -365,7 +365,8 @@ class Kling3Request(
     Attributes:
         webhook_url: where the API POSTs the task on each status change (http(s) URL).
         prompt: the video's description, at most 2500 characters.
-        multi_prompt: at most 6 shots (``Shot``), their durations at most 15 s in total.
+        multi_prompt: at most 6 shots (``Shot``), their durations at most 15 s in total (so 5 shots at most
+            in practice: each lasts at least 3 s).
         start_image_url: first frame of the video (image-to-video).
         end_image_url: last frame of the video.
         elements: characters or objects kept consistent (``Element``).
