@@ -6,20 +6,25 @@ overwritten: the new one gets a ``-2``, ``-3``... suffix.
 
 - **Tied to its source.** Beside the part file, ``.<name>.part.json`` records what the part holds: its
   source (the task id, else the URL without its query string, which carries the signature), the size the
-  server announced and its ETag. A broken transfer resumes with ``Range`` (and ``If-Range`` when the ETag
-  is strong) only when all three still match; any mismatch starts the file over. A part without its record
-  is started over too (a crash between the two leaves nothing that could be resumed wrongly).
+  server announced and its ETag and Last-Modified. A broken transfer resumes with ``Range`` (and
+  ``If-Range`` when the ETag is strong) only when all still match, a validator the answer lacks included;
+  any mismatch starts the file over. A part without its record is started over too (a crash between the
+  two leaves nothing that could be resumed wrongly).
 - **Exclusive, no links.** ``.<name>.lock`` is held (``flock``) for the whole download: a second download
   to the same target, in this process or another, fails at once with ``DownloadError``. Every one of
   these files is opened with ``O_NOFOLLOW``: a symbolic link planted at their path is refused, never
   followed.
 - **Bounded by its own time.** A transfer silent for ``Timeouts.download_idle`` is resumed; the whole
   download (retries included) is bounded by ``Timeouts.download_deadline`` when set, never by the API
-  request's ``total``. A try that made the part file grow starts a fresh count of ``RetryPolicy``
-  attempts, so a big file on a link that breaks every minute still arrives.
+  request's ``total``; a read waits no longer than the time left. A try that took the part file past
+  the most it ever held starts a fresh count of ``RetryPolicy`` attempts, so a big file on a link that
+  breaks every minute still arrives, and one that breaks at the same byte every time does not loop.
 - **Redirects**: followed only to the same scheme (``https`` to ``https``), at most 5 in a row; any other
-  is a ``DownloadError``. Files are asked for with ``Accept-Encoding: identity``; a server that compresses
-  anyway is inflated, and ``max_bytes`` counts the inflated bytes.
+  is a ``DownloadError``, as is a URL that cannot be parsed. Files are asked for with
+  ``Accept-Encoding: identity``; a gzip or deflate body is inflated here (``max_bytes`` counts the inflated
+  bytes) and must end with its stream's end, or the try failed.
+- **Not an error page**: a 200 or 206 of ``text/*``, JSON or XML, or an empty file, is a failed try.
+- **Disk full**: a part that filled the disk (or a quota, or the largest file allowed) is deleted.
 - **Expired URLs**: a 403, 404 or 410 from the file host is answered by a fresh URL from the task's status.
 """
 
@@ -32,9 +37,10 @@ import hashlib
 import os
 import re
 import stat
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import SplitResult, urljoin, urlsplit
 
 import anyio
 import msgspec
@@ -50,6 +56,8 @@ MAX_REDIRECTS = 5
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _EXPIRED = frozenset({403, 404, 410})
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+# How a hashed name ends: 8 hex digits, a letter among them.
+_HASHED = re.compile(r"-(?=[0-9]*[a-f])[0-9a-f]{8}\Z")
 _MAX_NAME = 100
 # Names Windows refuses whatever their extension.
 _RESERVED = frozenset(
@@ -59,14 +67,21 @@ _RESERVED = frozenset(
 _REFRESHES = 2
 # O_NONBLOCK: opening a FIFO planted at our path must not hang (it is then refused as not a file).
 _OPEN_FLAGS = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+# What file hosts send as a body instead of the file: error pages (S3's XML, a CDN's HTML, JSON problems).
+_PAGES = frozenset({"application/json", "application/xml", "application/problem+json"})
+# A write refused for want of room: a resume cannot fit either, and the part holds space others need.
+_NO_ROOM = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+_INFLATED_PIECE = 256 * 1024  # the most one compressed chunk is inflated to at a time (a bomb stays small)
 
 
 def safe_file_name(key: str, suffix: str = ".mp4") -> str:
     """A file name made from an item key, safe on every filesystem, distinct for distinct keys."""
     cleaned = _UNSAFE.sub("_", key).strip("._-")[:_MAX_NAME]
-    if cleaned != key or not cleaned or cleaned.upper() in _RESERVED:
-        # Two keys that clean to the same text must still get two files.
-        cleaned = f"{cleaned or 'item'}-{hashlib.sha256(key.encode()).hexdigest()[:8]}"
+    if cleaned != key or not cleaned or cleaned.upper() in _RESERVED or _HASHED.search(cleaned):
+        # Two keys that clean to the same text get two files; so does a key that ends like a hashed one.
+        digest = hashlib.sha256(key.encode()).hexdigest()[:8]
+        # Digits alone would end like a clean key's number (shot-20240517), which keeps its name.
+        cleaned = f"{cleaned or 'item'}-{'a' + digest[1:] if digest.isdigit() else digest}"
     return cleaned + suffix
 
 
@@ -76,6 +91,7 @@ class _PartInfo(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     source: str
     size: int | None
     etag: str | None
+    modified: str | None = None  # Last-Modified
 
 
 async def download_file(
@@ -126,15 +142,20 @@ async def download_file(
                     max_bytes=max_bytes,
                 )
                 return await job.run(url, retry=retry, fresh_url=fresh_url)
-            except BaseException:
-                if os.fstat(fd).st_size == 0:  # nothing worth resuming: leave nothing behind
+            except BaseException as exc:
+                if os.fstat(fd).st_size == 0 or _no_room(exc):  # nothing worth resuming: leave nothing behind
                     part.unlink(missing_ok=True)
                     target.with_name(f".{target.name}.part.json").unlink(missing_ok=True)
                 raise
             finally:
                 os.close(fd)
     except OSError as exc:  # disk full, permissions, a path that is a folder: this file's error only
-        raise DownloadError(f"cannot write {target}: {exc.strerror or exc}") from exc
+        deleted = "; the partial file was deleted" if _no_room(exc) else ""
+        raise DownloadError(f"cannot write {target}: {exc.strerror or exc}{deleted}") from exc
+
+
+def _no_room(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in _NO_ROOM
 
 
 @contextlib.contextmanager
@@ -210,12 +231,13 @@ class _Download:
     ) -> Path:
         refreshes = tries = failures = 0
         since = self._clock.now()
+        # The most the part has held: bytes it gets again after a start over are no progress.
+        most = self._size()
         while True:
             tries += 1
             self._check_deadline()
-            before = self._size()
             try:
-                status = await self._fetch(url)
+                status = await self._try(url)
             except DownloadError:  # what trying again cannot mend: a refused redirect, the size cap, a link
                 raise
             except TransportError as exc:
@@ -232,9 +254,9 @@ class _Download:
                 error = DownloadError(f"GET {redact(url)}: HTTP {status}")
                 if status < 500 and status != 429:
                     raise error
-            if self._size() > before:
+            if self._size() > most:
                 # Progress: the limits of RetryPolicy apply to tries in a row that made none.
-                failures, since = 0, self._clock.now()
+                failures, since, most = 0, self._clock.now(), self._size()
             failures += 1
             if failures >= retry.attempts or self._clock.now() - since > retry.deadline:
                 raise DownloadError(
@@ -254,9 +276,18 @@ class _Download:
 
     def _check_deadline(self) -> None:
         if self._deadline is not None and self._clock.now() > self._deadline:
-            raise DownloadError(
-                f"download of {self._target.name} not done by its deadline (download_deadline)"
-            )
+            raise self._late()
+
+    def _late(self) -> DownloadError:
+        return DownloadError(f"download of {self._target.name} not done by its deadline (download_deadline)")
+
+    async def _try(self, url: str) -> int | None:
+        """``_fetch``, cut short at the deadline (however long ``download_idle`` would let a read wait)."""
+        if self._deadline is None:
+            return await self._fetch(url)
+        with self._clock.move_on_after(self._deadline - self._clock.now()):
+            return await self._fetch(url)
+        raise self._late()
 
     def _read_info(self) -> _PartInfo | None:
         try:
@@ -303,7 +334,7 @@ class _Download:
             etag = self._info.etag if self._info is not None else None
             if etag is not None and not etag.startswith("W/"):
                 headers["If-Range"] = etag  # a server that honours it sends the whole new file if it changed
-        scheme = urlsplit(url).scheme
+        scheme = _split(url).scheme
         for _ in range(MAX_REDIRECTS + 1):
             async with self._transport.stream(url, headers=headers) as (status, answer, chunks):
                 if status in _REDIRECTS:
@@ -315,9 +346,9 @@ class _Download:
                     raise TransportError("the partial file does not fit the remote one; starting over")
                 if status not in (200, 206):
                     return status
-                total = self._accept(status, answer, have)
+                total, coding = self._accept(status, answer, have)
                 self._check_size(total)
-                await self._write(chunks)
+                await self._write(chunks, coding)
             self._check_complete(total)
             return None
         raise DownloadError(f"GET {redact(url)}: more than {MAX_REDIRECTS} redirects in a row")
@@ -325,6 +356,7 @@ class _Download:
     def _redirect(self, url: str, scheme: str, location: str | None) -> str:
         if not location:
             raise DownloadError(f"GET {redact(url)}: a redirect without a Location")
+        _split(location, f"GET {redact(url)}: redirected to ")
         following = urljoin(url, location)
         if urlsplit(following).scheme != scheme:
             raise DownloadError(
@@ -332,9 +364,17 @@ class _Download:
             )
         return following
 
-    def _accept(self, status: int, answer: Mapping[str, str], have: int) -> int | None:
-        """Check the answer against the part file; start over when it is another file. Returns its size."""
-        etag = answer.get("ETag")
+    def _accept(self, status: int, answer: Mapping[str, str], have: int) -> tuple[int | None, str | None]:
+        """Check the answer against the part file; start over when it is another file.
+
+        Returns:
+            The file's size if known, and the body's coding to undo (None: as is).
+        """
+        kind = answer.get("Content-Type", "").split(";", 1)[0].strip().lower()
+        if kind.startswith("text/") or kind in _PAGES:
+            raise TransportError(f"HTTP {status} with a {kind} body: an error page, not the file")
+        coding = _coding(answer.get("Content-Encoding", ""))
+        etag, modified = answer.get("ETag"), answer.get("Last-Modified")
         if status == 206:
             start, total = _content_range(answer.get("Content-Range"))
             info = self._info
@@ -344,23 +384,25 @@ class _Download:
                     f"asked to resume at byte {have}, got a range from {start}; starting over"
                 )
             if have == 0 and start == 0:  # a range we did not ask for, from the start: a new file
-                self._write_info(_PartInfo(source=self._source, size=total, etag=etag))
-                return total
+                self._write_info(_PartInfo(self._source, total, etag, modified))
+                return total, None
+            # A validator the part was recorded with must come back unchanged: a sloppy server that drops it
+            # may be serving another version.
             if info is None or (
                 (info.size is not None and total != info.size)
-                or (info.etag is not None and etag is not None and etag != info.etag)
+                or (info.etag is not None and etag != info.etag)
+                or (info.modified is not None and modified != info.modified)
             ):
                 self._start_over()
                 raise TransportError("the remote file changed since the partial download; starting over")
-            return total
+            return total, None
         # A whole file: whatever the part held, it is replaced.
         os.ftruncate(self._fd, 0)
         length = answer.get("Content-Length")
         # Content-Length counts the encoded bytes: with a compressed body it is not the file's size.
-        encoded = answer.get("Content-Encoding", "identity").strip().lower() not in ("", "identity")
-        total = int(length) if length and length.isdigit() and not encoded else None
-        self._write_info(_PartInfo(source=self._source, size=total, etag=etag))
-        return total
+        total = int(length) if length and length.isdigit() and coding is None else None
+        self._write_info(_PartInfo(self._source, total, etag, modified))
+        return total, coding
 
     def _check_size(self, total: int | None) -> None:
         if self._max_bytes is not None and total is not None and total > self._max_bytes:
@@ -369,25 +411,62 @@ class _Download:
                 f"{self._target.name}: the file has {total} bytes, over max_bytes ({self._max_bytes})"
             )
 
-    async def _write(self, chunks: AsyncIterator[bytes]) -> None:
+    async def _write(self, chunks: AsyncIterator[bytes], coding: str | None) -> None:
+        """Append the body to the part file, inflated when ``coding`` says so."""
         os.lseek(self._fd, 0, os.SEEK_END)
         size = self._size()
+        # wbits 47: a gzip or a zlib header, told apart by its first bytes.
+        inflater = None if coding is None else zlib.decompressobj(wbits=47)
         async for chunk in chunks:
-            size += len(chunk)
-            if self._max_bytes is not None and size > self._max_bytes:
-                self._start_over()
-                raise DownloadError(
-                    f"{self._target.name}: over max_bytes ({self._max_bytes} bytes); nothing kept"
-                )
-            _write_all(self._fd, chunk)
-            self._check_deadline()
+            for piece in (chunk,) if inflater is None else _inflate(inflater, chunk):
+                size += len(piece)
+                if self._max_bytes is not None and size > self._max_bytes:
+                    self._start_over()
+                    raise DownloadError(
+                        f"{self._target.name}: over max_bytes ({self._max_bytes} bytes); nothing kept"
+                    )
+                _write_all(self._fd, piece)
+        # aiohttp checks the body's length, not that a compressed stream ended (it may be cut short).
+        if inflater is not None and (not inflater.eof or inflater.unused_data):
+            raise TransportError(f"the {coding} body does not end where its stream ends (cut short?)")
 
     def _check_complete(self, total: int | None) -> None:
         size = self._size()
+        if size == 0:
+            raise TransportError("an empty body, not a file")
         if total is not None and size != total:
             if size > total:
                 self._start_over()
             raise TransportError(f"incomplete body: {size} of {total} bytes")
+
+
+def _split(url: str, context: str = "GET ") -> SplitResult:
+    """``urlsplit`` and its port, or a ``DownloadError`` naming the URL (trying again cannot mend it)."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port out of range
+    except ValueError as exc:
+        raise DownloadError(f"{context}{redact(url)}: not a valid URL ({exc})") from None
+    return parts
+
+
+def _coding(header: str) -> str | None:
+    """The Content-Encoding to undo: None, ``gzip`` or ``deflate``; any other is a ``DownloadError``."""
+    codings = [c.strip().lower() for c in header.split(",") if c.strip().lower() not in ("", "identity")]
+    if not codings:
+        return None
+    if codings in (["gzip"], ["x-gzip"], ["deflate"]):
+        return codings[0]
+    raise DownloadError(f"the file host sent Content-Encoding {header!r}, which is not supported")
+
+
+def _inflate(inflater: zlib._Decompress, data: bytes) -> Iterator[bytes]:
+    try:
+        while data:
+            yield inflater.decompress(data, _INFLATED_PIECE)
+            data = inflater.unconsumed_tail
+    except zlib.error as exc:
+        raise TransportError(f"a damaged compressed body: {exc}") from exc
 
 
 def _write_all(fd: int, data: bytes) -> None:

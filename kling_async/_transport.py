@@ -141,6 +141,8 @@ class Transport(Protocol):
     ) -> AbstractAsyncContextManager[StreamAnswer]:
         """GET a file URL (never with the key, never following redirects) and yield its answer.
 
+        The chunks are the body as sent: a ``Content-Encoding`` is left for the caller to undo.
+
         Raises:
             TransportError: while connecting or while reading the chunks.
         """
@@ -340,7 +342,10 @@ class AiohttpTransport:
     async def stream(
         self, url: str, *, headers: Mapping[str, str] | None = None
     ) -> AsyncIterator[StreamAnswer]:
-        """Open a file URL (never with the API key, never following redirects) and yield its answer."""
+        """Open a file URL (never with the API key, never following redirects) and yield its answer.
+
+        The body comes as sent, never inflated (aiohttp would not check that a gzip stream ends).
+        """
         session = self._require_session()
         where = f"GET {redact(url)}"
         try:
@@ -351,6 +356,7 @@ class AiohttpTransport:
                 allow_redirects=False,
                 timeout=self._file_timeout,
                 proxy=self._proxy_for(target),
+                auto_decompress=False,
             )
         except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
             raise TransportError(f"{where}: {_connect_failure(exc, target)}", request_sent=False) from exc

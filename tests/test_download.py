@@ -8,6 +8,7 @@ import os
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from email.utils import formatdate
 from importlib.resources import files
 from pathlib import Path
 
@@ -142,11 +143,16 @@ class FileHost:
         self.files: dict[str, bytes] = {}
         self.redirects: dict[str, str] = {}
         self.gzip: dict[str, bytes] = {}
+        self.encoding = "gzip"  # the Content-Encoding the gzip bodies are labelled with
         self.cut_once: dict[str, int] = {}  # path -> bytes sent before the next answer is cut off
         self.cut_every: int | None = None  # every answer is cut off after this many bytes
         self.stall_once = 0.0  # seconds the first answer stops after its first piece
         self.pace = 0.0  # seconds between 1 KiB pieces
         self.chunked = False  # no Content-Length
+        self.types: dict[str, str] = {}  # path -> Content-Type (default: application/octet-stream)
+        self.lengths: dict[str, int] = {}  # path -> a stale Content-Length whole answers announce
+        self.ranges_from_zero = False  # a Range is answered with a 206 from byte 0, whatever it asked
+        self.validators = {"ETag"}  # sent with each answer; If-Range is ignored without an ETag
         self.held = anyio.Event()  # set to let answers proceed (when hold is on)
         self.hold = False
         self.seen: list[tuple[str, dict[str, str]]] = []
@@ -158,26 +164,34 @@ class FileHost:
         self.seen.append((path, dict(request.headers)))
         self.asked.set()
         if path in self.redirects:
-            raise web.HTTPFound(self.redirects[path])
+            return web.Response(status=302, headers={"Location": self.redirects[path]})
         if path in self.gzip:
-            return web.Response(body=self.gzip[path], headers={"Content-Encoding": "gzip"})
+            return web.Response(body=self.gzip[path], headers={"Content-Encoding": self.encoding})
         data = self.files.get(path)
         if data is None:
             return web.Response(status=404)
-        etag = '"' + hashlib.sha256(data).hexdigest()[:16] + '"'
+        digest = hashlib.sha256(data).hexdigest()
+        validators = {
+            "ETag": f'"{digest[:16]}"',
+            "Last-Modified": formatdate(int(digest[:8], 16), usegmt=True),
+        }
+        headers = {name: value for name, value in validators.items() if name in self.validators}
+        etag = headers.get("ETag")
         status, start = 200, 0
         wanted = request.headers.get("Range", "")
-        if wanted.startswith("bytes=") and request.headers.get("If-Range", etag) == etag:
-            start = int(wanted[6:].rstrip("-"))
+        if wanted.startswith("bytes=") and (etag is None or request.headers.get("If-Range", etag) == etag):
+            start = 0 if self.ranges_from_zero else int(wanted[6:].rstrip("-"))
             if start >= len(data):
                 return web.Response(status=416, headers={"Content-Range": f"bytes */{len(data)}"})
             status = 206
-        headers = {"ETag": etag, "Accept-Ranges": "bytes"}
+        headers["Accept-Ranges"] = "bytes"
         if status == 206:
             headers["Content-Range"] = f"bytes {start}-{len(data) - 1}/{len(data)}"
         response = web.StreamResponse(status=status, headers=headers)
+        if path in self.types:
+            response.content_type = self.types[path]
         if not self.chunked:
-            response.content_length = len(data) - start
+            response.content_length = self.lengths.get(path, len(data) - start)
         await response.prepare(request)
         cut = self.cut_once.pop(path, self.cut_every)
         body = data[start:]
@@ -198,6 +212,10 @@ class FileHost:
                 await anyio.sleep(stall)
             if self.pace:
                 await anyio.sleep(self.pace)
+        if path in self.lengths:  # short of its Content-Length: the connection ends the answer
+            assert request.transport is not None
+            request.transport.close()
+            return response
         await response.write_eof()
         return response
 
@@ -460,3 +478,188 @@ async def test_no_lock_part_or_record_file_is_left_after_a_download(host: FileHo
     host.cut_once["/clip.mp4"] = 2048
     await _get(f"{host.url}/clip.mp4", tmp_path / "clip.mp4")
     assert [p.name for p in tmp_path.iterdir()] == ["clip.mp4"]
+
+
+# -- hostile file hosts ---------------------------------------------------------------------------------
+
+THREE_TRIES = RetryPolicy(attempts=3, initial=0.001, maximum=0.001)
+
+
+@pytest.mark.parametrize("resume", ["answered 416", "answered from byte 0"])
+async def test_a_file_that_breaks_at_the_same_byte_every_time_fails_after_the_policy_tries(
+    host: FileHost, tmp_path: Path, resume: str
+) -> None:
+    """Bytes a started-over part gets again are no progress: the RetryPolicy ends the loop."""
+    if resume == "answered 416":  # the file has 5000 bytes; a stale Content-Length says 8 KiB
+        host.files["/clip.mp4"] = FILE_A[:5000]
+        host.lengths["/clip.mp4"] = len(FILE_A)
+    else:
+        host.files["/clip.mp4"] = FILE_A
+        host.cut_every = 5000
+        host.ranges_from_zero = True
+    # The download deadline only ends the test if the loop never does.
+    with pytest.raises(DownloadError, match="failed after 3 tries"):
+        await _get(f"{host.url}/clip.mp4", tmp_path / "clip.mp4", retry=THREE_TRIES, deadline=10.0)
+    assert len(host.seen) == 3
+
+
+async def test_a_malformed_url_is_a_download_error_naming_it_without_its_query(tmp_path: Path) -> None:
+    """A URL that cannot be parsed is this download's DownloadError, never a bare ValueError."""
+    with pytest.raises(DownloadError, match=r"GET http://\[::1/clip\.mp4: not a valid URL") as caught:
+        await _get("http://[::1/clip.mp4?sig=secret", tmp_path / "clip.mp4")
+    assert "secret" not in str(caught.value)
+
+
+async def test_a_redirect_to_a_malformed_url_is_a_download_error_at_once(
+    host: FileHost, tmp_path: Path
+) -> None:
+    """A Location that cannot be parsed is not followed, nor asked for again."""
+    host.redirects["/moved.mp4"] = "http://[oops/clip.mp4?sig=secret"
+    with pytest.raises(
+        DownloadError, match=r"redirected to http://\[oops/clip\.mp4: not a valid URL"
+    ) as caught:
+        await _get(f"{host.url}/moved.mp4", tmp_path / "clip.mp4")
+    assert "secret" not in str(caught.value)
+    assert len(host.seen) == 1
+
+
+@pytest.mark.parametrize(
+    "kind", ["text/html; charset=utf-8", "application/json", "application/xml", "application/problem+json"]
+)
+async def test_an_error_page_answered_200_is_a_failed_try_never_the_file(
+    host: FileHost, tmp_path: Path, kind: str
+) -> None:
+    """A CDN's or S3's error body sent with 200 is tried again, then a DownloadError; nothing is saved."""
+    host.files["/clip.mp4"] = b"<html><body>Access denied</body></html>"
+    host.types["/clip.mp4"] = kind
+    with pytest.raises(DownloadError, match="an error page"):
+        await _get(f"{host.url}/clip.mp4", tmp_path / "clip.mp4", retry=THREE_TRIES)
+    assert len(host.seen) == 3
+    assert list(tmp_path.iterdir()) == []
+
+
+async def test_an_empty_answer_is_a_failed_try_never_the_file(host: FileHost, tmp_path: Path) -> None:
+    """A 200 of 0 bytes is tried again, then a DownloadError; no empty video is saved."""
+    host.files["/clip.mp4"] = b""
+    with pytest.raises(DownloadError, match="empty"):
+        await _get(f"{host.url}/clip.mp4", tmp_path / "clip.mp4", retry=THREE_TRIES)
+    assert len(host.seen) == 3
+    assert list(tmp_path.iterdir()) == []
+
+
+async def test_a_gzip_body_cut_short_is_never_saved_as_the_file(host: FileHost, tmp_path: Path) -> None:
+    """The body's framing is whole but its gzip stream ends early: a failed try, not a finished file."""
+    compressed = gzip.compress(FILE_A)
+    host.gzip["/clip.mp4"] = compressed[: len(compressed) // 2]
+    with pytest.raises(DownloadError, match="does not end where its stream ends"):
+        await _get(f"{host.url}/clip.mp4", tmp_path / "clip.mp4", retry=THREE_TRIES)
+    assert not (tmp_path / "clip.mp4").exists()
+
+
+async def test_a_file_host_that_compresses_anyway_is_inflated(host: FileHost, tmp_path: Path) -> None:
+    """A gzip body despite Accept-Encoding: identity is saved inflated (a guard: the inflating moved here)."""
+    host.gzip["/clip.mp4"] = gzip.compress(FILE_A)
+    path = await _get(f"{host.url}/clip.mp4", tmp_path / "clip.mp4")
+    assert path.read_bytes() == FILE_A
+
+
+async def test_a_content_encoding_that_is_not_inflated_here_is_a_download_error_at_once(
+    host: FileHost, tmp_path: Path
+) -> None:
+    """Bodies come to the download code as sent; one it cannot inflate is refused, not retried."""
+    host.gzip["/clip.mp4"] = gzip.compress(FILE_A)
+    host.encoding = "br"
+    with pytest.raises(DownloadError, match="Content-Encoding 'br'"):
+        await _get(f"{host.url}/clip.mp4", tmp_path / "clip.mp4")
+    assert len(host.seen) == 1
+
+
+@pytest.mark.parametrize("validator", ["ETag", "Last-Modified"])
+async def test_a_resume_answer_without_the_parts_validator_starts_over(
+    host: FileHost, tmp_path: Path, validator: str
+) -> None:
+    """A part recorded with an ETag (or Last-Modified) never takes a range that lacks it: no spliced file."""
+    host.validators = {validator}
+    host.files["/clip.mp4"] = FILE_A
+    host.cut_once["/clip.mp4"] = 4096
+    target = tmp_path / "clip.mp4"
+    with pytest.raises(DownloadError):
+        await _get(f"{host.url}/clip.mp4", target, retry=ONE_TRY)
+    host.validators = set()  # a sloppy server now: no validators, If-Range ignored, and another version
+    host.files["/clip.mp4"] = other = os.urandom(len(FILE_A))
+    path = await _get(f"{host.url}/clip.mp4", target)
+    assert path.read_bytes() == other
+
+
+async def test_the_download_deadline_cuts_a_silent_read_short_of_download_idle(
+    host: FileHost, tmp_path: Path
+) -> None:
+    """A read waits for the time left to the deadline, not for download_idle."""
+    host.files["/clip.mp4"] = FILE_A
+    host.hold = True
+    timeouts = Timeouts(download_idle=3600.0)
+    with anyio.fail_after(60), pytest.raises(DownloadError, match="deadline"):  # a hang guard
+        await _get(f"{host.url}/clip.mp4", tmp_path / "clip.mp4", timeouts=timeouts, deadline=0.3)
+
+
+@pytest.mark.parametrize("key", ["a b", "a b31"])  # "a b31": a key whose hash is digits alone
+def test_an_id_named_like_a_hashed_name_gets_a_name_of_its_own(key: str) -> None:
+    """``a b`` becomes ``a_b-<hash>``; an id that is literally that name must not share its file."""
+    hashed = key.replace(" ", "_") + "-" + hashlib.sha256(key.encode()).hexdigest()[:8]
+    assert safe_file_name(hashed) != safe_file_name(key)
+
+
+def test_a_clean_id_ending_in_a_number_keeps_its_name() -> None:
+    """A guard: ``shot-20240517`` is not taken for a hashed name (hashed names carry a letter)."""
+    assert safe_file_name("shot-20240517") == "shot-20240517.mp4"
+
+
+# A child process downloads into a folder with no room for the file, and lists the folder afterwards.
+NO_ROOM_CHILD = """
+import asyncio, os, resource, signal, sys
+from kling_async import DownloadError, KlingClient
+
+async def main(url, folder):
+    async with KlingClient("key", "http://127.0.0.1:9") as client:
+        try:
+            await client.download(url, os.path.join(folder, "clip.mp4"))
+        except DownloadError as exc:
+            print(exc)
+    print(sorted(os.listdir(folder)))
+
+if sys.argv[3] == "limit":
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then fails with EFBIG
+    resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
+asyncio.run(main(sys.argv[1], sys.argv[2]))
+"""
+# A 64 KiB tmpfs in a mount namespace of the child's own (Linux, where user namespaces are allowed).
+IN_TMPFS = [
+    "unshare",
+    "--user",
+    "--map-root-user",
+    "--mount",
+    "sh",
+    "-c",
+    'mount -t tmpfs -o size=64k t "$0" && exec "$@"',
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("room", ["a file size limit (EFBIG)", "a full disk (ENOSPC)"])
+async def test_a_part_that_ran_out_of_room_is_deleted(host: FileHost, tmp_path: Path, room: str) -> None:
+    """The part holds the space the rest needs and cannot be resumed there: it goes, and the error says so."""
+    host.files["/clip.mp4"] = os.urandom(256 * 1024)
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    child = [sys.executable, "-c", NO_ROOM_CHILD, f"{host.url}/clip.mp4", str(folder)]
+    if room.endswith("(EFBIG)"):
+        command = [*child, "limit"]
+    else:
+        probe = await anyio.run_process([*IN_TMPFS, str(folder), "true"], check=False)
+        if probe.returncode != 0:
+            pytest.skip("cannot mount a tmpfs in a user namespace here")
+        command = [*IN_TMPFS, str(folder), *child, "tmpfs"]
+    done = await anyio.run_process(command, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}, check=False)
+    message, listing = done.stdout.decode().strip().splitlines()
+    assert "the partial file was deleted" in message
+    assert listing == "[]"
