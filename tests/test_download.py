@@ -106,6 +106,21 @@ async def test_a_plain_url_can_be_downloaded(client: KlingClient, tmp_path: Path
     assert path.read_bytes() == SAMPLE
 
 
+async def test_a_url_into_a_folder_is_named_by_its_file_name(client: KlingClient, tmp_path: Path) -> None:
+    """``.../TASK.mp4`` is saved as ``TASK.mp4``, not ``TASK.mp4.mp4``."""
+    result = await _finished(client)
+    assert result.url is not None
+    path = await client.download(result.url, f"{tmp_path}/")
+    assert path.name == f"{result.task_id}.mp4"
+
+
+async def test_a_url_that_cannot_be_parsed_into_a_folder_is_a_download_error(
+    client: KlingClient, tmp_path: Path
+) -> None:
+    with pytest.raises(DownloadError, match=r"GET http://\[::1/x: not a valid URL"):
+        await client.download("http://[::1/x?sig=SECRET", f"{tmp_path}/")
+
+
 async def test_no_part_file_is_left_after_a_successful_download(
     client: KlingClient, sim: Simulator, tmp_path: Path
 ) -> None:
