@@ -358,12 +358,14 @@ class AiohttpTransport:
                 proxy=self._proxy_for(target),
                 auto_decompress=False,
             )
+        # Not chained to aiohttp's errors: they quote the signed URL, and a traceback (a log's, Sentry's)
+        # shows the cause. What they say is in the message, without the query.
         except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
-            raise TransportError(f"{where}: {_connect_failure(exc, target)}", request_sent=False) from exc
-        except TimeoutError as exc:
-            raise TransportError(f"{where}: timed out") from exc
+            raise TransportError(f"{where}: {_connect_failure(exc, target)}", request_sent=False) from None
+        except TimeoutError:
+            raise TransportError(f"{where}: timed out") from None
         except (aiohttp.ClientError, ValueError) as exc:  # ValueError: a URL aiohttp cannot use
-            raise TransportError(f"{where}: {_describe(exc)}") from exc
+            raise TransportError(f"{where}: {_describe(exc)}") from None
         async with response:
             _log_response("GET", redact(url), response)
             yield response.status, response.headers, _chunks(response, where)
@@ -373,10 +375,10 @@ async def _chunks(resp: aiohttp.ClientResponse, where: str) -> AsyncIterator[byt
     try:
         async for chunk in resp.content.iter_chunked(256 * 1024):
             yield chunk
-    except TimeoutError as exc:
-        raise TransportError(f"{where}: no data for too long (download_idle)") from exc
-    except aiohttp.ClientError as exc:
-        raise TransportError(f"{where}: {_describe(exc)}") from exc
+    except TimeoutError:
+        raise TransportError(f"{where}: no data for too long (download_idle)") from None
+    except aiohttp.ClientError as exc:  # not chained: see ``stream``
+        raise TransportError(f"{where}: {_describe(exc)}") from None
 
 
 def _log_response(method: str, url: str, resp: aiohttp.ClientResponse) -> None:

@@ -8,6 +8,7 @@ import json
 import logging
 import math
 import sys
+import traceback
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -260,8 +261,8 @@ async def _garbled_file_host(reader: asyncio.StreamReader, writer: asyncio.Strea
     writer.close()
 
 
-async def test_a_file_hosts_broken_answer_is_described_without_the_urls_signature() -> None:
-    """The error quotes aiohttp's message, but never the signed URL's query string (SECURITY.md)."""
+async def _file_hosts_error() -> tuple[TransportError, int]:
+    """The error of a download whose host answers garbage to a signed URL, and the host's port."""
     server = await asyncio.start_server(_garbled_file_host, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     url = f"http://127.0.0.1:{port}/video.mp4?Signature=SECRET-SIG&Expires=1"
@@ -270,5 +271,17 @@ async def test_a_file_hosts_broken_answer_is_described_without_the_urls_signatur
             async with client._transport.stream(url):
                 pass
     server.close()
-    assert f"127.0.0.1:{port}/video.mp4" in str(caught.value)
-    assert "SECRET-SIG" not in str(caught.value)
+    return caught.value, port
+
+
+async def test_a_file_hosts_broken_answer_is_described_without_the_urls_signature() -> None:
+    """The error quotes aiohttp's message, but never the signed URL's query string (SECURITY.md)."""
+    error, port = await _file_hosts_error()
+    assert f"127.0.0.1:{port}/video.mp4" in str(error)
+    assert "SECRET-SIG" not in str(error)
+
+
+async def test_a_file_hosts_error_keeps_the_urls_signature_out_of_its_traceback() -> None:
+    """Rendered as a log or Sentry renders it, causes included: aiohttp's own errors quote the URL."""
+    error, _ = await _file_hosts_error()
+    assert "SECRET-SIG" not in "".join(traceback.format_exception(error))
