@@ -7,6 +7,7 @@ create POSTs once they may leave; the ``TaskRegistry`` owns handles and the one 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import os
@@ -232,6 +233,7 @@ class KlingClient:
         self._sharing = self._share(shared) if shared is not None else None
         self._task_group: TaskGroup
         self._state = "new"
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop that opened it
 
     def __repr__(self) -> str:
         return f"<KlingClient base_url={self.base_url!r} {self._state} limiter={self._limiter!r}>"
@@ -255,6 +257,7 @@ class KlingClient:
         self._task_group = anyio.create_task_group()
         await self._task_group.__aenter__()
         self._creator.open(self._task_group)
+        self._loop = asyncio.get_running_loop()
         self._state = "open"
         return self
 
@@ -318,11 +321,12 @@ class KlingClient:
 
     async def _fetch_status(self, endpoint: Endpoint, task_id: str) -> TaskStatus:
         """A handle's status GET: a handle that outlived its client says how to reach its task again."""
-        if self._state != "open":
+        if self._state == "closed":
             raise RuntimeError(
                 f"task {task_id}: the KlingClient that made this handle is closed; an open client reaches"
                 f" the task with client.task({task_id!r}, model={endpoint.model!r})"
             )
+        self._require_open()
         return await self._pipeline.fetch_status(endpoint, task_id)
 
     def _require_open(self) -> None:
@@ -331,6 +335,17 @@ class KlingClient:
                 "this KlingClient is closed"
                 if self._state == "closed"
                 else "use `async with KlingClient(...)`"
+            )
+        try:
+            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        if loop is not self._loop:
+            # Its connections, limiter and background tasks belong to that loop: used from another one,
+            # aiohttp fails obscurely and the client's own task group is cancelled under its owner.
+            raise RuntimeError(
+                "this KlingClient belongs to the event loop that opened it (another thread's?); open one"
+                " KlingClient per event loop"
             )
 
     # -- public operations -------------------------------------------------------------------------------

@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import threading
 import warnings
 
+import anyio
+import anyio.to_thread
 import pytest
 
 from kling_async import (
@@ -326,3 +329,29 @@ async def test_a_create_answer_without_the_data_wrapper_gives_a_handle(sim: Simu
     async with KlingClient(api_key="sim-key", base_url=sim.url, poll=FAST_POLL, retry=FAST_RETRY) as client:
         handle = await client.submit(OmniRequest(prompt="a fox"))
     assert handle.task_id in sim.tasks
+
+
+async def test_a_client_used_from_another_event_loop_refuses_and_its_own_loop_goes_on(sim: Simulator) -> None:
+    """Used from a loop that did not open it (another thread's), a client says so, sends nothing, and
+    the thread that owns it goes on using it."""
+    opened, used = threading.Event(), threading.Event()
+    owned: list[KlingClient] = []
+    created: list[str] = []
+
+    async def owner() -> None:
+        async with KlingClient(api_key="sim-key", base_url=sim.url, poll=FAST_POLL) as client:
+            owned.append(client)
+            opened.set()
+            await asyncio.to_thread(used.wait, 10)
+            created.append((await client.submit(FOX)).task_id)
+
+    thread = threading.Thread(target=asyncio.run, args=(owner(),))
+    thread.start()
+    try:
+        assert await anyio.to_thread.run_sync(opened.wait, 10)  # a hang guard
+        with pytest.raises(RuntimeError, match="belongs to the event loop that opened it"):
+            await owned[0].submit(FOX)
+    finally:
+        used.set()
+        await anyio.to_thread.run_sync(thread.join, 10)
+    assert created == list(sim.tasks)
