@@ -421,10 +421,11 @@ class BatchRun:
     ) -> None:
         """Run every item to an outcome and send each outcome as soon as it is known."""
         unsubscribe: list[Callable[[], None]] = []
+        tracker: Tracker | None = None
         try:
             async with anyio.create_task_group() as tg:
                 self._tg = tg
-                self._tracker = Tracker(
+                self._tracker = tracker = Tracker(
                     registry=self._registry,
                     pipeline=self._pipeline,
                     group=tg,
@@ -487,6 +488,8 @@ class BatchRun:
                     await self._sends.settled.wait()
             for stop in unsubscribe:
                 stop()
+            if tracker is not None:
+                _log_left_running(tracker.running(), journaled=self._journal is not None)
             # Whatever ended the run, every slot it took comes back; its tasks stay reachable by id.
             for ticket in self._tickets:
                 ticket.release()
@@ -791,6 +794,37 @@ class BatchRun:
             self._drained.set()
 
 
+_LISTED = 20  # task ids named in the warning; every one is logged at INFO
+
+
+def _log_left_running(items: list[Tracked], *, journaled: bool) -> None:
+    """Tasks a batch stopped following before they finished (it was stopped, failed, or its client closed):
+    their items have no outcome, so without a journal the log is where a caller finds their ids (a
+    WARNING); a journal has them (INFO)."""
+    if not items:
+        return
+    ids = [item.handle.task_id for item in items]
+    more = f" and {len(ids) - _LISTED} more" if len(ids) > _LISTED else ""
+    log.log(
+        logging.INFO if journaled else logging.WARNING,
+        "the batch stopped with %d tasks still running, their items without an outcome; they run on,"
+        " reachable with client.task(id, model=...): %s%s",
+        len(ids),
+        ", ".join(ids[:_LISTED]),
+        more,
+    )
+    for item in items:
+        handle = item.handle
+        log.info(
+            "task %s of item %s runs on; client.task(%r, model=%r) reaches it",
+            handle.task_id,
+            item.key,
+            handle.task_id,
+            handle.model,
+            extra={"task_id": handle.task_id},
+        )
+
+
 class _Engine:
     """The batch's background run. Kept apart from ``Batch`` so that it holds no reference to it: a
     ``Batch`` dropped without ``aclose()`` is then collected, and its ``__del__`` stops this run."""
@@ -818,6 +852,15 @@ class _Engine:
             while isinstance(exc, ExceptionGroup) and len(exc.exceptions) == 1:
                 exc = exc.exceptions[0]  # as it was raised, not wrapped by the task groups it crossed
             self.failure = exc
+        except anyio.get_cancelled_exc_class():
+            if not self.scope.cancel_called:
+                # Not stopped by its reader: the client's group, which it ran in, was cancelled. A reader
+                # that took the end of the outcomes for the batch's end would miss the items left.
+                self.failure = RuntimeError(
+                    "the KlingClient closed while this batch was running; items still running have no"
+                    " outcome (their tasks run on: the log names them)"
+                )
+            raise
         finally:
             self.send.close()
             self.finished.set()

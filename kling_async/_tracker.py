@@ -225,6 +225,10 @@ class Tracker:
     def __len__(self) -> int:
         return sum(len(family.items) for family in self._families.values())
 
+    def running(self) -> list[Tracked]:
+        """The items still followed (their tasks not seen finished)."""
+        return [item for family in self._families.values() for item in family.items.values()]
+
     def __repr__(self) -> str:
         return f"<Tracker tracked={len(self)} due={len(self._heap)}>"
 

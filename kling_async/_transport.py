@@ -271,7 +271,7 @@ class AiohttpTransport:
 
     def _require_session(self) -> aiohttp.ClientSession:
         if self._session is None:
-            raise RuntimeError("the transport is closed")
+            raise RuntimeError("the KlingClient is closed (its connections with it)")
         return self._session
 
     async def request(
@@ -290,7 +290,7 @@ class AiohttpTransport:
         """
         session = self._session
         if session is None:
-            raise RuntimeError("the transport is closed")
+            raise RuntimeError("the KlingClient is closed (its connections with it)")
         url: str | URL = self._base_url + path
         if params:
             url = URL(url).extend_query(params)

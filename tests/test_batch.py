@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hashlib
 from collections.abc import AsyncIterator, Iterator
@@ -156,6 +157,47 @@ async def test_breaking_out_of_map_stops_everything_and_created_ids_were_reporte
         await anyio.sleep(0.1)
         assert sim.counters.posts == posts_at_break  # nothing keeps submitting
     assert sorted(submitted) == sorted(sim.tasks)
+
+
+async def test_a_background_batch_whose_client_closes_raises_to_its_reader_instead_of_ending(
+    tmp_path: Path,
+) -> None:
+    """``async for`` over a map() the client runs: the client closing mid-batch is an error for the reader,
+    not an end that looks like the batch's."""
+    async with Simulator(time_scale=0.001, generation_seconds=1e6) as sim:  # no task finishes
+        client = KlingClient(api_key="sim-key", base_url=sim.url, poll=FAST_POLL)
+        await client.__aenter__()
+        read: list[BaseException] = []
+
+        async def reader() -> None:
+            try:
+                async for _ in client.map(prompts(3)):
+                    pass
+            except RuntimeError as exc:
+                read.append(exc)
+
+        # A task of its own, as a web backend's background job: the client is closed by its owner.
+        reading = asyncio.create_task(reader())
+        await anyio.wait_all_tasks_blocked()  # every task created, none finishing
+        await client.aclose()
+        await reading
+    [error] = read
+    assert str(error).startswith("the KlingClient closed while this batch was running")
+
+
+async def test_a_batch_stopped_with_tasks_running_names_each_in_a_warning_without_a_journal(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Their items get no outcome: without a journal, the log is where their ids are."""
+    async with (
+        Simulator(time_scale=0.001, generation_seconds=1e6) as sim,  # no task finishes
+        KlingClient(api_key="sim-key", base_url=sim.url, poll=FAST_POLL) as client,
+    ):
+        with anyio.move_on_after(0.5):
+            await client.gather(prompts(3))
+    [warning] = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warning.startswith("the batch stopped with 3 tasks still running")
+    assert all(task_id in warning for task_id in sim.tasks)
 
 
 async def test_cancelling_a_gather_leaves_no_task_running(client: KlingClient) -> None:
