@@ -12,9 +12,9 @@ import made it.
 # checkers take a condition named TYPE_CHECKING as true: they see these imports, as if they were eager.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from ._batch import Job, Outcome
+    from ._batch import Batch, Job, Outcome
     from ._client import KlingClient
-    from ._endpoints import ENDPOINTS, Endpoint
+    from ._endpoints import ENDPOINTS, Endpoint, ModelName
     from ._errors import (
         APIError,
         AuthenticationError,
@@ -34,13 +34,20 @@ if TYPE_CHECKING:
         TransportError,
         WebhookVerificationError,
     )
-    from ._events import Event, RateLimited, RequestRetried, StatusChanged, TaskSubmitted
+    from ._events import Event, EventStream, RateLimited, RequestRetried, StatusChanged, TaskSubmitted
     from ._journal import Journal, JournalEntry, JournalState
     from ._models import (
+        AspectRatio,
+        Duration,
         Element,
+        Kling3AspectRatio,
         Kling3Request,
+        Kling3ShotType,
+        OmniAspectRatio,
         OmniRequest,
+        OmniShotType,
         Shot,
+        ShotType,
         TaskResult,
         TaskStatus,
         TaskSummary,
@@ -56,13 +63,17 @@ if TYPE_CHECKING:
 __all__ = [
     "ENDPOINTS",
     "APIError",
+    "AspectRatio",
     "AuthenticationError",
     "BadRequestError",
+    "Batch",
     "ClaimedElsewhere",
     "DownloadError",
+    "Duration",
     "Element",
     "Endpoint",
     "Event",
+    "EventStream",
     "InvalidParam",
     "InvalidRequestError",
     "Job",
@@ -70,11 +81,16 @@ __all__ = [
     "JournalEntry",
     "JournalError",
     "JournalState",
+    "Kling3AspectRatio",
     "Kling3Request",
+    "Kling3ShotType",
     "KlingClient",
     "KlingError",
+    "ModelName",
     "NotFoundError",
+    "OmniAspectRatio",
     "OmniRequest",
+    "OmniShotType",
     "Outcome",
     "PollPolicy",
     "RateLimitError",
@@ -84,6 +100,7 @@ __all__ = [
     "RetryPolicy",
     "ServerError",
     "Shot",
+    "ShotType",
     "StatusChanged",
     "SubmitUncertainError",
     "TaskFailedError",

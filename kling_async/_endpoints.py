@@ -22,6 +22,7 @@ ModelName: TypeAlias = Literal[
     "kling-v3-omni-std-reference",
     "kling-v3-omni-pro-reference",
 ]
+"""A create endpoint's name (the ``model`` of ``submit``, ``generate`` and ``Job``)."""
 
 # Besides "/", "?" and "#", a dot segment, a "%" or a "\" could also turn the status path into another path;
 # control characters and lone surrogates could not be sent at all.

@@ -55,12 +55,19 @@ FAILURE_STATUSES: Final = frozenset({FAILED, CANCELLED})
 # The vendor's enums as types, so that mypy and an IDE catch a typo; msgspec checks them when decoding and
 # __post_init__ checks them when a struct is built by hand (the messages are ours either way).
 Duration: TypeAlias = Literal["3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15"]
+"""A video's or a shot's length in seconds: a string, as the API takes it."""
 OmniAspectRatio: TypeAlias = Literal["auto", "16:9", "9:16", "1:1"]
+"""The aspect ratios of ``OmniRequest`` and ``VideoReferenceRequest`` (``"auto"``: the input's)."""
 Kling3AspectRatio: TypeAlias = Literal["16:9", "9:16", "1:1"]
+"""The aspect ratios of ``Kling3Request``."""
 AspectRatio: TypeAlias = OmniAspectRatio | Kling3AspectRatio
+"""Any request's aspect ratio."""
 OmniShotType: TypeAlias = Literal["customize"]
+"""The shot types of ``OmniRequest``."""
 Kling3ShotType: TypeAlias = Literal["customize", "intelligent"]
+"""The shot types of ``Kling3Request``."""
 ShotType: TypeAlias = OmniShotType | Kling3ShotType
+"""Any request's shot type."""
 
 _MAX_TEXT = 2500
 _MAX_SHOTS = 6

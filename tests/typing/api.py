@@ -3,19 +3,28 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast, get_args
 
 import kling_async
 from kling_async import (
+    AspectRatio,
+    Batch,
+    Duration,
     Element,
+    Endpoint,
     Event,
+    EventStream,
     Job,
+    Kling3AspectRatio,
     Kling3Request,
     KlingClient,
+    ModelName,
     OmniRequest,
     Outcome,
     PollPolicy,
     RetryPolicy,
     Shot,
+    ShotType,
     TaskHandle,
     TaskResult,
     TaskStatus,
@@ -23,8 +32,6 @@ from kling_async import (
     VideoReferenceRequest,
     WebhookReceiver,
 )
-from kling_async._endpoints import Endpoint, ModelName
-from kling_async._models import AspectRatio, Duration, ShotType
 from kling_async.testing import Faults, Simulator
 
 
@@ -70,11 +77,25 @@ async def everything() -> None:
             key: str = outcome.key
         outcomes: list[Outcome] = await client.gather([omni], download="videos/", timeout=300.0)
         path: Path = await client.download(result, "videos/")
-        async for event in client.events():
+        stream: EventStream = client.events()
+        async for event in stream:
             seen: Event = event
             break
+        batch: Batch = client.map([omni])
+        await batch.aclose()
         verified: TaskStatus = kling_async.verify_webhook({}, b"{}", "secret", 300.0)
         del status, fresh, url, urls, again, ok, index, key, outcomes, path, seen, verified
+
+
+async def values_from_configuration(client: KlingClient, settings: dict[str, str]) -> None:
+    """Names read at run time, checked by the user's code and annotated with the public Literal types."""
+    model = settings["model"]
+    if model not in get_args(ModelName):
+        raise ValueError(f"model: one of {get_args(ModelName)}")
+    chosen = cast(ModelName, model)
+    seconds: Duration = "10" if settings.get("long") else "5"
+    ratio: Kling3AspectRatio = "9:16"
+    await client.submit(Kling3Request(prompt="a fox", duration=seconds, aspect_ratio=ratio), model=chosen)
 
 
 async def misspelt_models(client: KlingClient, omni: OmniRequest) -> None:
