@@ -450,21 +450,44 @@ class WebhookReceiver:
             return self._reject(request, "slow-body", message, status=408, unread=True)
         if body is None:
             return self._reject(request, "too-large", f"body is larger than {_MAX_BODY} bytes", status=413)
+        status, reason = self._deliver(request.headers, body, request.remote)
+        return web.Response(status=status) if reason is None else web.Response(status=status, text=reason)
+
+    def receive(self, headers: Mapping[str, str], raw_body: bytes) -> int:
+        """Take one delivery your own web framework received (FastAPI, Starlette, Flask...): verify it,
+        call the listeners (a client given this receiver resolves its handles), and return the HTTP
+        status to answer with: 204 accepted (or a replay, ignored), 400 refused, 413 over 1 MiB.
+
+        Make the receiver with ``serve=False`` and your route's ``public_url``. Pass the body exactly as
+        received, never re-serialized.
+
+        Args:
+            headers: the request's headers (any mapping; names matched case-insensitively).
+            raw_body: the request's body, as bytes.
+        """
+        if len(raw_body) > _MAX_BODY:
+            self._count_rejection("too-large", f"body is larger than {_MAX_BODY} bytes", None)
+            return 413
+        return self._deliver(headers, raw_body, None)[0]
+
+    def _deliver(self, headers: Mapping[str, str], body: bytes, remote: str | None) -> tuple[int, str | None]:
+        """Verify a whole delivery and hand it to the listeners: the status to answer, and why if refused."""
         try:
-            task = _verify(request.headers, body, self._key, self._tolerance, self._guard, self._clock.wall())
+            task = _verify(headers, body, self._key, self._tolerance, self._guard, self._clock.wall())
         except _Rejection as rejection:
             if rejection.reason == _REPLAYED:
                 self.duplicates += 1
                 _log.info("webhook delivery ignored: %s", rejection)
-                return web.Response(status=204)
-            return self._reject(request, rejection.reason, str(rejection), status=400)
+                return 204, None
+            self._count_rejection(rejection.reason, str(rejection), remote)
+            return 400, rejection.reason
         self.accepted += 1
         for listener in tuple(self._listeners):  # a copy: a listener may remove itself
             try:
                 listener(task)
             except Exception:
                 _log.exception("webhook listener %r failed on task %s", listener, task.task_id)
-        return web.Response(status=204)
+        return 204, None
 
     @staticmethod
     async def _read_body(request: web.Request) -> bytes | None:
@@ -477,12 +500,16 @@ class WebhookReceiver:
             return None
         return body if len(body) <= _MAX_BODY else None
 
+    def _count_rejection(self, reason: str, message: str, remote: str | None) -> None:
+        self.rejected += 1
+        self.rejections[reason] += 1
+        sender = f" from {remote}" if remote else ""
+        _log.warning("webhook delivery%s rejected: %s", sender, message)
+
     def _reject(
         self, request: web.Request, reason: str, message: str, *, status: int, unread: bool = False
     ) -> web.Response:
-        self.rejected += 1
-        self.rejections[reason] += 1
-        _log.warning("webhook delivery from %s rejected: %s", request.remote, message)
+        self._count_rejection(reason, message, request.remote)
         response = web.Response(status=status, text=reason)
         if unread:
             # Not kept alive: the connection ends once aiohttp has discarded the unread body (at most its

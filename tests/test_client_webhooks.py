@@ -53,8 +53,9 @@ async def silent_sim() -> AsyncIterator[Simulator]:
         yield sim
 
 
-async def _deliver(receiver: WebhookReceiver, body: dict[str, object]) -> int:
-    """POST one delivery, signed with SECRET as the vendor signs (computed here, not by the SDK)."""
+def _signed(body: dict[str, object]) -> tuple[dict[str, str], bytes]:
+    """One delivery's headers and body, signed with SECRET as the vendor signs (computed here, not by the
+    SDK)."""
     raw = msgspec.json.encode(body)
     webhook_id, timestamp = f"msg_{uuid.uuid4().hex}", str(int(time.time()))
     key = base64.b64decode(SECRET.removeprefix("whsec_"))
@@ -65,6 +66,12 @@ async def _deliver(receiver: WebhookReceiver, body: dict[str, object]) -> int:
         "webhook-signature": "v1," + base64.b64encode(mac).decode(),
         "content-type": "application/json",
     }
+    return headers, raw
+
+
+async def _deliver(receiver: WebhookReceiver, body: dict[str, object]) -> int:
+    """POST one signed delivery to the receiver's own server."""
+    headers, raw = _signed(body)
     async with aiohttp.ClientSession() as session, session.post(receiver.url, data=raw, headers=headers) as r:
         return r.status
 
@@ -159,6 +166,32 @@ async def test_a_receiver_mounted_in_your_own_app_is_not_started_by_the_client(h
         handle = await client.submit(OmniRequest(prompt="a fox"))
         assert not receiver.running
         assert hooked_sim.tasks[handle.task_id].payload["webhook_url"] == "https://example.com/hooks/kling"
+
+
+async def test_a_delivery_another_web_framework_hands_to_receive_resolves_the_handle(
+    silent_sim: Simulator,
+) -> None:
+    """A FastAPI or Flask route passes the headers and raw body to ``receiver.receive`` and answers with
+    its status: the client's handle resolves from it, without a status request."""
+    receiver = WebhookReceiver(SECRET, public_url="https://app.example/hooks/kling", serve=False)
+    async with _client(silent_sim, receiver) as client:
+        handle = await client.submit(OmniRequest(prompt="a fox"))
+        silent_sim.finish(handle.task_id)
+        url = f"{silent_sim.cdn_url}/files/{handle.task_id}.mp4"
+        headers, raw = _signed({"task_id": handle.task_id, "status": "COMPLETED", "generated": [url]})
+        assert receiver.receive(headers, raw) == 204
+        with anyio.fail_after(2):  # the safety net would check only after 5 s
+            result = await handle.wait()
+    assert result.url == url
+    assert silent_sim.counters.status_gets == 0
+
+
+def test_receive_answers_a_refused_delivery_with_the_status_the_server_would() -> None:
+    receiver = WebhookReceiver(SECRET, public_url="https://app.example/hooks/kling", serve=False)
+    headers, raw = _signed({"task_id": "t-1", "status": "COMPLETED", "generated": []})
+    assert receiver.receive(headers, raw.replace(b"t-1", b"t-2")) == 400  # tampered
+    assert receiver.receive(headers, b" " * (1024 * 1024 + 1)) == 413
+    assert receiver.rejections == {"bad-signature": 1, "too-large": 1}
 
 
 def test_serve_false_needs_the_public_url_of_the_mounted_handler() -> None:
