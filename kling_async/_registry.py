@@ -30,8 +30,11 @@ __all__ = ["DetailListener", "Slots", "StatusListener", "TaskRegistry", "Ticket"
 
 log = logging.getLogger("kling_async")
 
-# Deliveries that beat their POST's answer, kept until the handle exists (the oldest go first).
+# Deliveries that beat their POST's answer, kept until the handle exists (the oldest go first), and for at
+# most EARLY_SECONDS: a POST answers within its request timeout, so an older one is for a task whose handle
+# never came (its caller was cancelled before the answer, or another client made it).
 EARLY_DELIVERIES = 10_000
+EARLY_SECONDS = 600.0
 
 StatusListener = Callable[[TaskHandle, "str | None"], None]
 # Called with a handle whose task a status without its result URLs said COMPLETED: fetch its detail now.
@@ -129,7 +132,7 @@ class TaskRegistry:
         self._fetch = fetch
         self.safety_net = safety_net
         self._handles: weakref.WeakValueDictionary[str, TaskHandle] = weakref.WeakValueDictionary()
-        self._early: OrderedDict[str, TaskStatus] = OrderedDict()
+        self._early: OrderedDict[str, tuple[TaskStatus, float]] = OrderedDict()  # with when it came
         self._listeners: list[StatusListener] = []
         self._detail_listeners: list[DetailListener] = []
 
@@ -199,7 +202,7 @@ class TaskRegistry:
         self._handles[task_id] = handle
         early = self._early.pop(task_id, None)
         if early is not None:
-            handle._observe(early)
+            handle._observe(early[0])
         return handle
 
     def get(self, task_id: str) -> TaskHandle | None:
@@ -237,11 +240,17 @@ class TaskRegistry:
             handle._observe(status)
             return
         kept = self._early.pop(status.task_id, None)
-        if kept is not None and kept.status in TERMINAL_STATUSES and status.status not in TERMINAL_STATUSES:
-            status = kept
-        self._early[status.task_id] = status
-        while len(self._early) > EARLY_DELIVERIES:
-            self._early.popitem(last=False)
+        if (
+            kept is not None
+            and kept[0].status in TERMINAL_STATUSES
+            and status.status not in TERMINAL_STATUSES
+        ):
+            status = kept[0]
+        now = self._clock.now()
+        self._early[status.task_id] = (status, now)
+        early = self._early
+        while len(early) > EARLY_DELIVERIES or now - next(iter(early.values()))[1] > EARLY_SECONDS:
+            early.popitem(last=False)
 
     # -- subscribers ---------------------------------------------------------------------------------------
 

@@ -41,7 +41,7 @@ from kling_async._endpoints import Endpoint, endpoint_for
 from kling_async._events import _BUFFER as EVENT_BUFFER
 from kling_async._events import EventHub, EventStream, StatusChanged
 from kling_async._journal import SQLiteJournal
-from kling_async._registry import EARLY_DELIVERIES, Slots, TaskRegistry
+from kling_async._registry import EARLY_DELIVERIES, EARLY_SECONDS, Slots, TaskRegistry
 from kling_async._tracker import SWEEP_MIN_TASKS
 from kling_async.testing import FakeClock, Simulator
 from tests.conftest import FAST_POLL, FAST_RETRY
@@ -603,6 +603,21 @@ def test_early_deliveries_past_the_bound_evict_the_oldest() -> None:
     last = registry.attach(endpoint, f"t{EARLY_DELIVERIES}", None, started=None, request=None)
     assert first.status is None  # evicted
     assert last.status == "IN_PROGRESS"
+
+
+async def test_early_deliveries_older_than_their_age_limit_are_dropped() -> None:
+    """A delivery whose handle never came (its caller was cancelled before the POST's answer) is not
+    kept for good: a long-lived client's registry stays small."""
+    clock = FakeClock()
+    registry = TaskRegistry(
+        poll=PollPolicy(), clock=clock, events=EventHub(), slots=Slots(None), fetch=_no_fetch, safety_net=True
+    )
+    registry.observe(TaskStatus(task_id="old", status="COMPLETED", generated=("https://cdn/x.mp4",)))
+    await clock.advance(EARLY_SECONDS + 1)
+    registry.observe(TaskStatus(task_id="new", status="IN_PROGRESS"))
+    endpoint = endpoint_for("kling-v3-omni-std")
+    assert registry.attach(endpoint, "old", None, started=None, request=None).status is None
+    assert registry.attach(endpoint, "new", None, started=None, request=None).status == "IN_PROGRESS"
 
 
 async def _no_fetch(endpoint: Endpoint, task_id: str) -> TaskStatus:
