@@ -25,9 +25,9 @@ from anyio.streams.memory import MemoryObjectSendStream
 
 from ._batch import Batch, BatchOptions, BatchRun, Job, Outcome
 from ._clock import SYSTEM_CLOCK, Clock
-from ._download import download_file, safe_file_name
+from ._download import download_file, name_in_url, safe_file_name
 from ._endpoints import Endpoint, ModelName, endpoint_for, resolve
-from ._errors import DownloadError, InvalidRequestError, KlingError
+from ._errors import InvalidRequestError, KlingError
 from ._events import EventHub, EventStream
 from ._journal import BatchJournal, Journal
 from ._journals import open_journal, postgres_url
@@ -41,7 +41,7 @@ from ._secret import Secret
 from ._shared import Sharing
 from ._submit import Creator
 from ._tracker import SweepRelay
-from ._transport import AiohttpTransport, Timeouts, TraceConfigs, Transport, redact
+from ._transport import AiohttpTransport, Timeouts, TraceConfigs, Transport
 from ._webhooks import WebhookReceiver
 
 __all__ = ["KlingClient"]
@@ -74,15 +74,6 @@ def _positive(name: str, value: float | None, *, whole: bool = False, optional: 
         raise ValueError(f"{name}: a whole number, at least 1 (got {value!r})")
     if not math.isfinite(value) or value <= 0:
         raise ValueError(f"{name}: a finite number above 0 (got {value!r})")
-
-
-def _name_in(url: str) -> str:
-    """A file's base name from its URL's last path segment (``clip.mp4``: ``clip``, as a key would be)."""
-    try:
-        segment = urlsplit(url).path.rsplit("/", 1)[-1]
-    except ValueError as exc:
-        raise DownloadError(f"GET {redact(url)}: not a valid URL ({exc})") from None
-    return segment[:-4] if segment.lower().endswith(".mp4") else segment
 
 
 class KlingClient:
@@ -450,7 +441,7 @@ class KlingClient:
             url, task_id, model = result.url, result.task_id, result.model
         target = Path(dest)
         if target.is_dir() or str(dest).endswith(("/", os.sep)):
-            target = target / safe_file_name(name or task_id or _name_in(url))
+            target = target / safe_file_name(name or task_id or name_in_url(url))
 
         async def fresh_url() -> str:
             assert task_id is not None

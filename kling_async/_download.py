@@ -440,6 +440,17 @@ class _Download:
             raise TransportError(f"incomplete body: {size} of {total} bytes")
 
 
+def name_in_url(url: str) -> str:
+    """The key a URL's file is named by in a folder: its last path segment without ``.mp4`` (which
+    ``safe_file_name`` adds back), so ``clip.mp4`` stays ``clip.mp4``.
+
+    Raises:
+        DownloadError: the URL cannot be parsed.
+    """
+    segment = _split(url).path.rsplit("/", 1)[-1]
+    return segment[:-4] if segment.lower().endswith(".mp4") else segment
+
+
 def _split(url: str, context: str = "GET ") -> SplitResult:
     """``urlsplit`` and its port, or a ``DownloadError`` naming the URL (trying again cannot mend it)."""
     try:

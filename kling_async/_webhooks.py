@@ -451,7 +451,7 @@ class WebhookReceiver:
         if body is None:
             return self._reject(request, "too-large", f"body is larger than {_MAX_BODY} bytes", status=413)
         status, reason = self._deliver(request.headers, body, request.remote)
-        return web.Response(status=status) if reason is None else web.Response(status=status, text=reason)
+        return web.Response(status=status, text=reason)
 
     def receive(self, headers: Mapping[str, str], raw_body: bytes) -> int:
         """Take one delivery your own web framework received (FastAPI, Starlette, Flask...): verify it,
