@@ -47,7 +47,7 @@ from ._models import COMPLETED, CREATED, FAILED, Request, TaskResult, encode_req
 from ._pipeline import Pipeline
 from ._polling import TaskHandle
 from ._registry import Slots, TaskRegistry, Ticket
-from ._submit import Creator
+from ._submit import Creator, Halt
 from ._tracker import SweepRelay, Tracked, Tracker
 
 __all__ = ["Batch", "BatchOptions", "BatchRun", "Job", "Outcome", "job_key", "legacy_job_key"]
@@ -375,9 +375,11 @@ class BatchRun:
         journal: BatchJournal | None,
         options: BatchOptions,
         settle_within: float,
+        halt: Halt,
         relay: SweepRelay | None = None,
     ) -> None:
         self._registry = registry
+        self._halt = halt
         self._relay = relay
         self._creator = creator
         self._pipeline = pipeline
@@ -442,6 +444,8 @@ class BatchRun:
                 counter = itertools.count()
 
                 async def next_job() -> tuple[int, Job] | None:
+                    if self._halt.halted:
+                        return None  # told to stop submitting: take no more items
                     if self._batch_deadline is not None and self._clock.now() >= self._batch_deadline:
                         return None  # past the batch's deadline: take no more items
                     if self._input_error is not None:
@@ -557,6 +561,7 @@ class BatchRun:
                     key=key,
                     ticket=ticket,
                     recorder=recorder,
+                    halt=self._halt,
                 )
             finally:
                 self._live_keys.pop(key, None)
@@ -883,7 +888,9 @@ class Batch:
         *,
         background: TaskGroup,
         buffer: int,
+        halt: Halt,
     ) -> None:
+        self._halt = halt
         send, self._receive = anyio.create_memory_object_stream[Outcome](buffer)
         self._engine = _Engine(run, send)
         self._background = background
@@ -940,6 +947,17 @@ class Batch:
             if failure is not None:
                 raise failure from None
             raise StopAsyncIteration from None
+
+    def stop_submitting(self) -> None:
+        """Send no more POSTs, and let what was sent finish: a graceful stop (a shutdown, a Ctrl-C).
+
+        No further item is taken from the input. An item taken but whose POST has not left yet (waiting
+        for the rate limit, or for its next try after one that created nothing) ends with a
+        ``NotSubmittedError`` outcome when its turn comes, unsent. Tasks already created are followed to
+        their outcomes as before, and the iteration ends when they have all ended. Calling it again, or
+        after the batch ended, does nothing. ``aclose()`` is the stop that does not wait.
+        """
+        self._halt.halted = True
 
     async def aclose(self) -> None:
         """Stop the batch: nothing more is submitted or checked; created tasks stay reachable by id."""

@@ -38,7 +38,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the [cli
         f"the kling-async command needs its extra: pip install 'kling-async[cli]' ({exc.name} is missing)"
     ) from exc
 
-from ._batch import Job, Outcome, job_key, legacy_job_key
+from ._batch import Batch, Job, Outcome, job_key, legacy_job_key
 from ._client import KEY_VARIABLES, KlingClient
 from ._clock import SYSTEM_CLOCK
 from ._endpoints import DEFAULT_MODEL, ENDPOINTS, endpoint_for
@@ -48,6 +48,7 @@ from ._errors import (
     InvalidRequestError,
     JournalError,
     KlingError,
+    NotSubmittedError,
     SubmitUncertainError,
     TaskFailedError,
     TaskTimeoutError,
@@ -705,6 +706,7 @@ class _BatchRun:
         self.stdout = _JsonLines(console)
         self.outcomes: dict[int, Outcome] = {}
         self.draining = False
+        self.batch: Batch | None = None
         self.interrupted = False
         self.report_failed = False
         self.timeline = RunTimeline()
@@ -755,7 +757,7 @@ class _BatchRun:
         live = not (self.as_json and sys.stdout is not None and sys.stdout.isatty())
         progress = BatchProgress(self.console, total=len(self.rows), live=live)
         async with progress.watching(client):
-            batch = client.map(
+            self.batch = batch = client.map(
                 self.jobs(),
                 journal=journal,
                 download=self.out,
@@ -780,6 +782,8 @@ class _BatchRun:
             now = time.monotonic()
             if not self.draining:
                 self.draining = True
+                if self.batch is not None:
+                    self.batch.stop_submitting()  # rows waiting for their turn on the wire too
                 self.console.print(
                     "[yellow]Interrupted: no new submissions; waiting for the tasks in flight."
                     " Ctrl-C again to stop now (running tasks stay reachable; rerun to resume).[/yellow]"
@@ -863,6 +867,7 @@ def _status_of(outcome: Outcome) -> str:
     kinds: list[tuple[type[KlingError], str]] = [
         (ClaimedElsewhere, ELSEWHERE),
         (SubmitUncertainError, "UNCERTAIN"),
+        (NotSubmittedError, "NOT_RUN"),
         (TaskTimeoutError, "TIMEOUT"),
         (DownloadError, "DOWNLOAD_FAILED"),
         (InvalidRequestError, "INVALID"),

@@ -39,7 +39,7 @@ from ._registry import Slots, TaskRegistry
 from ._retry import RetryPolicy
 from ._secret import Secret
 from ._shared import Sharing
-from ._submit import Creator
+from ._submit import Creator, Halt
 from ._tracker import SweepRelay
 from ._transport import AiohttpTransport, Timeouts, TraceConfigs, Transport
 from ._webhooks import WebhookReceiver
@@ -514,19 +514,21 @@ class KlingClient:
             resubmit_failed=resubmit_failed,
         )
 
+        halt = Halt()
+
         async def run(send: MemoryObjectSendStream[Outcome]) -> None:
             if options.download is not None:  # first: the journal often lives in the same folder
                 options.download.mkdir(parents=True, exist_ok=True)
             if journal is None:
-                await self._run_batch(requests, send, options, None, self._relay(self._sharing))
+                await self._run_batch(requests, send, options, None, self._relay(self._sharing), halt)
                 return
             async with (
                 open_journal(journal, clock=self._clock) as opened,
                 self._batch_sharing(journal) as sharing,
             ):
-                await self._run_batch(requests, send, options, opened, self._relay(sharing))
+                await self._run_batch(requests, send, options, opened, self._relay(sharing), halt)
 
-        return Batch(run, background=self._task_group, buffer=self._limiter.max_concurrency)
+        return Batch(run, background=self._task_group, buffer=self._limiter.max_concurrency, halt=halt)
 
     async def _run_batch(
         self,
@@ -535,6 +537,7 @@ class KlingClient:
         options: BatchOptions,
         journal: BatchJournal | None,
         relay: SweepRelay | None,
+        halt: Halt,
     ) -> None:
         run = BatchRun(
             registry=self._registry,
@@ -548,6 +551,7 @@ class KlingClient:
             options=options,
             settle_within=self._timeouts.total + _CLOSE_GRACE,
             relay=relay,
+            halt=halt,
         )
         await run.run(requests, submitters=self._limiter.max_concurrency)
 

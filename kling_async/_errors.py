@@ -15,6 +15,7 @@
     ├── TaskFailedError             the task ended FAILED (or CANCELLED); carries the task id
     ├── TaskTimeoutError            our wait deadline passed; the task lives on and stays reachable by id
     ├── SubmitUncertainError        a POST may have created a task, but no answer came back; never resubmitted
+    ├── NotSubmittedError           the batch stopped submitting before this item's POST left: nothing sent
     ├── JournalError                a journal file that is foreign, damaged, newer, or reused otherwise
     │   └── ClaimedElsewhere        another worker sharing a PostgreSQL journal holds the item
     └── WebhookVerificationError    a webhook delivery unsigned, badly signed, stale, future or replayed
@@ -41,6 +42,7 @@ __all__ = [
     "JournalError",
     "KlingError",
     "NotFoundError",
+    "NotSubmittedError",
     "RateLimitError",
     "ServerError",
     "SubmitUncertainError",
@@ -256,6 +258,14 @@ class SubmitUncertainError(KlingError):
         # Set when the answer named a task that cannot be told apart from another item's (a clash).
         self.task_id = task_id
         super().__init__(message)
+
+
+class NotSubmittedError(KlingError):
+    """The batch was told to stop submitting (``Batch.stop_submitting``) before this item's POST left.
+
+    Nothing was sent for it, so nothing was created or paid: submit it again when you want it (a batch
+    run again with the same journal sends it).
+    """
 
 
 class JournalError(KlingError):

@@ -18,7 +18,7 @@ from rich.text import Text
 from ._batch import Outcome
 from ._client import KlingClient
 from ._clock import SYSTEM_CLOCK
-from ._errors import ClaimedElsewhere, SubmitUncertainError
+from ._errors import ClaimedElsewhere, NotSubmittedError, SubmitUncertainError
 from ._events import RateLimited, RequestRetried, StatusChanged, TaskSubmitted
 from ._models import COMPLETED
 
@@ -28,7 +28,8 @@ _PLAIN_EVERY = 5.0
 
 
 class BatchProgress:
-    """Counts of queued / generating / done / failed / uncertain (/ elsewhere) rows, request rate, 429s, ETA.
+    """Counts of queued / generating / done / failed / uncertain (/ elsewhere, not sent) rows, request
+    rate, 429s, ETA.
 
     Args:
         console: where to draw (stderr).
@@ -45,6 +46,7 @@ class BatchProgress:
         self.uncertain = 0
         self.rejected = 0
         self.elsewhere = 0  # rows another worker sharing the journal holds
+        self.not_sent = 0  # rows a Ctrl-C stopped before their POST left
         self.generating: set[str] = set()
         self.downloading: set[str] = set()  # completed, their videos on the way
         self.rate_limited = 0
@@ -61,9 +63,10 @@ class BatchProgress:
         queued = max(self.total - self.finished_count - started, 0)
         downloading = f" · {len(self.downloading)} downloading" if self.downloading else ""
         elsewhere = f" · {self.elsewhere} elsewhere" if self.elsewhere else ""
+        not_sent = f" · {self.not_sent} not sent" if self.not_sent else ""
         return (
             f"{self.done} done · {self.failed + self.rejected} failed · {self.uncertain} uncertain"
-            f" · {len(self.generating)} generating{downloading} · {queued} queued{elsewhere}"
+            f" · {len(self.generating)} generating{downloading} · {queued} queued{elsewhere}{not_sent}"
         )
 
     def traffic(self) -> str:
@@ -83,7 +86,7 @@ class BatchProgress:
     @property
     def finished_count(self) -> int:
         """Items with an outcome."""
-        return self.done + self.failed + self.uncertain + self.rejected + self.elsewhere
+        return self.done + self.failed + self.uncertain + self.rejected + self.elsewhere + self.not_sent
 
     @asynccontextmanager
     async def watching(self, client: KlingClient) -> AsyncIterator[None]:
@@ -142,6 +145,8 @@ class BatchProgress:
             self.uncertain += 1
         elif isinstance(outcome.error, ClaimedElsewhere):
             self.elsewhere += 1
+        elif isinstance(outcome.error, NotSubmittedError):
+            self.not_sent += 1
         elif outcome.task_id is None:
             self.rejected += 1
         else:

@@ -26,7 +26,14 @@ import anyio
 from anyio.abc import TaskGroup
 
 from ._endpoints import Endpoint
-from ._errors import InvalidRequestError, JournalError, KlingError, SubmitUncertainError, TransportError
+from ._errors import (
+    InvalidRequestError,
+    JournalError,
+    KlingError,
+    NotSubmittedError,
+    SubmitUncertainError,
+    TransportError,
+)
 from ._events import EventHub, TaskSubmitted
 from ._limits import Lane
 from ._models import CREATED, Request, TaskStatus, decode_created
@@ -35,7 +42,7 @@ from ._polling import TaskHandle
 from ._registry import TaskRegistry, Ticket
 from ._retry import post_created_nothing, post_retryable
 
-__all__ = ["Created", "Creator", "Recorder"]
+__all__ = ["Created", "Creator", "Halt", "Recorder"]
 
 log = logging.getLogger("kling_async")
 
@@ -65,6 +72,19 @@ class Created:
 
     handle: TaskHandle
     record_error: JournalError | None = None
+
+
+class Halt:
+    """A batch's word that none of its POSTs may leave any more (``Batch.stop_submitting``).
+
+    Read where a try would leave (before its wait for the limiter, and after it): a submission that
+    waits then ends unsent, and a POST already handed to a sender runs to its answer.
+    """
+
+    __slots__ = ("halted",)
+
+    def __init__(self) -> None:
+        self.halted = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,10 +181,12 @@ class Creator:
         key: str | None,
         ticket: Ticket,
         recorder: Recorder | None = None,
+        halt: Halt | None = None,
     ) -> Created:
         """POST one request; retry only while the answers prove nothing was created.
 
         Raises:
+            NotSubmittedError: ``halt`` was raised before the POST (or its next try) left.
             SubmitUncertainError: the POST may have created a task but its answer is unknown (recorded).
             APIError: the server refused it (nothing was created).
             TransportError: no connection could be opened, after the last try.
@@ -175,8 +197,14 @@ class Creator:
         submission = _Submission(endpoint, request, body, key, ticket, recorder)
         pipeline = self._pipeline
         attempts = pipeline.attempts()
+        error: KlingError | None = None  # the last try's, which provably created nothing
         while True:
+            if halt is not None and halt.halted:
+                raise _not_submitted(error)
             await pipeline.limiter.acquire(Lane.SUBMIT, retry=attempts.ahead)
+            if halt is not None and halt.halted:  # halted while it waited for its turn
+                pipeline.limiter.release()
+                raise _not_submitted(error)
             if self._stopping:  # sent now, it would be cut off mid-flight by the closing client
                 pipeline.limiter.release()
                 raise RuntimeError("the client closed before this POST was sent")
@@ -379,6 +407,15 @@ class _NothingCreated(Exception):
     def __init__(self, error: KlingError) -> None:
         super().__init__(str(error))
         self.error = error
+
+
+def _not_submitted(error: KlingError | None) -> NotSubmittedError:
+    if error is None:
+        return NotSubmittedError("not sent: the batch stopped submitting before this item's POST left")
+    return NotSubmittedError(
+        "not sent again: the batch stopped submitting before this item's next try (the last one created"
+        f" nothing: {error})"
+    )
 
 
 def _log_abandoned_uncertain(error: SubmitUncertainError, key: str | None) -> None:

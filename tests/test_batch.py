@@ -15,9 +15,11 @@ from kling_async import (
     InvalidRequestError,
     Job,
     KlingClient,
+    NotSubmittedError,
     OmniRequest,
     Outcome,
     PollPolicy,
+    RequestRetried,
     RetryPolicy,
     SubmitUncertainError,
     TaskFailedError,
@@ -406,3 +408,114 @@ def test_a_request_new_to_the_input_keeps_its_plain_number_in_any_generation() -
     for n in range(1, 100):
         occurrences.next(_digest(n))
     assert [occurrences.next(_digest(0)) for _ in range(3)] == ["0", "1", "2"]
+
+
+class _Stopped:
+    """A batch told to stop submitting as its first task is created: what was sent by then and after."""
+
+    def __init__(self) -> None:
+        self.pulled = 0
+        self.pulled_at_stop = 0
+        self.posts_at_stop = 0
+        self.outcomes: list[Outcome] = []
+
+    def items(self, n: int) -> Iterator[OmniRequest]:
+        for request in prompts(n):
+            self.pulled += 1
+            yield request
+
+    async def run(self, client: KlingClient, sim: Simulator, n: int, **options: object) -> None:
+        async with anyio.create_task_group() as tg:
+            batch = client.map(self.items(n), **options)  # type: ignore[arg-type]
+
+            async def stop_at_the_first_task() -> None:
+                async for event in client.events():
+                    if isinstance(event, TaskSubmitted):
+                        batch.stop_submitting()
+                        self.pulled_at_stop, self.posts_at_stop = self.pulled, sim.counters.posts
+                        return
+
+            tg.start_soon(stop_at_the_first_task)
+            await anyio.wait_all_tasks_blocked()
+            async with batch as outcomes:
+                self.outcomes = [outcome async for outcome in outcomes]
+
+
+def _paced_client(sim: Simulator, **options: object) -> KlingClient:
+    # Told 4 requests a second without a burst: the POSTs after the first wait for their turn (0.25 s
+    # each), so the ones its items took are waiting when the first task's id comes back.
+    return KlingClient(
+        api_key="sim-key",
+        base_url=sim.url,
+        poll=FAST_POLL,
+        retry=FAST_RETRY,
+        requests_per_second=4,
+        burst=1,
+        max_concurrency=6,
+        **options,  # type: ignore[arg-type]
+    )
+
+
+async def test_stop_submitting_sends_no_post_after_it(sim: Simulator) -> None:
+    stopped = _Stopped()
+    async with _paced_client(sim) as client:
+        await stopped.run(client, sim, 30)
+    assert stopped.posts_at_stop == 1
+    assert sim.counters.posts == 1
+
+
+async def test_stop_submitting_ends_the_items_waiting_for_their_turn_unsent(sim: Simulator) -> None:
+    stopped = _Stopped()
+    async with _paced_client(sim) as client:
+        await stopped.run(client, sim, 30)
+    unsent = [o for o in stopped.outcomes if isinstance(o.error, NotSubmittedError)]
+    assert len(unsent) == len(stopped.outcomes) - 1 >= 4
+    assert all(o.task_id is None for o in unsent)
+    assert "stopped submitting" in str(unsent[0].error)
+
+
+async def test_stop_submitting_follows_the_tasks_already_created_to_their_outcomes(sim: Simulator) -> None:
+    stopped = _Stopped()
+    async with _paced_client(sim) as client:
+        await stopped.run(client, sim, 30)
+    created = [o for o in stopped.outcomes if o.task_id is not None]
+    assert [o.ok for o in created] == [True]
+    assert {o.task_id for o in created} == set(sim.tasks)
+
+
+async def test_stop_submitting_takes_no_more_items_from_the_input(sim: Simulator) -> None:
+    stopped = _Stopped()
+    async with _paced_client(sim) as client:
+        await stopped.run(client, sim, 30)
+    assert stopped.pulled == stopped.pulled_at_stop == len(stopped.outcomes) < 30
+
+
+async def test_an_item_stopped_between_its_tries_says_its_last_try_created_nothing() -> None:
+    faults = Faults(post_error_rate=1.0, post_error_statuses=(503,))
+    retry = RetryPolicy(attempts=50, initial=0.05, maximum=0.05, deadline=30.0)
+    async with (
+        Simulator(time_scale=0.001, faults=faults) as sim,
+        KlingClient(api_key="sim-key", base_url=sim.url, poll=FAST_POLL, retry=retry) as client,
+        client.map(prompts(1)) as outcomes,
+    ):
+        async for event in client.events():  # subscribed before the batch's first step
+            if isinstance(event, RequestRetried):
+                break
+        outcomes.stop_submitting()
+        [outcome] = [outcome async for outcome in outcomes]
+    assert isinstance(outcome.error, NotSubmittedError)
+    assert "created nothing" in str(outcome.error)
+    assert "503" in str(outcome.error)
+
+
+async def test_items_a_stopped_batch_did_not_send_are_sent_by_a_rerun_with_its_journal(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    stopped = _Stopped()
+    journal = tmp_path / "run.db"
+    async with _paced_client(sim) as client:
+        await stopped.run(client, sim, 30, journal=journal)
+        again = await client.gather(prompts(stopped.pulled), journal=journal)
+    assert all(o.ok for o in again)
+    assert sim.counters.posts == stopped.pulled
+    assert sim.counters.duplicate_payloads() == []

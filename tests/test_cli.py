@@ -165,6 +165,28 @@ async def test_ctrl_c_drains_exits_130_and_the_same_command_resumes(tmp_path: Pa
         assert sim.counters.duplicate_payloads() == []
 
 
+async def test_a_first_ctrl_c_sends_no_post_for_the_rows_waiting_for_the_rate(tmp_path: Path) -> None:
+    # At 2 requests a second the rows its 4 submitters took wait 0.5 s a POST: the Ctrl-C comes as the
+    # first task's id is printed, while the others wait (and end NOT_RUN, unsent).
+    async with Simulator(time_scale=0.005) as sim:
+        jobs = _write_jobs(tmp_path / "jobs.jsonl", [{"prompt": f"clip {i}"} for i in range(30)])
+        out = tmp_path / "out"
+        args = ["batch", str(jobs), "--out", str(out), "--json", "--rps", "2", "--concurrency", "4", *FAST]
+        command = [sys.executable, "-m", "kling_async", *args]
+        async with await anyio.open_process(command, env=_env(sim), cwd=ROOT) as process:
+            assert process.stdout is not None
+            async for chunk in process.stdout:
+                if b'"submitted"' in chunk:
+                    process.send_signal(signal.SIGINT)
+                    break
+            async for _ in process.stdout:
+                pass
+            assert await process.wait() == 130
+        assert sim.counters.posts == 1
+        report = json.loads((out / "report.json").read_text())
+        assert {r["status"] for r in report if r["task_id"] is None} == {"NOT_RUN"}
+
+
 async def test_a_batch_that_cannot_start_writes_no_report(tmp_path: Path) -> None:
     jobs = _write_jobs(tmp_path / "jobs.jsonl", [{"prompt": "a"}])
     done = await _cli(["batch", str(jobs), "--out", str(tmp_path / "out")])  # no API key anywhere

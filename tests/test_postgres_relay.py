@@ -25,6 +25,7 @@ from kling_async import Job, KlingClient, OmniRequest, Outcome, PollPolicy, Webh
 from kling_async._batch import BatchOptions
 from kling_async._models import TaskStatus, TaskSummary
 from kling_async._relay_pg import StatusRelay
+from kling_async._submit import Halt
 from kling_async.testing import Simulator
 from tests.conftest import FAST_RETRY
 from tests.postgres import database, postgres_server  # noqa: F401  (fixtures)
@@ -274,7 +275,7 @@ async def gather_shared(client: KlingClient, jobs: list[Job], relay: StatusRelay
     send, receive = anyio.create_memory_object_stream[Outcome](math.inf)
     options = BatchOptions(timeout=None, batch_timeout=None, download=None)
     async with anyio.create_task_group() as tg, receive:
-        tg.start_soon(client._run_batch, jobs, send, options, None, relay)
+        tg.start_soon(client._run_batch, jobs, send, options, None, relay, Halt())
         outcomes = [outcome async for outcome in receive]
     return sorted(outcomes, key=lambda outcome: outcome.index)
 

@@ -82,6 +82,7 @@ async def everything() -> None:
             seen: Event = event
             break
         batch: Batch = client.map([omni])
+        batch.stop_submitting()
         await batch.aclose()
         verified: TaskStatus = kling_async.verify_webhook({}, b"{}", "secret", 300.0)
         del status, fresh, url, urls, again, ok, index, key, outcomes, path, seen, verified
