@@ -723,7 +723,12 @@ class _BatchRun:
         # the run was being torn down would otherwise be a KeyboardInterrupt anywhere in it.
         run = anyio.CancelScope()
         _LOG.console = self.console  # the console its live bar is drawn on
-        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals, _unwrapped():
+        # Started with SIGINT ignored (a background job of a script, `cmd &`), the command keeps ignoring
+        # it, as Python did while it loaded: a Ctrl-C meant for the script's foreground is not for it.
+        followed = [signal.SIGTERM]
+        if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+            followed.append(signal.SIGINT)
+        with anyio.open_signal_receiver(*followed) as signals, _unwrapped():
             async with anyio.create_task_group() as watching:
                 watching.start_soon(self._follow_signals, signals, run)
                 await self._execute(simulate, options, run)

@@ -187,6 +187,31 @@ async def test_a_first_ctrl_c_sends_no_post_for_the_rows_waiting_for_the_rate(tm
         assert {r["status"] for r in report if r["task_id"] is None} == {"NOT_RUN"}
 
 
+async def test_a_batch_started_with_sigint_ignored_runs_on_through_a_ctrl_c(tmp_path: Path) -> None:
+    # A background job of a script (`kling-async batch ... &`) inherits SIGINT ignored: a Ctrl-C at the
+    # script's terminal is not for it. exec keeps the disposition, as a shell does.
+    async with Simulator(time_scale=0.005) as sim:
+        jobs = _write_jobs(tmp_path / "jobs.jsonl", [{"prompt": f"clip {i}"} for i in range(10)])
+        out = tmp_path / "out"
+        args = ["batch", str(jobs), "--out", str(out), "--json", *FAST]
+        start = (
+            "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN);"
+            " os.execv(sys.executable, [sys.executable, '-m', 'kling_async', *sys.argv[1:]])"
+        )
+        command = [sys.executable, "-c", start, *args]
+        async with await anyio.open_process(command, env=_env(sim), cwd=ROOT) as process:
+            assert process.stdout is not None
+            async for chunk in process.stdout:
+                if b'"submitted"' in chunk:
+                    process.send_signal(signal.SIGINT)
+                    break
+            async for _ in process.stdout:
+                pass
+            assert await process.wait() == 0
+        report = json.loads((out / "report.json").read_text())
+        assert {r["status"] for r in report} == {"COMPLETED"}
+
+
 async def test_a_batch_that_cannot_start_writes_no_report(tmp_path: Path) -> None:
     jobs = _write_jobs(tmp_path / "jobs.jsonl", [{"prompt": "a"}])
     done = await _cli(["batch", str(jobs), "--out", str(tmp_path / "out")])  # no API key anywhere
