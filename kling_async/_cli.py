@@ -60,6 +60,7 @@ from ._models import Kling3Request, encode_request, request_from_dict
 from ._polling import PollPolicy
 from ._progress import BatchProgress
 from ._report import RunTimeline, write_reports
+from ._transport import Timeouts
 
 __all__ = ["cli", "load_jobs", "main"]
 
@@ -549,6 +550,13 @@ def _poll_options(command: Callable[..., None]) -> Callable[..., None]:
     "--task-timeout", type=_POSITIVE, default=1800.0, show_default=True, help="Seconds to wait per task."
 )
 @click.option(
+    "--download-timeout",
+    type=_POSITIVE,
+    default=1800.0,
+    show_default=True,
+    help="Seconds one video's download may take, retries and resumes included.",
+)
+@click.option(
     "--journal",
     help="An SQLite file, or a postgresql:// URL that several workers share. Default: OUT/journal.db.",
 )
@@ -572,6 +580,7 @@ def batch(
     poll_initial: float,
     poll_maximum: float,
     task_timeout: float,
+    download_timeout: float,
     journal: str | None,
     resubmit_uncertain: bool,
     retry_failed: bool,
@@ -626,6 +635,9 @@ def batch(
         options = _options(rps, concurrency, max_in_flight, poll_initial, poll_maximum, task_timeout)
     except ValueError as exc:
         _fail(str(exc))
+    # A file trickling in never stalls long enough for download_idle: without a deadline, its row (and
+    # the run) would never end.
+    options["timeouts"] = Timeouts(download_deadline=download_timeout)
     try:
         anyio.run(run.execute, simulate, options)
     except KlingError as exc:

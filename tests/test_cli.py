@@ -212,6 +212,20 @@ async def test_a_batch_started_with_sigint_ignored_runs_on_through_a_ctrl_c(tmp_
         assert {r["status"] for r in report} == {"COMPLETED"}
 
 
+async def test_a_download_slower_than_the_download_timeout_ends_its_row_download_failed(
+    tmp_path: Path,
+) -> None:
+    # The sample video in 1 KiB pieces half a second apart takes about 1.5 s, never silent for long.
+    async with Simulator(time_scale=0.005, faults=Faults(download_pace=0.5)) as sim:
+        jobs = _write_jobs(tmp_path / "jobs.jsonl", [{"id": "slow", "prompt": "a"}])
+        args = ["batch", str(jobs), "--out", str(tmp_path / "out"), "--download-timeout", "0.4", *FAST]
+        done = await _cli(args, sim)
+    assert done.returncode == 1, done.stderr
+    [row] = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert row["status"] == "DOWNLOAD_FAILED"
+    assert "deadline" in row["error"]
+
+
 async def test_a_batch_that_cannot_start_writes_no_report(tmp_path: Path) -> None:
     jobs = _write_jobs(tmp_path / "jobs.jsonl", [{"prompt": "a"}])
     done = await _cli(["batch", str(jobs), "--out", str(tmp_path / "out")])  # no API key anywhere

@@ -76,6 +76,8 @@ class Faults(msgspec.Struct, kw_only=True):
     """The CDN ignores Range headers and does not advertise `Accept-Ranges`."""
     cut_download_after: int | None = None
     """The CDN sends this many bytes of each file response, then closes the connection."""
+    download_pace: float = 0.0
+    """Real seconds the CDN waits between the 1 KiB pieces of each file response (a slow link)."""
     wrap_problem: bool = False
     """400 bodies come wrapped as `{"problem": {...}}` (as `application/problem+json`), the other form the
     API schema shows."""
@@ -100,8 +102,8 @@ class Faults(msgspec.Struct, kw_only=True):
             value = getattr(self, name)
             if name.endswith("_rate") and not 0.0 <= value <= 1.0:
                 raise ValueError(f"Faults.{name} must be between 0 and 1, got {value!r}")
-        if self.latency < 0 or self.webhook_delay < 0:
-            raise ValueError("Faults.latency and Faults.webhook_delay must not be negative")
+        if self.latency < 0 or self.webhook_delay < 0 or self.download_pace < 0:
+            raise ValueError("Faults.latency, webhook_delay and download_pace must not be negative")
         if self.cut_download_after is not None and self.cut_download_after < 0:
             raise ValueError("Faults.cut_download_after must not be negative")
 

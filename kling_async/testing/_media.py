@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hashlib
 import hmac
@@ -15,6 +16,7 @@ from aiohttp import web
 __all__ = ["UrlSigner", "file_response", "sample_video"]
 
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)")
+_PIECE = 1024  # bytes a paced file answer sends at a time
 
 
 @functools.cache
@@ -80,9 +82,10 @@ def _byte_range(header: str, size: int) -> tuple[int, int] | None:
 
 
 async def file_response(
-    request: web.Request, data: bytes, *, ranges: bool, cut_after: int | None
+    request: web.Request, data: bytes, *, ranges: bool, cut_after: int | None, pace: float = 0.0
 ) -> web.StreamResponse:
-    """Answer a GET or HEAD for `data`: whole or one range, optionally cut off after `cut_after` bytes."""
+    """Answer a GET or HEAD for `data`: whole or one range, optionally cut off after `cut_after` bytes,
+    optionally sent in pieces of `_PIECE` bytes `pace` seconds apart (a slow link)."""
     headers = {"ETag": _etag(data)}
     status, start, stop = 200, 0, len(data)
     if ranges:
@@ -94,13 +97,22 @@ async def file_response(
             status = 206
             headers["Content-Range"] = f"bytes {start}-{stop - 1}/{len(data)}"
     body = data[start:stop]
-    if cut_after is None or cut_after >= len(body) or request.method == "HEAD":
+    whole = cut_after is None or cut_after >= len(body)
+    if request.method == "HEAD" or (whole and not pace):
         return web.Response(body=body, status=status, headers=headers, content_type="video/mp4")
     response = web.StreamResponse(status=status, headers=headers)
     response.content_type = "video/mp4"
     response.content_length = len(body)
     await response.prepare(request)
-    await response.write(body[:cut_after])
+    sent = body if whole else body[:cut_after]
+    piece = _PIECE if pace else max(len(sent), 1)
+    for offset in range(0, len(sent), piece):
+        if offset:
+            await asyncio.sleep(pace)
+        await response.write(sent[offset : offset + piece])
+    if whole:
+        await response.write_eof()
+        return response
     if request.transport is not None:
         # close() flushes what was written, then ends the connection short of Content-Length.
         request.transport.close()

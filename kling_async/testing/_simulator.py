@@ -645,7 +645,11 @@ class Simulator:
                 content_type="application/xml",
             )
         response = await file_response(
-            request, sample_video(), ranges=not self.faults.no_range, cut_after=self.faults.cut_download_after
+            request,
+            sample_video(),
+            ranges=not self.faults.no_range,
+            cut_after=self.faults.cut_download_after,
+            pace=self.faults.download_pace,
         )
         counters.downloads += 1
         return response
