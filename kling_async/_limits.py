@@ -121,6 +121,11 @@ _OPEN_MAX = 20_000.0
 # distant server), and every request sent between the server's bucket running dry and its first 429
 # coming back is refused.
 _OPEN_WIRE = 4
+# ... or this share of the answers the server accepted so far, if more: the requests of a 429 event against
+# a server that let thousands through are as small a share of the answers as four of a few hundred. Against
+# a server with no limit in sight (bench_cpu's), whose answers fill a wire of 16 at 1,400 a second on
+# loopback, the opening then keeps doubling twelve times a second.
+_OPEN_SHARE = 0.01
 # While opening, requests queued together leave together: a wait for a token lasts until as many are due
 # as wait (at most a slice's worth), because on a small VM every wake-up of an idle event loop costs about a
 # millisecond of CPU, several times what a request costs. A clump is at most
@@ -208,7 +213,7 @@ class Pace:
         return cls(ceiling=requests_per_second, rate=requests_per_second, target=requests_per_second)
 
     def grow(
-        self, elapsed: float, *, held: bool = True, paused: float = 0.0, on_wire: int | None = None
+        self, elapsed: float, *, held: bool = True, paused: float = 0.0, crowded: bool | None = None
     ) -> None:
         """Raise the rate: as the opening's, fast towards the target after a cut, doubling while
         searching, else slowly. Past the opening's ``_OPEN_MAX`` the rate is None: not paced.
@@ -224,14 +229,14 @@ class Pace:
         whatever ``held`` says: the server held the requests back, not the pace (a search that doubled
         over a 30 s pause would send unpaced when it ends, into the next 429 and its pause).
 
-        ``on_wire``: the requests on the wire, which set the opening's growth (``_OPEN_CLEAR`` while at most
-        ``_OPEN_WIRE``, else ``_SEARCH``); None, when they say nothing (a shared rate, or no answer yet):
-        ``_OPEN_GROWTH``."""
+        ``crowded``: whether more requests are on the wire than a 429 event may cost (``_OPEN_WIRE``),
+        which sets the opening's growth (``_SEARCH`` if so, else ``_OPEN_CLEAR``); None, when the wire says
+        nothing (a shared rate, or no answer yet): ``_OPEN_GROWTH``."""
         if paused > 0:
-            self._grow(paused, held=False, on_wire=on_wire)
-        self._grow(elapsed - paused, held=held, on_wire=on_wire)
+            self._grow(paused, held=False, crowded=crowded)
+        self._grow(elapsed - paused, held=held, crowded=crowded)
 
-    def _grow(self, elapsed: float, *, held: bool, on_wire: int | None) -> None:
+    def _grow(self, elapsed: float, *, held: bool, crowded: bool | None) -> None:
         if self.rate is None or elapsed <= 0:
             return
         returning = not self.opening and self.target is not None and self.rate < self.target
@@ -239,10 +244,10 @@ class Pace:
             return
         elapsed = min(elapsed, _GROWTH_SPAN)
         if self.opening:
-            if on_wire is None:
+            if crowded is None:
                 rate = self.rate * _OPEN_GROWTH**elapsed
             else:
-                rate = self.rate * (_OPEN_CLEAR if on_wire <= _OPEN_WIRE else _SEARCH) ** elapsed
+                rate = self.rate * (_SEARCH if crowded else _OPEN_CLEAR) ** elapsed
             self.rate, self.opening = (rate, True) if rate < _OPEN_MAX else (None, False)
             return
         target = self.target
@@ -736,10 +741,14 @@ class Limiter:
         # Until an answer has come back, a wire with few requests on it says nothing of how far the server
         # is: a distant one fills it only after a round trip, which the fast growth would spend running ahead.
         on_wire = self.max_concurrency - self._wire.value
-        seen = on_wire > _OPEN_WIRE or bool(self._accepted)
+        accepted = len(self._accepted)
+        seen = on_wire > _OPEN_WIRE or accepted > 0
+        # A 429 event costs about the requests on the wire when the bucket runs dry: _OPEN_WIRE, or once
+        # the server has accepted many, _OPEN_SHARE of what it accepted (never more of the run's answers).
+        crowded = on_wire > max(_OPEN_WIRE, accepted * _OPEN_SHARE) if seen else None
         # The pace held requests back if this one waited for its token, or others queue behind it: so a
         # client idle after a few requests is still opening when a burst comes.
-        self._pace.grow(elapsed, held=woke or self._waiting > 1, on_wire=on_wire if seen else None)
+        self._pace.grow(elapsed, held=woke or self._waiting > 1, crowded=crowded)
         return self._pace.rate
 
     def _release(self, now: float) -> None:

@@ -288,6 +288,18 @@ async def test_an_opening_with_more_than_four_requests_on_the_wire_grows_only_as
     assert await _opening_growth(limiter, clock, held=5) == pytest.approx(1, rel=0.01)
 
 
+async def test_an_opening_the_server_let_thousands_through_keeps_doubling_with_more_on_the_wire() -> None:
+    """A 429 event costs the requests on the wire: against a server that accepted 1,000, eight of them are
+    as small a share of the answers as four of a few hundred, so the pace keeps its fast growth."""
+    clock = FakeClock()
+    limiter = Limiter(requests_per_second=None, max_concurrency=16, clock=clock)
+    await _take(limiter, 1)
+    for _ in range(1000):
+        limiter.on_success()
+    # Seven held, and the one being sent: eight on the wire, under 1% of 1,000 accepted (10).
+    assert await _opening_growth(limiter, clock, held=7) == pytest.approx(12, rel=0.01)
+
+
 async def test_an_opening_does_not_grow_while_its_pace_is_not_used() -> None:
     """Time the bucket spends full says nothing of what the server takes: a client idle after a few
     requests is still opening when a burst of them comes."""
