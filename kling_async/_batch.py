@@ -236,25 +236,30 @@ def as_job(item: Job | Request) -> Job:
 
 
 def _puller(
-    items: Iterable[Job | Request] | AsyncIterable[Job | Request],
+    items: Iterable[Job | Request] | AsyncIterable[Job | Request], halt: Halt
 ) -> Callable[[], Awaitable[Job | None]]:
-    """A function giving the input's next item as a Job, or None at its end; concurrent callers are
-    served one at a time.
+    """A function giving the input's next item as a Job, or None at its end or once ``halt`` is raised;
+    concurrent callers are served one at a time.
 
     A plain iterable is read without awaiting anything (so without a lock: nothing can interleave);
-    an async one under a lock, since an async iterator must not be advanced twice at once.
+    an async one under a lock, since an async iterator must not be advanced twice at once, and a halt
+    ends the wait for its next item (a queue-fed input may have none for a long while).
     """
     if isinstance(items, AsyncIterable):
         source = aiter(items)
         lock = anyio.Lock()
 
         async def pull_async() -> Job | None:
-            async with lock:
-                try:
-                    item = await anext(source)
-                except StopAsyncIteration:
-                    return None
-            return as_job(item)
+            with halt.interruptible():
+                async with lock:
+                    if halt.halted:  # raised while this caller queued for the lock
+                        return None
+                    try:
+                        item = await anext(source)
+                    except StopAsyncIteration:
+                        return None
+                return as_job(item)
+            return None  # halted while waiting for the input
 
         return pull_async
     iterator = iter(items)
@@ -440,7 +445,7 @@ class BatchRun:
                     unsubscribe.append(self._registry.subscribe(self._queue_status))
                     tg.start_soon(self._write_statuses)
                 tg.start_soon(self._tracker.run)
-                pull = _puller(items)
+                pull = _puller(items, self._halt)
                 counter = itertools.count()
 
                 async def next_job() -> tuple[int, Job] | None:
@@ -951,13 +956,15 @@ class Batch:
     def stop_submitting(self) -> None:
         """Send no more POSTs, and let what was sent finish: a graceful stop (a shutdown, a Ctrl-C).
 
-        No further item is taken from the input. An item taken but whose POST has not left yet (waiting
-        for the rate limit, or for its next try after one that created nothing) ends with a
-        ``NotSubmittedError`` outcome when its turn comes, unsent. Tasks already created are followed to
-        their outcomes as before, and the iteration ends when they have all ended. Calling it again, or
-        after the batch ended, does nothing. ``aclose()`` is the stop that does not wait.
+        No further item is taken from the input (a wait for an async input's next item ends). An item
+        taken but whose POST has not left yet ends with a ``NotSubmittedError`` outcome, unsent: at
+        once if it waits for its next try after one that created nothing; if it waits for the rate
+        limit, when the request ahead of it has its turn (its token is passed on, not spent), or when a
+        ``Retry-After`` pause in progress ends. Tasks already created are followed to their outcomes as
+        before, and the iteration ends when they have all ended. Calling it again, or after the batch
+        ended, does nothing. ``aclose()`` is the stop that does not wait.
         """
-        self._halt.halted = True
+        self._halt.halt()
 
     async def aclose(self) -> None:
         """Stop the batch: nothing more is submitted or checked; created tasks stay reachable by id."""

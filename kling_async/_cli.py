@@ -719,6 +719,7 @@ class _BatchRun:
         self.outcomes: dict[int, Outcome] = {}
         self.draining = False
         self.batch: Batch | None = None
+        self.progress: BatchProgress | None = None
         self.interrupted = False
         self.report_failed = False
         self.timeline = RunTimeline()
@@ -772,7 +773,7 @@ class _BatchRun:
     async def _run(self, client: KlingClient, journal: BatchJournal) -> None:
         # JSON lines drawn on the same terminal as a live bar would tear it: they are the display then.
         live = not (self.as_json and sys.stdout is not None and sys.stdout.isatty())
-        progress = BatchProgress(self.console, total=len(self.rows), live=live)
+        self.progress = progress = BatchProgress(self.console, total=len(self.rows), live=live)
         async with progress.watching(client):
             self.batch = batch = client.map(
                 self.jobs(),
@@ -801,6 +802,8 @@ class _BatchRun:
                 self.draining = True
                 if self.batch is not None:
                     self.batch.stop_submitting()  # rows waiting for their turn on the wire too
+                if self.progress is not None:
+                    self.progress.stopped = True
                 self.console.print(
                     "[yellow]Interrupted: no new submissions; waiting for the tasks in flight."
                     " Ctrl-C again to stop now (running tasks stay reachable; rerun to resume).[/yellow]"

@@ -608,6 +608,16 @@ class Limiter:
         """Give back the place on the wire."""
         self._wire.release()
 
+    def unused(self) -> None:
+        """Give back what an ``acquire`` took for a request dropped before it left: its place on the wire
+        and its token, so that the next request waiting has its turn at once. (A shared rate's slot stays
+        spent: the other workers' schedule cannot be wound back.)"""
+        self._wire.release()
+        if self._sent:
+            self._sent.pop()
+        if self._pace.rate is not None and not self._shared:
+            self._tokens += 1.0
+
     @contextmanager
     def sharing(self, shared: SharedPace) -> Iterator[None]:
         """Within the block, pace requests by ``shared`` (a rate other workers use too); the cap on

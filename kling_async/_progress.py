@@ -28,8 +28,8 @@ _PLAIN_EVERY = 5.0
 
 
 class BatchProgress:
-    """Counts of queued / generating / done / failed / uncertain (/ elsewhere, not sent) rows, request
-    rate, 429s, ETA.
+    """Counts of queued (or not run, once stopped) / generating / done / failed / uncertain (/ elsewhere)
+    rows, request rate, 429s, ETA.
 
     Args:
         console: where to draw (stderr).
@@ -47,6 +47,7 @@ class BatchProgress:
         self.rejected = 0
         self.elsewhere = 0  # rows another worker sharing the journal holds
         self.not_sent = 0  # rows a Ctrl-C stopped before their POST left
+        self.stopped = False  # no more rows are sent: the queued ones will not run
         self.generating: set[str] = set()
         self.downloading: set[str] = set()  # completed, their videos on the way
         self.rate_limited = 0
@@ -63,10 +64,10 @@ class BatchProgress:
         queued = max(self.total - self.finished_count - started, 0)
         downloading = f" · {len(self.downloading)} downloading" if self.downloading else ""
         elsewhere = f" · {self.elsewhere} elsewhere" if self.elsewhere else ""
-        not_sent = f" · {self.not_sent} not sent" if self.not_sent else ""
+        waiting = f"{queued + self.not_sent} not run" if self.stopped else f"{queued} queued"
         return (
             f"{self.done} done · {self.failed + self.rejected} failed · {self.uncertain} uncertain"
-            f" · {len(self.generating)} generating{downloading} · {queued} queued{elsewhere}{not_sent}"
+            f" · {len(self.generating)} generating{downloading} · {waiting}{elsewhere}"
         )
 
     def traffic(self) -> str:

@@ -19,6 +19,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -77,14 +79,34 @@ class Created:
 class Halt:
     """A batch's word that none of its POSTs may leave any more (``Batch.stop_submitting``).
 
-    Read where a try would leave (before its wait for the limiter, and after it): a submission that
-    waits then ends unsent, and a POST already handed to a sender runs to its answer.
+    Read where a try would leave: before its wait for the limiter, after it, and after the journal's
+    ``sending`` record (a slow disk or database), so a submission still waiting then ends unsent and
+    gives back its turn on the wire and its token; a POST already on its way runs to its answer. Waits
+    that may be long and are rare (a backoff between tries, an async input's next item) are cut short.
     """
 
-    __slots__ = ("halted",)
+    __slots__ = ("_scopes", "halted")
 
     def __init__(self) -> None:
         self.halted = False
+        self._scopes: set[anyio.CancelScope] = set()
+
+    def halt(self) -> None:
+        self.halted = True
+        for scope in self._scopes:
+            scope.cancel()
+
+    @contextmanager
+    def interruptible(self) -> Iterator[anyio.CancelScope]:
+        """A block that ``halt`` cancels (at once if it came before); see ``cancelled_caught``."""
+        with anyio.CancelScope() as scope:
+            if self.halted:
+                scope.cancel()
+            self._scopes.add(scope)
+            try:
+                yield scope
+            finally:
+                self._scopes.discard(scope)
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +119,7 @@ class _Submission:
     key: str | None
     ticket: Ticket
     recorder: Recorder | None
+    halt: Halt | None
 
 
 class _Try:
@@ -194,7 +217,7 @@ class Creator:
         """
         if self._group is None:
             raise RuntimeError("the client is not open")
-        submission = _Submission(endpoint, request, body, key, ticket, recorder)
+        submission = _Submission(endpoint, request, body, key, ticket, recorder, halt)
         pipeline = self._pipeline
         attempts = pipeline.attempts()
         error: KlingError | None = None  # the last try's, which provably created nothing
@@ -203,7 +226,7 @@ class Creator:
                 raise _not_submitted(error)
             await pipeline.limiter.acquire(Lane.SUBMIT, retry=attempts.ahead)
             if halt is not None and halt.halted:  # halted while it waited for its turn
-                pipeline.limiter.release()
+                pipeline.limiter.unused()  # the next one waiting has it at once, and ends as this one
                 raise _not_submitted(error)
             if self._stopping:  # sent now, it would be cut off mid-flight by the closing client
                 pipeline.limiter.release()
@@ -229,7 +252,11 @@ class Creator:
             delay = pipeline.retry_delay(
                 attempts, error, post_retryable, method="POST", path=endpoint.create_path
             )
-            await pipeline.clock.sleep(delay)
+            if halt is None:
+                await pipeline.clock.sleep(delay)
+            else:
+                with halt.interruptible():
+                    await pipeline.clock.sleep(delay)
 
     def _hand_over(self, attempt: _Try) -> None:
         """Give the try to an idle sender, or start one (from the caller's task: nothing here awaits)."""
@@ -313,6 +340,12 @@ class Creator:
             except BaseException:
                 pipeline.limiter.release()
                 raise
+            if submission.halt is not None and submission.halt.halted:
+                # Halted while the record was written (a slow disk or database): it says unsent now.
+                pipeline.limiter.unused()
+                error = _not_submitted(None)
+                await recorder.unsent(error)
+                raise error
         try:
             answer = await pipeline.exchange("POST", endpoint.create_path, body=submission.body)
         except KlingError as error:

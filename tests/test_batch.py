@@ -27,6 +27,7 @@ from kling_async import (
     TaskTimeoutError,
 )
 from kling_async._batch import _Occurrences
+from kling_async._journal import SQLiteJournal
 from kling_async._tracker import SWEEP_MIN_TASKS
 from kling_async.testing import Faults, Simulator
 from tests.conftest import FAST_POLL, FAST_RETRY, client_side_tasks
@@ -519,3 +520,83 @@ async def test_items_a_stopped_batch_did_not_send_are_sent_by_a_rerun_with_its_j
     assert all(o.ok for o in again)
     assert sim.counters.posts == stopped.pulled
     assert sim.counters.duplicate_payloads() == []
+
+
+async def test_stop_submitting_ends_a_wait_for_an_async_inputs_next_item(sim: Simulator) -> None:
+    # A queue-fed input: two items, then nothing for as long as its producer stays open.
+    send, receive = anyio.create_memory_object_stream[OmniRequest](10)
+    for request in prompts(2):
+        send.send_nowait(request)
+
+    async def items() -> AsyncIterator[OmniRequest]:
+        async for request in receive:
+            yield request
+
+    async with KlingClient(api_key="sim-key", base_url=sim.url, poll=FAST_POLL) as client, send, receive:
+        with anyio.fail_after(10):
+            async with client.map(items()) as outcomes:
+                seen = [await outcomes.__anext__(), await outcomes.__anext__()]
+                outcomes.stop_submitting()
+                seen += [outcome async for outcome in outcomes]
+    assert [o.ok for o in seen] == [True, True]
+
+
+async def test_stop_submitting_takes_no_more_items_from_an_async_input(sim: Simulator) -> None:
+    # Submitters queued for the input's lock when the stop comes must not take an item after it.
+    pulled = 0
+
+    async def items() -> AsyncIterator[OmniRequest]:
+        nonlocal pulled
+        for request in prompts(40):
+            await anyio.sleep(0.02)
+            pulled += 1
+            yield request
+
+    async with (
+        KlingClient(api_key="sim-key", base_url=sim.url, poll=FAST_POLL, max_concurrency=8) as client,
+        client.map(items()) as outcomes,
+    ):
+        async for event in client.events():
+            if isinstance(event, TaskSubmitted):
+                break
+        outcomes.stop_submitting()
+        at_stop = pulled
+        [outcome async for outcome in outcomes]
+    assert pulled == at_stop < 40
+
+
+class _SlowSending(SQLiteJournal):
+    """A journal whose ``submitting`` record takes 0.3 s: a PostgreSQL round trip far away, a busy disk."""
+
+    async def submitting(self, key: str, model: str, request: bytes) -> None:
+        await anyio.sleep(0.3)
+        await super().submitting(key, model, request)
+
+
+async def _stopped_while_recording(sim: Simulator, journal: Path) -> list[Outcome]:
+    """A batch told to stop while the journal writes its first POSTs' ``submitting`` records."""
+    async with (
+        KlingClient(api_key="sim-key", base_url=sim.url, poll=FAST_POLL, max_concurrency=4) as client,
+        client.map(prompts(4), journal=_SlowSending(journal)) as outcomes,
+    ):
+        await anyio.sleep(0.1)
+        outcomes.stop_submitting()
+        return [outcome async for outcome in outcomes]
+
+
+async def test_a_post_whose_sending_record_is_being_written_when_the_batch_stops_is_not_sent(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    outcomes = await _stopped_while_recording(sim, tmp_path / "run.db")
+    assert {type(o.error) for o in outcomes} == {NotSubmittedError}
+    assert sim.counters.posts == 0
+
+
+async def test_a_post_stopped_after_its_sending_record_is_sent_by_a_rerun_not_reported_uncertain(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    await _stopped_while_recording(sim, tmp_path / "run.db")
+    async with KlingClient(api_key="sim-key", base_url=sim.url, poll=FAST_POLL) as client:
+        again = await client.gather(prompts(4), journal=tmp_path / "run.db")
+    assert all(o.ok for o in again)
+    assert sim.counters.posts == 4

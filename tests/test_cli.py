@@ -17,7 +17,7 @@ import anyio
 import pytest
 from rich.console import Console
 
-from kling_async import KlingClient, OmniRequest
+from kling_async import KlingClient, NotSubmittedError, OmniRequest, Outcome
 from kling_async._journal import SQLiteJournal
 from kling_async._progress import BatchProgress
 from kling_async.testing import Faults, Simulator
@@ -470,6 +470,15 @@ async def test_the_progress_counts_a_completed_task_whose_video_is_on_its_way_as
         await anyio.wait_all_tasks_blocked()  # the progress has taken every event
         counts = progress.counts()
     assert "0 generating · 1 downloading · 1 queued" in counts
+
+
+def test_once_stopped_the_progress_counts_the_rows_left_and_those_stopped_unsent_as_not_run() -> None:
+    """After a first Ctrl-C no row waits to be sent: "queued" would say they will run."""
+    progress = BatchProgress(Console(file=io.StringIO()), total=5, live=False)
+    progress.finished(Outcome(index=0, key="a", error=NotSubmittedError("not sent")))
+    progress.stopped = True
+    assert "· 5 not run" in progress.counts()
+    assert "queued" not in progress.counts()
 
 
 async def test_the_librarys_warnings_are_lines_of_the_commands_screen(sim: Simulator, tmp_path: Path) -> None:

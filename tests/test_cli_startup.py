@@ -76,6 +76,15 @@ def test_ctrl_c_while_python_m_kling_async_loads_exits_130_with_one_line(module:
     assert (done.returncode, done.stderr, done.stdout) == (130, "interrupted\n", "")
 
 
+def test_sigterm_while_the_console_script_loads_exits_130_with_one_line() -> None:
+    """Not death by the signal (exit -15, no word): the command's own answer to a SIGTERM."""
+    sigterm_at = _CTRL_C_AT.replace(
+        "os.kill(os.getpid(), signal.SIGINT)", "os.kill(os.getpid(), signal.SIGTERM)"
+    )
+    done = _run(sigterm_at + _CONSOLE_SCRIPT, "aiohttp")
+    assert (done.returncode, done.stderr, done.stdout) == (130, "interrupted\n", "")
+
+
 def test_an_ignored_sigint_stays_ignored_while_the_command_loads() -> None:
     """A command started with SIGINT ignored (a background job of a script) is not stopped by one."""
     ignore = "signal.signal(signal.SIGINT, signal.SIG_IGN)\n"

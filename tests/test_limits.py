@@ -239,6 +239,30 @@ async def test_an_opening_request_alone_after_a_queue_was_cancelled_waits_for_on
         assert sent.is_set()
 
 
+async def test_a_request_dropped_after_its_turn_passes_its_token_to_the_next_one_waiting() -> None:
+    """A batch told to stop submitting drops the POSTs waiting for their turn: each gives its token on
+    (``unused``), so the queue behind it drains at once instead of a token interval each."""
+    clock = ManualClock()
+    limiter = Limiter(requests_per_second=1, burst=1, max_concurrency=8, clock=clock)
+    await limiter.acquire(Lane.SUBMIT)  # the bucket's token: the two below wait a second each
+    limiter.release()
+    taken: list[float] = []
+
+    async def dropped() -> None:
+        await limiter.acquire(Lane.SUBMIT)
+        taken.append(clock.now())
+        limiter.unused()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(dropped)
+        tg.start_soon(dropped)
+        await anyio.wait_all_tasks_blocked()
+        await clock.advance(1.0)
+        await anyio.wait_all_tasks_blocked()
+        tg.cancel_scope.cancel()  # a second still waiting (the token was spent) waits no more
+    assert taken == [1001.0, 1001.0]
+
+
 async def _opening_growth(limiter: Limiter, clock: FakeClock, held: int, seconds: float = 0.25) -> float:
     """How many times a second the opening's pace doubles while requests are sent back to back for
     ``seconds``, ``held`` more staying on the wire (sent, not answered)."""
