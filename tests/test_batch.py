@@ -442,7 +442,7 @@ class _Stopped:
                 self.outcomes = [outcome async for outcome in outcomes]
 
 
-def _paced_client(sim: Simulator, **options: object) -> KlingClient:
+def _paced_client(sim: Simulator) -> KlingClient:
     # Told 4 requests a second without a burst: the POSTs after the first wait for their turn (0.25 s
     # each), so the ones its items took are waiting when the first task's id comes back.
     return KlingClient(
@@ -453,7 +453,6 @@ def _paced_client(sim: Simulator, **options: object) -> KlingClient:
         requests_per_second=4,
         burst=1,
         max_concurrency=6,
-        **options,  # type: ignore[arg-type]
     )
 
 

@@ -143,20 +143,25 @@ async def test_running_the_same_command_again_resumes_and_sends_nothing(
     assert sum(sim.counters.responses_by_status.values()) == requests
 
 
+async def _ctrl_c_at(marker: bytes, command: list[str], sim: Simulator) -> int:
+    """Run ``command`` (a ``batch ... --json``) against ``sim``, send it a Ctrl-C as the first line holding
+    ``marker`` is printed, and return its exit code once it ends."""
+    async with await anyio.open_process(command, env=_env(sim), cwd=ROOT) as process:
+        assert process.stdout is not None
+        async for chunk in process.stdout:
+            if marker in chunk:
+                process.send_signal(signal.SIGINT)
+                break
+        async for _ in process.stdout:
+            pass
+        return await process.wait()
+
+
 async def test_ctrl_c_drains_exits_130_and_the_same_command_resumes(tmp_path: Path) -> None:
     async with Simulator(time_scale=0.005) as sim:
         jobs = _write_jobs(tmp_path / "jobs.jsonl", [{"prompt": f"clip {i}"} for i in range(30)])
         args = ["batch", str(jobs), "--out", str(tmp_path / "out"), "--json", "--max-in-flight", "3", *FAST]
-        command = [sys.executable, "-m", "kling_async", *args]
-        async with await anyio.open_process(command, env=_env(sim), cwd=ROOT) as process:
-            assert process.stdout is not None
-            async for chunk in process.stdout:
-                if b'"outcome"' in chunk:
-                    process.send_signal(signal.SIGINT)
-                    break
-            async for _ in process.stdout:
-                pass
-            assert await process.wait() == 130
+        assert await _ctrl_c_at(b'"outcome"', [sys.executable, "-m", "kling_async", *args], sim) == 130
         report = json.loads((tmp_path / "out" / "report.json").read_text())
         assert "NOT_RUN" in {r["status"] for r in report}
         again = await _cli(args, sim)
@@ -172,16 +177,7 @@ async def test_a_first_ctrl_c_sends_no_post_for_the_rows_waiting_for_the_rate(tm
         jobs = _write_jobs(tmp_path / "jobs.jsonl", [{"prompt": f"clip {i}"} for i in range(30)])
         out = tmp_path / "out"
         args = ["batch", str(jobs), "--out", str(out), "--json", "--rps", "2", "--concurrency", "4", *FAST]
-        command = [sys.executable, "-m", "kling_async", *args]
-        async with await anyio.open_process(command, env=_env(sim), cwd=ROOT) as process:
-            assert process.stdout is not None
-            async for chunk in process.stdout:
-                if b'"submitted"' in chunk:
-                    process.send_signal(signal.SIGINT)
-                    break
-            async for _ in process.stdout:
-                pass
-            assert await process.wait() == 130
+        assert await _ctrl_c_at(b'"submitted"', [sys.executable, "-m", "kling_async", *args], sim) == 130
         assert sim.counters.posts == 1
         report = json.loads((out / "report.json").read_text())
         assert {r["status"] for r in report if r["task_id"] is None} == {"NOT_RUN"}
@@ -198,16 +194,7 @@ async def test_a_batch_started_with_sigint_ignored_runs_on_through_a_ctrl_c(tmp_
             "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN);"
             " os.execv(sys.executable, [sys.executable, '-m', 'kling_async', *sys.argv[1:]])"
         )
-        command = [sys.executable, "-c", start, *args]
-        async with await anyio.open_process(command, env=_env(sim), cwd=ROOT) as process:
-            assert process.stdout is not None
-            async for chunk in process.stdout:
-                if b'"submitted"' in chunk:
-                    process.send_signal(signal.SIGINT)
-                    break
-            async for _ in process.stdout:
-                pass
-            assert await process.wait() == 0
+        assert await _ctrl_c_at(b'"submitted"', [sys.executable, "-c", start, *args], sim) == 0
         report = json.loads((out / "report.json").read_text())
         assert {r["status"] for r in report} == {"COMPLETED"}
 
