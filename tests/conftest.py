@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 from collections.abc import AsyncIterator
 
 import pytest
 
 from kling_async import KlingClient, PollPolicy, RetryPolicy
 from kling_async.testing import Simulator
+
+# The tests send Ctrl-Cs to the commands they start, as a terminal does. A suite started as a background
+# job of a script (`pytest &`, as CI may be) inherits SIGINT ignored, and so would those commands, which
+# rightly keep an inherited ignore (test_cli: a batch started with SIGINT ignored runs on through a
+# Ctrl-C). A handler here is reset to the default in every child at exec, as a terminal's shell starts it.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # A 60 s generation takes 60 ms; the poll policy is scaled the same way.
 TIME_SCALE = 0.001
