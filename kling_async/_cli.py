@@ -291,6 +291,7 @@ def _options(
     poll_initial: float,
     poll_maximum: float,
     timeout: float,
+    download_timeout: float,
 ) -> dict[str, Any]:
     poll = PollPolicy(initial=poll_initial, maximum=poll_maximum, timeout=timeout)
     return {
@@ -298,6 +299,9 @@ def _options(
         "max_concurrency": concurrency,
         "max_in_flight": in_flight,
         "poll": poll,
+        # A file trickling in never stalls long enough for download_idle: without a deadline, its row
+        # (and the run) would never end.
+        "timeouts": Timeouts(download_deadline=download_timeout),
     }
 
 
@@ -632,12 +636,11 @@ def batch(
         as_json=as_json,
     )
     try:
-        options = _options(rps, concurrency, max_in_flight, poll_initial, poll_maximum, task_timeout)
+        options = _options(
+            rps, concurrency, max_in_flight, poll_initial, poll_maximum, task_timeout, download_timeout
+        )
     except ValueError as exc:
         _fail(str(exc))
-    # A file trickling in never stalls long enough for download_idle: without a deadline, its row (and
-    # the run) would never end.
-    options["timeouts"] = Timeouts(download_deadline=download_timeout)
     try:
         anyio.run(run.execute, simulate, options)
     except KlingError as exc:
