@@ -101,6 +101,8 @@ class Tracked:
     mark: int = 0
     # A sweep showed the task COMPLETED: its detail is fetched at once, and only once.
     urgent: bool = False
+    # Its heap entry waits for the sweeps' cover to lapse, not for its next poll time (see ``_park``).
+    parked: bool = False
 
     def __lt__(self, other: Tracked) -> bool:
         """Heap entries due at the same time: the task added first goes first."""
@@ -154,6 +156,8 @@ class _Family:
         "last_sweep",
         "next_sweep",
         "page_size",
+        "parked",
+        "ranked",
         "reported",
         "sweeping",
         "sweeps",
@@ -168,6 +172,10 @@ class _Family:
         self.sweeping = False
         self.active = False
         self.sweeps = 0  # sweeps begun (a sweep marks the tasks it saw with its number)
+        # Some of its tasks may be parked outside the heap (``Tracker._park``).
+        self.parked = False
+        # The sweep under way answers for the tasks added before it began: their ``seq`` is below this.
+        self.ranked = 0
         self.last_sweep = -math.inf
         self.next_sweep = math.inf
         # Shared sweeps: another worker's sweep was heard (its times are then last_sweep and next_sweep);
@@ -281,7 +289,35 @@ class Tracker:
             due = min(due, item.deadline)
         self._push(item, due)
 
+    def _park(self, family: _Family, item: Tracked, now: float) -> None:
+        """A task the sweeps cover needs no check of its own until a sweep does not see it (``_unpark``
+        puts it back on its poll times then) or the sweeps stop coming (``_sweep_due``): it leaves the
+        heap, but for one entry at its deadline. Rescheduled at each poll time instead, a task of a
+        2,000-task batch was popped about ten times in its life only to be put back.
+        """
+        if not family.sweeping:
+            # Covered by another worker's sweeps while too few of its tasks are here to sweep: the loop
+            # does not wake for that family's sweeps, so the task keeps its poll times.
+            self._schedule(item, now)
+            return
+        if item.deadline is None:
+            item.due = math.nan  # any entry it has is stale
+        else:
+            self._push(item, item.deadline)
+        item.parked = family.parked = True
+
+    def _unpark(self, item: Tracked) -> None:
+        """The sweeps no longer cover a parked task: its own checks resume at its poll times."""
+        if item.parked and not item.urgent:
+            self._schedule(item)
+
+    def _unpark_all(self, family: _Family) -> None:
+        family.parked = False
+        for item in family.items.values():
+            self._unpark(item)
+
     def _push(self, item: Tracked, due: float) -> None:
+        item.parked = False
         item.due = due
         heapq.heappush(self._heap, (due, item))
         if due < self._wakes_at:
@@ -335,7 +371,7 @@ class Tracker:
                     continue
                 if not item.urgent and self._covered(family, item, now):
                     item.checks += 1
-                    self._schedule(item, now)
+                    self._park(family, item, now)
                     continue
                 if not self._free_checks:
                     self._check_freed = asyncio.get_running_loop().create_future()
@@ -483,6 +519,9 @@ class Tracker:
                 family.sweeping = False
                 if relay is not None:
                     relay.resign(path)
+                self._unpark_all(family)
+            if family.parked and not family.active and now >= family.next_sweep + self._registry.poll.maximum:
+                self._unpark_all(family)  # the sweeps stopped coming (another worker's, for one)
             if family.sweeping and not family.active and now >= max(family.next_sweep, family.ask_at):
                 if relay is not None and not relay.leads(path):
                     # Another worker sweeps it (its reports move next_sweep), or its leader is gone and
@@ -503,6 +542,11 @@ class Tracker:
             family.last_sweep = started
         finally:
             family.active = False
+            # Tasks parked while it ran, added after it began: it did not answer for them.
+            for item in reversed(family.items.values()):
+                if item.seq < family.ranked:
+                    break
+                self._unpark(item)
             now = self._clock.now()
             family.next_sweep = self._plan(family, now)
             if self._relay is not None:
@@ -535,6 +579,9 @@ class Tracker:
             family.hearing = None
             family.next_sweep = now + next_in
             family.reported = True
+            for item in family.items.values():
+                if item.swept_at < family.last_sweep:
+                    self._unpark(item)  # not listed: its own checks resume
             self._wake.set()
 
     def detail_wanted(self, handle: TaskHandle) -> None:
@@ -566,7 +613,7 @@ class Tracker:
         # that order. Arrays of machine numbers, not lists of Python ones (nor a dict of tuples): a sweep
         # of 10,000 tasks in flight would otherwise hold about 250 bytes a task while it reads.
         ranked = sorted(family.items.values(), key=_BY_SEQ, reverse=True)
-        added = family.added
+        added = family.ranked = family.added
         places = array.array("q", (added - item.seq for item in ranked))
         chances = array.array("d", (self._finished_chance(item, completions, now) for item in ranked))
         up_to = array.array("d", itertools.accumulate(chances))
@@ -576,6 +623,7 @@ class Tracker:
         total = up_to[-1] if up_to else 0.0
         seen_mass = 0.0
         read: set[int] = set()
+        failed = False
         page = 1
         while (
             page <= math.ceil((places[-1] if places else 0) / (family.page_size or _PAGE_SIZE)) + _EXTRA_PAGES
@@ -592,7 +640,8 @@ class Tracker:
                 listed = await self._pipeline.list_page(family.endpoint, page=page, page_size=_PAGE_SIZE)
             except KlingError as exc:
                 log.warning("list sweep of %s failed; per-task checks go on: %s", family.endpoint, exc)
-                return
+                failed = True
+                break
             read.add(page)
             if listed_all is not None:
                 listed_all.extend(listed)
@@ -616,11 +665,9 @@ class Tracker:
             if total - seen_mass < _DEEPER_PAGE:
                 break
             page += 1
-        if completions is None:
-            return
         # Tasks on pages skipped because they were unlikely to have finished stay with the sweeps (the next
         # sweep weighs them again). Tasks deeper than the last page read, or missing from a page read
-        # where they should have been, get status requests of their own.
+        # where they should have been, or not seen by a sweep that failed, get status requests of their own.
         size = family.page_size or _PAGE_SIZE
         deepest = max(read, default=0)
         items = family.items
@@ -628,8 +675,10 @@ class Tracker:
             if item.mark == mark or items.get(item.handle.task_id) is not item:
                 continue  # seen, or finished while the pages were read
             page = math.ceil(place / size)
-            if page not in read and page < deepest:
+            if not failed and completions is not None and page not in read and page < deepest:
                 item.swept_at = now
+            else:
+                self._unpark(item)
 
 
 def _error_of(handle: TaskHandle) -> KlingError | None:

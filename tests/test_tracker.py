@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import itertools
 import uuid
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Sequence
 
 import anyio
 import msgspec
 import pytest
 
 from kling_async import KlingClient, OmniRequest, PollPolicy, TaskStatus, TaskTimeoutError
+from kling_async._models import TaskSummary
 from kling_async._polling import Completions, Timings
+from kling_async._tracker import SweepListener, Tracker
 from kling_async.testing import FakeClock, Faults, MockRequest, MockTransport, Response, Simulator
 
 pytestmark = pytest.mark.anyio
@@ -96,6 +98,93 @@ async def test_a_task_missing_from_the_list_gets_status_requests_of_its_own() ->
     missing = account.ids[0]
     assert account.status_gets.get(missing, 0) >= 2
     assert set(account.status_gets) == {missing}
+
+
+async def test_a_task_the_sweeps_stop_listing_gets_status_requests_of_its_own() -> None:
+    account = Account()
+    answer = account.__call__
+
+    def handler(request: MockRequest) -> Response:
+        if request.url == FAMILY and len(account.pages) == 4:
+            account.unlisted = 1  # from the fifth list on, the oldest task is missing from every page
+        return answer(request)
+
+    await _track_for(handler, prompts(30), seconds=120)
+    assert len(account.pages) > 10
+    # Until then the sweeps covered it, with no request of its own; then its own checks resumed.
+    assert account.status_gets.get(account.ids[0], 0) >= 2
+    assert set(account.status_gets) == {account.ids[0]}
+
+
+async def test_tasks_get_status_requests_of_their_own_once_the_list_requests_fail() -> None:
+    account = Account()
+    answer = account.__call__
+
+    def handler(request: MockRequest) -> Response:
+        if request.url == FAMILY and len(account.pages) >= 4:
+            return Response(400, {"Content-Type": "application/json"}, b'{"message": "list unavailable"}')
+        return answer(request)
+
+    await _track_for(handler, prompts(30), seconds=120)
+    # Covered by the first four sweeps, then by none: every task is checked on its own.
+    assert sorted(account.status_gets) == sorted(account.ids)
+
+
+class QuietLeader:
+    """A ``SweepRelay`` whose leader reports one sweep, then nothing, and keeps its lead."""
+
+    def __init__(self) -> None:
+        self.listeners: list[SweepListener] = []
+
+    def leads(self, family: str) -> bool:
+        return False
+
+    def resign(self, family: str) -> None:
+        pass
+
+    def publish_sweep(self, family: str, tasks: Sequence[TaskSummary], next_in: float) -> None:
+        raise AssertionError("a follower never sweeps")
+
+    def add_sweep_listener(self, listener: SweepListener) -> None:
+        self.listeners.append(listener)
+
+    def remove_sweep_listener(self, listener: SweepListener) -> None:
+        self.listeners.remove(listener)
+
+
+async def test_tasks_another_worker_swept_get_status_requests_of_their_own_once_its_sweeps_stop() -> None:
+    account, relay, clock = Account(), QuietLeader(), FakeClock()
+    async with (
+        KlingClient(
+            api_key="k",
+            clock=clock,
+            transport=MockTransport(account),
+            poll=POLL,
+            requests_per_second=1000,
+            burst=50,
+        ) as client,
+        anyio.create_task_group() as tg,
+    ):
+        handles = [await client.submit(request) for request in prompts(10)]
+        tracker = Tracker(
+            registry=client._registry,
+            pipeline=client._pipeline,
+            group=tg,
+            finish=lambda item, error: None,
+            relay=relay,
+        )
+        tg.start_soon(tracker.run)
+        for index, handle in enumerate(handles):
+            tracker.add(index, handle.task_id, handle, None, check_now=False)
+        await clock.advance(1.0)
+        listed = [TaskSummary(task_id=handle.task_id, status="IN_PROGRESS") for handle in handles]
+        relay.listeners[0](FAMILY, listed, 10.0)  # the leader's next sweep is due in 10 s; it never comes
+        await clock.advance(38.0)
+        assert account.status_gets == {}  # covered until that sweep is overdue by POLL.maximum (30 s)
+        for _ in range(60):
+            await clock.advance(1.0)
+        tg.cancel_scope.cancel()
+    assert sorted(account.status_gets) == sorted(account.ids)
 
 
 async def test_a_task_listed_twice_in_one_sweep_counts_once_so_the_sweep_reads_on_to_the_oldest() -> None:
