@@ -299,8 +299,6 @@ def _options(
         "max_concurrency": concurrency,
         "max_in_flight": in_flight,
         "poll": poll,
-        # A file trickling in never stalls long enough for download_idle: without a deadline, its row
-        # (and the run) would never end.
         "timeouts": Timeouts(download_deadline=download_timeout),
     }
 
@@ -532,6 +530,18 @@ def _poll_options(command: Callable[..., None]) -> Callable[..., None]:
     )(command)
 
 
+def _download_timeout_option(command: Callable[..., None]) -> Callable[..., None]:
+    # A file trickling in never stalls long enough for download_idle: without a deadline, the command
+    # would never end.
+    return click.option(
+        "--download-timeout",
+        type=_POSITIVE,
+        default=1800.0,
+        show_default=True,
+        help="Seconds one video's download may take, retries and resumes included.",
+    )(command)
+
+
 @cli.command(short_help="A video for every row of a JSONL or CSV file, with a report.")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option(
@@ -553,13 +563,7 @@ def _poll_options(command: Callable[..., None]) -> Callable[..., None]:
 @click.option(
     "--task-timeout", type=_POSITIVE, default=1800.0, show_default=True, help="Seconds to wait per task."
 )
-@click.option(
-    "--download-timeout",
-    type=_POSITIVE,
-    default=1800.0,
-    show_default=True,
-    help="Seconds one video's download may take, retries and resumes included.",
-)
+@_download_timeout_option
 @click.option(
     "--journal",
     help="An SQLite file, or a postgresql:// URL that several workers share. Default: OUT/journal.db.",
@@ -969,6 +973,7 @@ def _summary(
 @click.option("--video-url", default=None, help="Reference video (the -reference models).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("."), show_default=True)
 @_poll_options
+@_download_timeout_option
 @_simulate_option
 def generate(
     prompt: str,
@@ -979,6 +984,7 @@ def generate(
     out: Path,
     poll_initial: float,
     poll_maximum: float,
+    download_timeout: float,
     simulate: bool,
 ) -> None:
     """Generate one clip from PROMPT and print the saved file's path."""
@@ -1000,7 +1006,8 @@ def generate(
     _make_out(out)  # before the POST: a video must not be paid for where it cannot be saved
 
     async def run() -> Path:
-        async with _client(simulate, poll=poll) as client, _retries_shown(client):
+        timeouts = Timeouts(download_deadline=download_timeout)
+        async with _client(simulate, poll=poll, timeouts=timeouts) as client, _retries_shown(client):
             result = await client.generate(job.request, model=job.model)
             try:
                 return await client.download(result, f"{out}{os.sep}")  # --out is always a folder
@@ -1033,11 +1040,13 @@ def status(task_id: str, model: str) -> None:
 @click.argument("task_id")
 @_model_option
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("."), show_default=True)
-def download(task_id: str, model: str, out: Path) -> None:
+@_download_timeout_option
+def download(task_id: str, model: str, out: Path, download_timeout: float) -> None:
     """Download a finished task's video into --out and print its path."""
 
     async def run() -> Path:
-        async with KlingClient() as client, _retries_shown(client):
+        timeouts = Timeouts(download_deadline=download_timeout)
+        async with KlingClient(timeouts=timeouts) as client, _retries_shown(client):
             handle = client.task(task_id, model=model)
             await handle.refresh()
             return await client.download(handle.result(), f"{out}{os.sep}")  # --out is always a folder

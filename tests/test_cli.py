@@ -213,6 +213,36 @@ async def test_a_download_slower_than_the_download_timeout_ends_its_row_download
     assert "deadline" in row["error"]
 
 
+async def test_generate_gives_up_a_download_slower_than_the_download_timeout_and_says_how_to_fetch_it(
+    tmp_path: Path,
+) -> None:
+    async with Simulator(time_scale=0.005, faults=Faults(download_pace=0.5)) as sim:
+        args = ["generate", "a fox", "--out", str(tmp_path), "--download-timeout", "0.4", *FAST]
+        done = await _cli(args, sim)
+    assert done.returncode == 1, done.stderr
+    assert done.stdout == ""
+    assert "deadline" in done.stderr
+    (task_id,) = sim.tasks
+    assert f"kling-async download {task_id}" in done.stderr
+
+
+async def test_the_download_command_gives_up_a_download_slower_than_the_download_timeout(
+    tmp_path: Path,
+) -> None:
+    async with Simulator(time_scale=0.005, faults=Faults(download_pace=0.5)) as sim:
+        jobs = _write_jobs(tmp_path / "jobs.jsonl", [{"prompt": "a"}])
+        await _cli(
+            ["batch", str(jobs), "--out", str(tmp_path / "out"), "--download-timeout", "0.4", *FAST], sim
+        )
+        (task_id,) = sim.tasks
+        done = await _cli(
+            ["download", task_id, "--out", str(tmp_path / "dl"), "--download-timeout", "0.4"], sim
+        )
+    assert done.returncode == 1, done.stderr
+    assert done.stdout == ""
+    assert "deadline" in done.stderr
+
+
 async def test_a_batch_that_cannot_start_writes_no_report(tmp_path: Path) -> None:
     jobs = _write_jobs(tmp_path / "jobs.jsonl", [{"prompt": "a"}])
     done = await _cli(["batch", str(jobs), "--out", str(tmp_path / "out")])  # no API key anywhere

@@ -106,10 +106,15 @@ async def file_response(
     await response.prepare(request)
     sent = body if whole else body[:cut_after]
     piece = _PIECE if pace else max(len(sent), 1)
-    for offset in range(0, len(sent), piece):
-        if offset:
-            await asyncio.sleep(pace)
-        await response.write(sent[offset : offset + piece])
+    try:
+        for offset in range(0, len(sent), piece):
+            if offset:
+                await asyncio.sleep(pace)
+            await response.write(sent[offset : offset + piece])
+    except ConnectionResetError:
+        # The client hung up mid-file (gave up on a slow link): an ordinary end, not a server error for
+        # aiohttp to log with its traceback.
+        return response
     if whole:
         await response.write_eof()
         return response

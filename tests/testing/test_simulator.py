@@ -834,6 +834,18 @@ async def test_cut_download_after_sends_that_many_bytes_then_drops() -> None:
 
 
 @pytest.mark.anyio
+async def test_a_client_hanging_up_on_a_paced_download_is_no_server_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with simulator(faults=Faults(download_pace=0.05)) as (sim, session):
+        url = await completed_url(sim, session)
+        async with session.get(url) as response:
+            await response.content.readexactly(1024)  # the first piece, then the client gives up
+        await anyio.sleep(0.2)  # the server's next pieces find the connection gone
+    assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == []
+
+
+@pytest.mark.anyio
 async def test_the_cdn_counts_requests_that_carry_an_api_key() -> None:
     async with simulator() as (sim, session):
         url = await completed_url(sim, session)
