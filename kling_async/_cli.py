@@ -839,11 +839,14 @@ class _BatchRun:
         if outcome is None:
             # The journal knows the tasks this run (or an earlier one) created for the row.
             entry = journal.lookup(row.job.id) if journal is not None and row.job.id is not None else None
+            task_id = entry.task_id if entry is not None else None
             record.update(
-                task_id=entry.task_id if entry is not None else None,
+                task_id=task_id,
                 status="NOT_RUN",
                 path=None,
-                error="interrupted before this row finished",
+                error="interrupted before this row finished"
+                if task_id is not None
+                else "not sent: the run was interrupted before this row's POST left",
             )
             return record
         record.update(
@@ -921,7 +924,14 @@ def _summary(
         style = "green" if status == "COMPLETED" else "yellow" if status == ELSEWHERE else "red"
         table.add_row(f"[{style}]{status}[/{style}]", str(count))
     console.print(table)
-    problems = [record for record in records if record["status"] not in ("COMPLETED", ELSEWHERE)]
+    # Rows an interruption left unsent are counted below, not listed: a rerun sends them, and hundreds of
+    # them would hide the rows that need a look.
+    problems = [
+        record
+        for record in records
+        if record["status"] not in ("COMPLETED", ELSEWHERE)
+        and not (interrupted and record["status"] == "NOT_RUN" and record["task_id"] is None)
+    ]
     shown = problems if isinstance(report, OSError) else problems[:20]  # without a report: every one
     for record in shown:
         name = f"line {record['line']}" + (f" ({record['id']})" if record["id"] is not None else "")
@@ -930,9 +940,10 @@ def _summary(
     if len(problems) > len(shown):
         console.print(f"  ... and {len(problems) - len(shown)} more in the report")
     if interrupted:
+        unsent = sum(record["status"] == "NOT_RUN" and record["task_id"] is None for record in records)
         console.print(
-            f"[yellow]interrupted: {by_status['NOT_RUN']} row(s) not run; run the same command again to"
-            " resume[/yellow]"
+            f"[yellow]interrupted: {by_status['NOT_RUN']} row(s) not run ({unsent} of them not sent); run"
+            " the same command again to resume[/yellow]"
         )
     if by_status[ELSEWHERE]:
         console.print(

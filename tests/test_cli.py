@@ -15,6 +15,7 @@ from pathlib import Path
 
 import anyio
 import pytest
+from anyio.abc import ByteReceiveStream
 from rich.console import Console
 
 from kling_async import KlingClient, NotSubmittedError, OmniRequest, Outcome
@@ -143,17 +144,28 @@ async def test_running_the_same_command_again_resumes_and_sends_nothing(
     assert sum(sim.counters.responses_by_status.values()) == requests
 
 
-async def _ctrl_c_at(marker: bytes, command: list[str], sim: Simulator) -> int:
+async def _ctrl_c_at(
+    marker: bytes, command: list[str], sim: Simulator, stderr: bytearray | None = None
+) -> int:
     """Run ``command`` (a ``batch ... --json``) against ``sim``, send it a Ctrl-C as the first line holding
-    ``marker`` is printed, and return its exit code once it ends."""
+    ``marker`` is printed, and return its exit code once it ends (what it wrote on stderr into ``stderr``)."""
+    errors = bytearray() if stderr is None else stderr
     async with await anyio.open_process(command, env=_env(sim), cwd=ROOT) as process:
         assert process.stdout is not None
-        async for chunk in process.stdout:
-            if marker in chunk:
-                process.send_signal(signal.SIGINT)
-                break
-        async for _ in process.stdout:
-            pass
+        assert process.stderr is not None
+        async with anyio.create_task_group() as tg:
+
+            async def read_stderr(stream: ByteReceiveStream) -> None:
+                async for chunk in stream:
+                    errors.extend(chunk)
+
+            tg.start_soon(read_stderr, process.stderr)
+            async for chunk in process.stdout:
+                if marker in chunk:
+                    process.send_signal(signal.SIGINT)
+                    break
+            async for _ in process.stdout:
+                pass
         return await process.wait()
 
 
@@ -181,6 +193,24 @@ async def test_a_first_ctrl_c_sends_no_post_for_the_rows_waiting_for_the_rate(tm
         assert sim.counters.posts == 1
         report = json.loads((out / "report.json").read_text())
         assert {r["status"] for r in report if r["task_id"] is None} == {"NOT_RUN"}
+
+
+async def test_after_a_first_ctrl_c_the_summary_counts_the_unsent_rows_instead_of_listing_them(
+    tmp_path: Path,
+) -> None:
+    async with Simulator(time_scale=0.005) as sim:
+        jobs = _write_jobs(tmp_path / "jobs.jsonl", [{"prompt": f"clip {i}"} for i in range(30)])
+        args = ["batch", str(jobs), "--out", str(tmp_path / "out"), "--json", "--rps", "2", *FAST]
+        stderr = bytearray()
+        command = [sys.executable, "-m", "kling_async", *args]
+        assert await _ctrl_c_at(b'"submitted"', command, sim, stderr) == 130
+    summary = stderr.decode()
+    assert "interrupted: 29 row(s) not run (29 of them not sent)" in summary
+    assert "not sent:" not in summary  # no row listed one by one
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    unsent = [r["error"] for r in report if r["task_id"] is None]
+    assert len(unsent) == 29
+    assert all(error.startswith(("NotSubmittedError: not sent:", "not sent:")) for error in unsent)
 
 
 async def test_a_batch_started_with_sigint_ignored_runs_on_through_a_ctrl_c(tmp_path: Path) -> None:
