@@ -76,6 +76,8 @@ _DEEPER_PAGE = 1.0
 _SKIP_PAGE = 0.05
 # Before enough tasks have finished, a sweep every sixth of the longest poll wait.
 _UNLEARNED_SWEEPS = 6
+# A parked task with a deadline comes due again after this many longest poll waits (see ``_park``).
+_PARK_SPAN = 4.0
 # The loop sleeps this long or less without a way to be woken early (see ``_run``).
 _SHORT_WAIT = 0.001
 
@@ -291,9 +293,13 @@ class Tracker:
 
     def _park(self, family: _Family, item: Tracked, now: float) -> None:
         """A task the sweeps cover needs no check of its own until a sweep does not see it (``_unpark``
-        puts it back on its poll times then) or the sweeps stop coming (``_sweep_due``): it leaves the
-        heap, but for one entry at its deadline. Rescheduled at each poll time instead, a task of a
-        2,000-task batch was popped about ten times in its life only to be put back.
+        puts it back on its poll times then) or the sweeps stop coming (``_sweep_due``). Rescheduled at
+        each poll time instead, a task of a 2,000-task batch was popped about ten times in its life only
+        to be put back.
+
+        Without a deadline it leaves the heap. With one, its entry comes due at the deadline or after
+        ``_PARK_SPAN`` longest poll waits, whichever is first: an entry at a deadline half an hour away
+        would hold the task (and its handle) that long after it finished.
         """
         if not family.sweeping:
             # Covered by another worker's sweeps while too few of its tasks are here to sweep: the loop
@@ -303,7 +309,7 @@ class Tracker:
         if item.deadline is None:
             item.due = math.nan  # any entry it has is stale
         else:
-            self._push(item, item.deadline)
+            self._push(item, min(item.deadline, now + _PARK_SPAN * self._registry.poll.maximum))
         item.parked = family.parked = True
 
     def _unpark(self, item: Tracked) -> None:

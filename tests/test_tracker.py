@@ -187,6 +187,44 @@ async def test_tasks_another_worker_swept_get_status_requests_of_their_own_once_
     assert sorted(account.status_gets) == sorted(account.ids)
 
 
+async def test_a_covered_task_that_finished_is_not_held_until_its_deadline() -> None:
+    account, clock = Account(), FakeClock()
+    async with (
+        KlingClient(
+            api_key="k",
+            clock=clock,
+            transport=MockTransport(account),
+            poll=POLL,
+            requests_per_second=1000,
+            burst=50,
+        ) as client,
+        anyio.create_task_group() as tg,
+    ):
+        handles = [await client.submit(request) for request in prompts(10)]
+        tracker = Tracker(
+            registry=client._registry,
+            pipeline=client._pipeline,
+            group=tg,
+            finish=lambda item, error: None,
+        )
+        client._registry.subscribe(tracker.status_changed)
+        tg.start_soon(tracker.run)
+        for index, handle in enumerate(handles):
+            tracker.add(index, handle.task_id, handle, clock.now() + 1800.0, check_now=False)
+        for _ in range(60):  # the sweeps cover every task: each is parked
+            await clock.advance(1.0)
+        assert account.status_gets == {}
+        for handle in handles:  # they finish (a webhook, say) long before the deadline
+            client._registry.observe(
+                TaskStatus(task_id=handle.task_id, status="COMPLETED", generated=("https://cdn/v.mp4",))
+            )
+        for _ in range(4 * 30 + 5):  # four longest poll waits
+            await clock.advance(1.0)
+        # No entry of the tracker's heap holds a finished task (and its handle) until its deadline.
+        assert [item.key for _, item in tracker._heap] == []
+        tg.cancel_scope.cancel()
+
+
 async def test_a_task_listed_twice_in_one_sweep_counts_once_so_the_sweep_reads_on_to_the_oldest() -> None:
     account = Account(ignore_page_size=True)  # 20 tasks a page
     answer = account.__call__
