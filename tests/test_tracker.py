@@ -3,6 +3,7 @@ the learned completion times that decide when they come."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Sequence
@@ -11,7 +12,7 @@ import anyio
 import msgspec
 import pytest
 
-from kling_async import KlingClient, OmniRequest, PollPolicy, TaskStatus, TaskTimeoutError
+from kling_async import KlingClient, OmniRequest, PollPolicy, TaskHandle, TaskStatus, TaskTimeoutError
 from kling_async._models import TaskSummary
 from kling_async._polling import Completions, Timings
 from kling_async._tracker import SweepListener, Tracker
@@ -152,8 +153,11 @@ class QuietLeader:
         self.listeners.remove(listener)
 
 
-async def test_tasks_another_worker_swept_get_status_requests_of_their_own_once_its_sweeps_stop() -> None:
-    account, relay, clock = Account(), QuietLeader(), FakeClock()
+@contextlib.asynccontextmanager
+async def _ten_tracked(
+    account: Account, clock: FakeClock, *, deadline: float | None, relay: QuietLeader | None = None
+) -> AsyncIterator[tuple[KlingClient, Tracker, list[TaskHandle]]]:
+    """Ten tasks created on ``account`` and followed by a tracker of their own (no batch around it)."""
     async with (
         KlingClient(
             api_key="k",
@@ -173,9 +177,17 @@ async def test_tasks_another_worker_swept_get_status_requests_of_their_own_once_
             finish=lambda item, error: None,
             relay=relay,
         )
+        client._registry.subscribe(tracker.status_changed)
         tg.start_soon(tracker.run)
         for index, handle in enumerate(handles):
-            tracker.add(index, handle.task_id, handle, None, check_now=False)
+            tracker.add(index, handle.task_id, handle, deadline, check_now=False)
+        yield client, tracker, handles
+        tg.cancel_scope.cancel()
+
+
+async def test_tasks_another_worker_swept_get_status_requests_of_their_own_once_its_sweeps_stop() -> None:
+    account, relay, clock = Account(), QuietLeader(), FakeClock()
+    async with _ten_tracked(account, clock, deadline=None, relay=relay) as (_, _, handles):
         await clock.advance(1.0)
         listed = [TaskSummary(task_id=handle.task_id, status="IN_PROGRESS") for handle in handles]
         relay.listeners[0](FAMILY, listed, 10.0)  # the leader's next sweep is due in 10 s; it never comes
@@ -183,34 +195,12 @@ async def test_tasks_another_worker_swept_get_status_requests_of_their_own_once_
         assert account.status_gets == {}  # covered until that sweep is overdue by POLL.maximum (30 s)
         for _ in range(60):
             await clock.advance(1.0)
-        tg.cancel_scope.cancel()
     assert sorted(account.status_gets) == sorted(account.ids)
 
 
 async def test_a_covered_task_that_finished_is_not_held_until_its_deadline() -> None:
     account, clock = Account(), FakeClock()
-    async with (
-        KlingClient(
-            api_key="k",
-            clock=clock,
-            transport=MockTransport(account),
-            poll=POLL,
-            requests_per_second=1000,
-            burst=50,
-        ) as client,
-        anyio.create_task_group() as tg,
-    ):
-        handles = [await client.submit(request) for request in prompts(10)]
-        tracker = Tracker(
-            registry=client._registry,
-            pipeline=client._pipeline,
-            group=tg,
-            finish=lambda item, error: None,
-        )
-        client._registry.subscribe(tracker.status_changed)
-        tg.start_soon(tracker.run)
-        for index, handle in enumerate(handles):
-            tracker.add(index, handle.task_id, handle, clock.now() + 1800.0, check_now=False)
+    async with _ten_tracked(account, clock, deadline=clock.now() + 1800.0) as (client, tracker, handles):
         for _ in range(60):  # the sweeps cover every task: each is parked
             await clock.advance(1.0)
         assert account.status_gets == {}
@@ -222,7 +212,6 @@ async def test_a_covered_task_that_finished_is_not_held_until_its_deadline() -> 
             await clock.advance(1.0)
         # No entry of the tracker's heap holds a finished task (and its handle) until its deadline.
         assert [item.key for _, item in tracker._heap] == []
-        tg.cancel_scope.cancel()
 
 
 async def test_a_task_listed_twice_in_one_sweep_counts_once_so_the_sweep_reads_on_to_the_oldest() -> None:
