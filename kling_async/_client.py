@@ -224,6 +224,7 @@ class KlingClient:
         self._sharing = self._share(shared) if shared is not None else None
         self._task_group: TaskGroup
         self._state = "new"
+        self._closing = False  # aclose is under way: its connections are still open
         self._loop: asyncio.AbstractEventLoop | None = None  # the loop that opened it
 
     def __repr__(self) -> str:
@@ -266,6 +267,7 @@ class KlingClient:
             return
         opened = self._state == "open"
         self._state = "closed"
+        self._closing = True
         try:
             if opened:
                 with anyio.CancelScope(shield=True):
@@ -276,6 +278,7 @@ class KlingClient:
                 self._task_group.cancel_scope.cancel()
                 await self._task_group.__aexit__(None, None, None)
         finally:
+            self._closing = False
             self._events.close()
             with anyio.CancelScope(shield=True):
                 await self._transport.close()
@@ -311,13 +314,18 @@ class KlingClient:
         return self._share(url)
 
     async def _fetch_status(self, endpoint: Endpoint, task_id: str) -> TaskStatus:
-        """A handle's status GET: a handle that outlived its client says how to reach its task again."""
-        if self._state == "closed":
+        """A handle's status GET: a handle that outlived its client says how to reach its task again.
+
+        While the client closes (its POSTs drain, its batches are stopped) its connections are still
+        open: a batch's checks go on until it is stopped, and end with the close, not with this error.
+        """
+        if self._state == "closed" and not self._closing:
             raise RuntimeError(
                 f"task {task_id}: the KlingClient that made this handle is closed; an open client reaches"
                 f" the task with client.task({task_id!r}, model={endpoint.model!r})"
             )
-        self._require_open()
+        if not self._closing:
+            self._require_open()
         return await self._pipeline.fetch_status(endpoint, task_id)
 
     def _require_open(self) -> None:

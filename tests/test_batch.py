@@ -188,6 +188,47 @@ async def test_a_background_batch_whose_client_closes_raises_to_its_reader_inste
     assert str(error).startswith("the KlingClient closed while this batch was running")
 
 
+async def test_a_background_batch_checking_statuses_while_its_client_drains_a_post_hears_the_close(
+    tmp_path: Path,
+) -> None:
+    """The client's close waits for a POST on the wire; the batch's status checks in that wait are not
+    the reader's error (they said the handles' client was closed, which hid what happened)."""
+    async with Simulator(time_scale=0.001, generation_seconds=1e6) as sim:  # no task finishes
+        sim.queue_fault("latency", method="POST", seconds=0.5)  # the first POST hangs while the client closes
+        client = KlingClient(api_key="sim-key", base_url=sim.url, poll=FAST_POLL)
+        await client.__aenter__()
+        read: list[BaseException] = []
+        three_created = anyio.Event()
+
+        async def reader() -> None:
+            try:
+                async for _ in client.map(prompts(4)):
+                    pass
+            except RuntimeError as exc:
+                read.append(exc)
+
+        async def count_created() -> None:
+            created = 0
+            async for event in client.events():
+                created += isinstance(event, TaskSubmitted)
+                if created == 3:
+                    three_created.set()
+                    return
+
+        counting = asyncio.create_task(count_created())
+        await anyio.wait_all_tasks_blocked()  # listening before the first POST
+        reading = asyncio.create_task(reader())
+        await three_created.wait()
+        await counting
+        gets = sim.counters.status_gets
+        await client.aclose()  # waits for the hanging POST, checks due all along
+        await reading
+        checked_while_closing = sim.counters.status_gets - gets
+    [error] = read
+    assert str(error).startswith("the KlingClient closed while this batch was running")
+    assert checked_while_closing > 0
+
+
 async def test_a_batch_stopped_with_tasks_running_names_each_in_a_warning_without_a_journal(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
