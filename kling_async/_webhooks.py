@@ -278,7 +278,8 @@ class WebhookReceiver:
     own aiohttp app. Each delivery is verified with a replay guard of its own and answered at once: 204 when
     accepted, 400 when verification fails (logged at WARNING, never with the secret or the signature), 413
     when the body is over 1 MiB, 408 when it takes over 10 s to arrive. A request without the webhook
-    headers, or with a stale timestamp, is refused before its body is read. A replay of an already
+    headers, or with a stale timestamp, is refused before its body is read, and before a ``100 Continue``
+    would invite it. A replay of an already
     accepted ``webhook-id`` is answered 204 too, because senders retry on any other status, but listeners
     are not called again; it is counted in ``duplicates``.
 
@@ -392,7 +393,7 @@ class WebhookReceiver:
             A new application, ready for ``web.AppRunner`` or ``web.run_app``.
         """
         app = web.Application(client_max_size=_MAX_BODY)
-        app.router.add_post(self._path, self.handler)
+        app.router.add_post(self._path, self.handler, expect_handler=self._expect)
         return app
 
     async def __aenter__(self) -> WebhookReceiver:
@@ -452,6 +453,28 @@ class WebhookReceiver:
             return self._reject(request, "too-large", f"body is larger than {_MAX_BODY} bytes", status=413)
         status, reason = self._deliver(request.headers, body, request.remote)
         return web.Response(status=status, text=reason)
+
+    async def _expect(self, request: web.Request) -> web.Response | None:
+        """Answer ``Expect: 100-continue`` only for a delivery worth its body: a request without fresh
+        webhook headers, or announcing a body over the cap, gets its final answer instead, and its sender
+        never sends the body (aiohttp's own handler would invite every body first)."""
+        expect = request.headers.get("Expect", "")
+        if request.version < (1, 1):
+            return None  # HTTP/1.0 has no 100 Continue: the body follows anyway
+        if expect.lower() != "100-continue":
+            return self._reject(
+                request, "bad-expect", f"unknown Expect: {expect[:40]!r}", status=417, unread=True
+            )
+        try:
+            _check_headers(request.headers, self._tolerance, self._clock.wall())
+        except _Rejection as rejection:
+            return self._reject(request, rejection.reason, str(rejection), status=400, unread=True)
+        if request.content_length is not None and request.content_length > _MAX_BODY:
+            message = f"body is larger than {_MAX_BODY} bytes"
+            return self._reject(request, "too-large", message, status=413, unread=True)
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # the interim answer is not the response's size
+        return None
 
     def receive(self, headers: Mapping[str, str], raw_body: bytes) -> int:
         """Take one delivery your own web framework received (FastAPI, Starlette, Flask...): verify it,

@@ -504,6 +504,69 @@ async def test_a_sender_leaving_mid_body_is_not_logged_as_an_error(caplog: pytes
     assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
 
 
+async def _expecting(
+    port: int, headers: dict[str, str], length: int
+) -> tuple[bytes, asyncio.StreamReader, asyncio.StreamWriter]:
+    """Send a request's head with ``Expect: 100-continue`` and no body; the first status line answered."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(_head({**headers, "Expect": "100-continue"}, length))
+    await writer.drain()
+    return await asyncio.wait_for(reader.readline(), 5), reader, writer
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("headers", "length", "status", "reason"),
+    [
+        ({}, len(BODY), b"400", "missing-header"),
+        (signed_headers(timestamp=NOW), len(BODY), b"400", "stale"),
+        ("live", (1 << 20) + 1, b"413", "too-large"),
+    ],
+    ids=["no-webhook-headers", "stale", "over-1-mib"],
+)
+async def test_receiver_refuses_a_request_expecting_100_continue_without_inviting_its_body(
+    headers: dict[str, str] | str, length: int, status: bytes, reason: str
+) -> None:
+    """A sender waiting for ``100 Continue`` gets the refusal as its first answer and never sends its body."""
+    sent = live_headers() if headers == "live" else headers
+    assert isinstance(sent, dict)
+    async with WebhookReceiver(RAW_SECRET) as receiver:
+        line, _, writer = await _expecting(_port(receiver), sent, length)
+        writer.close()
+        await writer.wait_closed()  # else the receiver's exit waits for the connection it keeps open
+    assert line.startswith(b"HTTP/1.1 " + status)
+    assert receiver.rejections[reason] == 1
+
+
+@pytest.mark.anyio
+async def test_receiver_answers_417_to_an_expectation_it_does_not_know() -> None:
+    """An ``Expect`` other than ``100-continue`` is refused with 417, as HTTP says, and counted."""
+    async with WebhookReceiver(RAW_SECRET) as receiver:
+        status = await _raw_request(
+            _port(receiver), _head({**live_headers(), "Expect": "200-ok"}, len(BODY)), BODY
+        )
+    assert status.startswith(b"HTTP/1.1 417")
+    assert receiver.rejections["bad-expect"] == 1
+
+
+@pytest.mark.anyio
+async def test_receiver_invites_the_body_of_a_fresh_delivery_expecting_100_continue() -> None:
+    """A delivery with fresh webhook headers gets ``100 Continue``, then its body is verified and accepted."""
+    seen: list[TaskStatus] = []
+    async with WebhookReceiver(RAW_SECRET) as receiver:
+        receiver.add_listener(seen.append)
+        line, reader, writer = await _expecting(_port(receiver), live_headers(), len(BODY))
+        try:
+            assert line.startswith(b"HTTP/1.1 100")
+            assert await asyncio.wait_for(reader.readline(), 5) == b"\r\n"
+            writer.write(BODY)
+            final = await asyncio.wait_for(reader.readline(), 5)
+        finally:
+            writer.close()
+    assert final.startswith(b"HTTP/1.1 204")
+    assert [task.task_id for task in seen] == ["t-1"]
+
+
 @pytest.mark.anyio
 async def test_receiver_answers_400_to_bytes_that_are_not_utf8_in_a_header() -> None:
     """A byte that is not UTF-8 in webhook-id is a failed signature (400, counted), not a server error."""
