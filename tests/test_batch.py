@@ -162,6 +162,15 @@ async def test_breaking_out_of_map_stops_everything_and_created_ids_were_reporte
     assert sorted(submitted) == sorted(sim.tasks)
 
 
+async def _read_in_background(client: KlingClient, count: int, read: list[BaseException]) -> None:
+    """Read a batch of ``count`` prompts to its end; the RuntimeError it raises goes into ``read``."""
+    try:
+        async for _ in client.map(prompts(count)):
+            pass
+    except RuntimeError as exc:
+        read.append(exc)
+
+
 async def test_a_background_batch_whose_client_closes_raises_to_its_reader_instead_of_ending(
     tmp_path: Path,
 ) -> None:
@@ -171,16 +180,8 @@ async def test_a_background_batch_whose_client_closes_raises_to_its_reader_inste
         client = KlingClient(api_key="sim-key", base_url=sim.url, poll=FAST_POLL)
         await client.__aenter__()
         read: list[BaseException] = []
-
-        async def reader() -> None:
-            try:
-                async for _ in client.map(prompts(3)):
-                    pass
-            except RuntimeError as exc:
-                read.append(exc)
-
         # A task of its own, as a web backend's background job: the client is closed by its owner.
-        reading = asyncio.create_task(reader())
+        reading = asyncio.create_task(_read_in_background(client, 3, read))
         await anyio.wait_all_tasks_blocked()  # every task created, none finishing
         await client.aclose()
         await reading
@@ -200,13 +201,6 @@ async def test_a_background_batch_checking_statuses_while_its_client_drains_a_po
         read: list[BaseException] = []
         three_created = anyio.Event()
 
-        async def reader() -> None:
-            try:
-                async for _ in client.map(prompts(4)):
-                    pass
-            except RuntimeError as exc:
-                read.append(exc)
-
         async def count_created() -> None:
             created = 0
             async for event in client.events():
@@ -217,7 +211,7 @@ async def test_a_background_batch_checking_statuses_while_its_client_drains_a_po
 
         counting = asyncio.create_task(count_created())
         await anyio.wait_all_tasks_blocked()  # listening before the first POST
-        reading = asyncio.create_task(reader())
+        reading = asyncio.create_task(_read_in_background(client, 4, read))
         await three_created.wait()
         await counting
         gets = sim.counters.status_gets
