@@ -102,7 +102,8 @@ class KlingClient:
         webhooks: a ``WebhookReceiver``: every submission gets its ``webhook_url``, deliveries resolve
             handles at once, and polling slows to a safety net (``PollPolicy.safety_interval``). The
             client starts the receiver if it is not running (unless it was made with ``serve=False``
-            because your own app mounts its handler), and then stops it on close.
+            because your own app mounts its handler), and then stops it on close; clients sharing one
+            receiver they started keep it running until the last of them closes.
         clock: where waiting code reads time (tests pass ``kling_async.testing.FakeClock``).
         proxy: a proxy URL for API and file requests (``http://user:pass@proxy:3128``). None: the
             environment's, when ``trust_env``.
@@ -237,9 +238,7 @@ class KlingClient:
             await self._sharing.__aenter__()
         try:
             if self._webhooks is not None:
-                if self._webhooks.serve and not self._webhooks.running:
-                    await self._webhooks.__aenter__()
-                    self._owns_receiver = True
+                self._owns_receiver = await self._webhooks._join()
                 self._webhooks.add_listener(self._registry.observe)
             await self._transport.open()
         except BaseException:
@@ -285,7 +284,7 @@ class KlingClient:
                 if self._webhooks is not None:
                     self._webhooks.remove_listener(self._registry.observe)
                     if self._owns_receiver:
-                        await self._webhooks.__aexit__(None, None, None)
+                        await self._webhooks._leave()
             if self._sharing is not None:
                 # Not shielded: the relay's task group was entered outside any such scope.
                 await self._sharing.__aexit__(None, None, None)

@@ -8,12 +8,15 @@ without the ``data`` wrapper: ``{"task_id": "...", "status": "COMPLETED", "gener
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import collections
 import hashlib
 import hmac
+import inspect
 import logging
+import math
 from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import NamedTuple
@@ -29,9 +32,16 @@ __all__ = ["ReplayGuard", "WebhookReceiver", "verify_webhook"]
 _log = logging.getLogger("kling_async")
 
 _WHSEC_PREFIX = "whsec_"
-_MAX_BODY = 1 << 20  # a task status is a few hundred bytes; anything near 1 MiB is not Freepik's
+# A task status is a few hundred bytes (a few KiB with many result URLs). Anybody can send fresh-looking
+# headers, so each connection may make the receiver hold this much: it is kept small.
+_MAX_BODY = 64 << 10
 _BODY_SECONDS = 10.0  # a delivery's body (a few hundred bytes) arrives in this long after its headers, or not
 _SHUTDOWN_TIMEOUT = 2.0  # seconds the standalone server waits for deliveries in progress when it stops
+# The standalone server closes a connection that has not sent a whole request head in this long, or sits
+# idle between requests (aiohttp's own default is an hour: idle connections would pile up to the fd limit).
+_IDLE_SECONDS = 15.0
+_LOG_EVERY = 10.0  # seconds between two WARNINGs for one rejection reason; the ones between are counted
+_WILDCARDS = frozenset({"0.0.0.0", "::", ""})
 _REPLAYED = "replayed"
 
 
@@ -88,9 +98,14 @@ class ReplayGuard:
         current = SYSTEM_CLOCK.wall() if now is None else now
         self._prune(current)
         known = self._expiry.get(webhook_id)
-        if known is not None and known >= current:
-            return False
         expiry = timestamp + self.ttl
+        if known is not None and known >= current:
+            if expiry > known:
+                # A sender's retry keeps the id and signs its own, later timestamp: that delivery can be
+                # replayed until it goes stale, so the id is remembered that long.
+                self._expiry.move_to_end(webhook_id)
+                self._expiry[webhook_id] = expiry
+            return False
         if expiry < current:
             return True  # too old to be replayed within the window: nothing worth remembering
         self._expiry.pop(webhook_id, None)
@@ -260,6 +275,7 @@ def verify_webhook(
             replayed.
         ValueError: a ``whsec_`` secret that is not base64, an empty secret, a ``tolerance`` that is not
             positive, or ``serve=False`` without ``public_url``.
+        TypeError: ``host`` is not a string.
     """
     key = _signing_key(secret)
     if not tolerance > 0:
@@ -277,7 +293,7 @@ class WebhookReceiver:
     Run it alone (``async with receiver:`` serves ``receiver.url``), or mount ``receiver.handler`` in your
     own aiohttp app. Each delivery is verified with a replay guard of its own and answered at once: 204 when
     accepted, 400 when verification fails (logged at WARNING, never with the secret or the signature), 413
-    when the body is over 1 MiB, 408 when it takes over 10 s to arrive. A request without the webhook
+    when the body is over 64 KiB, 408 when it takes over 10 s to arrive. A request without the webhook
     headers, or with a stale timestamp, is refused before its body is read, and before a ``100 Continue``
     would invite it. A replay of an already
     accepted ``webhook-id`` is answered 204 too, because senders retry on any other status, but listeners
@@ -306,6 +322,7 @@ class WebhookReceiver:
     Raises:
         ValueError: a ``whsec_`` secret that is not base64, an empty secret, a ``tolerance`` that is not
             positive, or ``serve=False`` without ``public_url``.
+        TypeError: ``host`` is not a string.
     """
 
     def __init__(
@@ -322,6 +339,8 @@ class WebhookReceiver:
     ) -> None:
         if not tolerance > 0:
             raise ValueError(f"tolerance must be positive, got {tolerance!r}")
+        if not isinstance(host, str):  # aiohttp takes None for every interface; the URL needs an address
+            raise TypeError(f"host must be an address or name ('0.0.0.0' for every interface), got {host!r}")
         if not serve and public_url is None:
             raise ValueError("serve=False needs public_url: the URL where your app mounts the handler")
         self.serve = serve
@@ -340,11 +359,16 @@ class WebhookReceiver:
         self.rejected = 0
         self.rejections: collections.Counter[str] = collections.Counter()
         self.duplicates = 0
+        self._logged: dict[str, tuple[float, int]] = {}  # reason -> (when last logged, rejections since)
+        # Clients that run the server for themselves (``KlingClient`` opened while it was stopped, and
+        # those opened while such a client kept it running): the last one to close stops it.
+        self._clients = 0
+        self._joining = asyncio.Lock()
 
     @property
     def running(self) -> bool:
         """Whether the standalone server is listening."""
-        return self._runner is not None
+        return self._local_url is not None
 
     @property
     def url(self) -> str:
@@ -374,7 +398,18 @@ class WebhookReceiver:
 
         Args:
             listener: a quick, synchronous callable; it runs inline before the delivery is answered.
+
+        Raises:
+            TypeError: ``listener`` is a coroutine function: called, it would only make a coroutine that
+                nobody awaits, while the delivery is acknowledged (and so never sent again).
         """
+        if inspect.iscoroutinefunction(listener) or inspect.iscoroutinefunction(
+            getattr(listener, "__call__", None)  # noqa: B004 (an object whose __call__ is async)
+        ):
+            raise TypeError(
+                f"listener {listener!r} is a coroutine function, but listeners are called synchronously: "
+                "give a plain function that hands the status on (e.g. queue.put_nowait, future.set_result)"
+            )
         self._listeners.append(listener)
 
     def remove_listener(self, listener: Callable[[TaskStatus], None]) -> None:
@@ -401,18 +436,27 @@ class WebhookReceiver:
             raise RuntimeError("the receiver is already running")
         # Deliveries are answered in microseconds; the bound is for a sender stalled mid-body (aiohttp lingers
         # up to 10 s draining it), which would otherwise hold up the exit.
-        runner = web.AppRunner(self.make_app(), shutdown_timeout=_SHUTDOWN_TIMEOUT)
-        await runner.setup()
+        runner = web.AppRunner(
+            self.make_app(), shutdown_timeout=_SHUTDOWN_TIMEOUT, keepalive_timeout=_IDLE_SECONDS
+        )
+        self._runner = runner  # taken before the first wait: a second entry meanwhile is refused
         try:
+            await runner.setup()
             site = web.TCPSite(runner, self._host, self._port)
             await site.start()
+            port = runner.addresses[0][1]
         except BaseException:
+            self._runner = None
             await runner.cleanup()
             raise
-        port = runner.addresses[0][1]
         host = f"[{self._host}]" if ":" in self._host else self._host
-        self._runner = runner
         self._local_url = f"http://{host}:{port}{self._path}"
+        if self._public_url is None and self._host in _WILDCARDS:
+            _log.warning(
+                "the webhook receiver listens on every interface but gives the API %s, which no sender can "
+                "reach: pass public_url (the address the API should call)",
+                self._local_url,
+            )
         return self
 
     async def __aexit__(
@@ -424,6 +468,25 @@ class WebhookReceiver:
         runner, self._runner, self._local_url = self._runner, None, None
         if runner is not None:
             await runner.cleanup()
+
+    async def _join(self) -> bool:
+        """A client opens with this receiver: start the server if nobody runs it. True when clients run it
+        (this one must ``_leave``), False when its owner does (``async with receiver``) or ``serve=False``."""
+        if not self.serve:
+            return False
+        async with self._joining:  # clients opened together start one server
+            if self._clients == 0:
+                if self._runner is not None:
+                    return False  # its owner runs it
+                await self.__aenter__()
+            self._clients += 1
+            return True
+
+    async def _leave(self) -> None:
+        """A client that joined closes; the last one stops the server."""
+        self._clients -= 1
+        if self._clients == 0:
+            await self.__aexit__(None, None, None)
 
     async def handler(self, request: web.Request) -> web.Response:
         """Answer one delivery: verify it, call the listeners, reply 204 (400 or 413 when rejected).
@@ -479,7 +542,7 @@ class WebhookReceiver:
     def receive(self, headers: Mapping[str, str], raw_body: bytes) -> int:
         """Take one delivery your own web framework received (FastAPI, Starlette, Flask...): verify it,
         call the listeners (a client given this receiver resolves its handles), and return the HTTP
-        status to answer with: 204 accepted (or a replay, ignored), 400 refused, 413 over 1 MiB.
+        status to answer with: 204 accepted (or a replay, ignored), 400 refused, 413 over 64 KiB.
 
         Make the receiver with ``serve=False`` and your route's ``public_url``. Pass the body exactly as
         received, never re-serialized.
@@ -514,20 +577,34 @@ class WebhookReceiver:
 
     @staticmethod
     async def _read_body(request: web.Request) -> bytes | None:
-        """The raw body, or None when it is over the cap (judged from Content-Length, when sent, unread)."""
+        """The raw body, or None as soon as it is over the cap (from Content-Length, when sent, unread).
+
+        Read here rather than by ``request.read()``, which a mounting app's ``client_max_size`` bounds:
+        an app that takes large uploads elsewhere would buffer a whole forged body before the cap.
+        """
         if request.content_length is not None and request.content_length > _MAX_BODY:
             return None
-        try:
-            body = await request.read()
-        except web.HTTPRequestEntityTooLarge:  # the mounting app's own client_max_size
-            return None
-        return body if len(body) <= _MAX_BODY else None
+        body = bytearray()
+        async for chunk in request.content.iter_any():
+            body += chunk
+            if len(body) > _MAX_BODY:
+                return None
+        return bytes(body)
 
     def _count_rejection(self, reason: str, message: str, remote: str | None) -> None:
         self.rejected += 1
         self.rejections[reason] += 1
+        # Anybody can send rejections as fast as a socket allows: one WARNING per reason per _LOG_EVERY
+        # seconds, which says how many came since the last one (all are in ``rejections``).
+        now = self._clock.now()
+        last, unlogged = self._logged.get(reason, (-math.inf, 0))
+        if now - last < _LOG_EVERY:
+            self._logged[reason] = (last, unlogged + 1)
+            return
+        self._logged[reason] = (now, 0)
         sender = f" from {remote}" if remote else ""
-        _log.warning("webhook delivery%s rejected: %s", sender, message)
+        also = f" ({unlogged} more rejected as {reason!r} since the last such warning)" if unlogged else ""
+        _log.warning("webhook delivery%s rejected: %s%s", sender, message, also)
 
     def _reject(
         self, request: web.Request, reason: str, message: str, *, status: int, unread: bool = False

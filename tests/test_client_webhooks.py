@@ -106,6 +106,44 @@ async def test_a_receiver_already_running_is_left_running(hooked_sim: Simulator)
         assert receiver.running
 
 
+async def test_clients_sharing_a_receiver_they_started_keep_it_running_until_the_last_closes(
+    hooked_sim: Simulator,
+) -> None:
+    """Two clients given one stopped receiver: the first to close leaves it serving the other, whose
+    submissions still carry its URL and are resolved by its deliveries."""
+    receiver = WebhookReceiver(SECRET)
+    async with _client(hooked_sim, receiver) as second:
+        async with _client(hooked_sim, receiver):
+            pass
+        assert receiver.running
+        handle = await second.submit(OmniRequest(prompt="after the first client closed", duration="5"))
+        await handle
+    assert not receiver.running
+    assert receiver.accepted >= 1
+
+
+async def test_clients_opened_together_on_a_stopped_receiver_start_one_server(hooked_sim: Simulator) -> None:
+    """Opened at the same moment, two clients share one server: none is left listening once both closed."""
+    receiver = WebhookReceiver(SECRET)
+    urls: list[str] = []
+    both_open = anyio.Event()
+
+    async def use(client: KlingClient) -> None:
+        async with client:
+            urls.append(receiver.url)
+            if len(urls) == 2:
+                both_open.set()
+            await both_open.wait()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(use, _client(hooked_sim, receiver))
+        tg.start_soon(use, _client(hooked_sim, receiver))
+    assert len(set(urls)) == 1
+    with pytest.raises(aiohttp.ClientConnectionError):
+        async with aiohttp.ClientSession() as session, session.post(urls[0]):
+            pass
+
+
 async def test_a_batch_with_a_fifth_of_deliveries_lost_completes_through_safety_polling() -> None:
     faults = Faults(webhook_drop_rate=0.2)
     async with Simulator(time_scale=0.001, webhook_secret=SECRET, faults=faults, seed=5) as sim:

@@ -12,6 +12,7 @@ import time
 from collections.abc import AsyncIterator
 
 import aiohttp
+import anyio
 import pytest
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -19,7 +20,8 @@ from yarl import URL
 
 from kling_async._errors import WebhookVerificationError
 from kling_async._models import TaskStatus
-from kling_async._webhooks import ReplayGuard, WebhookReceiver, verify_webhook
+from kling_async._webhooks import _LOG_EVERY, _MAX_BODY, ReplayGuard, WebhookReceiver, verify_webhook
+from kling_async.testing import FakeClock
 
 RAW_SECRET = "fp-webhook-secret-7c1e"
 WHSEC_KEY = bytes(range(24))
@@ -257,6 +259,16 @@ def test_replay_guard_forgets_an_id_once_older_than_ttl() -> None:
     assert guard.check_and_remember("msg_1", NOW, now=NOW + 301)
 
 
+def test_replay_guard_remembers_an_id_until_its_latest_retry_is_stale() -> None:
+    """A sender's retry keeps the id with a later timestamp; a capture of the retry is refused until the
+    retry itself is older than ``ttl``, not only until the first attempt is."""
+    guard = ReplayGuard(ttl=300)
+    assert guard.check_and_remember("msg_X", NOW, now=NOW)
+    assert not guard.check_and_remember("msg_X", NOW + 200, now=NOW + 200)  # the retry: a duplicate
+    assert not guard.check_and_remember("msg_X", NOW + 200, now=NOW + 301)  # its capture, replayed
+    assert guard.check_and_remember("msg_X", NOW + 200, now=NOW + 501)
+
+
 def test_replay_guard_memory_is_bounded_by_forgetting_the_oldest() -> None:
     """At max_entries, remembering a new id forgets the oldest one."""
     guard = ReplayGuard(ttl=300, max_entries=2)
@@ -399,9 +411,9 @@ async def test_removed_listener_is_not_called(session: aiohttp.ClientSession) ->
 
 
 @pytest.mark.anyio
-async def test_receiver_refuses_a_body_over_1_mib_with_413() -> None:
-    """A body over 1 MiB (announced by Content-Length) is refused with 413 before verification."""
-    body = b" " * ((1 << 20) + 1)
+async def test_receiver_refuses_a_body_over_the_cap_with_413() -> None:
+    """A body over the cap (announced by Content-Length) is refused with 413 before verification."""
+    body = b" " * (_MAX_BODY + 1)
     headers = live_headers(body=body)
     async with (
         WebhookReceiver(RAW_SECRET) as receiver,
@@ -414,12 +426,12 @@ async def test_receiver_refuses_a_body_over_1_mib_with_413() -> None:
 
 
 @pytest.mark.anyio
-async def test_receiver_refuses_a_chunked_body_over_1_mib_with_413() -> None:
+async def test_receiver_refuses_a_chunked_body_over_the_cap_with_413() -> None:
     """Without Content-Length, the cap is enforced while reading."""
 
     async def chunks() -> AsyncIterator[bytes]:
         for _ in range(17):
-            yield b" " * (1 << 16)
+            yield b" " * (_MAX_BODY // 16)
 
     async with (
         WebhookReceiver(RAW_SECRET) as receiver,
@@ -468,7 +480,7 @@ def _port(receiver: WebhookReceiver) -> int:
 async def test_receiver_refuses_a_request_without_webhook_headers_before_reading_its_body() -> None:
     """A request without the webhook headers is answered 400 while its announced body is still unsent."""
     async with WebhookReceiver(RAW_SECRET) as receiver:
-        status = await _raw_request(_port(receiver), _head({}, 1 << 20), rest=bytes(1 << 20))
+        status = await _raw_request(_port(receiver), _head({}, _MAX_BODY), rest=bytes(_MAX_BODY))
     assert status.startswith(b"HTTP/1.1 400")
     assert receiver.rejections["missing-header"] == 1
 
@@ -478,7 +490,7 @@ async def test_receiver_refuses_a_stale_delivery_before_reading_its_body() -> No
     """A stale timestamp is answered 400 while the announced body is still unsent."""
     headers = signed_headers(timestamp=int(time.time()) - 3600)
     async with WebhookReceiver(RAW_SECRET) as receiver:
-        status = await _raw_request(_port(receiver), _head(headers, 1 << 20), rest=bytes(1 << 20))
+        status = await _raw_request(_port(receiver), _head(headers, _MAX_BODY), rest=bytes(_MAX_BODY))
     assert status.startswith(b"HTTP/1.1 400")
     assert receiver.rejections["stale"] == 1
 
@@ -520,9 +532,9 @@ async def _expecting(
     [
         ({}, len(BODY), b"400", "missing-header"),
         (signed_headers(timestamp=NOW), len(BODY), b"400", "stale"),
-        ("live", (1 << 20) + 1, b"413", "too-large"),
+        ("live", _MAX_BODY + 1, b"413", "too-large"),
     ],
-    ids=["no-webhook-headers", "stale", "over-1-mib"],
+    ids=["no-webhook-headers", "stale", "over-the-cap"],
 )
 async def test_receiver_refuses_a_request_expecting_100_continue_without_inviting_its_body(
     headers: dict[str, str] | str, length: int, status: bytes, reason: str
@@ -587,9 +599,10 @@ def test_a_header_that_is_not_text_fails_verification() -> None:
 
 
 @pytest.mark.anyio
-async def test_body_of_exactly_1_mib_is_not_too_large(session: aiohttp.ClientSession) -> None:
-    """The cap is inclusive: a 1 MiB body reaches verification (and fails there, not being a task)."""
-    body = b" " * (1 << 20)
+async def test_body_of_exactly_the_cap_is_not_too_large(session: aiohttp.ClientSession) -> None:
+    """The cap is inclusive: a body of exactly the cap reaches verification (and fails there, not being a
+    task)."""
+    body = b" " * _MAX_BODY
     headers = live_headers(body=body)
     async with (
         WebhookReceiver(RAW_SECRET) as receiver,
@@ -601,11 +614,11 @@ async def test_body_of_exactly_1_mib_is_not_too_large(session: aiohttp.ClientSes
 
 @pytest.mark.anyio
 async def test_cap_holds_in_a_user_app_that_allows_larger_bodies() -> None:
-    """In an app with a bigger client_max_size, the handler still refuses a chunked body over 1 MiB."""
+    """In an app with a bigger client_max_size, the handler still refuses a chunked body over the cap."""
 
     async def chunks() -> AsyncIterator[bytes]:
         for _ in range(17):
-            yield b" " * (1 << 16)
+            yield b" " * (_MAX_BODY // 16)
 
     receiver = WebhookReceiver(RAW_SECRET)
     app = web.Application(client_max_size=8 << 20)
@@ -623,6 +636,40 @@ async def test_cap_holds_in_a_user_app_that_allows_larger_bodies() -> None:
             assert response.status == 413
     finally:
         await runner.cleanup()
+    assert receiver.rejections["too-large"] == 1
+
+
+@pytest.mark.anyio
+async def test_a_chunked_body_is_refused_at_the_cap_in_an_app_that_allows_larger_ones(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The handler stops reading a chunked body once past its cap, not at the mounting app's larger
+    ``client_max_size``: a sender that stalls after twice the cap is refused 413 at once (not 408 once the
+    body's time is up, which would mean the receiver held on to wait for the rest)."""
+    monkeypatch.setattr("kling_async._webhooks._BODY_SECONDS", 2.0)
+    receiver = WebhookReceiver(RAW_SECRET)
+    app = web.Application(client_max_size=256 << 20)
+    app.router.add_post("/kling/webhook", receiver.handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        lines = [f"{name}: {value}" for name, value in live_headers().items()]
+        head = "\r\n".join(["POST /kling/webhook HTTP/1.1", "Host: x", "Transfer-Encoding: chunked", *lines])
+        piece = b" " * 4096
+        chunks = (b"%x\r\n" % len(piece) + piece + b"\r\n") * (2 * _MAX_BODY // len(piece))
+        reader, writer = await asyncio.open_connection("127.0.0.1", runner.addresses[0][1])
+        try:
+            writer.write(head.encode() + b"\r\n\r\n" + chunks)  # and no last chunk: the sender stalls
+            await writer.drain()
+            status = await asyncio.wait_for(reader.readline(), 5)
+        finally:
+            writer.close()
+            await writer.wait_closed()
+    finally:
+        await runner.cleanup()
+    assert status.startswith(b"HTTP/1.1 413")
     assert receiver.rejections["too-large"] == 1
 
 
@@ -680,6 +727,94 @@ async def test_receiver_cannot_be_entered_twice() -> None:
     async with WebhookReceiver(RAW_SECRET) as receiver:
         with pytest.raises(RuntimeError, match="already running"):
             await receiver.__aenter__()
+
+
+@pytest.mark.anyio
+async def test_a_receiver_entered_twice_at_once_starts_one_server() -> None:
+    """A second entry while the first is still starting is refused, as a second entry after it is."""
+    receiver = WebhookReceiver(RAW_SECRET)
+    results = await asyncio.gather(receiver.__aenter__(), receiver.__aenter__(), return_exceptions=True)
+    try:
+        assert [type(result) for result in results] == [WebhookReceiver, RuntimeError]
+    finally:
+        await receiver.__aexit__(None, None, None)
+
+
+def test_an_async_listener_is_refused_when_added() -> None:
+    """A coroutine function would be called without being awaited while the delivery is acknowledged."""
+
+    async def listener(task: TaskStatus) -> None:
+        pass
+
+    class Handler:
+        async def __call__(self, task: TaskStatus) -> None:
+            pass
+
+    receiver = WebhookReceiver(RAW_SECRET)
+    for wrong in (listener, Handler()):
+        with pytest.raises(TypeError, match="coroutine function"):
+            receiver.add_listener(wrong)  # type: ignore[arg-type]
+
+
+def test_a_host_that_is_not_a_string_is_refused_when_built() -> None:
+    """``host=None`` (aiohttp's every interface) gives no address for the URL the API is given."""
+    with pytest.raises(TypeError, match="host must be an address"):
+        WebhookReceiver(RAW_SECRET, host=None)  # type: ignore[arg-type]
+
+
+@pytest.mark.anyio
+async def test_a_receiver_on_every_interface_without_public_url_warns_that_no_sender_can_reach_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Listening on 0.0.0.0 without ``public_url``, the URL given to the API names no reachable host."""
+    async with WebhookReceiver(RAW_SECRET, host="0.0.0.0") as receiver:
+        pass
+    assert "pass public_url" in caplog.text
+    assert receiver.rejected == 0
+
+
+@pytest.mark.anyio
+async def test_a_receiver_with_a_public_url_on_every_interface_does_not_warn(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with WebhookReceiver(RAW_SECRET, host="0.0.0.0", public_url="https://hooks.example/kling"):
+        pass
+    assert "public_url" not in caplog.text
+
+
+@pytest.mark.anyio
+async def test_a_connection_that_never_completes_its_request_head_is_closed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A sender that trickles its headers (or sends nothing) is cut off after the idle time, not after an
+    hour."""
+    monkeypatch.setattr("kling_async._webhooks._IDLE_SECONDS", 0.3)
+    async with WebhookReceiver(RAW_SECRET) as receiver:
+        reader, writer = await asyncio.open_connection("127.0.0.1", _port(receiver))
+        try:
+            writer.write(b"POST /kling/webhook HTTP/1.1\r\nHost: x\r\n")  # and no end of the head
+            await writer.drain()
+            assert await asyncio.wait_for(reader.read(), 5) == b""  # closed by the server
+        finally:
+            writer.close()
+
+
+def test_rejections_are_logged_once_per_reason_per_interval_with_a_count_of_the_rest(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A flood of forged deliveries writes one WARNING per reason every ``_LOG_EVERY`` seconds, each saying
+    how many it stands for; the counters still count every one."""
+    clock = FakeClock(wall=NOW)
+    receiver = WebhookReceiver(RAW_SECRET, clock=clock)
+    forged = {**signed_headers(), "webhook-signature": "v1,AAAA"}
+    for _ in range(5):
+        assert receiver.receive(forged, BODY) == 400
+    anyio.run(clock.advance, _LOG_EVERY)
+    assert receiver.receive(forged, BODY) == 400
+    warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
+    assert len(warnings) == 2
+    assert "4 more rejected as 'bad-signature'" in warnings[1]
+    assert receiver.rejections["bad-signature"] == 6
 
 
 def test_receiver_refuses_a_malformed_whsec_secret_when_built() -> None:
