@@ -281,6 +281,7 @@ class TaskHandle:
         "_endpoint",
         "_kind",
         "_owner",
+        "_stale",
         "_started",
         "_status",
         "_urls",
@@ -309,6 +310,8 @@ class TaskHandle:
         self._kind = _KINDS.setdefault(kind, kind)
         # The scopes of the waits sleeping until the next check, cut short when the task is seen finished.
         self._waiters: list[anyio.CancelScope] | None = None
+        # Told it finished, without the result URLs, while nobody waited: the next wait checks at once.
+        self._stale = False
 
     def __repr__(self) -> str:
         return f"<TaskHandle {self.task_id} model={self.model} status={self._status}>"
@@ -386,14 +389,17 @@ class TaskHandle:
             waiters = self._waiters
             if waiters is None:
                 waiters = self._waiters = []
-            with anyio.CancelScope() as scope:
-                waiters.append(scope)
-                try:
-                    await clock.sleep(delay)
-                finally:
-                    waiters.remove(scope)
-            if self.done:
-                return
+            if self._stale:
+                self._stale = False
+            else:
+                with anyio.CancelScope() as scope:
+                    waiters.append(scope)
+                    try:
+                        await clock.sleep(delay)
+                    finally:
+                        waiters.remove(scope)
+                if self.done:
+                    return
             await self.refresh()
             checks += 1
 
@@ -420,6 +426,14 @@ class TaskHandle:
         """Cut short the waits sleeping until their next check: they check now."""
         for scope in self._waiters or ():
             scope.cancel()
+
+    def _check_soon(self) -> None:
+        """Its detail is worth a request now (a delivery said COMPLETED without the result URLs): the
+        waits sleeping check at once, and when nobody waits, the next wait begins with a check."""
+        if self._waiters:
+            self._wake()
+        else:
+            self._stale = True
 
     def _observe(self, status: TaskStatus) -> None:
         """Take in a status from any source; statuses after a terminal one are ignored."""

@@ -229,7 +229,7 @@ class TaskRegistry:
         handle = self._handles.get(status.task_id)
         if status.status == COMPLETED and not status.generated:
             if handle is not None and not handle.done:
-                handle._wake()
+                handle._check_soon()
                 for listener in tuple(self._detail_listeners):
                     try:
                         listener(handle)

@@ -259,6 +259,22 @@ async def test_a_completed_delivery_without_urls_has_the_awaited_handle_fetch_th
     assert silent_sim.counters.status_gets == 1
 
 
+async def test_a_completed_delivery_without_urls_before_anyone_waits_has_the_next_wait_fetch_the_detail(
+    silent_sim: Simulator,
+) -> None:
+    """Told while nobody waited, the handle's next wait checks at once instead of after the safety net."""
+    receiver = WebhookReceiver(SECRET)
+    async with _client(silent_sim, receiver) as client:
+        handle = await client.submit(OmniRequest(prompt="a fox"))
+        silent_sim.finish(handle.task_id)
+        delivered: dict[str, object] = {"task_id": handle.task_id, "status": "COMPLETED", "generated": []}
+        assert await _deliver(receiver, delivered) == 204
+        with anyio.fail_after(2):  # the safety net would check only after 5 s
+            result = await handle.wait()
+    assert result.url is not None
+    assert silent_sim.counters.status_gets == 1
+
+
 async def test_a_completed_delivery_without_urls_has_a_batch_fetch_the_detail(silent_sim: Simulator) -> None:
     receiver = WebhookReceiver(SECRET)
     async with _client(silent_sim, receiver) as client:
