@@ -621,6 +621,8 @@ class Simulator:
                             await self._webhooks.send(url, held, self.faults, self.counters)
                         return
                 due = task.next_change()
+                if due is None and self._view(task)["status"] != delivered:
+                    continue  # it changed while that delivery was on its way
                 timeout = None if due is None else max(0.0, due - time.monotonic())
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(timeout):

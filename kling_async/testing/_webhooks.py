@@ -30,6 +30,9 @@ def signature(key: bytes, webhook_id: str, timestamp: str, body: bytes) -> str:
     return "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
 
 
+_PER_RECEIVER = 100  # connections open to one receiver at once (aiohttp's default for all of them together)
+
+
 class WebhookSender:
     """Posts deliveries from a client session it owns; open it before sending and close it after."""
 
@@ -44,7 +47,10 @@ class WebhookSender:
         return rate > 0 and self._rng.random() < rate
 
     async def open(self) -> None:
-        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
+        # No cap over all receivers (aiohttp's default is 100 connections): one that never answers would
+        # hold them all, and every other receiver's deliveries would fail waiting for one.
+        connector = aiohttp.TCPConnector(limit=0, limit_per_host=_PER_RECEIVER)
+        self._session = aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=10))
 
     async def close(self) -> None:
         if self._session is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import asyncio
 import base64
 import contextlib
 import email.utils
@@ -941,6 +942,49 @@ async def test_webhooks_deliver_each_status_change_signed_without_the_data_wrapp
         assert abs(int(headers["webhook-timestamp"]) - time.time()) < 5
     assert len({headers["webhook-id"] for headers, _ in receiver.deliveries}) == 2
     assert sim.counters.webhooks_sent == 2
+
+
+@pytest.mark.anyio
+async def test_a_status_change_during_a_slow_delivery_is_delivered_after_it() -> None:
+    """The task finishes while its IN_PROGRESS delivery is still on its way; COMPLETED follows anyway."""
+    async with (
+        Receiver().running() as receiver,
+        simulator(webhook_secret="s", faults=Faults(webhook_delay=0.2), queue_seconds=0) as (_, session),
+    ):
+        await create(session, {"prompt": "p", "webhook_url": receiver.url})  # a 60 s generation: 60 ms
+        deliveries = await receiver.wait_for(2)
+    assert [body["status"] for _, body in deliveries] == ["IN_PROGRESS", "COMPLETED"]
+
+
+@pytest.mark.anyio
+async def test_a_receiver_that_never_answers_does_not_hold_up_deliveries_to_the_others() -> None:
+    """Deliveries hanging on one receiver do not take the connections the others' deliveries need."""
+    hung = asyncio.Event()
+
+    async def never(request: web.Request) -> web.Response:
+        await hung.wait()
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_post("/hook", never)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        silent = f"http://127.0.0.1:{runner.addresses[0][1]}/hook"
+        async with (
+            Receiver().running() as receiver,
+            simulator(webhook_secret="s", time_scale=1e-4) as (_, session),
+        ):
+            for index in range(110):  # each task's first delivery holds a connection: 110 of them
+                await create(session, {"prompt": f"p{index}", "webhook_url": silent})
+            await create(session, {"prompt": "healthy", "webhook_url": receiver.url})
+            with anyio.fail_after(5):
+                deliveries = await receiver.wait_for(2)
+            hung.set()
+    finally:
+        await runner.cleanup()
+    assert [body["status"] for _, body in deliveries] == ["IN_PROGRESS", "COMPLETED"]
 
 
 @pytest.mark.anyio
