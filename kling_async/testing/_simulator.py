@@ -41,6 +41,11 @@ _MAX_PAGE_SIZE = 100
 _DEFAULT_PAGE_SIZE = 20
 # In-flight handlers (say, sleeping injected latency) get this long to finish when the simulator stops.
 _SHUTDOWN_TIMEOUT = 0.25
+# Idle connections, and ones that never finish a request head, are closed after this long (aiohttp's own
+# default is an hour: a client holding many would use up the server's file descriptors). Longer than a
+# client pool keeps an idle connection (aiohttp's 15 s), so a client never reuses one being closed.
+_IDLE_SECONDS = 75.0
+_WILDCARDS = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}
 
 _JSON = msgspec.json.Encoder()
 _DECODE = msgspec.json.Decoder()
@@ -111,7 +116,8 @@ def _payload_key(raw: bytes, body: object) -> bytes:
 def _prompt_text(body: dict[str, Any]) -> str:
     """Every prompt of a body joined, to look for the test markers."""
     parts = [body.get("prompt")]
-    for shot in body.get("multi_prompt") or ():
+    shots = body.get("multi_prompt")
+    for shot in shots if isinstance(shots, list) else ():  # not a list: an unknown field of this model
         parts.append(shot.get("prompt") if isinstance(shot, dict) else shot)
     return " ".join(part for part in parts if isinstance(part, str))
 
@@ -305,11 +311,16 @@ class Simulator:
         await self.stop()
 
     async def _listen(self, app: web.Application, port: int) -> str:
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=_SHUTDOWN_TIMEOUT)
+        runner = web.AppRunner(
+            app, access_log=None, shutdown_timeout=_SHUTDOWN_TIMEOUT, keepalive_timeout=_IDLE_SECONDS
+        )
         await runner.setup()
         self._runners.append(runner)
         await web.TCPSite(runner, self._host, port).start()
-        return f"http://{self._host}:{runner.addresses[0][1]}"
+        # Listening on every interface, it is reached on this machine through loopback; an IPv6 address
+        # goes in brackets (result URLs are built from this one).
+        host = _WILDCARDS.get(self._host, self._host)
+        return f"http://{f'[{host}]' if ':' in host else host}:{runner.addresses[0][1]}"
 
     def _api_app(self) -> web.Application:
         app = web.Application(middlewares=[self._middleware])
@@ -396,6 +407,9 @@ class Simulator:
         if route is None:
             return
         counters = self.counters
+        # What is kept per payload or per task id is kept only for a caller with the key: anybody else
+        # could grow it without bound on a long-running server.
+        keyed = self._key_problem(request) is None
         if route.kind == "create":
             raw = await request.read()
             try:
@@ -405,10 +419,12 @@ class Simulator:
             post = _Post(body, _payload_key(raw, body))
             request[_POST] = post
             counters.posts += 1
-            counters.posts_by_payload[post.key] += 1
+            if keyed:
+                counters.posts_by_payload[post.key] += 1
         elif route.kind == "status":
             counters.status_gets += 1
-            counters.gets_by_task[request.match_info["task_id"]] += 1
+            if keyed:
+                counters.gets_by_task[request.match_info["task_id"]] += 1
         else:
             counters.lists += 1
 
@@ -475,12 +491,19 @@ class Simulator:
             request.transport.close()
         return web.Response()
 
-    async def _authorized(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+    def _key_problem(self, request: web.Request) -> str | None:
+        """Why the request's key is refused (the 401's message), or None when it is accepted."""
         keys = [key for header in _KEY_HEADERS if (key := request.headers.get(header))]
         if not keys:
-            return json_response({"message": "Missing API key"}, 401)
+            return "Missing API key"
         if self._api_key is not None and self._api_key not in keys:
-            return json_response({"message": "Invalid API key"}, 401)
+            return "Invalid API key"
+        return None
+
+    async def _authorized(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        problem = self._key_problem(request)
+        if problem is not None:
+            return json_response({"message": problem}, 401)
         try:
             return await handler(request)
         except web.HTTPException as exc:

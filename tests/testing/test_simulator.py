@@ -22,6 +22,7 @@ import msgspec
 import pytest
 from aiohttp import web
 from multidict import CIMultiDictProxy
+from yarl import URL
 
 import kling_async.testing
 from kling_async.testing import Faults, Simulator
@@ -276,6 +277,47 @@ async def test_markers_count_in_multi_prompt_shots_too() -> None:
     async with simulator() as (sim, session):
         task_id = await create(session, {"multi_prompt": shots}, KLING3_STD)
     assert sim.tasks[task_id].outcome == "FAILED"
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("shots", [5, True])
+async def test_a_multi_prompt_that_is_not_a_list_is_an_unknown_field_where_the_model_has_none(
+    shots: object,
+) -> None:
+    """Reference-to-video has no ``multi_prompt``: any value is an unknown field, ignored (was a 500)."""
+    async with simulator() as (sim, session):
+        task_id = await create(session, {"video_url": VIDEO, "multi_prompt": shots}, REFERENCE_PRO)
+    assert task_id in sim.tasks
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("host", "shown"), [("0.0.0.0", "127.0.0.1"), ("::1", "[::1]")])
+async def test_result_urls_name_an_address_a_client_can_reach(host: str, shown: str) -> None:
+    """On every interface the URLs name loopback; an IPv6 address is bracketed; the video downloads."""
+    async with Simulator(host=host, time_scale=0.001) as sim, aiohttp.ClientSession(sim.url) as session:
+        api = sim.url
+        url = await completed_url(sim, session)
+        reply = await call(session, "GET", url, headers={})
+    assert api.startswith(f"http://{shown}:")
+    assert url.startswith(f"http://{shown}:")
+    assert reply.status == 200
+
+
+@pytest.mark.anyio
+async def test_a_connection_that_never_completes_its_request_head_is_closed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An idle or trickling connection is closed after the idle time, not held for an hour."""
+    monkeypatch.setattr("kling_async.testing._simulator._IDLE_SECONDS", 0.3)
+    async with Simulator(time_scale=0.001) as sim:
+        url = URL(sim.url)
+        reader, writer = await asyncio.open_connection(url.host, url.port)
+        try:
+            writer.write(b"GET /v1/ai/video/kling-v3-omni HTTP/1.1\r\nHost: x\r\n")  # no end of the head
+            await writer.drain()
+            assert await asyncio.wait_for(reader.read(), 5) == b""  # closed by the server
+        finally:
+            writer.close()
 
 
 @pytest.mark.anyio
@@ -739,6 +781,20 @@ async def test_latency_counts_inside_max_concurrent_requests() -> None:
 
 
 @pytest.mark.anyio
+async def test_requests_without_the_key_leave_nothing_per_payload_or_per_task_id() -> None:
+    """A long-running simulator keeps no memory for callers without its key: each new body or task id
+    would add an entry for ever. The totals still count them."""
+    async with simulator(api_key="sim-key") as (sim, session):
+        for index in range(3):
+            await call(session, "POST", OMNI_STD, body={"prompt": f"p{index}"}, headers={})
+            await call(session, "GET", f"{OMNI}/unknown-{index}", headers={"x-freepik-api-key": "wrong"})
+    counters = sim.counters
+    assert (counters.posts, counters.status_gets) == (3, 3)
+    assert (counters.posts_by_payload, counters.gets_by_task) == ({}, {})
+    assert counters.responses_by_status == {401: 6}
+
+
+@pytest.mark.anyio
 async def test_counters_key_payloads_without_webhook_url_and_find_duplicates() -> None:
     async with simulator() as (sim, session):
         first = await create(
@@ -803,6 +859,20 @@ async def test_the_cdn_serves_the_mp4_whole_and_by_range() -> None:
     assert rest.raw == sample[-30:]
     assert (past.status, past.headers["Content-Range"]) == (416, f"bytes */{len(sample)}")
     assert sim.counters.downloads == 4
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "header", ["bytes=" + "1" * 5000 + "-", "bytes=0-" + "9" * 5000, "bytes=\u0661-\u0662"]
+)
+async def test_a_range_of_absurd_or_foreign_digits_is_ignored_and_the_whole_file_served(header: str) -> None:
+    """Past any file's size (int() raises past 4,300 digits) or in another script's digits, a Range is
+    malformed: ignored, as RFC 9110 allows, instead of a server error or a range of other bytes."""
+    sample = (resources.files("kling_async.testing") / "sample.mp4").read_bytes()
+    async with simulator() as (sim, session):
+        url = await completed_url(sim, session)
+        reply = await call(session, "GET", url, headers={"Range": header})
+    assert (reply.status, reply.raw) == (200, sample)
 
 
 @pytest.mark.anyio
