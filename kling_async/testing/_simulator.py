@@ -375,7 +375,11 @@ class Simulator:
 
     async def _handle(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         """Count the request, apply faults and the rate limit, check the key, then dispatch."""
-        await self._count(request)
+        try:
+            await self._count(request)
+        except web.HTTPRequestEntityTooLarge as exc:  # a body over aiohttp's client_max_size
+            self.counters.responses_by_status[exc.status] += 1
+            return error_response(str(exc.status))
         queued = self._take_queued(request.method)
         delay = self.faults.latency + (queued.seconds if queued and queued.kind == "latency" else 0.0)
         if delay > 0:

@@ -9,6 +9,7 @@ import contextlib
 import email.utils
 import hashlib
 import hmac
+import io
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -778,6 +779,17 @@ async def test_latency_counts_inside_max_concurrent_requests() -> None:
 
 
 # counters
+
+
+@pytest.mark.anyio
+async def test_a_body_too_large_to_read_is_refused_with_a_json_message() -> None:
+    """Over aiohttp's body limit, the 413 has the API's JSON ``message`` like every other error."""
+    body = io.BytesIO(b" " * ((1 << 20) + 1))
+    async with simulator() as (sim, session), session.post(OMNI_STD, data=body, headers=KEY) as response:
+        reply = Reply(response.status, response.headers, await response.read())
+    assert (reply.status, reply.headers["Content-Type"]) == (413, "application/json")
+    assert reply.json == {"message": "Request Entity Too Large"}
+    assert sim.counters.responses_by_status == {413: 1}
 
 
 @pytest.mark.anyio
