@@ -8,6 +8,7 @@ import email.utils
 import hashlib
 import math
 import random
+import re
 import time
 import uuid
 from collections.abc import Coroutine, Sequence
@@ -45,6 +46,7 @@ _SHUTDOWN_TIMEOUT = 0.25
 # default is an hour: a client holding many would use up the server's file descriptors). Longer than a
 # client pool keeps an idle connection (aiohttp's 15 s), so a client never reuses one being closed.
 _IDLE_SECONDS = 75.0
+_QUERY_INT = re.compile(r"-?[0-9]{1,18}")
 _WILDCARDS = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}
 
 _JSON = msgspec.json.Encoder()
@@ -701,7 +703,5 @@ def _query_int(request: web.Request, name: str, default: int) -> int | None:
     value = request.query.get(name)
     if value is None:
         return default
-    try:
-        return int(value)
-    except ValueError:
-        return None
+    # Plain ASCII digits only: int() would also take " 1 ", "1_0" and other scripts' digits.
+    return int(value) if _QUERY_INT.fullmatch(value) else None

@@ -194,7 +194,15 @@ async def test_list_pages_with_page_and_page_size() -> None:
 @pytest.mark.anyio
 @pytest.mark.parametrize(
     ("query", "name"),
-    [("page_size=101", "page_size"), ("page_size=0", "page_size"), ("page=0", "page"), ("page=x", "page")],
+    [
+        ("page_size=101", "page_size"),
+        ("page_size=0", "page_size"),
+        ("page=0", "page"),
+        ("page=x", "page"),
+        ("page=%201%20", "page"),
+        ("page=1_0", "page"),
+        ("page=%D9%A1", "page"),
+    ],
 )
 async def test_list_paging_out_of_range_is_400_naming_the_parameter(query: str, name: str) -> None:
     async with simulator() as (_, session):
