@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import time
@@ -20,6 +21,7 @@ from kling_async import (
     OmniRequest,
     PollPolicy,
     StatusChanged,
+    TaskHandle,
     TaskStatus,
     TaskSubmitted,
     WebhookReceiver,
@@ -237,13 +239,21 @@ def test_serve_false_needs_the_public_url_of_the_mounted_handler() -> None:
         WebhookReceiver(SECRET, serve=False)
 
 
+@contextlib.asynccontextmanager
+async def _finished(sim: Simulator) -> AsyncIterator[tuple[WebhookReceiver, TaskHandle]]:
+    """A client with a receiver of its own, and the handle of a task it submitted that has just finished
+    on ``sim`` (nobody told yet)."""
+    receiver = WebhookReceiver(SECRET)
+    async with _client(sim, receiver) as client:
+        handle = await client.submit(OmniRequest(prompt="a fox"))
+        sim.finish(handle.task_id)
+        yield receiver, handle
+
+
 async def test_a_completed_delivery_without_urls_has_the_awaited_handle_fetch_the_detail(
     silent_sim: Simulator,
 ) -> None:
-    receiver = WebhookReceiver(SECRET)
-    async with _client(silent_sim, receiver) as client:
-        handle = await client.submit(OmniRequest(prompt="a fox"))
-        silent_sim.finish(handle.task_id)
+    async with _finished(silent_sim) as (receiver, handle):
         with anyio.fail_after(2):  # the safety net would check only after 5 s
             async with anyio.create_task_group() as tg:
                 tg.start_soon(handle.wait)
@@ -263,10 +273,7 @@ async def test_a_completed_delivery_without_urls_before_anyone_waits_has_the_nex
     silent_sim: Simulator,
 ) -> None:
     """Told while nobody waited, the handle's next wait checks at once instead of after the safety net."""
-    receiver = WebhookReceiver(SECRET)
-    async with _client(silent_sim, receiver) as client:
-        handle = await client.submit(OmniRequest(prompt="a fox"))
-        silent_sim.finish(handle.task_id)
+    async with _finished(silent_sim) as (receiver, handle):
         delivered: dict[str, object] = {"task_id": handle.task_id, "status": "COMPLETED", "generated": []}
         assert await _deliver(receiver, delivered) == 204
         with anyio.fail_after(2):  # the safety net would check only after 5 s

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import hmac
 import io
@@ -612,6 +613,20 @@ async def test_body_of_exactly_the_cap_is_not_too_large(session: aiohttp.ClientS
     assert dict(receiver.rejections) == {"bad-body": 1}
 
 
+@contextlib.asynccontextmanager
+async def _mounted(receiver: WebhookReceiver, *, client_max_size: int) -> AsyncIterator[int]:
+    """``receiver.handler`` at /kling/webhook of a user's own app on loopback; yields its port."""
+    app = web.Application(client_max_size=client_max_size)
+    app.router.add_post("/kling/webhook", receiver.handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        yield runner.addresses[0][1]
+    finally:
+        await runner.cleanup()
+
+
 @pytest.mark.anyio
 async def test_cap_holds_in_a_user_app_that_allows_larger_bodies() -> None:
     """In an app with a bigger client_max_size, the handler still refuses a chunked body over the cap."""
@@ -621,21 +636,13 @@ async def test_cap_holds_in_a_user_app_that_allows_larger_bodies() -> None:
             yield b" " * (_MAX_BODY // 16)
 
     receiver = WebhookReceiver(RAW_SECRET)
-    app = web.Application(client_max_size=8 << 20)
-    app.router.add_post("/hook", receiver.handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    try:
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        url = f"http://127.0.0.1:{runner.addresses[0][1]}/hook"
+    async with _mounted(receiver, client_max_size=8 << 20) as port:
+        url = f"http://127.0.0.1:{port}/kling/webhook"
         async with (
             aiohttp.ClientSession() as session,
             session.post(url, data=chunks(), headers=live_headers()) as response,
         ):
             assert response.status == 413
-    finally:
-        await runner.cleanup()
     assert receiver.rejections["too-large"] == 1
 
 
@@ -648,18 +655,12 @@ async def test_a_chunked_body_is_refused_at_the_cap_in_an_app_that_allows_larger
     body's time is up, which would mean the receiver held on to wait for the rest)."""
     monkeypatch.setattr("kling_async._webhooks._BODY_SECONDS", 2.0)
     receiver = WebhookReceiver(RAW_SECRET)
-    app = web.Application(client_max_size=256 << 20)
-    app.router.add_post("/kling/webhook", receiver.handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    try:
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        lines = [f"{name}: {value}" for name, value in live_headers().items()]
-        head = "\r\n".join(["POST /kling/webhook HTTP/1.1", "Host: x", "Transfer-Encoding: chunked", *lines])
-        piece = b" " * 4096
-        chunks = (b"%x\r\n" % len(piece) + piece + b"\r\n") * (2 * _MAX_BODY // len(piece))
-        reader, writer = await asyncio.open_connection("127.0.0.1", runner.addresses[0][1])
+    lines = [f"{name}: {value}" for name, value in live_headers().items()]
+    head = "\r\n".join(["POST /kling/webhook HTTP/1.1", "Host: x", "Transfer-Encoding: chunked", *lines])
+    piece = b" " * 4096
+    chunks = (b"%x\r\n" % len(piece) + piece + b"\r\n") * (2 * _MAX_BODY // len(piece))
+    async with _mounted(receiver, client_max_size=256 << 20) as port:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
         try:
             writer.write(head.encode() + b"\r\n\r\n" + chunks)  # and no last chunk: the sender stalls
             await writer.drain()
@@ -667,8 +668,6 @@ async def test_a_chunked_body_is_refused_at_the_cap_in_an_app_that_allows_larger
         finally:
             writer.close()
             await writer.wait_closed()
-    finally:
-        await runner.cleanup()
     assert status.startswith(b"HTTP/1.1 413")
     assert receiver.rejections["too-large"] == 1
 
