@@ -61,6 +61,7 @@ from ._polling import PollPolicy
 from ._progress import BatchProgress
 from ._report import RunTimeline, write_reports
 from ._transport import Timeouts
+from ._webhooks import _signing_key
 
 __all__ = ["cli", "load_jobs", "main"]
 
@@ -511,6 +512,21 @@ _POSITIVE = click.FloatRange(min=0, min_open=True)
 _NOT_NEGATIVE = click.FloatRange(min=0)
 _AT_LEAST_ONE = click.IntRange(min=1)
 _SHARE = click.FloatRange(0, 1)
+
+
+class _FiniteRange(click.FloatRange):
+    """A ``FloatRange`` that refuses ``nan`` and ``inf`` too: ``nan`` compares false with every bound, so
+    a plain range lets it through, and ``inf`` passes any range open above."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value} is not a finite number.", param, ctx)
+        return number
+
+
+_FINITE_POSITIVE = _FiniteRange(min=0, min_open=True)
+_FINITE_SHARE = _FiniteRange(0, 1)
 
 
 def _poll_options(command: Callable[..., None]) -> Callable[..., None]:
@@ -1079,61 +1095,165 @@ def validate(file: Path, model: str) -> None:
     sys.exit(EXIT_USAGE if errors else EXIT_OK)
 
 
-@cli.command(short_help="The API simulator, standalone, until Ctrl-C.")
+# A standalone simulator at most this much faster than real time: a 60 s generation then takes 60 ms and
+# its 2 s queue 2 ms. Much faster, a task is over before its POST is answered (the create answer already
+# says COMPLETED, which the API never does), and no client checks sooner than the 0.1 s the banner offers.
+# At most this much slower: a 60 s generation then takes 17 hours.
+_TIME_SCALE = _FiniteRange(0.001, 1000)
+
+
+@cli.command(short_help="The API simulator, standalone, until Ctrl-C or SIGTERM.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option(
     "--port", type=click.IntRange(0, 65535), default=8400, show_default=True, help="API port (0: any free)."
 )
 @click.option(
+    "--cdn-port",
+    type=click.IntRange(0, 65535),
+    default=0,
+    show_default=True,
+    help="Port of the file host serving the videos (0: any free).",
+)
+@click.option(
     "--time-scale",
-    type=_POSITIVE,
+    type=_TIME_SCALE,
     default=0.05,
     show_default=True,
     help="Real seconds per simulated second (0.05: a 60 s generation takes 3 s).",
 )
-@click.option("--rate-limit", type=_POSITIVE, default=None, help="Requests per second enforced with 429s.")
 @click.option(
-    "--fail-rate", type=_SHARE, default=0.0, show_default=True, help="Share of tasks that end FAILED."
+    "--rate-limit", type=_FINITE_POSITIVE, default=None, help="Requests per second enforced with 429s."
 )
 @click.option(
-    "--error-rate", type=_SHARE, default=0.0, show_default=True, help="Share of status checks answered 5xx."
+    "--fail-rate", type=_FINITE_SHARE, default=0.0, show_default=True, help="Share of tasks that end FAILED."
+)
+@click.option(
+    "--error-rate",
+    type=_FINITE_SHARE,
+    default=0.0,
+    show_default=True,
+    help="Share of status checks answered 5xx.",
 )
 @click.option("--api-key", default="sim-key", show_default=True, help="The key the simulator accepts.")
+@click.option(
+    "--webhook-secret",
+    default=None,
+    metavar="SECRET",
+    help="Sign and send deliveries to each task's webhook_url (default: none are sent).",
+)
+@click.option(
+    "--seed", type=int, default=None, help="Repeat a run's task ids, durations and faults (default: random)."
+)
+@_interruptible
 def simulate(
     host: str,
     port: int,
+    cdn_port: int,
     time_scale: float,
     rate_limit: float | None,
     fail_rate: float,
     error_rate: float,
     api_key: str,
+    webhook_secret: str | None,
+    seed: int | None,
 ) -> None:
-    """Run the API simulator until Ctrl-C (point KLING_BASE_URL at it)."""
+    """Run the API simulator until Ctrl-C or SIGTERM (point KLING_BASE_URL at it)."""
+    _check_simulate_options(port, cdn_port, api_key, webhook_secret)
     from .testing import Faults, Simulator
 
+    # A fresh seed per run, as --simulate has: with a fixed one, every run and every instance hands out
+    # the same task ids, and a client resuming a journaled id finds another job's task.
+    seed = secrets.randbits(32) if seed is None else seed
+    started = False
+
     async def run() -> None:
-        faults = Faults(fail_rate=fail_rate, get_error_rate=error_rate)
-        sim = Simulator(
-            api_key=api_key, host=host, port=port, time_scale=time_scale, rate_limit=rate_limit, faults=faults
-        )
-        async with sim:
-            # The CLI's first status check comes 15 s after submission, tuned for real generations;
-            # simulated ones are time_scale times shorter, so say how to check as early.
-            first = max(PollPolicy().initial * time_scale, 0.1)
-            click.echo(
-                f"simulator on {sim.url} (key {api_key!r}); files on {sim.cdn_url}; Ctrl-C stops\n"
-                f"  use it: FREEPIK_API_KEY={api_key} KLING_BASE_URL={sim.url} kling-async generate"
-                f' "a fox in snow" --poll-initial {first:g} --poll-maximum {first * 2:g}',
-                err=True,
+        nonlocal started
+        # Followed before the servers start, so that a signal during the banner still closes them.
+        # Started with SIGINT ignored (a background job, `kling-async simulate &`), the command keeps
+        # ignoring it, as batch does: SIGTERM (`kill %1`) stops it then.
+        followed = [signal.SIGTERM]
+        if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+            followed.append(signal.SIGINT)
+        with anyio.open_signal_receiver(*followed) as signals:
+            faults = Faults(fail_rate=fail_rate, get_error_rate=error_rate)
+            sim = Simulator(
+                api_key=api_key,
+                host=host,
+                port=port,
+                cdn_port=cdn_port,
+                time_scale=time_scale,
+                rate_limit=rate_limit,
+                faults=faults,
+                seed=seed,
+                webhook_secret=webhook_secret,
             )
-            await anyio.sleep_forever()
+            async with sim:
+                started = True
+                click.echo(
+                    _simulate_banner(sim.url, sim.cdn_url, api_key, time_scale, seed, webhook_secret),
+                    err=True,
+                )
+                async for _ in signals:
+                    break
+        click.echo("simulator stopped", err=True)
 
     try:
         anyio.run(run)
     except KeyboardInterrupt:
-        pass
+        # A Ctrl-C outside the signal receiver's reach: after the servers started, the usual stop; before,
+        # nothing ran, and the command says "interrupted" as every command does.
+        if not started:
+            raise
     except OSError as exc:  # a busy port, an address this machine does not have
-        _fail(f"--host {host} --port {port}: cannot listen there: {exc.strerror or exc}")
+        if started:  # not the servers: stderr, say (main says so)
+            raise
+        where = f"--host {host} --port {port}" + (f" --cdn-port {cdn_port}" if cdn_port else "")
+        _fail(f"{where}: cannot listen there: {exc.strerror or exc}")
+
+
+def _check_simulate_options(port: int, cdn_port: int, api_key: str, webhook_secret: str | None) -> None:
+    """The ``simulate`` options that click's types cannot check, refused before anything listens."""
+    if not api_key:
+        _fail("--api-key: must not be empty (every request would be answered 401)")
+    if api_key.strip() != api_key or not (api_key.isascii() and api_key.isprintable()):
+        _fail("--api-key: printable ASCII without spaces at either end, as an HTTP header carries it")
+    if cdn_port and cdn_port == port:
+        _fail(f"--cdn-port {cdn_port}: the same as --port; the file host needs a port of its own")
+    if webhook_secret == "":
+        _fail("--webhook-secret: must not be empty (leave the option out to send no deliveries)")
+    if webhook_secret is not None:
+        # The receiver's own rule (WebhookReceiver would refuse it the same way), so every secret the
+        # simulator signs with is one the SDK can verify with.
+        try:
+            _signing_key(webhook_secret)
+        except ValueError as exc:
+            _fail(f"--webhook-secret: {exc}")
+
+
+def _simulate_banner(
+    url: str, cdn_url: str, api_key: str, time_scale: float, seed: int, webhook_secret: str | None
+) -> str:
+    """Where the simulator listens, how to use it, how to repeat the run, and whether webhooks are sent."""
+    # The CLI's first status check comes 15 s after submission, tuned for real generations; simulated
+    # ones are time_scale times shorter, so say how to check as early.
+    first = max(PollPolicy().initial * time_scale, 0.1)
+    if webhook_secret is None:
+        webhooks = (
+            "off: a task's webhook_url is accepted, but nothing is delivered"
+            " (--webhook-secret SECRET turns deliveries on)"
+        )
+    else:
+        webhooks = (
+            "on: each task's webhook_url gets signed deliveries; verify them with"
+            " WebhookReceiver(SECRET), SECRET the --webhook-secret string as given (a whsec_ one too)"
+        )
+    return (
+        f"simulator on {url} (key {api_key!r}); files on {cdn_url}; Ctrl-C or SIGTERM stops\n"
+        f"  use it: FREEPIK_API_KEY={api_key} KLING_BASE_URL={url} kling-async generate"
+        f' "a fox in snow" --poll-initial {first:g} --poll-maximum {first * 2:g}\n'
+        f"  seed {seed}: --seed {seed} repeats this run's task ids, durations and faults\n"
+        f"  webhooks: {webhooks}"
+    )
 
 
 def main() -> None:
