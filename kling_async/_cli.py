@@ -508,10 +508,6 @@ _model_option = click.option(
 _simulate_option = click.option(
     "--simulate", is_flag=True, help="Use the built-in simulator in-process (no API key, nothing billed)."
 )
-_POSITIVE = click.FloatRange(min=0, min_open=True)
-_NOT_NEGATIVE = click.FloatRange(min=0)
-_AT_LEAST_ONE = click.IntRange(min=1)
-_SHARE = click.FloatRange(0, 1)
 
 
 class _FiniteRange(click.FloatRange):
@@ -525,8 +521,10 @@ class _FiniteRange(click.FloatRange):
         return number
 
 
-_FINITE_POSITIVE = _FiniteRange(min=0, min_open=True)
-_FINITE_SHARE = _FiniteRange(0, 1)
+_POSITIVE = _FiniteRange(min=0, min_open=True)
+_NOT_NEGATIVE = _FiniteRange(min=0)
+_AT_LEAST_ONE = click.IntRange(min=1)
+_SHARE = _FiniteRange(0, 1)
 
 
 def _poll_options(command: Callable[..., None]) -> Callable[..., None]:
@@ -1121,15 +1119,13 @@ _TIME_SCALE = _FiniteRange(0.001, 1000)
     show_default=True,
     help="Real seconds per simulated second (0.05: a 60 s generation takes 3 s).",
 )
+@click.option("--rate-limit", type=_POSITIVE, default=None, help="Requests per second enforced with 429s.")
 @click.option(
-    "--rate-limit", type=_FINITE_POSITIVE, default=None, help="Requests per second enforced with 429s."
-)
-@click.option(
-    "--fail-rate", type=_FINITE_SHARE, default=0.0, show_default=True, help="Share of tasks that end FAILED."
+    "--fail-rate", type=_SHARE, default=0.0, show_default=True, help="Share of tasks that end FAILED."
 )
 @click.option(
     "--error-rate",
-    type=_FINITE_SHARE,
+    type=_SHARE,
     default=0.0,
     show_default=True,
     help="Share of status checks answered 5xx.",

@@ -95,6 +95,10 @@ BATCH_OPTIONS = {
     "--task-timeout 0": (["--task-timeout", "0"], "'--task-timeout'"),
     "--poll-initial -1": (["--poll-initial", "-1"], "'--poll-initial'"),
     "--poll-maximum 0": (["--poll-maximum", "0"], "'--poll-maximum'"),
+    "--rps nan": (["--rps", "nan"], "'--rps'"),
+    "--task-timeout inf": (["--task-timeout", "inf"], "'--task-timeout'"),
+    "--poll-initial nan": (["--poll-initial", "nan"], "'--poll-initial'"),
+    "--download-timeout inf": (["--download-timeout", "inf"], "'--download-timeout'"),
     "--journal in a missing folder": (["--journal", "/nonexistent/x.db"], "--journal"),
 }
 
