@@ -242,6 +242,12 @@ class KlingClient:
                 self._webhooks.add_listener(self._registry.observe)
             await self._transport.open()
         except BaseException:
+            with anyio.CancelScope(shield=True):
+                if self._webhooks is not None:
+                    self._webhooks.remove_listener(self._registry.observe)
+                    if self._owns_receiver:  # started or joined for this client: not left running
+                        self._owns_receiver = False
+                        await self._webhooks._leave()
             if self._sharing is not None:
                 await self._sharing.__aexit__(None, None, None)
             raise

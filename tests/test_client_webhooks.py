@@ -26,7 +26,7 @@ from kling_async import (
     TaskSubmitted,
     WebhookReceiver,
 )
-from kling_async.testing import Faults, Simulator
+from kling_async.testing import Faults, MockRequest, MockTransport, Response, Simulator
 from tests.conftest import FAST_POLL, FAST_RETRY
 
 pytestmark = pytest.mark.anyio
@@ -144,6 +144,25 @@ async def test_clients_opened_together_on_a_stopped_receiver_start_one_server(ho
     with pytest.raises(aiohttp.ClientConnectionError):
         async with aiohttp.ClientSession() as session, session.post(urls[0]):
             pass
+
+
+async def test_a_client_that_fails_to_open_does_not_leave_the_receiver_it_started_running() -> None:
+    """The receiver is started first; a transport that cannot open ends the client's entry, and the
+    receiver it started stops with it."""
+
+    class Unopenable(MockTransport):
+        async def open(self) -> None:
+            raise OSError("no sockets left")
+
+    receiver = WebhookReceiver(SECRET)
+
+    def never_called(request: MockRequest) -> Response:
+        raise AssertionError("nothing is sent by a client that did not open")
+
+    client = KlingClient(api_key="k", transport=Unopenable(never_called), webhooks=receiver)
+    with pytest.raises(OSError, match="no sockets left"):
+        await client.__aenter__()
+    assert not receiver.running
 
 
 async def test_a_batch_with_a_fifth_of_deliveries_lost_completes_through_safety_polling() -> None:
