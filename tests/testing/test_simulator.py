@@ -796,7 +796,9 @@ async def test_a_body_too_large_to_read_is_refused_with_a_json_message() -> None
     async with simulator() as (sim, session), session.post(OMNI_STD, data=body, headers=KEY) as response:
         reply = Reply(response.status, response.headers, await response.read())
     assert (reply.status, reply.headers["Content-Type"]) == (413, "application/json")
-    assert reply.json == {"message": "Request Entity Too Large"}
+    [message] = reply.json.values()  # {"message": ...}: the phrase is Python's (renamed in 3.13)
+    assert set(reply.json) == {"message"}
+    assert message.endswith("Too Large")
     assert sim.counters.responses_by_status == {413: 1}
 
 
