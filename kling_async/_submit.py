@@ -5,9 +5,9 @@ backoff between tries belong to the caller: cancelling them sends nothing. Once 
 POST go, the rest of the try runs in one of the client's **sender** tasks (long-lived, in the client's
 task group): the ``sending`` record, the POST, and the recording of its answer (registry, then the
 ``TaskSubmitted`` event, then the caller's ``Recorder``: a batch's journal). Whatever cancels the
-caller then (an ``asyncio.timeout``, a ``TaskGroup`` sibling, an anyio scope), the sender runs the try to
-its end, so the task id is known and kept before the caller sees its cancellation. Closing the client
-waits, bounded, for such POSTs.
+caller then (an ``asyncio.timeout``, a ``TaskGroup`` sibling, an anyio scope, even one around the whole
+client), the sender runs the try to its end, so the task id is known and kept before the caller sees its
+cancellation. Closing the client waits, bounded, for such POSTs.
 
 Senders are started as needed (one per try in progress at once) and wait for the next try when idle:
 handing a try to a waiting sender costs a future, where a task per POST cost anyio's start of a task
@@ -161,6 +161,9 @@ class Creator:
         self._waiting: list[asyncio.Future[None]] = []  # idle senders, each woken by its future
         self._senders = 0
         self._tasks: set[asyncio.Task[object]] = set()  # the senders' tasks, until they are done
+        # The scopes of senders sending now, which shield them from the client's group: a scope
+        # enclosing the whole client cancels that group too (see ``_sender``).
+        self._sending: set[anyio.CancelScope] = set()
         self._stopping = False  # the client is closing: no new POST leaves
         self._closing = False  # ... and idle senders end
         self._on_wire = 0
@@ -177,13 +180,16 @@ class Creator:
     async def drain(self, timeout: float) -> None:
         """Wait until no POST is on the wire, at most ``timeout`` seconds, then let idle senders end.
 
-        Senders still sending after that are cancelled with the client's group. From the start no new
-        POST leaves: a submission that gets its place on the wire while this waits is refused, unsent.
+        Senders still sending after that are cancelled (their shields first, then the client's group).
+        From the start no new POST leaves: a submission that gets its place on the wire while this waits
+        is refused, unsent.
         """
         self._stopping = True
         with self._pipeline.clock.move_on_after(timeout):
             await self._idle.wait()
         self._closing = True
+        for scope in self._sending:  # past the bound: sending ends with the client's group
+            scope.cancel()
         waiting, self._waiting = self._waiting, []
         for wake in waiting:
             if not wake.done():
@@ -289,10 +295,21 @@ class Creator:
         attempt: _Try | None = None
         try:
             while True:
-                while tries:
-                    attempt = tries.popleft()
-                    await self._send(attempt)
-                    attempt = None
+                if tries:
+                    # Shielded: a cancel scope around the caller's whole `async with KlingClient()`
+                    # (anyio's move_on_after, a task group's cancel) cancels the client's group, this
+                    # task with it, while a POST is on the wire. The closing client waits for the POST
+                    # instead (bounded: ``drain`` cancels these scopes past its bound). Idle, a sender
+                    # is not shielded, so a group cancelled for any other reason never waits for it.
+                    with anyio.CancelScope(shield=True) as sending:
+                        self._sending.add(sending)
+                        try:
+                            while tries:
+                                attempt = tries.popleft()
+                                await self._send(attempt)
+                                attempt = None
+                        finally:
+                            self._sending.discard(sending)
                 if self._closing:
                     return
                 wake = loop.create_future()

@@ -14,8 +14,9 @@ import math
 import sqlite3
 import threading
 import traceback
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -160,6 +161,53 @@ async def test_closing_the_client_waits_for_a_post_on_the_wire(sim: Simulator) -
     submitted = [event.task_id async for event in events if isinstance(event, TaskSubmitted)]
     assert submitted == list(sim.tasks)
     assert len(submitted) == 1
+
+
+async def _cancel_by_move_on_after(body: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    with anyio.move_on_after(0.05):
+        await body()
+
+
+async def _cancel_by_task_group(body: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(body)
+        await anyio.sleep(0.05)
+        tg.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("around", [_cancel_by_move_on_after, _cancel_by_task_group])
+async def test_an_anyio_scope_around_the_whole_client_cancelled_mid_post_keeps_the_created_task(
+    sim: Simulator, around: Callable[[Callable[[], Coroutine[Any, Any, None]]], Awaitable[None]]
+) -> None:
+    """The scope cancelled holds the client's own task group too: its sender still gets the answer, and
+    the client announces the task before it closes."""
+    sim.queue_fault("latency", method="POST", seconds=0.3)
+    streams: list[EventStream] = []
+
+    async def body() -> None:
+        async with _client(sim) as client:
+            streams.append(client.events())
+            await client.submit(OmniRequest(prompt="a fox"))
+
+    await around(body)
+    submitted = [event.task_id async for event in streams[0] if isinstance(event, TaskSubmitted)]
+    assert len(submitted) == 1
+    assert submitted == list(sim.tasks)
+
+
+async def test_a_scope_around_the_whole_client_cancelled_mid_post_still_warns_of_a_post_never_answered(
+    sim: Simulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The shielded sender still gives up at the request timeout, and says a task may exist."""
+    sim.queue_fault("latency", method="POST", seconds=30.0)
+
+    async def body() -> None:
+        async with _client(sim, timeouts=Timeouts(total=0.3)) as client:
+            await client.submit(OmniRequest(prompt="a fox"))
+
+    with anyio.fail_after(10):  # a hang guard, no speed claim
+        await _cancel_by_move_on_after(body)
+    assert any("may have created a task" in record.getMessage() for record in caplog.records)
 
 
 async def test_a_submit_waiting_for_the_wire_when_the_client_closes_sends_nothing(sim: Simulator) -> None:
@@ -547,6 +595,27 @@ async def test_a_journal_that_hangs_on_a_created_task_does_not_hide_its_id(
         announced = await _first_submitted(events)
     assert [announced] == list(sim.tasks)
     assert any(announced in record.getMessage() for record in caplog.records if record.levelname == "WARNING")
+
+
+async def test_a_hung_journal_in_a_client_whose_whole_scope_was_cancelled_is_stopped_at_the_bound(
+    sim: Simulator, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A sender shielded for its POST is still cancelled once the closing client's wait runs out: the
+    hung record ends, and the id it could not record is logged."""
+    sim.queue_fault("latency", method="POST", seconds=0.2)
+    streams: list[EventStream] = []
+
+    async def body() -> None:
+        async with _client(sim, timeouts=Timeouts(total=0.5)) as client:
+            streams.append(client.events())
+            await client.gather(_prompts(1), journal=_CreatedHangs(tmp_path / "run.db"))
+
+    with anyio.fail_after(10):  # a hang guard, no speed claim
+        await _cancel_by_move_on_after(body)
+    announced = [event.task_id async for event in streams[0] if isinstance(event, TaskSubmitted)]
+    assert announced == list(sim.tasks)
+    warnings = [record.getMessage() for record in caplog.records if record.levelname == "WARNING"]
+    assert any(announced[0] in message for message in warnings)
 
 
 class _StatusWritesFail(Journal):
