@@ -21,6 +21,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, NoReturn, cast
@@ -53,7 +54,7 @@ from ._errors import (
     TaskFailedError,
     TaskTimeoutError,
 )
-from ._events import Event, RequestRetried
+from ._events import Event, EventStream, RequestRetried, TaskSubmitted
 from ._journal import BatchJournal, Journal
 from ._journals import open_journal
 from ._models import Kling3Request, encode_request, request_from_dict
@@ -341,25 +342,98 @@ class _RetryNotices:
             self.observe(event)
 
 
-def _echo_result(
-    run: Callable[[], Awaitable[object]], *, as_json: bool = False, needs_key: bool = True
-) -> None:
-    """Run a single-task command and print its result, or the error with exit code 1 (130 on Ctrl-C).
+class _SingleTask:
+    """One run of a single-task command (``generate``, ``status``, ``download``): it follows Ctrl-C,
+    SIGTERM and a hangup as one stop, and remembers the tasks its client created, so that an interrupted
+    run names them (a task created is paid for, whether or not its video was fetched)."""
 
-    A missing API key is a usage error (exit 2), as in ``batch``.
+    def __init__(self) -> None:
+        self.created: list[TaskSubmitted] = []
+        self.simulated = False  # its tasks end with the in-process simulator: nothing to name
+
+    @contextlib.asynccontextmanager
+    async def client(self, client: AbstractAsyncContextManager[KlingClient]) -> AsyncIterator[KlingClient]:
+        """The command's client, its retries shown on stderr while the body runs."""
+        events: EventStream | None = None
+        try:
+            async with client as opened:
+                events = opened.events()
+                async with _retries_shown(opened):
+                    yield opened
+        finally:
+            if events is not None:
+                # Read once the client has closed, so that a POST answered while it closed (the caller
+                # interrupted, the POST on the wire) is here too. A closed stream gives what it holds
+                # without waiting, so this runs even in a cancelled scope.
+                self.created += [event async for event in events if isinstance(event, TaskSubmitted)]
+
+    def interrupted(self) -> NoReturn:
+        lines = ["interrupted"]
+        for task in [] if self.simulated else self.created:
+            lines.append(
+                f"task {task.task_id} ({task.model}) was created and runs on:"
+                f" `kling-async status {task.task_id} --model {task.model}` shows it,"
+                f" `kling-async download {task.task_id} --model {task.model} --out DIR` fetches its video"
+                " once it has completed"
+            )
+        click.echo("\n".join(lines), err=True)
+        sys.exit(EXIT_INTERRUPTED)
+
+
+def _followed_signals() -> list[signal.Signals]:
+    """The signals a command stops on: SIGTERM, and Ctrl-C and a hangup unless it started with them
+    ignored (a background job of a script, `cmd &`, ignores Ctrl-C; `nohup cmd` ignores the hangup)."""
+    followed = [signal.SIGTERM]
+    followed += [s for s in (signal.SIGINT, signal.SIGHUP) if signal.getsignal(s) is not signal.SIG_IGN]
+    return followed
+
+
+def _echo_result(
+    run: Callable[[_SingleTask], Awaitable[object]], *, as_json: bool = False, needs_key: bool = True
+) -> None:
+    """Run a single-task command and print its result, or the error with exit code 1.
+
+    Ctrl-C, SIGTERM or a hangup stops it with exit code 130, after a create POST on the wire has been
+    answered, and names the task it created; one more at least ``_LEAVE_AFTER`` seconds later leaves at
+    once. A missing API key is a usage error (exit 2), as in ``batch``.
     """
     if needs_key:
         _require_key()
+    command = _SingleTask()
+
+    async def follow(signals: AsyncIterator[int], run_scope: anyio.CancelScope) -> None:
+        stopped = math.inf
+        async for _ in signals:
+            now = time.monotonic()
+            if not run_scope.cancel_called:
+                stopped = now
+                run_scope.cancel()
+            elif now - stopped >= _LEAVE_AFTER:
+                click.echo("interrupted; left at once", err=True)
+                os._exit(EXIT_INTERRUPTED)
+
+    async def main() -> tuple[bool, object]:
+        run_scope = anyio.CancelScope()
+        with anyio.open_signal_receiver(*_followed_signals()) as signals, _unwrapped():
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(follow, signals, run_scope)
+                result: object = None
+                with run_scope:
+                    result = await run(command)
+                tg.cancel_scope.cancel()
+        return run_scope.cancelled_caught, result
+
     try:
-        result = anyio.run(run)
-    except KeyboardInterrupt:
-        click.echo("interrupted", err=True)
-        sys.exit(EXIT_INTERRUPTED)
+        interrupted, result = anyio.run(main)
+    except KeyboardInterrupt:  # a Ctrl-C before the signals were followed
+        command.interrupted()
     except InvalidRequestError as exc:  # a bad task id or model: the input, checked before any request
         _fail(str(exc))
     except (KlingError, RuntimeError) as exc:  # RuntimeError: e.g. downloading a task not finished yet
         click.echo(f"error: {exc}", err=True)
         sys.exit(EXIT_FAILED)
+    if interrupted:
+        command.interrupted()
     click.echo(json.dumps(result) if as_json else str(result))
 
 
@@ -441,20 +515,22 @@ def _unwrapped() -> Iterator[None]:
 
 
 def _interruptible(command: Callable[..., None]) -> Callable[..., None]:
-    """A command that a Ctrl-C or SIGTERM before its run follows signals itself (reading and checking a
-    large file, opening the journal) ends with exit code 130 and one line, not click's "Aborted!" (exit
-    1) or death by the signal. Nothing was sent by then."""
+    """A command that a Ctrl-C, SIGTERM or hangup before its run follows signals itself (reading and
+    checking a large file, opening the journal) ends with exit code 130 and one line, not click's
+    "Aborted!" (exit 1) or death by the signal. Nothing was sent by then."""
 
     @functools.wraps(command)
     def interruptible(*args: Any, **kwargs: Any) -> None:
-        previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+        followed = [s for s in _followed_signals() if s != signal.SIGINT]  # SIGINT raises it already
+        previous = {signum: signal.signal(signum, _raise_interrupt) for signum in followed}
         try:
             command(*args, **kwargs)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(EXIT_INTERRUPTED)
         finally:
-            signal.signal(signal.SIGTERM, previous)
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
 
     return interruptible
 
@@ -759,10 +835,7 @@ class _BatchRun:
         _LOG.console = self.console  # the console its live bar is drawn on
         # Started with SIGINT ignored (a background job of a script, `cmd &`), the command keeps ignoring
         # it, as Python did while it loaded: a Ctrl-C meant for the script's foreground is not for it.
-        followed = [signal.SIGTERM]
-        if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
-            followed.append(signal.SIGINT)
-        with anyio.open_signal_receiver(*followed) as signals, _unwrapped():
+        with anyio.open_signal_receiver(*_followed_signals()) as signals, _unwrapped():
             async with anyio.create_task_group() as watching:
                 watching.start_soon(self._follow_signals, signals, run)
                 await self._execute(simulate, options, run)
@@ -814,9 +887,11 @@ class _BatchRun:
     async def _follow_signals(self, signals: AsyncIterator[int], run: anyio.CancelScope) -> None:
         """First signal: no new rows, the tasks in flight finish. Second: stop the run now (the report is
         still written). One more, at least ``_LEAVE_AFTER`` seconds after that (those of an impatient
-        burst are ignored): leave at once, as a kill would (the journal keeps every task id)."""
+        burst are ignored): leave at once, as a kill would (the journal keeps every task id). A hangup
+        stops the run now: the terminal is gone, and nobody is left to wait for the tasks in flight or to
+        press Ctrl-C again (the POSTs on the wire are still answered and the report written)."""
         stopped = math.inf
-        async for _ in signals:
+        async for signum in signals:
             self.interrupted = True
             now = time.monotonic()
             if not self.draining:
@@ -825,11 +900,13 @@ class _BatchRun:
                     self.batch.stop_submitting()  # rows waiting for their turn on the wire too
                 if self.progress is not None:
                     self.progress.stopped = True
-                self.console.print(
-                    "[yellow]Interrupted: no new submissions; waiting for the tasks in flight."
-                    " Ctrl-C again to stop now (running tasks stay reachable; rerun to resume).[/yellow]"
-                )
-            elif not run.cancel_called:
+                if signum != signal.SIGHUP:
+                    self.console.print(
+                        "[yellow]Interrupted: no new submissions; waiting for the tasks in flight."
+                        " Ctrl-C again to stop now (running tasks stay reachable; rerun to resume).[/yellow]"
+                    )
+                    continue
+            if not run.cancel_called:
                 stopped = now
                 self.console.print("[yellow]Stopping now, then writing the report.[/yellow]")
                 run.cancel()
@@ -1030,9 +1107,10 @@ def generate(
         _fail(str(exc))
     _make_out(out)  # before the POST: a video must not be paid for where it cannot be saved
 
-    async def run() -> Path:
+    async def run(command: _SingleTask) -> Path:
         timeouts = Timeouts(download_deadline=download_timeout)
-        async with _client(simulate, poll=poll, timeouts=timeouts) as client, _retries_shown(client):
+        command.simulated = simulate
+        async with command.client(_client(simulate, poll=poll, timeouts=timeouts)) as client:
             result = await client.generate(job.request, model=job.model)
             try:
                 return await client.download(result, f"{out}{os.sep}")  # --out is always a folder
@@ -1049,8 +1127,8 @@ def generate(
 def status(task_id: str, model: str) -> None:
     """Print a task's status (and result URLs) as JSON."""
 
-    async def run() -> dict[str, Any]:
-        async with KlingClient() as client, _retries_shown(client):
+    async def run(command: _SingleTask) -> dict[str, Any]:
+        async with command.client(KlingClient()) as client:
             current = await client.task(task_id, model=model).refresh()
             return {
                 "task_id": current.task_id,
@@ -1069,9 +1147,9 @@ def status(task_id: str, model: str) -> None:
 def download(task_id: str, model: str, out: Path, download_timeout: float) -> None:
     """Download a finished task's video into --out and print its path."""
 
-    async def run() -> Path:
+    async def run(command: _SingleTask) -> Path:
         timeouts = Timeouts(download_deadline=download_timeout)
-        async with KlingClient(timeouts=timeouts) as client, _retries_shown(client):
+        async with command.client(KlingClient(timeouts=timeouts)) as client:
             handle = client.task(task_id, model=model)
             await handle.refresh()
             return await client.download(handle.result(), f"{out}{os.sep}")  # --out is always a folder
@@ -1166,11 +1244,8 @@ def simulate(
         nonlocal started
         # Followed before the servers start, so that a signal during the banner still closes them.
         # Started with SIGINT ignored (a background job, `kling-async simulate &`), the command keeps
-        # ignoring it, as batch does: SIGTERM (`kill %1`) stops it then.
-        followed = [signal.SIGTERM]
-        if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
-            followed.append(signal.SIGINT)
-        with anyio.open_signal_receiver(*followed) as signals:
+        # ignoring it, as batch does: SIGTERM (`kill %1`) stops it then. A hangup stops it too.
+        with anyio.open_signal_receiver(*_followed_signals()) as signals:
             faults = Faults(fail_rate=fail_rate, get_error_rate=error_rate)
             sim = Simulator(
                 api_key=api_key,

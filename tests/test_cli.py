@@ -10,7 +10,7 @@ import select
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
 import anyio
@@ -227,6 +227,88 @@ async def test_a_batch_started_with_sigint_ignored_runs_on_through_a_ctrl_c(tmp_
         assert await _ctrl_c_at(b'"submitted"', [sys.executable, "-c", start, *args], sim) == 0
         report = json.loads((out / "report.json").read_text())
         assert {r["status"] for r in report} == {"COMPLETED"}
+
+
+async def _signal_when(
+    ready: Callable[[], bool], signum: signal.Signals, command: list[str], sim: Simulator
+) -> subprocess.CompletedProcess[str]:
+    """Run ``command`` against ``sim``, send it ``signum`` once ``ready()`` holds, and return how it ended."""
+    async with await anyio.open_process(command, env=_env(sim), cwd=ROOT) as process:
+        assert process.stdout is not None
+        assert process.stderr is not None
+        streams = {"stdout": bytearray(), "stderr": bytearray()}
+
+        async def read(stream: ByteReceiveStream, into: bytearray) -> None:
+            async for chunk in stream:
+                into.extend(chunk)
+
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(read, process.stdout, streams["stdout"])
+                tg.start_soon(read, process.stderr, streams["stderr"])
+                while not ready():
+                    assert process.returncode is None, streams["stderr"].decode()
+                    await anyio.sleep(0.01)
+                process.send_signal(signum)
+                code = await process.wait()
+    return subprocess.CompletedProcess(command, code, streams["stdout"].decode(), streams["stderr"].decode())
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
+async def test_an_interrupted_generate_names_the_task_it_created_and_how_to_fetch_it(
+    signum: signal.Signals, tmp_path: Path
+) -> None:
+    async with Simulator(time_scale=1.0) as sim:  # a generation of a minute
+        command = [sys.executable, "-m", "kling_async", "generate", "a fox", "--out", str(tmp_path)]
+        done = await _signal_when(lambda: bool(sim.tasks), signum, command, sim)
+    (task_id,) = sim.tasks
+    assert done.returncode == 130, done.stderr
+    assert done.stdout == ""
+    assert done.stderr.startswith("interrupted\n")
+    assert f"`kling-async download {task_id} --model kling-v3-omni-std --out DIR`" in done.stderr
+
+
+async def test_a_generate_interrupted_while_its_post_is_on_the_wire_names_the_task_the_post_created(
+    tmp_path: Path,
+) -> None:
+    async with Simulator(time_scale=1.0) as sim:
+        sim.queue_fault("latency", seconds=1.0)  # the POST arrives, and its task is created a second later
+        command = [sys.executable, "-m", "kling_async", "generate", "a fox", "--out", str(tmp_path)]
+        done = await _signal_when(lambda: sim.counters.posts == 1, signal.SIGTERM, command, sim)
+    print(done)
+    (task_id,) = sim.tasks
+    assert done.returncode == 130, done.stderr
+    assert f"`kling-async download {task_id} --model kling-v3-omni-std --out DIR`" in done.stderr
+
+
+async def test_a_hangup_stops_a_batch_without_waiting_for_the_tasks_in_flight_and_writes_the_report(
+    tmp_path: Path,
+) -> None:
+    # Generations of 30-60 s: a first Ctrl-C would wait for them; with its terminal gone nobody would.
+    async with Simulator(time_scale=1.0, generation_seconds=(30.0, 60.0)) as sim:
+        jobs = _write_jobs(tmp_path / "jobs.jsonl", [{"prompt": f"clip {i}"} for i in range(6)])
+        command = [sys.executable, "-m", "kling_async", "batch", str(jobs), "--out", str(tmp_path / "out")]
+        done = await _signal_when(lambda: sim.counters.tasks_created == 6, signal.SIGHUP, command, sim)
+    assert done.returncode == 130, done.stderr
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert sorted(r["task_id"] for r in report) == sorted(sim.tasks)
+    assert {r["status"] for r in report} == {"NOT_RUN"}
+
+
+async def test_a_batch_started_with_hangups_ignored_runs_on_through_one(tmp_path: Path) -> None:
+    # `nohup kling-async batch ...`: the terminal closing is not for it.
+    async with Simulator(time_scale=0.005) as sim:
+        jobs = _write_jobs(tmp_path / "jobs.jsonl", [{"prompt": f"clip {i}"} for i in range(10)])
+        out = tmp_path / "out"
+        start = (
+            "import os, signal, sys; signal.signal(signal.SIGHUP, signal.SIG_IGN);"
+            " os.execv(sys.executable, [sys.executable, '-m', 'kling_async', *sys.argv[1:]])"
+        )
+        command = [sys.executable, "-c", start, "batch", str(jobs), "--out", str(out), *FAST]
+        done = await _signal_when(lambda: sim.counters.tasks_created > 0, signal.SIGHUP, command, sim)
+    assert done.returncode == 0, done.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert {r["status"] for r in report} == {"COMPLETED"}
 
 
 async def test_a_download_slower_than_the_download_timeout_ends_its_row_download_failed(

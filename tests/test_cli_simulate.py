@@ -218,13 +218,14 @@ async def test_a_bad_option_is_refused_with_one_line_naming_it_before_anything_l
 # -- stopping ---------------------------------------------------------------------------------------------
 
 
-async def test_sigterm_stops_the_simulator_as_ctrl_c_does() -> None:
-    """SIGTERM closes the servers and exits as Ctrl-C does (exit 0, "simulator stopped"), not death by it."""
+async def test_sigterm_and_a_hangup_stop_the_simulator_as_ctrl_c_does() -> None:
+    """SIGTERM and SIGHUP (its terminal closed) close the servers and exit as Ctrl-C does (exit 0,
+    "simulator stopped"), not death by the signal."""
     stops = []
-    for signum in (signal.SIGINT, signal.SIGTERM):
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         async with _simulate() as running:
             stops.append(await running.stop(signum))
-    assert stops[0] == stops[1] == (0, "simulator stopped\n")
+    assert stops == [(0, "simulator stopped\n")] * 3
 
 
 async def test_a_background_simulator_ignores_ctrl_c_and_stops_on_sigterm() -> None:
