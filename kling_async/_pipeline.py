@@ -98,7 +98,10 @@ class Pipeline:
             self.limiter.on_success()
         if 200 <= response.status < 300:
             return response.body
-        retry_after = parse_retry_after(response.headers.get("Retry-After"), now=self.clock.wall())
+        headers = response.headers
+        retry_after = parse_retry_after(
+            headers.get("Retry-After"), now=self.clock.wall(), date=headers.get("Date")
+        )
         error = api_error(
             response.status, response.body, task_id=task_id, retry_after=retry_after, headers=response.headers
         )

@@ -146,12 +146,26 @@ def post_retryable(error: KlingError) -> bool:
     return post_created_nothing(error) and is_retryable(error)
 
 
-def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+def _http_date(value: str) -> float | None:
+    """An HTTP date as Unix time; None if it is not one (or names no zone)."""
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    return None if when.tzinfo is None else when.timestamp()
+
+
+def parse_retry_after(
+    value: str | None, *, now: float | None = None, date: str | None = None
+) -> float | None:
     """Seconds to wait from a ``Retry-After`` header: delta-seconds or an HTTP date; None if absent or bad.
 
     Args:
         value: the header's value.
         now: the current Unix time, to turn an HTTP date into seconds (the client passes its clock's).
+        date: the answer's ``Date`` header. An HTTP date is counted from it when it is a valid date: both
+            are the server's clock, so a client whose clock is off (a machine without NTP) waits what the
+            server meant, not that plus its error; shared across workers, the error would hold them all.
     """
     if not value:
         return None
@@ -159,13 +173,11 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
     try:
         seconds = float(value)
     except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError, OverflowError):
+        when = _http_date(value)
+        if when is None:
             return None
-        if when.tzinfo is None:
-            return None
-        seconds = when.timestamp() - (SYSTEM_CLOCK.wall() if now is None else now)
+        sent = _http_date(date) if date else None
+        seconds = when - (sent if sent is not None else SYSTEM_CLOCK.wall() if now is None else now)
     if math.isnan(seconds) or math.isinf(seconds):
         return None
     return max(0.0, seconds)

@@ -9,6 +9,7 @@ import pytest
 from aiohttp import web
 
 from kling_async import KlingClient, OmniRequest, RateLimited
+from kling_async._clock import SystemClock
 from kling_async._limits import rate_limit_headers
 from kling_async.testing import Simulator
 
@@ -110,3 +111,24 @@ def test_a_flood_of_rate_limit_headers_is_kept_small() -> None:
     kept = rate_limit_headers(flood)
     assert len(kept) == 16
     assert {len(value) for value in kept.values()} == {200}
+
+
+class _ClockBehind(SystemClock):
+    """A machine whose wall clock is 45 s behind (no NTP); its monotonic clock is fine."""
+
+    def wall(self) -> float:
+        return super().wall() - 45.0
+
+
+async def test_an_http_date_retry_after_is_read_against_the_servers_date_not_a_clock_that_is_off() -> None:
+    async with Simulator(time_scale=TIME_SCALE, retry_after="date") as sim:
+        sim.queue_fault("429", method="GET")  # Retry-After: a date about a second ahead of the server's
+        client = KlingClient(
+            api_key="sim-key", base_url=sim.url, poll=FAST_POLL, retry=FAST_RETRY, clock=_ClockBehind()
+        )
+        async with client:
+            events = client.events()
+            await client.generate(OmniRequest(prompt="a fox in snow"))
+        (event,) = [event async for event in events if isinstance(event, RateLimited)]
+    assert event.retry_after is not None
+    assert event.retry_after <= 2.0  # not 46-47 s

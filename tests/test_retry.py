@@ -49,6 +49,25 @@ def test_retry_after_as_http_date() -> None:
     assert parse_retry_after("Wed, 21 Oct 2015 07:28:10 GMT", now=1445412480.0) == pytest.approx(10.0)
 
 
+def test_an_http_date_retry_after_is_counted_from_the_answers_date_header() -> None:
+    """Both dates are the server's clock: a client clock 45 s behind does not add 45 s."""
+    value, sent = "Wed, 21 Oct 2015 07:28:10 GMT", "Wed, 21 Oct 2015 07:28:08 GMT"
+    assert parse_retry_after(value, now=1445412488.0 - 45, date=sent) == pytest.approx(2.0)
+
+
+@pytest.mark.parametrize("sent", [None, "", "yesterday", "Wed, 21 Oct 2015 07:28:08"])
+def test_without_a_usable_date_header_an_http_date_retry_after_is_counted_from_the_clock(
+    sent: str | None,
+) -> None:
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:10 GMT", now=1445412480.0, date=sent) == pytest.approx(
+        10.0
+    )
+
+
+def test_a_date_header_does_not_change_a_retry_after_in_seconds() -> None:
+    assert parse_retry_after("7", now=0.0, date="Wed, 21 Oct 2015 07:28:08 GMT") == 7.0
+
+
 def test_retry_after_in_the_past_means_now() -> None:
     assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412490.0) == 0.0
 
