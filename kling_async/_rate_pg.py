@@ -87,6 +87,8 @@ _FELL = 0.12
 # A statement sequence is not cancelled half-way (the connection would be left unusable), but neither may
 # a database that stopped answering hold the client: it fails after this long.
 _STATEMENT_DEADLINE = 10.0
+# The database's clock stepping back by at least this much moves the row's times back with it.
+_STEP = 1.0
 
 
 _Connection = psycopg.AsyncConnection[TupleRow]
@@ -146,6 +148,23 @@ class _Row:
         return {name: getattr(self.pace, name) for name in _PACE_COLUMNS} | {
             name: getattr(self, name) for name in _ROW_COLUMNS
         }
+
+    def rebase(self, now: float) -> None:
+        """Move the row's times back with the database's clock when it stepped back (NTP correcting its
+        host): the schedule keeps its shape, where it would wait out the step (every worker held for as
+        long). A step under ``_STEP`` is left alone: a statement that waited for the row's lock reads the
+        clock before the lock, so ``now`` trails the last writer's by that wait."""
+        step = self.stamp - now
+        if step < _STEP:
+            return
+        self.tat -= step
+        self.stamp -= step
+        self.blocked_until -= step
+        self.window_at -= step
+        if self.cut_at is not None:
+            self.cut_at -= step
+        if self.prev_at is not None:
+            self.prev_at -= step
 
     def take(self, now: float) -> float:
         """Take the next slot of the schedule; the seconds to wait before sending."""
@@ -215,7 +234,12 @@ _PACE_COLUMNS = [field.name for field in fields(Pace)]
 _ROW_COLUMNS = [field.name for field in fields(_Row) if field.name != "pace"]
 _COLUMNS = _PACE_COLUMNS + _ROW_COLUMNS
 _SELECT = f"SELECT {_NOW}, {', '.join(_COLUMNS)} FROM kling_key_rates WHERE fingerprint = %s FOR UPDATE"
-_HELD = f"SELECT greatest(0.0, blocked_until - {_NOW}) FROM kling_key_rates WHERE fingerprint = %s"
+# As ``_Row.rebase`` reads it: after the database's clock stepped back, the pause counts from the row's
+# last write (``stamp``), not from a ``now`` the step put before it.
+_HELD = (
+    f"SELECT greatest(0.0, blocked_until - CASE WHEN stamp - now >= {_STEP} THEN stamp ELSE now END)"
+    f" FROM (SELECT blocked_until, stamp, {_NOW} AS now FROM kling_key_rates WHERE fingerprint = %s) AS row"
+)
 _UPDATE = (
     f"UPDATE kling_key_rates SET {', '.join(f'{name} = %({name})s' for name in _COLUMNS)}"
     " WHERE fingerprint = %(fingerprint)s"
@@ -357,6 +381,7 @@ class SharedRate:
                     missing = f"shared rate: no row for key {self.fingerprint[:8]}..."
                     raise JournalError(missing, path=self._path)
                 row = _Row.read(found[1:])
+                row.rebase(found[0])
                 result = change(row, found[0])
                 await conn.execute(_UPDATE, {"fingerprint": self.fingerprint, **row.columns()})
             self.rate = row.pace.rate

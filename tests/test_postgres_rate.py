@@ -154,6 +154,22 @@ async def test_a_retry_after_holds_the_workers_no_longer_than_max_pause(database
         assert await rate.take() <= 2.0
 
 
+async def test_the_database_clock_stepping_back_holds_no_worker_for_the_step(database: str) -> None:  # noqa: F811
+    """NTP steps the database host's clock back 30 s: every time the row holds is 30 s ahead of it then.
+    A Retry-After running still holds the workers for what is left of it, and the schedule goes on at its
+    rate, not 30 s later."""
+    async with SharedRate(database, KEY, requests_per_second=10) as rate:
+        await rate.take()
+        await rate.throttled(1.0)
+        peek(  # the same as the clock stepping back 30 s
+            database,
+            "UPDATE kling_key_rates SET tat = tat + 30, stamp = stamp + 30, window_at = window_at + 30,"
+            " blocked_until = blocked_until + 30, cut_at = cut_at + 30 RETURNING 1",
+        )
+        assert await rate.held() <= 1.0 + EPSILON
+        assert await rate.take() <= 1.0 + 0.1 + EPSILON  # the pause, then the next slot at 10/s
+
+
 async def test_a_killed_connection_is_replaced_on_the_next_call(database: str) -> None:  # noqa: F811
     async with SharedRate(database, KEY, requests_per_second=10) as rate:
         await rate.take()
