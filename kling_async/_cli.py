@@ -1197,7 +1197,13 @@ _TIME_SCALE = _FiniteRange(0.001, 1000)
     show_default=True,
     help="Real seconds per simulated second (0.05: a 60 s generation takes 3 s).",
 )
-@click.option("--rate-limit", type=_POSITIVE, default=None, help="Requests per second enforced with 429s.")
+@click.option(
+    "--rate-limit",
+    # Below one request in 100 s a 429's Retry-After runs to hours, and at 1e-300 to 300 digits.
+    type=_FiniteRange(min=0.01),
+    default=None,
+    help="Requests per second enforced with 429s, at least 0.01.",
+)
 @click.option(
     "--fail-rate", type=_SHARE, default=0.0, show_default=True, help="Share of tasks that end FAILED."
 )

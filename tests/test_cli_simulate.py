@@ -184,6 +184,8 @@ BAD_OPTIONS = {
     "--time-scale 1e-9": (["--time-scale", "1e-9"], "'--time-scale': 1e-09 is not in the range 0.001<=x"),
     "--rate-limit inf": (["--rate-limit", "inf"], "'--rate-limit': inf is not a finite number"),
     "--rate-limit nan": (["--rate-limit", "nan"], "'--rate-limit': nan is not a finite number"),
+    # A Retry-After of 300 digits.
+    "--rate-limit 1e-300": (["--rate-limit", "1e-300"], "'--rate-limit': 1e-300 is not in the range x>=0.01"),
     "--fail-rate nan": (["--fail-rate", "nan"], "'--fail-rate': nan is not a finite number"),
     "--error-rate nan": (["--error-rate", "nan"], "'--error-rate': nan is not a finite number"),
     "an empty --api-key": (["--api-key", ""], "--api-key: must not be empty"),
