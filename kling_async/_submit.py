@@ -300,11 +300,13 @@ class Creator:
                     # (anyio's move_on_after, a task group's cancel) cancels the client's group, this
                     # task with it, while a POST is on the wire. The closing client waits for the POST
                     # instead (bounded: ``drain`` cancels these scopes past its bound). Idle, a sender
-                    # is not shielded, so a group cancelled for any other reason never waits for it.
+                    # is not shielded, and takes no new try once its group is cancelled (a background
+                    # task failed), so a group cancelled for any other reason never waits for it.
+                    group = self._group.cancel_scope if self._group is not None else None
                     with anyio.CancelScope(shield=True) as sending:
                         self._sending.add(sending)
                         try:
-                            while tries:
+                            while tries and not (group is not None and group.cancel_called):
                                 attempt = tries.popleft()
                                 await self._send(attempt)
                                 attempt = None
