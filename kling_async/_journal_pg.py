@@ -135,15 +135,18 @@ _RESUBMITTABLE = frozenset(
 # alone. "absent": lookup's new keys (None). "claim": submitting's new keys, inserted in key order, so that
 # workers claiming the same keys never wait for each other in a cycle. "created": the task ids of this
 # worker's claims (the guard of ``created``). A call alone takes the plain statement (no arrays to build).
+# Rows are stamped with the database's clock, the one clock every worker shares (a worker's own may be
+# off): Unix time in seconds, as SQLite's journal stamps them. One statement stamps its rows alike.
+_NOW = "extract(epoch from statement_timestamp())::double precision"
 _TOGETHER = {
     "absent": "SELECT k FROM unnest(%s::text[]) AS k"
     " WHERE NOT EXISTS (SELECT FROM kling_items WHERE key = k)",
     "claim": "INSERT INTO kling_items (key, model, request, state, worker, created_at, updated_at)"
-    " SELECT v.key, v.model, v.request, 'submitting', %s, %s, %s"
+    f" SELECT v.key, v.model, v.request, 'submitting', %s, {_NOW}, {_NOW}"
     " FROM unnest(%s::text[], %s::text[], %s::bytea[]) AS v (key, model, request) ORDER BY v.key"
     " ON CONFLICT (key) DO NOTHING RETURNING key",
     "created": "UPDATE kling_items i SET state = 'created', task_id = v.task_id, status = v.status,"
-    " error = NULL, updated_at = %s"
+    f" error = NULL, updated_at = {_NOW}"
     " FROM unnest(%s::text[], %s::text[], %s::text[]) AS v (key, task_id, status)"
     " WHERE i.key = v.key AND (i.state = 'created' AND i.task_id = v.task_id"
     " OR i.state IN ('submitting', 'uncertain') AND i.worker = %s) RETURNING i.key",
@@ -152,9 +155,9 @@ _ALONE = {
     "absent": "SELECT v.k FROM (SELECT %s::text AS k) AS v"
     " WHERE NOT EXISTS (SELECT FROM kling_items WHERE key = v.k)",
     "claim": "INSERT INTO kling_items (key, model, request, state, worker, created_at, updated_at)"
-    " VALUES (%s, %s, %s, 'submitting', %s, %s, %s) ON CONFLICT (key) DO NOTHING RETURNING key",
+    f" VALUES (%s, %s, %s, 'submitting', %s, {_NOW}, {_NOW}) ON CONFLICT (key) DO NOTHING RETURNING key",
     "created": "UPDATE kling_items SET state = 'created', task_id = %s, status = %s, error = NULL,"
-    " updated_at = %s WHERE key = %s AND (state = 'created' AND task_id = %s"
+    f" updated_at = {_NOW} WHERE key = %s AND (state = 'created' AND task_id = %s"
     " OR state IN ('submitting', 'uncertain') AND worker = %s) RETURNING key",
 }
 # At most this many calls share one statement.
@@ -483,11 +486,10 @@ class PostgresJournal(Lifecycle):
     async def _claim(
         self, conn: _Connection, key: str, model: str, request: bytes, offered: int | None
     ) -> None:
-        now = self._clock.wall()
         inserted = await conn.execute(
             "INSERT INTO kling_items (key, model, request, state, worker, created_at, updated_at)"
-            " VALUES (%s, %s, %s, 'submitting', %s, %s, %s) ON CONFLICT (key) DO NOTHING",
-            (key, model, request, self.worker, now, now),
+            f" VALUES (%s, %s, %s, 'submitting', %s, {_NOW}, {_NOW}) ON CONFLICT (key) DO NOTHING",
+            (key, model, request, self.worker),
         )
         if inserted.rowcount != 1:
             await self._reclaim(conn, key, model, request, offered)
@@ -496,7 +498,6 @@ class PostgresJournal(Lifecycle):
         self, conn: _Connection, key: str, model: str, request: bytes, offered: int | None
     ) -> None:
         """Claim a key that is already recorded, if this worker may."""
-        now = self._clock.wall()
         async with conn.transaction():
             row = await self._row(conn, key, lock=True)
             assert row is not None  # the conflict was on this key, and rows are never deleted
@@ -517,8 +518,8 @@ class PostgresJournal(Lifecycle):
             await conn.execute(
                 "UPDATE kling_items SET model = %s, request = %s, state = 'submitting', task_id = NULL,"
                 " status = NULL, urls = '[]', path = NULL, error = NULL, worker = %s, claims = claims + 1,"
-                " updated_at = %s WHERE key = %s",
-                (model, request, self.worker, now, key),
+                f" updated_at = {_NOW} WHERE key = %s",
+                (model, request, self.worker, key),
             )
 
     async def created(self, key: str, task_id: str, status: str) -> None:
@@ -620,12 +621,10 @@ class PostgresJournal(Lifecycle):
         params: tuple[Any, ...],
         **columns: Any,
     ) -> psycopg.AsyncCursor[TupleRow]:
-        names = [*columns, "updated_at"]
         values = [_sql_value(value) for value in columns.values()]
-        assignments = ", ".join(f"{name} = %s" for name in names)
+        assignments = ", ".join([*(f"{name} = %s" for name in columns), f"updated_at = {_NOW}"])
         return await conn.execute(
-            f"UPDATE kling_items SET {assignments} WHERE key = %s AND ({condition})",
-            (*values, self._clock.wall(), key, *params),
+            f"UPDATE kling_items SET {assignments} WHERE key = %s AND ({condition})", (*values, key, *params)
         )
 
     async def _own_claim(self, key: str, target: JournalState, sources: tuple[str, ...], error: str) -> None:
@@ -742,11 +741,11 @@ class PostgresJournal(Lifecycle):
                 (self._lease, self.worker),
             )
             await conn.execute(
-                "UPDATE kling_items i SET state = 'uncertain', updated_at = %s,"
+                f"UPDATE kling_items i SET state = 'uncertain', updated_at = {_NOW},"
                 " error = 'worker ' || i.worker || %s"
                 " FROM kling_workers w WHERE i.state = 'submitting' AND w.id = i.worker"
                 " AND w.lease_until < clock_timestamp()",
-                (self._clock.wall(), f" {_LEFT_UNRECORDED}"),
+                (f" {_LEFT_UNRECORDED}",),
             )
 
     # -- running calls --------------------------------------------------------------------------------------
@@ -854,20 +853,19 @@ class PostgresJournal(Lifecycle):
         return row[0] in batch.settled
 
     def _together_statement(self, kind: str, rows: list[tuple[Any, ...]]) -> tuple[str, tuple[Any, ...]]:
-        now = self._clock.wall()
         if len(rows) == 1:
             row = rows[0]
             if kind == "claim":
-                return _ALONE[kind], (*row, self.worker, now, now)
+                return _ALONE[kind], (*row, self.worker)
             if kind == "created":
                 key, task_id, status = row
-                return _ALONE[kind], (task_id, status, now, key, task_id, self.worker)
+                return _ALONE[kind], (task_id, status, key, task_id, self.worker)
             return _ALONE[kind], row
         columns = [list(column) for column in zip(*rows, strict=True)]
         if kind == "claim":
-            return _TOGETHER[kind], (self.worker, now, now, *columns)
+            return _TOGETHER[kind], (self.worker, *columns)
         if kind == "created":
-            return _TOGETHER[kind], (now, *columns, self.worker)
+            return _TOGETHER[kind], (*columns, self.worker)
         return _TOGETHER[kind], tuple(columns)
 
     async def _on_connection(self, work: Callable[[_Connection], Awaitable[_T]]) -> _T:

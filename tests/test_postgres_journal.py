@@ -4,7 +4,6 @@ a dead worker's task is adopted."""
 
 from __future__ import annotations
 
-import itertools
 import logging
 from typing import Any
 
@@ -514,19 +513,32 @@ def test_a_pool_without_connections_is_refused() -> None:
         PostgresJournal("postgresql:///db", connections=0)
 
 
-class TickingClock(SystemClock):
-    """The system clock, but each timestamp one second after the one before: a statement's rows share one."""
-
-    def __init__(self) -> None:
-        self._ticks = itertools.count(1)
+class _ClockAnHourOff(SystemClock):
+    """A worker's machine whose wall clock is an hour off (no NTP)."""
 
     def wall(self) -> float:
-        return float(next(self._ticks))
+        return super().wall() + 3600.0
+
+
+async def test_rows_and_history_are_stamped_with_the_databases_clock_not_a_workers(database: str) -> None:  # noqa: F811
+    """Workers whose clocks disagree write one timeline: a row's times and its history follow the database's
+    clock, so a status never seems to come before the one it followed."""
+    async with PostgresJournal(database, clock=_ClockAnHourOff()) as journal:
+        await journal.submitting("a", MODEL, REQUEST)
+        await journal.created("a", "t-a", "CREATED")
+        await journal.finished("a", "COMPLETED", ["https://cdn.example/a.mp4"])
+    [(created, updated, now)] = peek(
+        database, "SELECT created_at, updated_at, extract(epoch from clock_timestamp()) FROM kling_items"
+    )
+    assert created <= updated <= now < created + 60
+    history = [at for (at,) in peek(database, "SELECT at FROM kling_history ORDER BY at")]
+    assert len(history) == 2  # CREATED, COMPLETED
+    assert created <= history[0] <= history[1] == updated
 
 
 async def test_created_calls_ready_together_go_to_the_server_as_one_statement(database: str) -> None:  # noqa: F811
     keys = ["a", "b", "c"]
-    async with PostgresJournal(lock_bounded(database), connections=1, clock=TickingClock()) as journal:
+    async with PostgresJournal(lock_bounded(database), connections=1) as journal:
         await record(journal, "x")
         for key in keys:
             await journal.submitting(key, MODEL, REQUEST)
