@@ -8,10 +8,12 @@ worker that last claimed each item, so several processes (on several machines) c
   has a row in ``kling_workers`` with a lease (``lease_until``, the database's clock) that a heartbeat
   renews while the journal is open. A claim whose worker is live belongs to that worker: ``lookup`` answers
   None for it and ``submitting`` raises ``ClaimedElsewhere``, which becomes that item's outcome.
-- **Dead workers.** A claim still ``submitting`` when its worker's lease ran out is ``uncertain``: its POST
-  may have created a task, so it is never sent again by default (the heartbeat and ``lookup`` mark it). A
-  ``created`` (or ``completed``) item whose worker died is adopted: ``lookup`` makes it this worker's and
-  returns it, so the engine re-attaches to its task by id and follows it to its end.
+- **Dead workers.** A worker is live while its lease runs by the database's clock, or by the clock of the
+  worker judging it, counted from when that one saw the lease running (``_live``: a jump of the database's
+  clock does not end every lease at once). A claim still ``submitting`` when its worker's lease ran out is
+  ``uncertain``: its POST may have created a task, so it is never sent again by default (the heartbeat and
+  ``lookup`` mark it). A ``created`` (or ``completed``) item whose worker died is adopted: ``lookup`` makes
+  it this worker's and returns it, so the engine re-attaches to its task by id and follows it to its end.
 - **Writes.** The same durable/buffered split as SQLite: ``submitting``, ``created``, ``uncertain``,
   ``unsent`` and a failure before any task are committed before the call returns; statuses, results, task
   failures and downloads are buffered and committed together by a timer. A cancelled call still ends
@@ -119,8 +121,11 @@ CREATE OR REPLACE TRIGGER kling_items_status AFTER UPDATE OF status ON kling_ite
 _SCHEMA_LOCK = 0x6B6C696E672D6173
 
 _COLUMNS = "i.key, i.model, i.request, i.state, i.task_id, i.status, i.urls, i.path, i.error"
-# The claim's owner, whether its lease still runs, and how many claims the row has seen.
-_OWNER = "i.worker, coalesce(w.lease_until > clock_timestamp(), false), i.claims"
+# The claim's owner, how many claims the row has seen, the owner's lease and the time now (``_live``).
+_OWNER = (
+    "i.worker, i.claims, extract(epoch from w.lease_until)::double precision,"
+    " extract(epoch from clock_timestamp())::double precision"
+)
 _FROM = "kling_items i LEFT JOIN kling_workers w ON w.id = i.worker"
 
 # States a live worker holds: another worker must not POST for it nor follow its task.
@@ -306,6 +311,9 @@ class PostgresJournal(Lifecycle):
         self._tg: anyio.abc.TaskGroup | None = None
         self._heartbeat_failing = False
         self._registered = False  # this worker's row exists: its lease is given up on exit
+        # Per other worker, the lease it last showed this one, and when that lease ends by this worker's
+        # own clock: see ``_live``.
+        self._leases: dict[str, tuple[float, float]] = {}
 
     @property
     def path(self) -> str:
@@ -424,10 +432,27 @@ class PostgresJournal(Lifecycle):
         self._registered = True
 
     async def _release(self, conn: _Connection) -> None:
-        """End the lease: this worker's created tasks are free to adopt at once."""
-        await conn.execute(
-            "UPDATE kling_workers SET lease_until = clock_timestamp() WHERE id = %s", (self.worker,)
-        )
+        """End the lease: this worker's created tasks are free to adopt at once. ``-infinity`` (not the
+        time now) tells the others the lease was given up, not merely renewed late (see ``_live``)."""
+        await conn.execute("UPDATE kling_workers SET lease_until = '-infinity' WHERE id = %s", (self.worker,))
+
+    def _live(self, worker: str, lease_until: float | None, now: float) -> bool:
+        """Whether ``worker`` is live to this one, its lease read (``lease_until``) at the database's time
+        ``now``: its lease runs by the database's clock, or by this worker's own clock, counted from
+        when this worker first saw that lease (what was left of it then).
+
+        The second rule holds a live worker live through a jump of the database's clock (NTP stepping its
+        host forward past the leases): its lease looks over until its next renewal, a third of a lease
+        later, and meanwhile another worker would mark its claims on the wire uncertain (and with
+        ``resubmit_uncertain``, send them again). A worker that stopped renewing is dead once both clocks
+        say its last lease is over; a lease first seen over (a run started after its worker died), given
+        up (``-infinity``) or moved back is over by both at once."""
+        if lease_until is None:  # no such worker row
+            return False
+        seen = self._leases.get(worker)
+        if seen is None or seen[0] != lease_until:
+            seen = self._leases[worker] = (lease_until, self._clock.now() + (lease_until - now))
+        return lease_until > now or self._clock.now() < seen[1]
 
     # -- the protocol ----------------------------------------------------------------------------------------
 
@@ -596,7 +621,7 @@ class PostgresJournal(Lifecycle):
         row = await cursor.fetchone()
         if row is None:
             return None
-        return _entry(row), row[9], row[10], row[11]
+        return _entry(row), row[9], self._live(row[9], row[11], row[12]), row[10]
 
     async def _set(self, conn: _Connection, key: str, **columns: Any) -> None:
         await self._guarded(conn, key, "true", (), **columns)
@@ -705,10 +730,14 @@ class PostgresJournal(Lifecycle):
         await self._call(None, writes)
 
     async def _heartbeat(self, conn: _Connection | None) -> None:
-        """Renew this worker's lease every third of it; mark the claims of dead workers uncertain."""
+        """Renew this worker's lease every third of it; mark the claims of dead workers uncertain. The
+        first beat is at once: it reads the other workers' leases while they run (``_live``)."""
         try:
+            first = True
             while True:
-                await self._clock.sleep(self._lease / 3)
+                if not first:
+                    await self._clock.sleep(self._lease / 3)
+                first = False
                 try:
                     if conn is None or conn.closed:
                         conn = await self._connect()
@@ -740,13 +769,26 @@ class PostgresJournal(Lifecycle):
                 " WHERE id = %s",
                 (self._lease, self.worker),
             )
-            await conn.execute(
-                f"UPDATE kling_items i SET state = 'uncertain', updated_at = {_NOW},"
-                " error = 'worker ' || i.worker || %s"
-                " FROM kling_workers w WHERE i.state = 'submitting' AND w.id = i.worker"
-                " AND w.lease_until < clock_timestamp()",
-                (f" {_LEFT_UNRECORDED}",),
+            # Every other worker's lease is read, to see it renewed (``_live``): those of the last hour,
+            # and those of workers with claims on the wire.
+            cursor = await conn.execute(
+                "SELECT w.id, extract(epoch from w.lease_until)::double precision,"
+                " extract(epoch from clock_timestamp())::double precision FROM kling_workers w"
+                " WHERE w.id <> %s AND (w.lease_until > clock_timestamp() - interval '1 hour'"
+                " OR EXISTS (SELECT FROM kling_items i WHERE i.worker = w.id AND i.state = 'submitting'))",
+                (self.worker,),
             )
+            dead = [
+                worker for worker, lease, now in await cursor.fetchall() if not self._live(worker, lease, now)
+            ]
+            if dead:
+                await conn.execute(
+                    f"UPDATE kling_items i SET state = 'uncertain', updated_at = {_NOW},"
+                    " error = 'worker ' || i.worker || %s"
+                    " FROM kling_workers w WHERE i.state = 'submitting' AND w.id = i.worker"
+                    " AND i.worker = ANY(%s) AND w.lease_until < clock_timestamp()",
+                    (f" {_LEFT_UNRECORDED}", dead),
+                )
 
     # -- running calls --------------------------------------------------------------------------------------
 

@@ -281,6 +281,66 @@ async def test_the_heartbeat_marks_dead_workers_claims_uncertain(database: str) 
     assert error.startswith(f"worker {dead.worker} stopped while its POST was on the wire")
 
 
+def steppable_clock(dsn: str) -> str:
+    """The DSN whose sessions read the database's clock through ``kling_test_clock.clock_timestamp()``:
+    the server's clock plus an offset that ``step_clock`` moves, as NTP stepping the database host would
+    (every session sees the step at once; the rows keep what they hold)."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE SCHEMA kling_test_clock")
+        conn.execute("CREATE TABLE kling_test_clock.step (seconds double precision NOT NULL)")
+        conn.execute("INSERT INTO kling_test_clock.step VALUES (0)")
+        conn.execute(
+            "CREATE FUNCTION kling_test_clock.clock_timestamp() RETURNS timestamptz LANGUAGE sql AS"
+            " 'SELECT pg_catalog.clock_timestamp()"
+            " + make_interval(secs => (SELECT seconds FROM kling_test_clock.step))'"
+        )
+    # pg_catalog named after the function's schema, so that the function comes first; tables in public.
+    return psycopg.conninfo.make_conninfo(dsn, options="-c search_path=public,kling_test_clock,pg_catalog")
+
+
+def step_clock(dsn: str, seconds: float) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("UPDATE kling_test_clock.step SET seconds = seconds + %s", (seconds,))
+
+
+async def test_a_live_workers_claim_stays_its_own_when_the_database_clock_jumps_past_its_lease(
+    database: str,  # noqa: F811
+) -> None:
+    """NTP steps the database host's clock 10 s forward: every lease looks over until its worker renews
+    it. A worker that saw the other's lease running counts it on its own clock, so the other's claim on
+    the wire is not taken for a dead worker's (uncertain, and sent again with resubmit_uncertain)."""
+    url = steppable_clock(database)
+    # The claimant renews every second; the other one reads the leases every 0.1 s.
+    async with PostgresJournal(url, lease=3.0) as claimant, PostgresJournal(url, lease=0.3) as other:
+        await claimant.submitting("a", MODEL, REQUEST)
+        await anyio.sleep(0.3)  # the other's heartbeat has read the claimant's lease
+        step_clock(database, 10.0)
+        assert await other.lookup("a") is None  # held by a live worker
+        await anyio.sleep(0.3)  # the other's heartbeat reads the leases again
+        assert peek(database, "SELECT state, worker FROM kling_items") == [("submitting", claimant.worker)]
+
+
+async def test_a_worker_that_stops_renewing_a_lease_another_saw_is_dead_once_it_is_over(
+    database: str,  # noqa: F811
+) -> None:
+    """The other rule's guard: a lease counted on a worker's own clock still ends (a worker stopped)."""
+    async with PostgresJournal(database, lease=0.3) as observer:
+        with psycopg.connect(database, autocommit=True) as conn:  # a worker that renews no more
+            conn.execute(
+                "INSERT INTO kling_workers (id, host, pid, lease_until)"
+                " VALUES ('stopped', 'h', 1, clock_timestamp() + interval '0.5 s')"
+            )
+            conn.execute(
+                "INSERT INTO kling_items (key, model, request, state, worker, created_at, updated_at)"
+                " VALUES ('a', %s, %s, 'submitting', 'stopped', 0, 0)",
+                (MODEL, REQUEST),
+            )
+        assert await observer.lookup("a") is None  # its lease runs: held
+        with anyio.fail_after(10):
+            while peek(database, "SELECT state FROM kling_items") != [("uncertain",)]:  # noqa: ASYNC110
+                await anyio.sleep(0.01)
+
+
 async def test_an_uncertain_item_is_resubmitted_only_as_the_engine_decided_after_its_lookup(
     database: str,  # noqa: F811
 ) -> None:
