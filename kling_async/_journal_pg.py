@@ -769,8 +769,8 @@ class PostgresJournal(Lifecycle):
                 " WHERE id = %s",
                 (self._lease, self.worker),
             )
-            # Every other worker's lease is read, to see it renewed (``_live``): those of the last hour,
-            # and those of workers with claims on the wire.
+            # The other workers' leases are read, each to be counted on this worker's clock too (``_live``):
+            # those of the last hour, and those of workers with claims on the wire.
             cursor = await conn.execute(
                 "SELECT w.id, extract(epoch from w.lease_until)::double precision,"
                 " extract(epoch from clock_timestamp())::double precision FROM kling_workers w"
