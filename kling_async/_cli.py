@@ -351,10 +351,17 @@ class _SingleTask:
         self.created: list[TaskSubmitted] = []
         self.simulated = False  # its tasks end with the in-process simulator: nothing to name
 
+    @staticmethod
+    def _not_about_a_task(record: logging.LogRecord) -> bool:
+        # The library's warning that a task was created for a cancelled caller names it in Python terms
+        # (client.task(...)); the command names it itself, with the commands that reach it.
+        return not hasattr(record, "task_id")
+
     @contextlib.asynccontextmanager
     async def client(self, client: AbstractAsyncContextManager[KlingClient]) -> AsyncIterator[KlingClient]:
         """The command's client, its retries shown on stderr while the body runs."""
         events: EventStream | None = None
+        _LOG.addFilter(self._not_about_a_task)
         try:
             async with client as opened:
                 events = opened.events()
@@ -366,6 +373,7 @@ class _SingleTask:
                 # interrupted, the POST on the wire) is here too. A closed stream gives what it holds
                 # without waiting, so this runs even in a cancelled scope.
                 self.created += [event async for event in events if isinstance(event, TaskSubmitted)]
+            _LOG.removeFilter(self._not_about_a_task)
 
     def interrupted(self) -> NoReturn:
         lines = ["interrupted"]

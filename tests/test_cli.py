@@ -275,10 +275,10 @@ async def test_a_generate_interrupted_while_its_post_is_on_the_wire_names_the_ta
         sim.queue_fault("latency", seconds=1.0)  # the POST arrives, and its task is created a second later
         command = [sys.executable, "-m", "kling_async", "generate", "a fox", "--out", str(tmp_path)]
         done = await _signal_when(lambda: sim.counters.posts == 1, signal.SIGTERM, command, sim)
-    print(done)
     (task_id,) = sim.tasks
     assert done.returncode == 130, done.stderr
     assert f"`kling-async download {task_id} --model kling-v3-omni-std --out DIR`" in done.stderr
+    assert "client.task(" not in done.stderr  # the library's words for it are not the command's
 
 
 async def test_a_hangup_stops_a_batch_without_waiting_for_the_tasks_in_flight_and_writes_the_report(
