@@ -34,13 +34,20 @@ def peek(dsn: str, sql: str, *params: object) -> list[Any]:
         return conn.execute(sql, params).fetchall()
 
 
-def expire(dsn: str, journal: PostgresJournal) -> None:
-    """Make ``journal``'s worker look dead to the others (as if its heartbeat had stopped long ago)."""
-    with psycopg.connect(dsn) as conn:
-        conn.execute(
-            "UPDATE kling_workers SET lease_until = clock_timestamp() - interval '1 hour' WHERE id = %s",
-            (journal.worker,),
-        )
+async def expire(dsn: str, journal: PostgresJournal) -> None:
+    """Make ``journal``'s worker look dead to the others (as if its heartbeat had stopped long ago).
+
+    In a thread: the update waits for the row's lock while a heartbeat holds it, and the heartbeat can
+    only let it go while the event loop runs."""
+
+    def update() -> None:
+        with psycopg.connect(dsn) as conn:
+            conn.execute(
+                "UPDATE kling_workers SET lease_until = clock_timestamp() - interval '1 hour' WHERE id = %s",
+                (journal.worker,),
+            )
+
+    await anyio.to_thread.run_sync(update)
 
 
 async def test_open_journal_makes_a_postgres_journal_for_a_postgresql_url(database: str) -> None:  # noqa: F811
@@ -258,7 +265,7 @@ async def test_a_dead_workers_claim_on_the_wire_is_uncertain_and_not_claimed_aga
 ) -> None:
     async with PostgresJournal(database) as first, PostgresJournal(database) as second:
         await first.submitting("a", MODEL, REQUEST)
-        expire(database, first)
+        await expire(database, first)
         entry = await second.lookup("a")
         assert entry is not None
         assert entry.state == JournalState.UNCERTAIN
@@ -272,7 +279,7 @@ async def test_a_dead_workers_claim_on_the_wire_is_uncertain_and_not_claimed_aga
 async def test_the_heartbeat_marks_dead_workers_claims_uncertain(database: str) -> None:  # noqa: F811
     async with PostgresJournal(database) as dead:
         await dead.submitting("a", MODEL, REQUEST)
-        expire(database, dead)
+        await expire(database, dead)
         async with PostgresJournal(database, lease=0.15):  # beats every 0.05 s
             with anyio.fail_after(10):
                 while peek(database, "SELECT state FROM kling_items") != [("uncertain",)]:  # noqa: ASYNC110
@@ -346,7 +353,7 @@ async def test_an_uncertain_item_is_resubmitted_only_as_the_engine_decided_after
 ) -> None:
     async with PostgresJournal(database) as first, PostgresJournal(database) as second:
         await first.submitting("a", MODEL, REQUEST)
-        expire(database, first)
+        await expire(database, first)
         # A worker that never looked it up (it saw the claim live) must not POST it now that it is dead.
         with pytest.raises(ClaimedElsewhere, match="no longer live"):
             await second.submitting("a", MODEL, REQUEST)
@@ -366,7 +373,7 @@ async def test_a_dead_workers_task_is_adopted_once_and_its_writes_accepted(datab
     ):
         await first.submitting("a", MODEL, REQUEST)
         await first.created("a", "t-a", "CREATED")
-        expire(database, first)
+        await expire(database, first)
         entry = await second.lookup("a")
         assert entry is not None
         assert (entry.state, entry.task_id) == (JournalState.CREATED, "t-a")
