@@ -28,6 +28,15 @@ pytestmark = pytest.mark.anyio
 
 ROOT = Path(__file__).parent.parent
 FAST = ["--poll-initial", "0.02", "--poll-maximum", "0.05"]
+# `python -m kling_async`, as a terminal's foreground job runs it: Ctrl-C and a hangup at their defaults,
+# whatever this test run inherited (under `nohup`, or as a script's `&` job, it ignores one or both).
+FOREGROUND = [
+    sys.executable,
+    "-c",
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL);"
+    " signal.signal(signal.SIGHUP, signal.SIG_DFL);"
+    " os.execv(sys.executable, [sys.executable, '-m', 'kling_async', *sys.argv[1:]])",
+]
 
 
 def _env(sim: Simulator | None = None) -> dict[str, str]:
@@ -259,7 +268,7 @@ async def test_an_interrupted_generate_names_the_task_it_created_and_how_to_fetc
     signum: signal.Signals, tmp_path: Path
 ) -> None:
     async with Simulator(time_scale=1.0) as sim:  # a generation of a minute
-        command = [sys.executable, "-m", "kling_async", "generate", "a fox", "--out", str(tmp_path)]
+        command = [*FOREGROUND, "generate", "a fox", "--out", str(tmp_path)]
         done = await _signal_when(lambda: bool(sim.tasks), signum, command, sim)
     (task_id,) = sim.tasks
     assert done.returncode == 130, done.stderr
@@ -273,7 +282,7 @@ async def test_a_generate_interrupted_while_its_post_is_on_the_wire_names_the_ta
 ) -> None:
     async with Simulator(time_scale=1.0) as sim:
         sim.queue_fault("latency", seconds=1.0)  # the POST arrives, and its task is created a second later
-        command = [sys.executable, "-m", "kling_async", "generate", "a fox", "--out", str(tmp_path)]
+        command = [*FOREGROUND, "generate", "a fox", "--out", str(tmp_path)]
         done = await _signal_when(lambda: sim.counters.posts == 1, signal.SIGTERM, command, sim)
     (task_id,) = sim.tasks
     assert done.returncode == 130, done.stderr
@@ -287,7 +296,7 @@ async def test_a_hangup_stops_a_batch_without_waiting_for_the_tasks_in_flight_an
     # Generations of 30-60 s: a first Ctrl-C would wait for them; with its terminal gone nobody would.
     async with Simulator(time_scale=1.0, generation_seconds=(30.0, 60.0)) as sim:
         jobs = _write_jobs(tmp_path / "jobs.jsonl", [{"prompt": f"clip {i}"} for i in range(6)])
-        command = [sys.executable, "-m", "kling_async", "batch", str(jobs), "--out", str(tmp_path / "out")]
+        command = [*FOREGROUND, "batch", str(jobs), "--out", str(tmp_path / "out")]
         done = await _signal_when(lambda: sim.counters.tasks_created == 6, signal.SIGHUP, command, sim)
     assert done.returncode == 130, done.stderr
     report = json.loads((tmp_path / "out" / "report.json").read_text())

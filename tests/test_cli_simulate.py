@@ -19,7 +19,7 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 
 from kling_async import KlingClient, OmniRequest, TaskStatus, WebhookReceiver
 from tests.conftest import FAST_POLL, FAST_RETRY
-from tests.test_cli import ROOT, _cli, _env
+from tests.test_cli import FOREGROUND, ROOT, _cli, _env
 from tests.test_cli_usage import _error_line
 
 pytestmark = pytest.mark.anyio
@@ -72,11 +72,7 @@ class _Running:
 async def _simulate(*options: str, sigint_ignored: bool = False) -> AsyncIterator[_Running]:
     """``kling-async simulate --port 0 --time-scale 0.001 OPTIONS``, running once its banner is out."""
     args = ["simulate", "--port", "0", "--time-scale", "0.001", *options]
-    start = (
-        [sys.executable, "-c", _WITH_SIGINT_IGNORED]
-        if sigint_ignored
-        else [sys.executable, "-m", "kling_async"]
-    )
+    start = [sys.executable, "-c", _WITH_SIGINT_IGNORED] if sigint_ignored else FOREGROUND
     async with await anyio.open_process([*start, *args], env=_env(), cwd=ROOT) as process:
         assert process.stderr is not None
         stderr = BufferedByteReceiveStream(process.stderr)
