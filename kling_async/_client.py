@@ -243,11 +243,7 @@ class KlingClient:
             await self._transport.open()
         except BaseException:
             with anyio.CancelScope(shield=True):
-                if self._webhooks is not None:
-                    self._webhooks.remove_listener(self._registry.observe)
-                    if self._owns_receiver:  # started or joined for this client: not left running
-                        self._owns_receiver = False
-                        await self._webhooks._leave()
+                await self._leave_receiver()
             if self._sharing is not None:
                 await self._sharing.__aexit__(None, None, None)
             raise
@@ -287,13 +283,20 @@ class KlingClient:
             self._events.close()
             with anyio.CancelScope(shield=True):
                 await self._transport.close()
-                if self._webhooks is not None:
-                    self._webhooks.remove_listener(self._registry.observe)
-                    if self._owns_receiver:
-                        await self._webhooks._leave()
+                await self._leave_receiver()
             if self._sharing is not None:
                 # Not shielded: the relay's task group was entered outside any such scope.
                 await self._sharing.__aexit__(None, None, None)
+
+    async def _leave_receiver(self) -> None:
+        """Stop hearing the receiver's deliveries, and leave its server if this client started or joined
+        it (the last client to leave stops it)."""
+        if self._webhooks is None:
+            return
+        self._webhooks.remove_listener(self._registry.observe)
+        if self._owns_receiver:
+            self._owns_receiver = False
+            await self._webhooks._leave()
 
     def _share(self, url: str) -> Sharing:
         return Sharing(
