@@ -99,6 +99,14 @@ def key_fingerprint(api_key: str) -> str:
     return hashlib.sha256(b"kling-async shared rate\0" + api_key.encode()).hexdigest()[:32]
 
 
+def _stepped_back(stamp: float, now: float) -> float:
+    """How far the database's clock stepped back since the row's last write at ``stamp``; 0.0 for less
+    than ``_STEP``: a statement that waited for the row's lock reads the clock before the lock, so ``now``
+    trails the last writer's by that wait."""
+    step = stamp - now
+    return step if step >= _STEP else 0.0
+
+
 @dataclass(slots=True)
 class _Row:
     """The key's row, read under its lock and written back: the rate's ``Pace``, and the schedule."""
@@ -152,10 +160,9 @@ class _Row:
     def rebase(self, now: float) -> None:
         """Move the row's times back with the database's clock when it stepped back (NTP correcting its
         host): the schedule keeps its shape, where it would wait out the step (every worker held for as
-        long). A step under ``_STEP`` is left alone: a statement that waited for the row's lock reads the
-        clock before the lock, so ``now`` trails the last writer's by that wait."""
-        step = self.stamp - now
-        if step < _STEP:
+        long)."""
+        step = _stepped_back(self.stamp, now)
+        if not step:
             return
         self.tat -= step
         self.stamp -= step
@@ -234,12 +241,7 @@ _PACE_COLUMNS = [field.name for field in fields(Pace)]
 _ROW_COLUMNS = [field.name for field in fields(_Row) if field.name != "pace"]
 _COLUMNS = _PACE_COLUMNS + _ROW_COLUMNS
 _SELECT = f"SELECT {_NOW}, {', '.join(_COLUMNS)} FROM kling_key_rates WHERE fingerprint = %s FOR UPDATE"
-# As ``_Row.rebase`` reads it: after the database's clock stepped back, the pause counts from the row's
-# last write (``stamp``), not from a ``now`` the step put before it.
-_HELD = (
-    f"SELECT greatest(0.0, blocked_until - CASE WHEN stamp - now >= {_STEP} THEN stamp ELSE now END)"
-    f" FROM (SELECT blocked_until, stamp, {_NOW} AS now FROM kling_key_rates WHERE fingerprint = %s) AS row"
-)
+_HELD = f"SELECT blocked_until, stamp, {_NOW} FROM kling_key_rates WHERE fingerprint = %s"
 _UPDATE = (
     f"UPDATE kling_key_rates SET {', '.join(f'{name} = %({name})s' for name in _COLUMNS)}"
     " WHERE fingerprint = %(fingerprint)s"
@@ -366,7 +368,12 @@ class SharedRate:
         async def read(conn: _Connection) -> float:
             cursor = await conn.execute(_HELD, (self.fingerprint,))
             found = await cursor.fetchone()
-            return 0.0 if found is None else float(found[0])
+            if found is None:
+                return 0.0
+            blocked_until, stamp, now = found
+            # As ``_Row.rebase`` reads the row: after the clock stepped back, the pause counts from the
+            # row's last write, not from a ``now`` the step put before it.
+            return max(0.0, float(blocked_until - now) - _stepped_back(stamp, now))
 
         return await self._run(read)
 
