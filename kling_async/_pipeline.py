@@ -103,10 +103,10 @@ class Pipeline:
             headers.get("Retry-After"), now=self.clock.wall(), date=headers.get("Date")
         )
         error = api_error(
-            response.status, response.body, task_id=task_id, retry_after=retry_after, headers=response.headers
+            response.status, response.body, task_id=task_id, retry_after=retry_after, headers=headers
         )
         if isinstance(error, RateLimitError):
-            told = self.limiter.note_rate_limit_headers(response.headers)
+            told = self.limiter.note_rate_limit_headers(headers)
             await self.limiter.refused(error.retry_after)
             if self._events.active:
                 self._events.publish(

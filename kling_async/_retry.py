@@ -177,7 +177,9 @@ def parse_retry_after(
         if when is None:
             return None
         sent = _http_date(date) if date else None
-        seconds = when - (sent if sent is not None else SYSTEM_CLOCK.wall() if now is None else now)
+        if sent is None:
+            sent = SYSTEM_CLOCK.wall() if now is None else now
+        seconds = when - sent
     if math.isnan(seconds) or math.isinf(seconds):
         return None
     return max(0.0, seconds)

@@ -292,6 +292,8 @@ class Creator:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         tries, loop = self._tries, asyncio.get_running_loop()
+        assert self._group is not None  # senders are started in it
+        group = self._group.cancel_scope
         attempt: _Try | None = None
         try:
             while True:
@@ -302,11 +304,10 @@ class Creator:
                     # instead (bounded: ``drain`` cancels these scopes past its bound). Idle, a sender
                     # is not shielded, and takes no new try once its group is cancelled (a background
                     # task failed), so a group cancelled for any other reason never waits for it.
-                    group = self._group.cancel_scope if self._group is not None else None
                     with anyio.CancelScope(shield=True) as sending:
                         self._sending.add(sending)
                         try:
-                            while tries and not (group is not None and group.cancel_called):
+                            while tries and not group.cancel_called:
                                 attempt = tries.popleft()
                                 await self._send(attempt)
                                 attempt = None
