@@ -649,7 +649,10 @@ def _download_timeout_option(command: Callable[..., None]) -> Callable[..., None
 @_simulate_option
 @click.option("--skip-invalid", is_flag=True, help="Run the valid rows even if some are invalid.")
 @click.option(
-    "--rps", type=_POSITIVE, default=None, help="Requests per second ceiling (default: adapt to 429s)."
+    "--rps",
+    type=_FiniteRange(min=0.01),
+    default=None,
+    help="Requests per second ceiling, at least 0.01 (default: adapt to 429s).",
 )
 @click.option(
     "--concurrency", type=_AT_LEAST_ONE, default=16, show_default=True, help="Requests on the wire at once."

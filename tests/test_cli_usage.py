@@ -96,6 +96,7 @@ BATCH_OPTIONS = {
     "--poll-initial -1": (["--poll-initial", "-1"], "'--poll-initial'"),
     "--poll-maximum 0": (["--poll-maximum", "0"], "'--poll-maximum'"),
     "--rps nan": (["--rps", "nan"], "'--rps'"),
+    "--rps 1e-300": (["--rps", "1e-300"], "'--rps'"),
     "--task-timeout inf": (["--task-timeout", "inf"], "'--task-timeout'"),
     "--poll-initial nan": (["--poll-initial", "nan"], "'--poll-initial'"),
     "--download-timeout inf": (["--download-timeout", "inf"], "'--download-timeout'"),
