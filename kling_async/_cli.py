@@ -349,13 +349,18 @@ class _SingleTask:
 
     def __init__(self) -> None:
         self.created: list[TaskSubmitted] = []
+        # The models of POSTs that got no answer after the command was interrupted: each may have created
+        # a task, which only the list of the account's tasks can show.
+        self.uncertain: list[str] = []
         self.simulated = False  # its tasks end with the in-process simulator: nothing to name
 
-    @staticmethod
-    def _not_about_a_task(record: logging.LogRecord) -> bool:
-        # The library's warning that a task was created for a cancelled caller names it in Python terms
-        # (client.task(...)); the command names it itself, with the commands that reach it.
-        return not hasattr(record, "task_id")
+    def _not_about_a_task(self, record: logging.LogRecord) -> bool:
+        # The library's warnings that a task was (or may have been) created for a cancelled caller name it
+        # in Python terms (client.task(...), client.list_tasks()); the command names the commands instead.
+        model = getattr(record, "uncertain_model", None)
+        if model is not None:
+            self.uncertain.append(model)
+        return model is None and not hasattr(record, "task_id")
 
     @contextlib.asynccontextmanager
     async def client(self, client: AbstractAsyncContextManager[KlingClient]) -> AsyncIterator[KlingClient]:
@@ -384,8 +389,17 @@ class _SingleTask:
                 f" `kling-async download {task.task_id} --model {task.model} --out DIR` fetches its video"
                 " once it has completed"
             )
+        for model in [] if self.simulated else self.uncertain:
+            lines.append(f"a POST ({model}) got no answer: {_look_for_it(model)}")
         click.echo("\n".join(lines), err=True)
         sys.exit(EXIT_INTERRUPTED)
+
+
+def _look_for_it(model: str) -> str:
+    return (
+        "it may have created a task, and been paid for; `kling-async list --model"
+        f" {model}` shows the account's newest tasks of its family"
+    )
 
 
 def _followed_signals() -> list[signal.Signals]:
@@ -437,12 +451,19 @@ def _echo_result(
         command.interrupted()
     except InvalidRequestError as exc:  # a bad task id or model: the input, checked before any request
         _fail(str(exc))
+    except SubmitUncertainError as exc:
+        click.echo(f"error: {exc}\n{_look_for_it(exc.model)}", err=True)
+        sys.exit(EXIT_FAILED)
     except (KlingError, RuntimeError) as exc:  # RuntimeError: e.g. downloading a task not finished yet
         click.echo(f"error: {exc}", err=True)
         sys.exit(EXIT_FAILED)
     if interrupted:
         command.interrupted()
-    click.echo(json.dumps(result) if as_json else str(result))
+    if isinstance(result, list):  # JSON lines
+        for item in result:
+            click.echo(json.dumps(item))
+    else:
+        click.echo(json.dumps(result) if as_json else str(result))
 
 
 @contextlib.asynccontextmanager
@@ -1057,8 +1078,8 @@ def _summary(
     if uncertain:
         console.print(
             f"{uncertain} row(s) UNCERTAIN: a POST went out and its answer was lost, so a task may exist (and"
-            " be paid); look for it among the account's tasks before you rerun with --resubmit-uncertain to"
-            " send these again (that may pay twice)",
+            " be paid); look for it among the account's tasks (`kling-async list --model MODEL`) before you"
+            " rerun with --resubmit-uncertain to send these again (that may pay twice)",
             highlight=False,
         )
     failed = by_status["FAILED"]
@@ -1148,6 +1169,24 @@ def status(task_id: str, model: str) -> None:
             }
 
     _echo_result(run, as_json=True)
+
+
+@cli.command(name="list", short_help="The account's newest tasks of a model's family, as JSON lines.")
+@_model_option
+@click.option("--page", type=_AT_LEAST_ONE, default=1, show_default=True, help="Which page, newest first.")
+@click.option(
+    "--page-size", type=click.IntRange(1, 100), default=100, show_default=True, help="Tasks a page."
+)
+def list_tasks(model: str, page: int, page_size: int) -> None:
+    """Print one page of the account's tasks of MODEL's family, newest first: one JSON object a line,
+    with the task's id and status (the list has no result URLs: `status` shows them)."""
+
+    async def run(command: _SingleTask) -> list[dict[str, str]]:
+        async with command.client(KlingClient()) as client:
+            tasks = await client.list_tasks(model=model, page=page, page_size=page_size)
+            return [{"task_id": task.task_id, "status": task.status} for task in tasks]
+
+    _echo_result(run)
 
 
 @cli.command(short_help="A finished task's video into --out; prints its path.")

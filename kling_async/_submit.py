@@ -479,6 +479,7 @@ def _log_abandoned_uncertain(error: SubmitUncertainError, key: str | None) -> No
         "a POST for a caller that was cancelled may have created a task (%s); client.list_tasks() shows"
         " the account's newest tasks",
         error,
+        extra={"uncertain_model": error.model},
     )
 
 

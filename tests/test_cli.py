@@ -411,6 +411,53 @@ async def test_status_and_download_work_on_a_task_id(sim: Simulator, tmp_path: P
     assert Path(saved.stdout.strip()).exists()
 
 
+async def test_the_list_command_prints_the_familys_newest_tasks_as_json_lines(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    jobs = _write_jobs(tmp_path / "jobs.jsonl", [{"prompt": f"clip {i}"} for i in range(3)])
+    await _cli(["batch", str(jobs), "--out", str(tmp_path / "out"), *FAST], sim)
+    done = await _cli(["list", "--page-size", "2"], sim)
+    assert done.returncode == 0, done.stderr
+    newest_first = list(reversed(sim.tasks))[:2]
+    assert [json.loads(line) for line in done.stdout.splitlines()] == [
+        {"task_id": task_id, "status": "COMPLETED"} for task_id in newest_first
+    ]
+
+
+async def test_the_list_command_refuses_a_page_size_the_api_does_not_take(sim: Simulator) -> None:
+    done = await _cli(["list", "--page-size", "101"], sim)
+    assert done.returncode == 2
+    assert "'--page-size'" in done.stderr
+    assert sim.counters.lists == 0
+
+
+async def test_a_generate_whose_post_got_no_answer_says_how_to_look_for_its_task(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    sim.queue_fault("drop_after_create")  # the task is created, the answer lost
+    done = await _cli(["generate", "a fox", "--out", str(tmp_path)], sim)
+    assert done.returncode == 1, done.stderr
+    assert "`kling-async list --model kling-v3-omni-std`" in done.stderr
+    listed = await _cli(["list"], sim)
+    assert [json.loads(line)["task_id"] for line in listed.stdout.splitlines()] == list(sim.tasks)
+
+
+async def test_an_interrupted_generate_whose_post_gets_no_answer_says_how_to_look_for_its_task(
+    tmp_path: Path,
+) -> None:
+    # The POST arrives, waits a second, creates its task and loses the answer: the interrupted command
+    # waits for it, and can only say where the task may be.
+    async with Simulator(time_scale=1.0, faults=Faults(latency=1.0)) as sim:
+        sim.queue_fault("drop_after_create")
+        command = [*FOREGROUND, "generate", "a fox", "--out", str(tmp_path)]
+        done = await _signal_when(lambda: sim.counters.posts == 1, signal.SIGTERM, command, sim)
+    assert len(sim.tasks) == 1
+    assert done.returncode == 130, done.stderr
+    assert "a POST (kling-v3-omni-std) got no answer" in done.stderr
+    assert "`kling-async list --model kling-v3-omni-std`" in done.stderr
+    assert "client.list_tasks()" not in done.stderr  # the library's words for it are not the command's
+
+
 async def test_a_batch_on_an_out_folder_another_batch_is_running_in_is_refused(
     sim: Simulator, tmp_path: Path
 ) -> None:
