@@ -958,9 +958,9 @@ class Batch:
 
         No further item is taken from the input (a wait for an async input's next item ends). An item
         taken but whose POST has not left yet ends with a ``NotSubmittedError`` outcome, unsent: at
-        once if it waits for its next try after one that created nothing; if it waits for the rate
-        limit, when the request ahead of it has its turn (its token is passed on, not spent), or when a
-        ``Retry-After`` pause in progress ends. Tasks already created are followed to their outcomes as
+        once if it waits for its next try after one that created nothing, or for the rate limit (a
+        ``Retry-After`` pause, a token; its place is passed on, not spent; a token due within 50 ms is
+        waited for first). Tasks already created are followed to their outcomes as
         before, and the iteration ends when they have all ended. Calling it again, or after the batch
         ended, does nothing. ``aclose()`` is the stop that does not wait.
         """

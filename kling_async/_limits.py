@@ -69,7 +69,7 @@ import logging
 import math
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -136,6 +136,9 @@ _OPEN_SHARE = 0.01
 # about 70 answers, clumps from 45 answers on cost the makespan benchmark 2-3%).
 _OPEN_CLUMP = 64.0
 _MIN_WAIT = 1e-6  # seconds
+# Waits for a token or a pause longer than this end when the caller's halt comes (``Halting``); shorter
+# ones run out first (their cancel scope would cost more than the wait is worth).
+_HALTABLE = 0.05  # seconds
 _GROWTH_SPAN = 60.0  # seconds: the most idle time exponential growth counts (more would overflow a float)
 _HOLD_MAX = 1.0  # seconds: the longest a burst's first answer is waited for before the bucket refills
 _SLACK = 0.5  # tokens
@@ -372,6 +375,21 @@ class SharedPace(Protocol):
         ...
 
 
+class Halting(Protocol):
+    """A caller's word that its request may no longer leave (a batch's ``stop_submitting``)."""
+
+    @property
+    def halted(self) -> bool: ...
+
+    def interruptible(self) -> AbstractContextManager[object]:
+        """A block the word, once given, ends at once."""
+        ...
+
+
+class Halted(Exception):
+    """``acquire`` gave up its wait: the caller's ``halt`` came. Nothing was taken (place, token)."""
+
+
 class _Slot:
     """The async context manager of ``Limiter.slot`` (a class: cheaper than a generator per request)."""
 
@@ -570,10 +588,14 @@ class Limiter:
         """``async with limiter.slot(lane):`` holds one place on the wire, entered once the rate allows."""
         return _Slot(self, lane)
 
-    async def acquire(self, lane: Lane, *, retry: bool = False) -> None:
+    async def acquire(self, lane: Lane, *, retry: bool = False, halt: Halting | None = None) -> None:
         """Wait for a place on the wire and the rate's permission; pair with ``release``.
 
         A ``retry`` waits ahead of its lane's first tries (the caller decides: ``Attempts.ahead``).
+
+        Raises:
+            Halted: ``halt`` came while this request waited out a ``Retry-After`` pause or a token more
+                than ``_HALTABLE`` away (a shared rate's slot, once reserved, stays spent).
         """
         wire = self._wire
         if self._unpaced():
@@ -591,7 +613,7 @@ class Limiter:
             try:
                 await wire.take(lane, retry=retry)
                 try:
-                    await self._take_token()
+                    await self._take_token(halt)
                 except BaseException:
                     wire.release()
                     raise
@@ -629,14 +651,14 @@ class Limiter:
         finally:
             self._shared.remove(shared)
 
-    async def _take_token(self) -> None:
-        if self._shared and await self._take_shared(self._shared[-1]):
+    async def _take_token(self, halt: Halting | None) -> None:
+        if self._shared and await self._take_shared(self._shared[-1], halt):
             return
         woke = False  # from a wait of its own here: a late wake-up is made up for
         while True:
             now = self._clock.now()
             if now < self._blocked_until:
-                await self._clock.sleep(self._blocked_until - now)
+                await self._wait(self._blocked_until - now, halt)
                 woke = True
                 continue
             rate = self._refill(now, woke)
@@ -650,9 +672,19 @@ class Limiter:
                 break
             # At least a microsecond: at tens of thousands a second, what is missing can be a wait too
             # short to move a float clock, and then no token would ever be earned.
-            await self._clock.sleep(max(_MIN_WAIT, (self._due(rate) - self._tokens) / rate))
+            await self._wait(max(_MIN_WAIT, (self._due(rate) - self._tokens) / rate), halt)
             woke = True
         self._sent.append(self._clock.now())
+
+    async def _wait(self, seconds: float, halt: Halting | None) -> None:
+        """Sleep; a long sleep ends with ``Halted`` when ``halt`` comes (or came)."""
+        if halt is None or seconds <= _HALTABLE:
+            await self._clock.sleep(seconds)
+            return
+        with halt.interruptible():
+            await self._clock.sleep(seconds)
+        if halt.halted:
+            raise Halted
 
     def _due(self, rate: float) -> float:
         """The tokens a wait for one lasts until: one, or while opening, one for each request waiting, as
@@ -662,7 +694,7 @@ class Limiter:
         shown = (len(self._accepted) / _OPEN_CLUMP) ** 2
         return max(1.0, min(float(self._waiting), shown, rate * _OPEN_SLICE))
 
-    async def _take_shared(self, shared: SharedPace) -> bool:
+    async def _take_shared(self, shared: SharedPace, halt: Halting | None) -> bool:
         """Wait for a slot of the shared rate; False when it cannot be had (then the own bucket paces)."""
         try:
             wait = await shared.take()
@@ -675,7 +707,7 @@ class Limiter:
         # A Retry-After this client saw holds it at once, before the other workers' reach the row.
         wait = max(wait, self._blocked_until - self._clock.now())
         if wait > 0:
-            await self._clock.sleep(wait)
+            await self._wait(wait, halt)
             # The slot was reserved before the wait: a 429 another worker got meanwhile holds this one too
             # (else each worker's reserved slot draws a 429 of its own while the server's bucket is empty).
             try:
@@ -685,7 +717,7 @@ class Limiter:
                 held = 0.0
             held = max(held, self._blocked_until - self._clock.now())
             if held > 0:
-                await self._clock.sleep(held)
+                await self._wait(held, halt)
         self._sent.append(self._clock.now())
         return True
 

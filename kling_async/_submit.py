@@ -37,7 +37,7 @@ from ._errors import (
     TransportError,
 )
 from ._events import EventHub, TaskSubmitted
-from ._limits import Lane
+from ._limits import Halted, Lane
 from ._models import CREATED, Request, TaskStatus, decode_created
 from ._pipeline import Pipeline
 from ._polling import TaskHandle
@@ -82,7 +82,8 @@ class Halt:
     Read where a try would leave: before its wait for the limiter, after it, and after the journal's
     ``sending`` record (a slow disk or database), so a submission still waiting then ends unsent and
     gives back its turn on the wire and its token; a POST already on its way runs to its answer. Waits
-    that may be long and are rare (a backoff between tries, an async input's next item) are cut short.
+    that may be long and are rare (a backoff between tries, an async input's next item, a ``Retry-After``
+    pause or a distant token in the limiter) are cut short.
     """
 
     __slots__ = ("_scopes", "halted")
@@ -230,7 +231,10 @@ class Creator:
         while True:
             if halt is not None and halt.halted:
                 raise _not_submitted(error)
-            await pipeline.limiter.acquire(Lane.SUBMIT, retry=attempts.ahead)
+            try:
+                await pipeline.limiter.acquire(Lane.SUBMIT, retry=attempts.ahead, halt=halt)
+            except Halted:  # halted while it waited out a pause or a distant token
+                raise _not_submitted(error) from None
             if halt is not None and halt.halted:  # halted while it waited for its turn
                 pipeline.limiter.unused()  # the next one waiting has it at once, and ends as this one
                 raise _not_submitted(error)

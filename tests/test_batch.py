@@ -19,6 +19,7 @@ from kling_async import (
     OmniRequest,
     Outcome,
     PollPolicy,
+    RateLimited,
     RequestRetried,
     RetryPolicy,
     SubmitUncertainError,
@@ -523,6 +524,45 @@ async def test_stop_submitting_takes_no_more_items_from_the_input(sim: Simulator
     async with _paced_client(sim) as client:
         await stopped.run(client, sim, 30)
     assert stopped.pulled == stopped.pulled_at_stop == len(stopped.outcomes) < 30
+
+
+PATIENT_RETRY = RetryPolicy(attempts=3, initial=0.001, maximum=0.02, deadline=60.0)
+
+
+async def test_stop_submitting_ends_the_items_held_by_a_retry_after_pause_at_once() -> None:
+    # The server lets one request through every 20 s, and the list below is it: the batch's first POST
+    # gets a 429 whose Retry-After pauses the whole client, and every item waits for the pause to end.
+    async with (
+        Simulator(time_scale=0.001, rate_limit=0.05, burst=1) as sim,
+        KlingClient(api_key="sim-key", base_url=sim.url, poll=FAST_POLL, retry=PATIENT_RETRY) as client,
+    ):
+        await client.list_tasks()
+        async with client.map(prompts(4)) as outcomes:
+            async for event in client.events():
+                if isinstance(event, RateLimited):
+                    break
+            outcomes.stop_submitting()
+            with anyio.fail_after(5):  # the pause is 20 s
+                stopped = [outcome async for outcome in outcomes]
+    assert [type(outcome.error) for outcome in stopped] == [NotSubmittedError] * 4
+    assert sim.counters.tasks_created == 0
+
+
+async def test_stop_submitting_ends_the_items_waiting_for_a_distant_token_at_once() -> None:
+    async with (
+        Simulator(time_scale=0.001) as sim,
+        KlingClient(
+            api_key="sim-key", base_url=sim.url, poll=FAST_POLL, requests_per_second=0.05, burst=1
+        ) as client,
+    ):
+        await client.list_tasks()  # the bucket's one token: the next comes in 20 s
+        async with client.map(prompts(3)) as outcomes:
+            await anyio.wait_all_tasks_blocked()
+            outcomes.stop_submitting()
+            with anyio.fail_after(5):
+                stopped = [outcome async for outcome in outcomes]
+    assert [type(outcome.error) for outcome in stopped] == [NotSubmittedError] * 3
+    assert sim.counters.posts == 0
 
 
 async def test_an_item_stopped_between_its_tries_says_its_last_try_created_nothing() -> None:
