@@ -1269,6 +1269,9 @@ _TIME_SCALE = _FiniteRange(0.001, 1000)
     "--webhook-secret",
     default=None,
     metavar="SECRET",
+    # From the environment too: a secret on the command line shows in every user's `ps`.
+    envvar="KLING_WEBHOOK_SECRET",
+    show_envvar=True,
     help="Sign and send deliveries to each task's webhook_url (default: none are sent).",
 )
 @click.option(

@@ -69,11 +69,13 @@ class _Running:
 
 
 @contextlib.asynccontextmanager
-async def _simulate(*options: str, sigint_ignored: bool = False) -> AsyncIterator[_Running]:
+async def _simulate(
+    *options: str, sigint_ignored: bool = False, env: dict[str, str] | None = None
+) -> AsyncIterator[_Running]:
     """``kling-async simulate --port 0 --time-scale 0.001 OPTIONS``, running once its banner is out."""
     args = ["simulate", "--port", "0", "--time-scale", "0.001", *options]
     start = [sys.executable, "-c", _WITH_SIGINT_IGNORED] if sigint_ignored else FOREGROUND
-    async with await anyio.open_process([*start, *args], env=_env(), cwd=ROOT) as process:
+    async with await anyio.open_process([*start, *args], env={**_env(), **(env or {})}, cwd=ROOT) as process:
         assert process.stderr is not None
         stderr = BufferedByteReceiveStream(process.stderr)
         lines: list[str] = []
@@ -107,14 +109,19 @@ def _free_port() -> int:
 # -- webhooks ---------------------------------------------------------------------------------------------
 
 
-async def test_a_webhook_secret_sends_each_task_deliveries_the_sdk_receiver_verifies() -> None:
-    """With --webhook-secret, a task's webhook_url gets deliveries ``WebhookReceiver(secret)`` accepts."""
+@pytest.mark.parametrize("given", ["option", "environment"])
+async def test_a_webhook_secret_sends_each_task_deliveries_the_sdk_receiver_verifies(given: str) -> None:
+    """With --webhook-secret (or KLING_WEBHOOK_SECRET: an option shows in `ps`), a task's webhook_url
+    gets deliveries ``WebhookReceiver(secret)`` accepts."""
     secret = "whsec_" + base64.b64encode(b"a simulator's signing key").decode()  # the banner says: as given
+    options, env = (
+        (["--webhook-secret", secret], {}) if given == "option" else ([], {"KLING_WEBHOOK_SECRET": secret})
+    )
     send, receive = anyio.create_memory_object_stream[TaskStatus](100)
     async with (
         send,
         receive,
-        _simulate("--webhook-secret", secret) as running,
+        _simulate(*options, env=env) as running,
         WebhookReceiver(secret) as receiver,
         _client(running) as client,
     ):
