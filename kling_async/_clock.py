@@ -6,12 +6,13 @@ deadline does it through a ``Clock``; ``kling_async.testing.FakeClock`` moves ti
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Protocol
 
 import anyio
 
-__all__ = ["SYSTEM_CLOCK", "Clock", "SystemClock"]
+__all__ = ["SYSTEM_CLOCK", "Clock", "SystemClock", "grown"]
 
 
 class Clock(Protocol):
@@ -54,3 +55,15 @@ class SystemClock:
 
 
 SYSTEM_CLOCK: Clock = SystemClock()
+
+
+def grown(initial: float, multiplier: float, steps: int, ceiling: float) -> float:
+    """A wait grown ``steps`` times from ``initial``: ``min(ceiling, initial * multiplier**steps)``, for any
+    number of steps (the power alone overflows a float: ``1.5**1751``, after hours of status checks)."""
+    if initial >= ceiling:
+        return ceiling
+    if initial <= 0 or steps <= 0 or multiplier <= 1:
+        return initial
+    if steps * math.log(multiplier) >= math.log(ceiling / initial):
+        return ceiling
+    return initial * multiplier**steps

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 
-from ._clock import Clock
+from ._clock import Clock, grown
 from ._errors import TaskFailedError, TaskTimeoutError
 from ._models import (
     CANCELLED,
@@ -66,7 +66,8 @@ class PollPolicy:
     instead (see the module docs), and these values only bound it.
 
     Args:
-        initial: seconds from submission to the first check.
+        initial: seconds from submission to the first check (0: at once; the waits after it then grow
+            as if it had come at one second, or at ``maximum`` if shorter).
         maximum: the longest wait between two checks.
         multiplier: growth of the wait between checks while nothing is learned.
         timeout: how long ``TaskHandle.wait`` waits in all before ``TaskTimeoutError`` (None: forever).
@@ -415,7 +416,9 @@ class TaskHandle:
         elif checks == 0:
             delay = max(policy.initial - elapsed, 0.0)
         else:
-            delay = min(policy.maximum, policy.initial * policy.multiplier**checks)
+            # Grown from the first wait; a first check at once (initial 0) grows from a second.
+            first = policy.initial or min(policy.maximum, 1.0)
+            delay = grown(first, policy.multiplier, checks, policy.maximum)
         if owner.safety_net:
             delay = max(delay, policy.safety_interval)
         if policy.jitter:

@@ -37,7 +37,7 @@ import anyio
 import anyio.abc
 import msgspec
 
-from ._clock import SYSTEM_CLOCK, Clock
+from ._clock import SYSTEM_CLOCK, Clock, grown
 from ._journal_pg import _reason, redact
 from ._models import COMPLETED, TaskStatus, TaskSummary
 
@@ -453,4 +453,4 @@ class StatusRelay:
 def _backoff(failures: int) -> float:
     if not failures:
         return 0.0
-    return min(_BACKOFF_LAST, _BACKOFF_FIRST * 2.0 ** (failures - 1))
+    return grown(_BACKOFF_FIRST, 2.0, failures - 1, _BACKOFF_LAST)

@@ -11,7 +11,7 @@ import math
 import random
 from dataclasses import dataclass, fields
 
-from ._clock import SYSTEM_CLOCK, Clock
+from ._clock import SYSTEM_CLOCK, Clock, grown
 from ._errors import APIError, KlingError, TransportError
 
 __all__ = [
@@ -68,8 +68,7 @@ class RetryPolicy:
 
     def backoff(self, attempt: int, rng: random.Random | None = None) -> float:
         """The wait before try ``attempt + 1``, after ``attempt`` failed tries (full jitter)."""
-        exponent = min(attempt - 1, 64)  # past 2**64 the cap is `maximum` anyway; avoid float overflow
-        cap = min(self.maximum, self.initial * self.multiplier**exponent)
+        cap = grown(self.initial, self.multiplier, attempt - 1, self.maximum)
         return (rng or random).uniform(0.0, cap)
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
+import math
 
 import anyio
 import pytest
@@ -61,6 +63,37 @@ async def test_a_handle_checks_on_the_default_schedule_before_anything_is_learne
             gets = await _gets_at(clock, transport, until=90.0)
     assert gets == [15.0, 37.5, 67.5]
     assert handle.done
+
+
+async def test_a_handle_waiting_hours_on_a_task_that_never_ends_checks_on_every_maximum() -> None:
+    """A wait without a deadline checks every ``maximum`` for as long as the task runs (the grown wait
+    once overflowed a float after 1,751 checks: an OverflowError out of ``wait()``)."""
+    clock = FakeClock()
+    transport = _finishing_at(clock, math.inf)
+    poll = PollPolicy(initial=1, multiplier=1.5, maximum=1, jitter=0.0, timeout=None)
+    async with KlingClient(api_key="k", poll=poll, clock=clock, transport=transport) as client:
+        handle = await client.submit(OmniRequest(prompt="a fox"))
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(handle.wait)
+            gets = await _gets_at(clock, transport, until=2000.0, step=1.0)
+            tg.cancel_scope.cancel()
+    assert len(gets) == 2000
+
+
+async def test_a_first_check_at_once_is_followed_by_waits_grown_from_a_second() -> None:
+    """``initial=0`` checks at once, then as if the first check had come at one second: not a check on
+    every turn of the event loop."""
+    clock = FakeClock()
+    transport = _finishing_at(clock, math.inf)
+    poll = PollPolicy(initial=0, multiplier=2, maximum=30, jitter=0.0, timeout=None)
+    async with KlingClient(api_key="k", poll=poll, clock=clock, transport=transport) as client:
+        handle = await client.submit(OmniRequest(prompt="a fox"))
+        with anyio.fail_after(10):  # real seconds: checks at every turn could keep the fake clock still
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(handle.wait)
+                gets = await _gets_at(clock, transport, until=15.0)
+                tg.cancel_scope.cancel()
+    assert [later - earlier for earlier, later in itertools.pairwise(gets)] == [2.0, 4.0, 8.0]
 
 
 async def test_a_wait_times_out_on_the_fake_clock() -> None:

@@ -24,7 +24,7 @@ import pytest
 from kling_async import Job, KlingClient, OmniRequest, Outcome, PollPolicy, WebhookReceiver
 from kling_async._batch import BatchOptions
 from kling_async._models import TaskStatus, TaskSummary
-from kling_async._relay_pg import StatusRelay
+from kling_async._relay_pg import _BACKOFF_LAST, StatusRelay, _backoff
 from kling_async._submit import Halt
 from kling_async.testing import Simulator
 from tests.conftest import FAST_RETRY
@@ -145,6 +145,11 @@ async def test_a_relay_cancelled_while_it_opens_is_closed_and_can_be_entered_aga
     relay.hang = False
     async with relay:
         pass
+
+
+def test_the_reconnect_backoff_after_hours_of_failures_is_its_longest_wait() -> None:
+    # 2.0**1025 overflows a float: 1,025 failures are three hours of a database down.
+    assert _backoff(5000) == _backoff(100) == _BACKOFF_LAST
 
 
 async def test_a_relay_whose_connections_are_killed_reconnects_and_delivers_again(

@@ -7,6 +7,7 @@ import random
 import pytest
 
 from kling_async import APIError, RetryPolicy, TransportError
+from kling_async._clock import grown
 from kling_async._errors import api_error
 from kling_async._retry import (
     Attempts,
@@ -30,6 +31,30 @@ def test_backoff_stays_within_its_growing_cap() -> None:
 
 def test_backoff_survives_huge_attempt_numbers() -> None:
     assert RetryPolicy(maximum=3.0).backoff(10_000) <= 3.0
+
+
+def test_backoff_survives_a_huge_multiplier() -> None:
+    assert RetryPolicy(initial=1.0, multiplier=1e300, maximum=3.0).backoff(4) <= 3.0
+
+
+@pytest.mark.parametrize(
+    ("initial", "multiplier", "steps", "ceiling"),
+    [
+        (1.0, 2.0, 3, 100.0),
+        (15.0, 1.5, 2, 30.0),
+        (0.1, 2.0, 6, 10.0),
+        (0.0, 2.0, 5, 10.0),
+        (50.0, 2.0, 0, 30.0),
+    ],
+)
+def test_a_grown_wait_is_the_capped_power(
+    initial: float, multiplier: float, steps: int, ceiling: float
+) -> None:
+    assert grown(initial, multiplier, steps, ceiling) == min(ceiling, initial * multiplier**steps)
+
+
+def test_a_wait_grown_past_what_a_float_holds_is_the_ceiling() -> None:
+    assert grown(15.0, 1.5, 1751, 30.0) == 30.0  # 1.5**1751 overflows
 
 
 @pytest.mark.parametrize(
