@@ -71,6 +71,12 @@ class Job:
     id: str | None = field(default=None, kw_only=True)
     model: ModelName | None = field(default=None, kw_only=True)
 
+    def __post_init__(self) -> None:
+        # The key names the journal's row and the downloaded file: one that is not a string failed only
+        # when the first video was saved, after every task of the batch was paid for.
+        if self.id is not None and (not isinstance(self.id, str) or not self.id):
+            raise InvalidRequestError.for_field("id", f"a non-empty string, or None (got {self.id!r})")
+
 
 @dataclass(frozen=True, slots=True)
 class Outcome:

@@ -184,8 +184,10 @@ def _check_header(header: list[str]) -> None:
 def _to_job(fields: dict[str, Any], default_model: str, *, strict: bool = True) -> Job:
     fields = dict(fields)
     job_id = fields.pop("id", None)
-    if job_id is not None and (isinstance(job_id, bool) or not isinstance(job_id, str | int)):
-        raise InvalidRequestError.for_field("id", f"a string or a whole number, got {json.dumps(job_id)}")
+    if job_id is not None and (isinstance(job_id, bool) or not isinstance(job_id, str | int) or job_id == ""):
+        raise InvalidRequestError.for_field(
+            "id", f"a non-empty string or a whole number, got {json.dumps(job_id)}"
+        )
     model = str(fields.pop("model", None) or default_model)
     endpoint = endpoint_for(model)
     request = request_from_dict(fields, endpoint.request_type, strict=strict)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import os
 import re
 from collections.abc import AsyncIterable, Iterable, Mapping
@@ -34,7 +33,7 @@ from ._journals import open_journal, postgres_url
 from ._limits import Limiter
 from ._models import Request, TaskResult, TaskStatus, TaskSummary, encode_request, with_webhook
 from ._pipeline import Pipeline
-from ._polling import PollPolicy, TaskHandle
+from ._polling import PollPolicy, TaskHandle, check_positive
 from ._registry import Slots, TaskRegistry
 from ._retry import RetryPolicy
 from ._secret import Secret
@@ -62,18 +61,23 @@ def _is_magnific(host: str) -> bool:
     return host == "magnific.com" or host.endswith(".magnific.com")
 
 
-def _positive(name: str, value: float | None, *, whole: bool = False, optional: bool = False) -> None:
-    """Check one configuration number; the error names the argument and the rule."""
-    if value is None:
-        if optional:
-            return
-        raise ValueError(f"{name}: a number is required (got None)")
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{name}: a number (got {value!r})")
-    if whole and (not isinstance(value, int) or value < 1):
-        raise ValueError(f"{name}: a whole number, at least 1 (got {value!r})")
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name}: a finite number above 0 (got {value!r})")
+_NOTED_IDS = 20  # task ids a note names; the log has them all
+
+
+def _note_created(exc: Exception, outcomes: list[Outcome]) -> None:
+    """Name on ``exc`` (and in the log) the tasks of the outcomes a failed ``gather`` will not return."""
+    created = [outcome.task_id for outcome in sorted(outcomes, key=lambda o: o.index) if outcome.task_id]
+    if not created:
+        return
+    log.warning(
+        "gather() failed after creating %d task(s), which run on: %s", len(created), " ".join(created)
+    )
+    shown = " ".join(created[:_NOTED_IDS])
+    more = f" and {len(created) - _NOTED_IDS} more (logged)" if len(created) > _NOTED_IDS else ""
+    exc.add_note(
+        f"gather() had {len(outcomes)} outcome(s) when this ended it; the tasks they created run on, and"
+        f" client.task(task_id, model=...) reaches each: {shown}{more}"
+    )
 
 
 class KlingClient:
@@ -159,11 +163,11 @@ class KlingClient:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise KlingError(f"base_url: must be an http(s) URL, got {url!r}")
-        _positive("requests_per_second", requests_per_second, optional=True)
-        _positive("burst", burst, whole=True, optional=True)
-        _positive("max_concurrency", max_concurrency, whole=True)
-        _positive("max_in_flight", max_in_flight, whole=True, optional=True)
-        _positive("max_downloads", max_downloads, whole=True)
+        check_positive("requests_per_second", requests_per_second, optional=True)
+        check_positive("burst", burst, whole=True, optional=True)
+        check_positive("max_concurrency", max_concurrency, whole=True)
+        check_positive("max_in_flight", max_in_flight, whole=True, optional=True)
+        check_positive("max_downloads", max_downloads, whole=True)
         header = api_key_header or (
             "x-magnific-api-key" if _is_magnific(parts.hostname or "") else "x-freepik-api-key"
         )
@@ -421,6 +425,7 @@ class KlingClient:
         self, request: Request, *, model: ModelName | None = None, timeout: float | None = None
     ) -> TaskResult:
         """Submit a request and wait for its result."""
+        check_positive("timeout", timeout, optional=True)  # before the POST, not after its task is paid for
         handle = await self.submit(request, model=model)
         return await handle.wait(timeout=timeout)
 
@@ -522,6 +527,8 @@ class KlingClient:
                 paid again, for those items only).
         """
         self._require_open()
+        check_positive("timeout", timeout, optional=True)
+        check_positive("batch_timeout", batch_timeout, optional=True)
         options = BatchOptions(
             timeout=timeout,
             batch_timeout=batch_timeout,
@@ -582,7 +589,12 @@ class KlingClient:
         resubmit_uncertain: bool = False,
         resubmit_failed: bool = False,
     ) -> list[Outcome]:
-        """Like ``map``, but return every outcome at the end, in input order (in the caller's scope)."""
+        """Like ``map``, but return every outcome at the end, in input order (in the caller's scope).
+
+        An error that ends the batch (its input's, or the client closing) is raised after the outcomes
+        due by then, as ``map`` raises it, with a note naming the tasks they created (the whole list is
+        logged at WARNING): they are paid for, and only their ids reach them again.
+        """
         batch = self.map(
             requests,
             journal=journal,
@@ -592,8 +604,14 @@ class KlingClient:
             resubmit_uncertain=resubmit_uncertain,
             resubmit_failed=resubmit_failed,
         )
-        async with batch as outcomes:
-            collected = [outcome async for outcome in outcomes]
+        collected: list[Outcome] = []
+        try:
+            async with batch as outcomes:
+                async for outcome in outcomes:
+                    collected.append(outcome)
+        except Exception as exc:
+            _note_created(exc, collected)
+            raise
         collected.sort(key=lambda outcome: outcome.index)
         return collected
 

@@ -56,6 +56,21 @@ _MERGE = 0.03
 _LATE_STEP = 0.25
 
 
+def check_positive(name: str, value: object, *, whole: bool = False, optional: bool = False) -> None:
+    """Check one configuration number (None passes when ``optional``); the ``ValueError`` names the
+    argument and the rule."""
+    if value is None:
+        if optional:
+            return
+        raise ValueError(f"{name}: a number is required (got None)")
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{name}: a number (got {value!r})")
+    if whole and (not isinstance(value, int) or value < 1):
+        raise ValueError(f"{name}: a whole number, at least 1 (got {value!r})")
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name}: a finite number above 0 (got {value!r})")
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PollPolicy:
     """When a task handle asks for its status.
@@ -369,6 +384,7 @@ class TaskHandle:
             TaskTimeoutError: the deadline passed first; the task runs on and stays reachable by id.
         """
         policy = self._owner.poll
+        check_positive("timeout", timeout, optional=True)
         limit = policy.timeout if timeout is None else timeout
         with self._owner.clock.move_on_after(limit if limit is not None else math.inf):
             await self._wait_done(policy)

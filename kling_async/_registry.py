@@ -185,9 +185,16 @@ class TaskRegistry:
         request: Request | None,
         urls: tuple[str, ...] = (),
     ) -> TaskHandle:
-        """The handle of a task (a new one, or the live one for that id), with any early delivery applied."""
+        """The handle of a task (a new one, or the live one for that id), with any early delivery applied.
+
+        A live handle of another family that never had an answer (``client.task`` given the wrong
+        model, its checks all 404) gives way to one of this family: a task id is reachable again with
+        the right model, without every holder of the wrong handle letting go of it first.
+        """
         existing = self._handles.get(task_id)
-        if existing is not None:
+        if existing is not None and (
+            existing.status is not None or existing._endpoint.family_path == endpoint.family_path
+        ):
             return existing
         duration = getattr(request, "duration", None) if request is not None else None
         handle = TaskHandle(

@@ -526,6 +526,30 @@ async def test_stop_submitting_takes_no_more_items_from_the_input(sim: Simulator
     assert stopped.pulled == stopped.pulled_at_stop == len(stopped.outcomes) < 30
 
 
+@pytest.mark.parametrize("key", [7, "", ("a", "b")], ids=repr)
+def test_a_job_whose_id_is_not_a_non_empty_string_is_refused_when_made(key: object) -> None:
+    # Its key names a journal row and a file: a number once failed at the first video's save, after
+    # every task of the batch was paid for.
+    with pytest.raises(InvalidRequestError, match=r"^id: a non-empty string"):
+        Job(OmniRequest(prompt="a fox"), id=key)  # type: ignore[arg-type]
+
+
+async def test_gather_over_an_input_that_fails_names_the_tasks_it_created_on_the_error(
+    sim: Simulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken() -> Iterator[OmniRequest]:
+        yield from prompts(3)
+        raise ValueError("row 4 is broken")
+
+    async with KlingClient(api_key="sim-key", base_url=sim.url, poll=FAST_POLL) as client:
+        with pytest.raises(ValueError, match="row 4") as caught:
+            await client.gather(broken())
+    (note,) = caught.value.__notes__
+    assert sim.tasks
+    assert all(task_id in note for task_id in sim.tasks)
+    assert all(task_id in caplog.text for task_id in sim.tasks)
+
+
 PATIENT_RETRY = RetryPolicy(attempts=3, initial=0.001, maximum=0.02, deadline=60.0)
 
 

@@ -61,13 +61,14 @@ FILES = {
     "an id that is a JSON list": (
         "jobs.jsonl",
         b'{"id": ["a"], "prompt": "x"}\n',
-        "jobs.jsonl:1: id: a string",
+        "jobs.jsonl:1: id: a non-empty string",
     ),
     "an id that is a JSON boolean": (
         "jobs.jsonl",
         b'{"id": true, "prompt": "x"}\n',
-        "jobs.jsonl:1: id: a string",
+        "jobs.jsonl:1: id: a non-empty string",
     ),
+    "an empty id": ("jobs.jsonl", b'{"id": "", "prompt": "x"}\n', "jobs.jsonl:1: id: a non-empty string"),
 }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import math
 import threading
 import warnings
 
@@ -117,6 +118,49 @@ async def test_deadline_raises_timeout_and_the_task_can_be_reattached_by_id(
     again = client.task(caught.value.task_id, model="kling-v3-omni-pro")
     result = await again
     assert result.status == "COMPLETED"
+
+
+async def test_a_task_reattached_with_the_wrong_models_family_is_reached_with_the_right_one(
+    client: KlingClient, sim: Simulator
+) -> None:
+    task_id = (await client.submit(FOX)).task_id
+    async with KlingClient(api_key="sim-key", base_url=sim.url, poll=FAST_POLL) as restarted:
+        wrong = restarted.task(task_id, model="kling-v3-std")  # another family: its status path 404s
+        with pytest.raises(NotFoundError):
+            await wrong.refresh()
+        right = restarted.task(task_id, model="kling-v3-omni-std")  # the wrong handle still held
+        assert (await right).status == "COMPLETED"
+
+
+BAD_TIMEOUTS = [math.nan, math.inf, -1, 0, "30", True]
+
+
+@pytest.mark.parametrize("timeout", BAD_TIMEOUTS, ids=repr)
+async def test_a_bad_timeout_for_generate_is_refused_before_the_post(
+    client: KlingClient, sim: Simulator, timeout: object
+) -> None:
+    with pytest.raises(ValueError, match=r"^timeout: "):
+        await client.generate(FOX, timeout=timeout)  # type: ignore[arg-type]
+    assert sim.counters.posts == 0
+
+
+@pytest.mark.parametrize("name", ["timeout", "batch_timeout"])
+@pytest.mark.parametrize("value", BAD_TIMEOUTS, ids=repr)
+async def test_a_bad_deadline_for_gather_is_refused_before_anything_is_sent(
+    client: KlingClient, sim: Simulator, name: str, value: object
+) -> None:
+    with pytest.raises(ValueError, match=rf"^{name}: "):
+        await client.gather([FOX], **{name: value})  # type: ignore[arg-type]
+    assert sim.counters.posts == 0
+
+
+async def test_a_bad_timeout_for_a_wait_is_refused_before_any_check(
+    client: KlingClient, sim: Simulator
+) -> None:
+    handle = client.task("3f1c6a52-7a40-4f0e-9a43-0c9d0a3c9b11")
+    with pytest.raises(ValueError, match=r"^timeout: "):
+        await handle.wait(timeout=math.nan)
+    assert sim.counters.status_gets == 0
 
 
 async def test_cancelling_a_wait_leaves_the_task_running_server_side(
