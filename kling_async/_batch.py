@@ -35,6 +35,7 @@ from anyio.streams.memory import MemoryObjectSendStream
 from ._endpoints import ModelName, endpoint_for, resolve
 from ._errors import (
     AuthenticationError,
+    ClientClosed,
     InvalidRequestError,
     JournalError,
     KlingError,
@@ -867,19 +868,25 @@ class _Engine:
         except Exception as exc:  # the input's, or a bug in the engine: to the reader, not to the client
             while isinstance(exc, ExceptionGroup) and len(exc.exceptions) == 1:
                 exc = exc.exceptions[0]  # as it was raised, not wrapped by the task groups it crossed
+            if isinstance(exc, ExceptionGroup) and exc.split(ClientClosed)[1] is None:
+                exc = _closed_under_it()  # each of its requests heard it: one error says it
             self.failure = exc
         except anyio.get_cancelled_exc_class():
             if not self.scope.cancel_called:
                 # Not stopped by its reader: the client's group, which it ran in, was cancelled. A reader
                 # that took the end of the outcomes for the batch's end would miss the items left.
-                self.failure = RuntimeError(
-                    "the KlingClient closed while this batch was running; items still running have no"
-                    " outcome (their tasks run on: the log names them)"
-                )
+                self.failure = _closed_under_it()
             raise
         finally:
             self.send.close()
             self.finished.set()
+
+
+def _closed_under_it() -> ClientClosed:
+    return ClientClosed(
+        "the KlingClient closed while this batch was running; items still running have no outcome (their"
+        " tasks run on: the log names them)"
+    )
 
 
 class Batch:
@@ -915,12 +922,17 @@ class Batch:
         return f"<Batch {state}>"
 
     def _start(self, group: TaskGroup) -> None:
-        if self._started:
-            raise RuntimeError("this batch was already started; call map() again for another")
+        self._refuse_a_second_start()
         self._started = True
         group.start_soon(self._engine)
 
+    def _refuse_a_second_start(self) -> None:
+        if self._started:
+            raise RuntimeError("this batch was already started; call map() again for another")
+
     async def __aenter__(self) -> Self:
+        # Refused before the group is entered: a group left entered would hold the caller's task.
+        self._refuse_a_second_start()
         group = anyio.create_task_group()
         await group.__aenter__()
         self._group = group

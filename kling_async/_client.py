@@ -12,7 +12,7 @@ import logging
 import os
 import re
 from collections.abc import AsyncIterable, Iterable, Mapping
-from contextlib import AbstractAsyncContextManager, nullcontext
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, nullcontext
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -26,7 +26,7 @@ from ._batch import Batch, BatchOptions, BatchRun, Job, Outcome
 from ._clock import SYSTEM_CLOCK, Clock
 from ._download import download_file, name_in_url, safe_file_name
 from ._endpoints import Endpoint, ModelName, endpoint_for, resolve
-from ._errors import InvalidRequestError, KlingError
+from ._errors import ClientClosed, InvalidRequestError, KlingError
 from ._events import EventHub, EventStream
 from ._journal import BatchJournal, Journal
 from ._journals import open_journal, postgres_url
@@ -59,6 +59,60 @@ _CLOSE_GRACE = 1.0
 
 def _is_magnific(host: str) -> bool:
     return host == "magnific.com" or host.endswith(".magnific.com")
+
+
+class _Host:
+    """The task the client's background work runs in: its task group (the senders of create POSTs, the
+    batches iterated without ``async with``) and what it shares through a database (whose connections'
+    tasks run in groups of their own). Started when the client opens, ended by ``aclose`` from whichever
+    task calls it: a task group entered in the opener's task could be left only by that task, from the
+    scope it was entered in (``aclose`` in a shutdown hook or inside a batch's block cancelled its caller).
+    """
+
+    def __init__(self, sharing: Sharing | None) -> None:
+        self._sharing = sharing
+        self._stopping = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> TaskGroup:
+        """Start the task; its task group once it runs (or what kept it from running, raised here)."""
+        loop = asyncio.get_running_loop()
+        ready: asyncio.Future[TaskGroup] = loop.create_future()
+        self._task = task = loop.create_task(self._run(ready), name="kling-async client")
+        try:
+            return await ready
+        except BaseException:  # it failed to start (a shared database), or the opener was cancelled
+            task.cancel()
+            with anyio.CancelScope(shield=True):
+                await asyncio.wait([task])
+            if not task.cancelled():
+                task.exception()  # raised here already, through ``ready``
+            raise
+
+    async def stop(self) -> None:
+        """End the background work (its tasks are cancelled) and wait for it to end."""
+        if self._task is not None:
+            self._stopping.set()
+            await self._task
+
+    async def _run(self, ready: asyncio.Future[TaskGroup]) -> None:
+        try:
+            async with AsyncExitStack() as stack:
+                if self._sharing is not None:
+                    await stack.enter_async_context(self._sharing)
+                group = await stack.enter_async_context(anyio.create_task_group())
+                if ready.cancelled():  # the opener gave up meanwhile
+                    return
+                ready.set_result(group)
+                await self._stopping.wait()
+                group.cancel_scope.cancel()
+        except BaseException as exc:
+            if ready.done():
+                raise
+            if isinstance(exc, asyncio.CancelledError):
+                ready.cancel()
+            else:
+                ready.set_exception(exc)
 
 
 _NOTED_IDS = 20  # task ids a note names; the log has them all
@@ -227,6 +281,7 @@ class KlingClient:
         self._requests_per_second = requests_per_second
         self._burst = burst
         self._sharing = self._share(shared) if shared is not None else None
+        self._host = _Host(self._sharing)
         self._task_group: TaskGroup
         self._state = "new"
         self._closing = False  # aclose is under way: its connections are still open
@@ -238,21 +293,19 @@ class KlingClient:
     async def __aenter__(self) -> Self:
         if self._state != "new":
             raise RuntimeError(f"a KlingClient can be opened once; this one is {self._state}")
-        if self._sharing is not None:
-            await self._sharing.__aenter__()
+        self._state = "opening"
         try:
             if self._webhooks is not None:
                 self._owns_receiver = await self._webhooks._join()
                 self._webhooks.add_listener(self._registry.observe)
             await self._transport.open()
+            self._task_group = await self._host.start()
         except BaseException:
+            self._state = "closed"
             with anyio.CancelScope(shield=True):
+                await self._transport.close()
                 await self._leave_receiver()
-            if self._sharing is not None:
-                await self._sharing.__aexit__(None, None, None)
             raise
-        self._task_group = anyio.create_task_group()
-        await self._task_group.__aenter__()
         self._creator.open(self._task_group)
         self._loop = asyncio.get_running_loop()
         self._state = "open"
@@ -266,9 +319,11 @@ class KlingClient:
     async def aclose(self) -> None:
         """Close the client: wait (bounded) for create POSTs on the wire, then close the connections.
 
-        Batches still iterated in the background stop; tasks on the server are not affected.
+        Batches still iterated in the background stop; tasks on the server are not affected. Any task
+        may call it, not only the one that opened the client (an application's shutdown hook, a test
+        fixture's teardown).
         """
-        if self._state == "closed":
+        if self._state in ("closed", "opening"):
             return
         opened = self._state == "open"
         self._state = "closed"
@@ -278,19 +333,13 @@ class KlingClient:
                 with anyio.CancelScope(shield=True):
                     # A POST on the wire answers within the request timeout: its task id is worth that.
                     await self._creator.drain(self._timeouts.total + _CLOSE_GRACE)
-                # Background work ends here; the task group must be the innermost scope when it exits,
-                # so this is not shielded.
-                self._task_group.cancel_scope.cancel()
-                await self._task_group.__aexit__(None, None, None)
+                await self._host.stop()  # background work ends here
         finally:
             self._closing = False
             self._events.close()
             with anyio.CancelScope(shield=True):
                 await self._transport.close()
                 await self._leave_receiver()
-            if self._sharing is not None:
-                # Not shielded: the relay's task group was entered outside any such scope.
-                await self._sharing.__aexit__(None, None, None)
 
     async def _leave_receiver(self) -> None:
         """Stop hearing the receiver's deliveries, and leave its server if this client started or joined
@@ -332,7 +381,7 @@ class KlingClient:
         open: a batch's checks go on until it is stopped, and end with the close, not with this error.
         """
         if self._state == "closed" and not self._closing:
-            raise RuntimeError(
+            raise ClientClosed(
                 f"task {task_id}: the KlingClient that made this handle is closed; an open client reaches"
                 f" the task with client.task({task_id!r}, model={endpoint.model!r})"
             )

@@ -287,6 +287,11 @@ class JournalError(KlingError):
         super().__init__(f"journal {path}: {problem}")
 
 
+class ClientClosed(RuntimeError):
+    """A request for a client that is closed, or closed while it waited (not exported: a plain
+    ``RuntimeError`` to callers, told apart inside the package)."""
+
+
 class ClaimedElsewhere(JournalError):
     """Another worker sharing the PostgreSQL journal holds the item (its POST, or the task it follows), or
     took it since this worker looked. Nothing was sent for it here: it is that worker's to finish, and the

@@ -29,6 +29,7 @@ from anyio.abc import TaskGroup
 
 from ._endpoints import Endpoint
 from ._errors import (
+    ClientClosed,
     InvalidRequestError,
     JournalError,
     KlingError,
@@ -240,7 +241,7 @@ class Creator:
                 raise _not_submitted(error)
             if self._stopping:  # sent now, it would be cut off mid-flight by the closing client
                 pipeline.limiter.release()
-                raise RuntimeError("the client closed before this POST was sent")
+                raise ClientClosed("the client closed before this POST was sent")
             attempts.start()
             # From here the POST may leave: the try belongs to the client, not to the caller.
             attempt = _Try(submission, asyncio.get_running_loop().create_future())
@@ -330,7 +331,7 @@ class Creator:
             if self._senders == 1:
                 while tries:
                     left = tries.popleft()
-                    left.fail(RuntimeError("the client closed before this POST was sent"))
+                    left.fail(ClientClosed("the client closed before this POST was sent"))
                     self._sent()
                     self._pipeline.limiter.release()
             raise

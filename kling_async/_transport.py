@@ -27,7 +27,7 @@ import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from ._errors import TransportError
+from ._errors import ClientClosed, TransportError
 from ._secret import Secret, redacted_str
 
 __all__ = [
@@ -271,7 +271,7 @@ class AiohttpTransport:
 
     def _require_session(self) -> aiohttp.ClientSession:
         if self._session is None:
-            raise RuntimeError("the KlingClient is closed (its connections with it)")
+            raise ClientClosed("the KlingClient is closed (its connections with it)")
         return self._session
 
     async def request(
@@ -290,7 +290,7 @@ class AiohttpTransport:
         """
         session = self._session
         if session is None:
-            raise RuntimeError("the KlingClient is closed (its connections with it)")
+            raise ClientClosed("the KlingClient is closed (its connections with it)")
         url: str | URL = self._base_url + path
         if params:
             url = URL(url).extend_query(params)

@@ -10,6 +10,7 @@ import threading
 import warnings
 
 import anyio
+import anyio.lowlevel
 import anyio.to_thread
 import pytest
 
@@ -323,6 +324,58 @@ async def test_a_closed_client_refuses_to_work(sim: Simulator) -> None:
         pass
     with pytest.raises(RuntimeError, match="closed"):
         await client.submit(FOX)
+
+
+async def test_a_client_opened_by_one_task_can_be_closed_by_another(sim: Simulator) -> None:
+    """An application's startup opens it, its shutdown hook (another task) closes it; the opener goes on."""
+    before = client_side_tasks()
+    client = KlingClient(api_key="sim-key", base_url=sim.url, poll=FAST_POLL)
+    opened, closed = anyio.Event(), anyio.Event()
+    went_on: list[str] = []
+
+    async def app() -> None:
+        await client.__aenter__()
+        opened.set()
+        await closed.wait()
+        went_on.append("after the close")
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(app)
+        await opened.wait()
+        handle = await client.submit(FOX)
+        await client.aclose()
+        closed.set()
+    assert went_on == ["after the close"]
+    assert handle.task_id in sim.tasks
+    assert client_side_tasks() == before
+
+
+async def test_closing_the_client_inside_a_batch_block_ends_the_batch_not_its_caller(
+    sim: Simulator,
+) -> None:
+    client = await KlingClient(api_key="sim-key", base_url=sim.url, poll=FAST_POLL).__aenter__()
+
+    async def close_inside_the_block() -> None:
+        async with client.map([FOX, FOX, FOX]) as outcomes:
+            async for _ in outcomes:
+                await client.aclose()
+
+    with pytest.raises(RuntimeError, match=r"KlingClient .*closed"):
+        await close_inside_the_block()
+    await anyio.lowlevel.checkpoint()  # the caller's task is not cancelled by what the close left behind
+
+
+async def test_a_batch_entered_a_second_time_is_refused_and_leaves_its_caller_whole(
+    client: KlingClient,
+) -> None:
+    batch = client.map([FOX])
+    async with batch as outcomes:
+        assert [outcome.ok async for outcome in outcomes] == [True]
+    with pytest.raises(RuntimeError, match="already started"):
+        async with batch:
+            pass
+    await anyio.lowlevel.checkpoint()
+    assert (await client.generate(FOX)).status == "COMPLETED"
 
 
 async def test_a_handle_that_outlived_its_client_says_how_to_reach_its_task(sim: Simulator) -> None:
