@@ -26,7 +26,7 @@ from ._batch import Batch, BatchOptions, BatchRun, Job, Outcome
 from ._clock import SYSTEM_CLOCK, Clock
 from ._download import download_file, name_in_url, safe_file_name
 from ._endpoints import Endpoint, ModelName, endpoint_for, resolve
-from ._errors import ClientClosed, InvalidRequestError, KlingError
+from ._errors import ClientClosed, DownloadError, InvalidRequestError, KlingError
 from ._events import EventHub, EventStream
 from ._journal import BatchJournal, Journal
 from ._journals import open_journal, postgres_url
@@ -50,6 +50,7 @@ log = logging.getLogger("kling_async")
 DEFAULT_BASE_URL = "https://api.freepik.com"
 KEY_VARIABLES = ("FREEPIK_API_KEY", "MAGNIFIC_API_KEY")
 _MAX_PAGE_SIZE = 100
+_MIN_RATE = 0.01  # requests a second
 # Header names are RFC 9110 tokens; values are visible ASCII and spaces (no control characters).
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _HEADER_VALUE = re.compile(r"[\x20-\x7e]+")
@@ -217,7 +218,15 @@ class KlingClient:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise KlingError(f"base_url: must be an http(s) URL, got {url!r}")
+        if parts.query or parts.fragment:  # every path would be appended after it, with the key
+            raise KlingError(f"base_url: no query or fragment, got {url!r}")
         check_positive("requests_per_second", requests_per_second, optional=True)
+        if requests_per_second is not None and requests_per_second < _MIN_RATE:
+            # Below it the next token is hours away, and at 1e-300 no wait a float can hold.
+            raise ValueError(
+                f"requests_per_second: at least {_MIN_RATE} (one request in 100 s),"
+                f" got {requests_per_second!r}"
+            )
         check_positive("burst", burst, whole=True, optional=True)
         check_positive("max_concurrency", max_concurrency, whole=True)
         check_positive("max_in_flight", max_in_flight, whole=True, optional=True)
@@ -454,6 +463,9 @@ class KlingClient:
             InvalidRequestError: ``page`` below 1 or ``page_size`` outside 1..100 (nothing is sent).
         """
         self._require_open()
+        for field, value in (("page", page), ("page_size", page_size)):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise InvalidRequestError.for_field(field, f"a whole number (got {value!r})")
         if page < 1:
             raise InvalidRequestError.for_field("page", f"at least 1 (got {page})")
         if not 1 <= page_size <= _MAX_PAGE_SIZE:
@@ -505,12 +517,20 @@ class KlingClient:
         self._require_open()
         if isinstance(result, str):
             url, task_id, model = result, None, None
-        else:
+        elif isinstance(result, TaskResult):
             if result.url is None:
                 raise KlingError(f"task {result.task_id} has no result URL to download")
             url, task_id, model = result.url, result.task_id, result.model
+        else:
+            raise TypeError(f"result: a TaskResult or a URL (got {type(result).__name__})")
+        if name is not None and not isinstance(name, str):
+            raise TypeError(f"name: a string, or None for the task id (got {type(name).__name__})")
         target = Path(dest)
-        if target.is_dir() or str(dest).endswith(("/", os.sep)):
+        try:
+            folder = target.is_dir()
+        except OSError as exc:  # a name too long for the file system, say
+            raise DownloadError(f"cannot write {target}: {exc.strerror or exc}") from None
+        if folder or str(dest).endswith(("/", os.sep)):
             target = target / safe_file_name(name or task_id or name_in_url(url))
 
         async def fresh_url() -> str:
@@ -590,7 +610,12 @@ class KlingClient:
 
         async def run(send: MemoryObjectSendStream[Outcome]) -> None:
             if options.download is not None:  # first: the journal often lives in the same folder
-                options.download.mkdir(parents=True, exist_ok=True)
+                try:
+                    options.download.mkdir(parents=True, exist_ok=True)
+                except OSError as exc:  # a file of that name, no permission: before any POST
+                    raise DownloadError(
+                        f"download: cannot make the folder {options.download}: {exc.strerror or exc}"
+                    ) from None
             if journal is None:
                 await self._run_batch(requests, send, options, None, self._relay(self._sharing), halt)
                 return

@@ -122,8 +122,14 @@ async def download_file(
     Raises:
         DownloadError: the file could not be fetched whole, or written, or is being downloaded already.
     """
+    if max_bytes is not None and (isinstance(max_bytes, bool) or not isinstance(max_bytes, int)):
+        raise TypeError(f"max_bytes: a whole number of bytes, or None for no cap (got {max_bytes!r})")
     if max_bytes is not None and max_bytes < 0:
         raise ValueError(f"max_bytes: at least 0, or None for no cap (got {max_bytes})")
+    parts = _split(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        # Trying again cannot mend it: aiohttp refuses it each time, eight tries over 20 s.
+        raise DownloadError(f"GET {redact(url)}: not an http(s) URL")
     if deadline is not None and not deadline > 0:
         raise ValueError(f"deadline: above 0 seconds, or None for no limit (got {deadline})")
     try:

@@ -8,6 +8,7 @@ import logging
 import math
 import threading
 import warnings
+from pathlib import Path
 
 import anyio
 import anyio.lowlevel
@@ -16,6 +17,7 @@ import pytest
 
 from kling_async import (
     AuthenticationError,
+    DownloadError,
     InvalidRequestError,
     Kling3Request,
     KlingClient,
@@ -189,6 +191,55 @@ async def test_wrong_key_raises_authentication_error_with_the_servers_message(si
     assert caught.value.status == 401
     assert caught.value.message == "Invalid API key"
     assert sim.counters.tasks_created == 0
+
+
+@pytest.mark.parametrize("url", ["http://api.example/?v=1", "http://api.example/#top"])
+def test_a_base_url_with_a_query_or_fragment_is_refused_when_built(url: str) -> None:
+    # Every path would go after it, with the key: POST /?v=1/v1/ai/...
+    with pytest.raises(KlingError, match="base_url: no query or fragment"):
+        KlingClient(api_key="k", base_url=url)
+
+
+@pytest.mark.parametrize("page", [1.5, True, "1"], ids=repr)
+async def test_a_list_page_that_is_not_a_whole_number_is_refused_before_the_request(
+    client: KlingClient, sim: Simulator, page: object
+) -> None:
+    with pytest.raises(InvalidRequestError, match=r"^page: a whole number"):
+        await client.list_tasks(page=page)  # type: ignore[arg-type]
+    assert sim.counters.lists == 0
+
+
+@pytest.mark.parametrize("url", ["", "file:///etc/passwd", "ftp://127.0.0.1/x"])
+async def test_a_download_of_a_url_that_is_not_http_fails_at_once(
+    client: KlingClient, tmp_path: Path, url: str
+) -> None:
+    with pytest.raises(DownloadError, match=r"not an http\(s\) URL$"):
+        await client.download(url, tmp_path)
+
+
+async def test_a_download_into_a_folder_name_too_long_for_the_disk_is_a_download_error(
+    client: KlingClient, tmp_path: Path
+) -> None:
+    result = await client.generate(FOX)
+    with pytest.raises(DownloadError, match="File name too long"):
+        await client.download(result, f"{tmp_path / ('a' * 300)}/")
+
+
+@pytest.mark.parametrize("result", [123, None, {"url": "http://x"}], ids=repr)
+async def test_a_download_of_something_that_is_no_result_names_the_argument(
+    client: KlingClient, tmp_path: Path, result: object
+) -> None:
+    with pytest.raises(TypeError, match=r"^result: a TaskResult or a URL"):
+        await client.download(result, tmp_path)  # type: ignore[arg-type]
+
+
+async def test_a_batch_downloading_into_a_file_fails_before_any_post(
+    client: KlingClient, sim: Simulator, tmp_path: Path
+) -> None:
+    (tmp_path / "videos").write_text("not a folder")
+    with pytest.raises(DownloadError, match="download: cannot make the folder"):
+        await client.gather([FOX], download=tmp_path / "videos")
+    assert sim.counters.posts == 0
 
 
 async def test_invalid_request_is_refused_before_anything_is_sent(

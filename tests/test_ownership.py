@@ -416,6 +416,7 @@ async def test_a_closed_event_subscriber_never_hides_an_event_from_the_next() ->
         (lambda: PollPolicy(timeout=math.inf), "PollPolicy.timeout"),
         (lambda: RetryPolicy(deadline=math.nan), "RetryPolicy.deadline"),
         (lambda: KlingClient(api_key="k", requests_per_second=math.nan), "requests_per_second"),
+        (lambda: KlingClient(api_key="k", requests_per_second=1e-300), "requests_per_second"),
         (lambda: KlingClient(api_key="k", max_concurrency=0), "max_concurrency"),
         (lambda: KlingClient(api_key="k", max_downloads=0), "max_downloads"),
         (lambda: KlingClient(api_key="k", burst=0), "burst"),
