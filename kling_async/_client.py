@@ -8,6 +8,7 @@ create POSTs once they may leave; the ``TaskRegistry`` owns handles and the one 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import re
@@ -34,7 +35,7 @@ from ._limits import Limiter
 from ._models import Request, TaskResult, TaskStatus, TaskSummary, encode_request, with_webhook
 from ._pipeline import Pipeline
 from ._polling import PollPolicy, TaskHandle, check_positive
-from ._registry import Slots, TaskRegistry
+from ._registry import Slots, TaskRegistry, Ticket
 from ._retry import RetryPolicy
 from ._secret import Secret
 from ._shared import Sharing
@@ -51,6 +52,7 @@ DEFAULT_BASE_URL = "https://api.freepik.com"
 KEY_VARIABLES = ("FREEPIK_API_KEY", "MAGNIFIC_API_KEY")
 _MAX_PAGE_SIZE = 100
 _MIN_RATE = 0.01  # requests a second
+_KEEPER_RESCAN = 1.0  # seconds between two looks for tasks holding the slots a submission waits for
 # Header names are RFC 9110 tokens; values are visible ASCII and spaces (no control characters).
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _HEADER_VALUE = re.compile(r"[\x20-\x7e]+")
@@ -291,6 +293,8 @@ class KlingClient:
         self._burst = burst
         self._sharing = self._share(shared) if shared is not None else None
         self._host = _Host(self._sharing)
+        self._slot_waiters = 0  # submit() calls waiting for a max_in_flight slot
+        self._keeping_slots = False
         self._task_group: TaskGroup
         self._state = "new"
         self._closing = False  # aclose is under way: its connections are still open
@@ -444,13 +448,48 @@ class KlingClient:
         endpoint = resolve(request, model)
         request = self._prepare(request)
         body = encode_request(request)
-        ticket = await self._slots.take()
+        ticket = await self._take_slot()
+        ticket.lone = True
         try:
             created = await self._creator.create(endpoint, request, body, key=None, ticket=ticket)
         except BaseException:
             ticket.release()
             raise
         return created.handle
+
+    async def _take_slot(self) -> Ticket:
+        """A ``max_in_flight`` slot for ``submit()``. A slot comes back when the client sees its task
+        finish: tasks submitted and not awaited yet ("submit them all, then await them all") would hold
+        every slot for good, so while a submission waits the client checks those tasks itself."""
+        if not self._slots.full:
+            return await self._slots.take()
+        self._slot_waiters += 1
+        if not self._keeping_slots:
+            self._keeping_slots = True
+            self._task_group.start_soon(self._keep_slots)
+        try:
+            return await self._slots.take()
+        finally:
+            self._slot_waiters -= 1
+
+    async def _keep_slots(self) -> None:
+        """While a ``submit()`` waits for a slot, follow the tasks ``submit()`` made (each once)."""
+        followed: set[str] = set()
+
+        async def follow(handle: TaskHandle) -> None:
+            with contextlib.suppress(Exception):  # its own waiter, if any, hears what went wrong
+                await handle.wait()
+
+        async with anyio.create_task_group() as followers:
+            while self._slot_waiters:
+                for task_id in self._slots.lone_holders():
+                    handle = self._registry.get(task_id)
+                    if task_id not in followed and handle is not None:
+                        followed.add(task_id)
+                        followers.start_soon(follow, handle)
+                await self._clock.sleep(_KEEPER_RESCAN)
+            self._keeping_slots = False  # with no wait since the check: a new waiter starts another
+            followers.cancel_scope.cancel()
 
     async def list_tasks(
         self, *, model: str = "kling-v3-omni-std", page: int = 1, page_size: int = 100

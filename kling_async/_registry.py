@@ -44,11 +44,12 @@ DetailListener = Callable[[TaskHandle], None]
 class Ticket:
     """One in-flight slot; ``release()`` gives it back once, however many owners call it."""
 
-    __slots__ = ("_slots", "released")
+    __slots__ = ("_slots", "lone", "released")
 
     def __init__(self, slots: Slots | None) -> None:
         self._slots = slots
         self.released = slots is None
+        self.lone = False  # taken by a ``submit()`` (not a batch, whose tracker follows its tasks)
 
     def release(self) -> None:
         """Give the slot back (no-op after the first call)."""
@@ -83,6 +84,15 @@ class Slots:
         if self._semaphore is None or self.limit is None:
             return 0
         return self.limit - self._semaphore.value
+
+    @property
+    def full(self) -> bool:
+        """Whether a ``take`` would wait."""
+        return self._semaphore is not None and self._semaphore.value == 0
+
+    def lone_holders(self) -> list[str]:
+        """The tasks holding slots that ``submit()`` took."""
+        return [task_id for task_id, ticket in self._by_task.items() if ticket.lone]
 
     async def take(self) -> Ticket:
         """Wait for a free slot and return it as a ticket (at once without a cap)."""

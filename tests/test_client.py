@@ -429,6 +429,17 @@ async def test_a_batch_entered_a_second_time_is_refused_and_leaves_its_caller_wh
     assert (await client.generate(FOX)).status == "COMPLETED"
 
 
+async def test_submitting_past_max_in_flight_then_awaiting_every_handle_finishes(sim: Simulator) -> None:
+    """Submit them all, then await them all: the handles held but not awaited yet hold every slot, and
+    the client checks their tasks itself while a submission waits (it used to wait for good)."""
+    async with KlingClient(api_key="sim-key", base_url=sim.url, poll=FAST_POLL, max_in_flight=2) as client:
+        with anyio.fail_after(20):
+            handles = [await client.submit(FOX) for _ in range(5)]
+            results = [await handle for handle in handles]
+    assert [result.status for result in results] == ["COMPLETED"] * 5
+    assert sim.counters.posts == 5
+
+
 async def test_a_handle_that_outlived_its_client_says_how_to_reach_its_task(sim: Simulator) -> None:
     async with KlingClient(api_key="sim-key", base_url=sim.url) as client:
         handle = await client.submit(FOX)
