@@ -216,6 +216,22 @@ class KlingClient:
         if not isinstance(key, str) or not _HEADER_VALUE.fullmatch(key):
             # Never echo the key itself: the message would put it in logs.
             raise ValueError("api_key: visible ASCII characters only (it holds a control or other character)")
+        for name, value, kind in (
+            ("base_url", base_url, str),
+            ("poll", poll, PollPolicy),
+            ("retry", retry, RetryPolicy),
+            ("timeouts", timeouts, Timeouts),
+            ("webhooks", webhooks, WebhookReceiver),
+            ("proxy", proxy, str),
+            ("default_headers", default_headers, Mapping),
+        ):
+            if value is not None and not isinstance(value, kind):  # else it fails later, obscurely
+                raise TypeError(f"{name}: a {kind.__name__} or None (got {type(value).__name__})")
+        if proxy is not None and (
+            urlsplit(proxy).scheme not in ("http", "https") or not urlsplit(proxy).netloc
+        ):
+            # aiohttp refuses it at the first request, which then looked like a POST that may have left.
+            raise ValueError(f"proxy: an http(s) URL (got {proxy!r})")
         url = (base_url or os.environ.get("KLING_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
@@ -519,6 +535,7 @@ class KlingClient:
         self._require_open()
         endpoint = endpoint_for(model)
         endpoint.status_path(task_id)  # validates the id before anything is sent
+        task_id = str.__str__(task_id)  # its very characters: a str subclass may format as others
         return self._registry.attach(endpoint, task_id, None, started=None, request=None)
 
     async def generate(

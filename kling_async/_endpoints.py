@@ -58,7 +58,8 @@ class Endpoint:
         """
         if not isinstance(task_id, str) or not _TASK_ID.fullmatch(task_id) or task_id in {".", ".."}:
             raise InvalidRequestError.for_field("task_id", f"{_TASK_ID_RULE} (got {task_id!r:.60})")
-        return f"{self.family_path}/{task_id}"
+        # The checked characters themselves: a str subclass's own __format__ could put others in the path.
+        return f"{self.family_path}/{str.__str__(task_id)}"
 
 
 _OMNI = "/v1/ai/video/kling-v3-omni"

@@ -101,6 +101,8 @@ class PollPolicy:
     def __post_init__(self) -> None:
         for spec in fields(self):
             value = getattr(self, spec.name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+                raise TypeError(f"PollPolicy.{spec.name}: a number (got {value!r})")
             if value is not None and not math.isfinite(value):
                 raise ValueError(f"PollPolicy.{spec.name}: a finite number (got {value!r})")
         if self.initial < 0 or self.maximum <= 0:

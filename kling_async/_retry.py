@@ -57,6 +57,10 @@ class RetryPolicy:
     def __post_init__(self) -> None:
         for spec in fields(self):
             value = getattr(self, spec.name)
+            whole = spec.name == "attempts"
+            if isinstance(value, bool) or not isinstance(value, int if whole else int | float):
+                kind = "a whole number" if whole else "a number"
+                raise TypeError(f"RetryPolicy.{spec.name}: {kind} (got {value!r})")
             if isinstance(value, float) and not math.isfinite(value):
                 raise ValueError(f"RetryPolicy.{spec.name}: a finite number (got {value!r})")
         if self.attempts < 1:

@@ -83,6 +83,8 @@ class Timeouts:
     def __post_init__(self) -> None:
         for name in ("connect", "read", "total", "download_idle", "download_deadline"):
             value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+                raise TypeError(f"Timeouts.{name}: a number of seconds (got {value!r})")
             if value is not None and not (value > 0 and math.isfinite(value)):
                 raise ValueError(f"Timeouts.{name}: a finite number of seconds above 0 (got {value!r})")
 

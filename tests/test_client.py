@@ -166,6 +166,21 @@ async def test_a_bad_timeout_for_a_wait_is_refused_before_any_check(
     assert sim.counters.status_gets == 0
 
 
+async def test_a_task_id_of_a_str_subclass_reaches_its_own_task_whatever_it_formats_as(
+    client: KlingClient, sim: Simulator
+) -> None:
+    class Sneaky(str):
+        __slots__ = ()
+
+        def __format__(self, spec: str) -> str:
+            return "../../elsewhere?x="
+
+    task_id = (await client.submit(FOX)).task_id
+    async with KlingClient(api_key="sim-key", base_url=sim.url, poll=FAST_POLL) as restarted:
+        status = await restarted.task(Sneaky(task_id)).refresh()
+    assert status.task_id == task_id
+
+
 async def test_cancelling_a_wait_leaves_the_task_running_server_side(
     client: KlingClient, sim: Simulator
 ) -> None:

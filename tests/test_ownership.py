@@ -11,6 +11,7 @@ import functools
 import gc
 import itertools
 import math
+import re
 import sqlite3
 import threading
 import traceback
@@ -428,6 +429,36 @@ def test_a_bad_setting_is_refused_at_construction_naming_it(build: object, field
     """NaN, infinities, counts below 1 and control characters are refused when the object is built."""
     with pytest.raises(ValueError, match=field.replace(".", r"\.")):
         build()  # type: ignore[operator]
+
+
+@pytest.mark.parametrize(
+    ("build", "options", "field"),
+    [
+        (KlingClient, {"api_key": "k", "retry": 3}, "retry"),
+        (KlingClient, {"api_key": "k", "timeouts": 30}, "timeouts"),
+        (KlingClient, {"api_key": "k", "poll": "fast"}, "poll"),
+        (KlingClient, {"api_key": "k", "base_url": 5}, "base_url"),
+        (KlingClient, {"api_key": "k", "default_headers": [("a", "b")]}, "default_headers"),
+        (KlingClient, {"api_key": "k", "webhooks": "x"}, "webhooks"),
+        (KlingClient, {"api_key": "k", "proxy": 5}, "proxy"),
+        (PollPolicy, {"initial": "15"}, "PollPolicy.initial"),
+        (RetryPolicy, {"attempts": 2.5}, "RetryPolicy.attempts"),
+        (Timeouts, {"connect": "10"}, "Timeouts.connect"),
+    ],
+    ids=lambda value: value if isinstance(value, str) else getattr(value, "__name__", ""),
+)
+def test_a_setting_of_the_wrong_type_is_refused_at_construction_naming_it(
+    build: Callable[..., object], options: dict[str, Any], field: str
+) -> None:
+    """A string for a number, a number for a policy: refused when built, not at the first request."""
+    with pytest.raises(TypeError, match=f"^{re.escape(field)}: "):
+        build(**options)
+
+
+def test_a_proxy_that_is_no_http_url_is_refused_at_construction() -> None:
+    # aiohttp refused it at the first request: a submit then looked like a POST that may have left.
+    with pytest.raises(ValueError, match=r"^proxy: an http"):
+        KlingClient(api_key="k", proxy="not a url")
 
 
 def test_the_error_for_a_bad_key_never_shows_the_key() -> None:
