@@ -652,6 +652,12 @@ class KlingClient:
                 paid again, for those items only).
         """
         self._require_open()
+        if not isinstance(requests, Iterable | AsyncIterable) or isinstance(requests, str | bytes):
+            raise TypeError(
+                f"requests: an iterable or async iterable of requests or Jobs (got {type(requests).__name__})"
+            )
+        if download is not None and not isinstance(download, str | os.PathLike):
+            raise TypeError(f"download: a folder's path, or None (got {type(download).__name__})")
         check_positive("timeout", timeout, optional=True)
         check_positive("batch_timeout", batch_timeout, optional=True)
         options = BatchOptions(

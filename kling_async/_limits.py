@@ -672,7 +672,11 @@ class Limiter:
                 break
             # At least a microsecond: at tens of thousands a second, what is missing can be a wait too
             # short to move a float clock, and then no token would ever be earned.
-            await self._wait(max(_MIN_WAIT, (self._due(rate) - self._tokens) / rate), halt)
+            wait = max(_MIN_WAIT, (self._due(rate) - self._tokens) / rate)
+            if halt is None or wait <= _HALTABLE:  # the usual wait, without a frame more
+                await self._clock.sleep(wait)
+            else:
+                await self._wait(wait, halt)
             woke = True
         self._sent.append(self._clock.now())
 

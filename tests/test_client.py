@@ -248,6 +248,20 @@ async def test_a_download_of_something_that_is_no_result_names_the_argument(
         await client.download(result, tmp_path)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize(
+    ("arguments", "field"),
+    [((None,), "requests"), ((5,), "requests"), (("a fox",), "requests"), (([FOX], 5), "download")],
+    ids=["None", "a number", "a string", "download=5"],
+)
+async def test_a_batch_of_the_wrong_type_is_refused_naming_the_argument(
+    client: KlingClient, sim: Simulator, arguments: tuple[object, ...], field: str
+) -> None:
+    requests, *download = arguments
+    with pytest.raises(TypeError, match=f"^{field}: "):
+        await client.gather(requests, download=download[0] if download else None)  # type: ignore[arg-type]
+    assert sim.counters.posts == 0
+
+
 async def test_a_batch_downloading_into_a_file_fails_before_any_post(
     client: KlingClient, sim: Simulator, tmp_path: Path
 ) -> None:
