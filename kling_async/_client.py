@@ -464,8 +464,8 @@ class KlingClient:
         endpoint = resolve(request, model)
         request = self._prepare(request)
         body = encode_request(request)
-        ticket = await self._take_slot()
-        ticket.lone = True
+        ticket = await (self._wait_for_slot() if self._slots.full else self._slots.take())
+        ticket.lone = True  # (an uncapped client's one shared ticket is never handed over)
         try:
             created = await self._creator.create(endpoint, request, body, key=None, ticket=ticket)
         except BaseException:
@@ -473,12 +473,10 @@ class KlingClient:
             raise
         return created.handle
 
-    async def _take_slot(self) -> Ticket:
-        """A ``max_in_flight`` slot for ``submit()``. A slot comes back when the client sees its task
-        finish: tasks submitted and not awaited yet ("submit them all, then await them all") would hold
-        every slot for good, so while a submission waits the client checks those tasks itself."""
-        if not self._slots.full:
-            return await self._slots.take()
+    async def _wait_for_slot(self) -> Ticket:
+        """A ``max_in_flight`` slot for ``submit()`` when every one is held. A slot comes back when the
+        client sees its task finish: tasks submitted and not awaited yet ("submit them all, then await
+        them all") would hold every slot for good, so while a submission waits the client checks them."""
         self._slot_waiters += 1
         if not self._keeping_slots:
             self._keeping_slots = True
