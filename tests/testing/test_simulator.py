@@ -96,9 +96,9 @@ async def status(session: aiohttp.ClientSession, task_id: str, family: str = OMN
     return data
 
 
-async def eventually(condition: Callable[[], bool]) -> None:
-    """Wait up to 2 s for `condition()` to hold (the simulator's state has no event to wait on)."""
-    for _ in range(400):
+async def eventually(condition: Callable[[], bool], seconds: float = 2.0) -> None:
+    """Wait up to `seconds` for `condition()` to hold (the simulator's state has no event to wait on)."""
+    for _ in range(round(seconds / 0.005)):
         if condition():
             return
         await anyio.sleep(0.005)
@@ -1000,8 +1000,8 @@ class Receiver:
         finally:
             await runner.cleanup()
 
-    async def wait_for(self, count: int) -> list[tuple[dict[str, str], Any]]:
-        await eventually(lambda: len(self.deliveries) >= count)
+    async def wait_for(self, count: int, seconds: float = 2.0) -> list[tuple[dict[str, str], Any]]:
+        await eventually(lambda: len(self.deliveries) >= count, seconds)
         return [(headers, msgspec.json.decode(raw)) for headers, raw in self.deliveries]
 
 
@@ -1071,8 +1071,9 @@ async def test_a_receiver_that_never_answers_does_not_hold_up_deliveries_to_the_
             for index in range(110):  # each task's first delivery holds a connection: 110 of them
                 await create(session, {"prompt": f"p{index}", "webhook_url": silent})
             await create(session, {"prompt": "healthy", "webhook_url": receiver.url})
-            with anyio.fail_after(5):
-                deliveries = await receiver.wait_for(2)
+            # Held up, they would never come; 10 s is for a CI machine running two suites on two cores,
+            # where 2 s once ran out (the test takes 0.4 s here).
+            deliveries = await receiver.wait_for(2, seconds=10.0)
             hung.set()
     finally:
         await runner.cleanup()
