@@ -475,20 +475,27 @@ class BatchRun:
                     self._pending += 1
                     return next(counter), job
 
+                started = 1
+
                 async def submitter() -> None:
                     # The in-flight slot comes first: an item is taken from the input only when it can
                     # be sent, so a lazy input is never read ahead and a drained input stops at once.
+                    nonlocal started
                     while True:
                         ticket = await self._take_ticket()
                         pulled = await next_job()
                         if pulled is None:
                             self._give_back(ticket)
                             return
+                        if started < submitters:
+                            # One more while this one sends: as many as the input keeps busy, up to
+                            # the wire's places (a one-item batch on a wire of 300,000 started 300,000).
+                            started += 1
+                            submit_group.start_soon(submitter)
                         await self._start(*pulled, ticket)
 
                 async with anyio.create_task_group() as submit_group:
-                    for _ in range(submitters):
-                        submit_group.start_soon(submitter)
+                    submit_group.start_soon(submitter)
                 self._submitting = False
                 if self._pending == 0:
                     self._drained.set()

@@ -7,6 +7,7 @@ import dataclasses
 import hashlib
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -548,6 +549,34 @@ async def test_gather_over_an_input_that_fails_names_the_tasks_it_created_on_the
     assert sim.tasks
     assert all(task_id in note for task_id in sim.tasks)
     assert all(task_id in caplog.text for task_id in sim.tasks)
+
+
+async def test_a_small_batch_on_a_wide_wire_starts_tasks_for_its_items_not_for_the_wire(
+    sim: Simulator,
+) -> None:
+    # A submitter per place on the wire, started up front, made a one-item gather on a wire of 300,000
+    # take 15 s and 657 MB.
+    loop = asyncio.get_running_loop()
+    created = 0
+    default_factory = loop.get_task_factory()
+
+    def counting(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> asyncio.Future[Any]:
+        nonlocal created
+        created += 1
+        if default_factory is not None:
+            return default_factory(loop, coro, **kwargs)
+        return asyncio.Task(coro, loop=loop, **kwargs)
+
+    async with KlingClient(
+        api_key="sim-key", base_url=sim.url, poll=FAST_POLL, max_concurrency=10_000
+    ) as client:
+        loop.set_task_factory(counting)
+        try:
+            outcomes = await client.gather(prompts(2))
+        finally:
+            loop.set_task_factory(default_factory)
+    assert [outcome.ok for outcome in outcomes] == [True, True]
+    assert created < 100
 
 
 PATIENT_RETRY = RetryPolicy(attempts=3, initial=0.001, maximum=0.02, deadline=60.0)
