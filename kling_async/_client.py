@@ -26,7 +26,7 @@ from anyio.streams.memory import MemoryObjectSendStream
 from ._batch import Batch, BatchOptions, BatchRun, Job, Outcome
 from ._clock import SYSTEM_CLOCK, Clock
 from ._download import download_file, name_in_url, safe_file_name
-from ._endpoints import Endpoint, ModelName, endpoint_for, resolve
+from ._endpoints import Endpoint, ModelName, checked_task_id, endpoint_for, resolve
 from ._errors import ClientClosed, DownloadError, InvalidRequestError, KlingError
 from ._events import EventHub, EventStream
 from ._journal import BatchJournal, Journal
@@ -532,8 +532,7 @@ class KlingClient:
         """
         self._require_open()
         endpoint = endpoint_for(model)
-        endpoint.status_path(task_id)  # validates the id before anything is sent
-        task_id = str.__str__(task_id)  # its very characters: a str subclass may format as others
+        task_id = checked_task_id(task_id)  # before anything is sent
         return self._registry.attach(endpoint, task_id, None, started=None, request=None)
 
     async def generate(

@@ -11,7 +11,15 @@ from typing import Final, Literal, TypeAlias
 from ._errors import InvalidRequestError
 from ._models import Kling3Request, OmniRequest, Request, VideoReferenceRequest
 
-__all__ = ["DEFAULT_MODEL", "ENDPOINTS", "Endpoint", "ModelName", "endpoint_for", "resolve"]
+__all__ = [
+    "DEFAULT_MODEL",
+    "ENDPOINTS",
+    "Endpoint",
+    "ModelName",
+    "checked_task_id",
+    "endpoint_for",
+    "resolve",
+]
 
 # The create endpoints' names, as a type so that mypy and an IDE catch "kling-v3-omni-sdt".
 ModelName: TypeAlias = Literal[
@@ -56,10 +64,22 @@ class Endpoint:
             InvalidRequestError: ``task_id`` is empty, or holds whitespace or a character that would
                 change the path.
         """
-        if not isinstance(task_id, str) or not _TASK_ID.fullmatch(task_id) or task_id in {".", ".."}:
-            raise InvalidRequestError.for_field("task_id", f"{_TASK_ID_RULE} (got {task_id!r:.60})")
-        # The checked characters themselves: a str subclass's own __format__ could put others in the path.
-        return f"{self.family_path}/{str.__str__(task_id)}"
+        return f"{self.family_path}/{checked_task_id(task_id)}"
+
+
+def checked_task_id(task_id: object) -> str:
+    """``task_id`` as a plain ``str`` of its own characters, once it is one a status path can hold.
+
+    Plain: a ``str`` subclass's own ``__format__`` or ``__hash__`` could put other characters in a path
+    or a registry key than the ones checked.
+
+    Raises:
+        InvalidRequestError: ``task_id`` is empty, or holds whitespace or a character that would change
+            the path.
+    """
+    if not isinstance(task_id, str) or not _TASK_ID.fullmatch(task_id) or task_id in {".", ".."}:
+        raise InvalidRequestError.for_field("task_id", f"{_TASK_ID_RULE} (got {task_id!r:.60})")
+    return str.__str__(task_id)
 
 
 _OMNI = "/v1/ai/video/kling-v3-omni"

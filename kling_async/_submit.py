@@ -27,7 +27,7 @@ from typing import Protocol
 import anyio
 from anyio.abc import TaskGroup
 
-from ._endpoints import Endpoint
+from ._endpoints import Endpoint, checked_task_id
 from ._errors import (
     ClientClosed,
     InvalidRequestError,
@@ -387,7 +387,7 @@ class Creator:
             ) from error
         try:
             status = decode_created(answer)
-            endpoint.status_path(status.task_id)  # an id we could never ask about is no task to us
+            checked_task_id(status.task_id)  # an id we could never ask about is no task to us
         except (TransportError, InvalidRequestError) as exc:
             raise await self._uncertain(
                 f"POST {endpoint.create_path} answered 2xx without a usable task ({exc})",
