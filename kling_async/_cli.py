@@ -629,6 +629,9 @@ class _FiniteRange(click.FloatRange):
 
 
 _POSITIVE = _FiniteRange(min=0, min_open=True)
+# A rate below one request in 100 s: the next token hours away, and a 429's Retry-After hours long (at
+# 1e-300, 300 digits).
+_RATE = _FiniteRange(min=0.01)
 _NOT_NEGATIVE = _FiniteRange(min=0)
 _AT_LEAST_ONE = click.IntRange(min=1)
 _SHARE = _FiniteRange(0, 1)
@@ -673,7 +676,7 @@ def _download_timeout_option(command: Callable[..., None]) -> Callable[..., None
 @click.option("--skip-invalid", is_flag=True, help="Run the valid rows even if some are invalid.")
 @click.option(
     "--rps",
-    type=_FiniteRange(min=0.01),
+    type=_RATE,
     default=None,
     help="Requests per second ceiling, at least 0.01 (default: adapt to 429s).",
 )
@@ -1251,8 +1254,7 @@ _TIME_SCALE = _FiniteRange(0.001, 1000)
 )
 @click.option(
     "--rate-limit",
-    # Below one request in 100 s a 429's Retry-After runs to hours, and at 1e-300 to 300 digits.
-    type=_FiniteRange(min=0.01),
+    type=_RATE,
     default=None,
     help="Requests per second enforced with 429s, at least 0.01.",
 )

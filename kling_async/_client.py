@@ -8,12 +8,11 @@ create POSTs once they may leave; the ``TaskRegistry`` owns handles and the one 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import re
 from collections.abc import AsyncIterable, Iterable, Mapping
-from contextlib import AbstractAsyncContextManager, AsyncExitStack, nullcontext
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, nullcontext, suppress
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -227,8 +226,9 @@ class KlingClient:
         ):
             if value is not None and not isinstance(value, kind):  # else it fails later, obscurely
                 raise TypeError(f"{name}: a {kind.__name__} or None (got {type(value).__name__})")
-        if proxy is not None and (
-            urlsplit(proxy).scheme not in ("http", "https") or not urlsplit(proxy).netloc
+        proxy_parts = urlsplit(proxy) if proxy is not None else None
+        if proxy_parts is not None and (
+            proxy_parts.scheme not in ("http", "https") or not proxy_parts.netloc
         ):
             # aiohttp refuses it at the first request, which then looked like a POST that may have left.
             raise ValueError(f"proxy: an http(s) URL (got {proxy!r})")
@@ -491,7 +491,7 @@ class KlingClient:
         followed: set[str] = set()
 
         async def follow(handle: TaskHandle) -> None:
-            with contextlib.suppress(Exception):  # its own waiter, if any, hears what went wrong
+            with suppress(Exception):  # its own waiter, if any, hears what went wrong
                 await handle.wait()
 
         async with anyio.create_task_group() as followers:
