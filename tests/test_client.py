@@ -436,7 +436,9 @@ async def test_closing_the_client_inside_a_batch_block_ends_the_batch_not_its_ca
     client = await KlingClient(api_key="sim-key", base_url=sim.url, poll=FAST_POLL).__aenter__()
 
     async def close_inside_the_block() -> None:
-        async with client.map([FOX, FOX, FOX]) as outcomes:
+        # Two tasks that never finish: the batch still runs when its client closes under it.
+        never = OmniRequest(prompt="[never] a fox")
+        async with client.map([FOX, never, never]) as outcomes:
             async for _ in outcomes:
                 await client.aclose()
 
